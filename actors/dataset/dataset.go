@@ -1,0 +1,632 @@
+// Package dataset is the state machine of one copy of a site's dataset on one
+// node: the snapshot schedule and replication when the copy is the master's,
+// fencing, divergence and stash when it is a replica, and retention on both.
+package dataset
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+// HistoryMax bounds the snapshot names an offer carries so that the receiver
+// can find the newest snapshot both sides share.
+const HistoryMax = 64
+
+const (
+	timerSnapshot = "snapshot"
+	timerPrune    = "prune"
+	timerStream   = "stream/" // + replica node
+)
+
+// stream is one replication transfer in flight to one replica.
+type stream struct {
+	id        uint64
+	target    *m.SnapshotRef
+	sending   bool // the offer was accepted and storage is sending
+	startedMs int64
+}
+
+// syncWait is a migration step waiting for a replica to hold a snapshot of at
+// least seq.
+type syncWait struct {
+	id      uint64
+	target  string
+	final   bool
+	needSeq uint64
+}
+
+// Dataset is one copy of one site's dataset.
+type Dataset struct {
+	site, node string
+	exists     bool
+	spec       *m.SiteSpec
+	role       m.Role
+	active     bool     // master and serving (set by Activate, cleared by Demote)
+	epoch      *m.Epoch // master epoch while active
+	fence      *m.Epoch // highest epoch ever accepted
+	seq        uint64
+	snaps      []*m.SnapshotRef // oldest first
+	stashes    []string
+	replicas   []string
+	cursor     map[string]string // replica -> newest snapshot it holds from us
+	streams    map[string]*stream
+	syncs      []*syncWait
+
+	nextID     uint64
+	snapTaking bool
+	snapAgain  bool // a snapshot was asked for while one was being taken
+	pruning    bool
+	// incoming is the offer being prepared (stash before answering).
+	incoming *m.StreamOffer
+	// stashOp is the storage op id of the stash for incoming.
+	stashOp       uint64
+	incomingStash string
+	// activating is an Activate waiting for storage (create or role change).
+	activating   *m.Activate
+	activateOp   uint64
+	demoteEpoch  *m.Epoch
+	lastReported *m.DatasetInfo
+}
+
+var _ core.Actor = (*Dataset)(nil)
+
+// New returns the empty copy of site on node.
+func New(node, site string) *Dataset {
+	return &Dataset{site: site, node: node, cursor: map[string]string{}, streams: map[string]*stream{}}
+}
+
+// Info is what this copy reports to its node and to probes.
+func (d *Dataset) Info() *m.DatasetInfo {
+	info := &m.DatasetInfo{
+		Site: d.site, Node: d.node, Role: d.role, Epoch: d.fence, Latest: d.latest(),
+		Spec: d.spec, Snapshots: uint32(len(d.snaps)), Stashes: uint32(len(d.stashes)),
+		Phase: m.SitePhase_SITE_PHASE_STOPPED,
+	}
+	if d.active {
+		info.Phase = m.SitePhase_SITE_PHASE_ACTIVE
+		info.Replicas = slices.Clone(d.replicas)
+		info.Epoch = d.epoch
+	}
+	if l := d.latest(); l != nil {
+		info.Bytes = l.Bytes
+	}
+	return info
+}
+
+// Snapshots returns the copy's snapshots, oldest first (for tests and admin).
+func (d *Dataset) Snapshots() []*m.SnapshotRef { return d.snaps }
+
+func (d *Dataset) latest() *m.SnapshotRef {
+	if len(d.snaps) == 0 {
+		return nil
+	}
+	return d.snaps[len(d.snaps)-1]
+}
+
+func (d *Dataset) find(name string) int {
+	return slices.IndexFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == name })
+}
+
+func (d *Dataset) id() uint64 { d.nextID++; return d.nextID }
+
+func (d *Dataset) self() core.Address { return core.DatasetAddr(d.node, d.site) }
+
+// Step handles one input.
+func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
+	var fx []core.Effect
+	switch msg := in.(type) {
+	case *m.DatasetBoot:
+		fx = d.boot(env, msg)
+	case *m.Activate:
+		fx = d.activate(env, msg)
+	case *m.Demote:
+		fx = d.demote(env, msg)
+	case *m.Timer:
+		fx = d.timer(env, msg.Key)
+	case *m.StorageResult:
+		fx = d.storageResult(env, msg)
+	case *m.StreamOffer:
+		fx = d.offer(env, msg)
+	case *m.StreamAnswer:
+		fx = d.answer(env, msg)
+	case *m.Received:
+		fx = d.received(env, msg)
+	case *m.Sync:
+		fx = d.sync(env, msg)
+	case *m.AddReplica:
+		if d.active && msg.Node != d.node && !slices.Contains(d.replicas, msg.Node) {
+			d.replicas = append(d.replicas, msg.Node)
+			slices.Sort(d.replicas)
+			fx = append(fx, core.Info("replica added", "site", d.site, "node", d.node, "replica", msg.Node))
+			fx = append(fx, d.replicate(env)...)
+		}
+	case *m.DropReplica:
+		if i := slices.Index(d.replicas, msg.Node); i >= 0 {
+			d.replicas = slices.Delete(d.replicas, i, i+1)
+			delete(d.cursor, msg.Node)
+			delete(d.streams, msg.Node)
+			fx = append(fx, core.CancelTimer{Key: timerStream + msg.Node})
+		}
+	case *m.Probe:
+		fx = append(fx, core.Send{To: core.BalancerAddr(env.Self.Node), Msg: &m.ProbeAnswer{Site: d.site, ProbeId: msg.ProbeId, Info: d.Info()}})
+		return fx
+	case *m.AdminSnapshot:
+		fx = d.takeSnapshot(env)
+	default:
+		panic(fmt.Sprintf("dataset %s: unexpected input %T", d.site, in))
+	}
+	return append(fx, d.report()...)
+}
+
+// report tells the local node when what it would report changed.
+func (d *Dataset) report() []core.Effect {
+	info := d.Info()
+	if d.lastReported != nil && proto.Equal(info, d.lastReported) {
+		return nil
+	}
+	d.lastReported = info
+	return []core.Effect{core.Send{To: core.NodeAddr(d.node), Msg: info}}
+}
+
+func (d *Dataset) boot(env *core.Env, b *m.DatasetBoot) []core.Effect {
+	info := b.GetInfo()
+	d.exists = true
+	d.spec = info.GetSpec()
+	d.role = info.GetRole()
+	d.fence = info.GetEpoch()
+	d.snaps = slices.Clone(b.Snapshots)
+	d.stashes = slices.Clone(b.Stashes)
+	// A restarted master does not serve until the balancer activates it again:
+	// the site may have failed over while this node was away.
+	d.active = false
+	for _, s := range d.snaps {
+		d.seq = max(d.seq, s.Seq)
+	}
+	return []core.Effect{core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval}}
+}
+
+// activate makes this copy the master at msg.Epoch (create, migrate, failover,
+// heal, resume).
+func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
+	refuse := func(code m.Code, detail string) []core.Effect {
+		fx := []core.Effect{core.Warn("activation refused", "site", d.site, "node", d.node,
+			"epoch", core.EpochString(a.Epoch), "reason", detail)}
+		if a.FromNode != "" {
+			fx = append(fx, core.Send{To: core.SiteAddr(a.FromNode, d.site), Msg: &m.Activated{
+				Site: d.site, Node: d.node, Epoch: a.Epoch, Code: code, Detail: detail}})
+		}
+		return fx
+	}
+	if d.active && core.CompareEpoch(a.Epoch, d.epoch) == 0 {
+		// A re-sent Activate (its answer was lost): answer again.
+		return []core.Effect{core.Send{To: core.SiteAddr(d.node, d.site), Msg: a}}
+	}
+	if !env.Config.Mutations.SkipFencing && !core.EpochLess(d.fence, a.Epoch) {
+		return refuse(m.Code_CODE_FENCED, fmt.Sprintf("epoch %s is not newer than %s", core.EpochString(a.Epoch), core.EpochString(d.fence)))
+	}
+	if d.activating != nil || d.incoming != nil {
+		return refuse(m.Code_CODE_BUSY, "copy is busy")
+	}
+	if !a.Create && !d.exists {
+		return refuse(m.Code_CODE_FAILED, "no copy of the site here")
+	}
+	if a.ExpectSnapshot != "" && (d.latest() == nil || d.latest().Name != a.ExpectSnapshot) {
+		return refuse(m.Code_CODE_FAILED, "copy does not hold "+a.ExpectSnapshot)
+	}
+	d.activating = a
+	d.activateOp = d.id()
+	op := m.StorageOp_STORAGE_OP_SET_ROLE
+	if a.Create && !d.exists {
+		op = m.StorageOp_STORAGE_OP_CREATE
+	}
+	return []core.Effect{core.Storage{Req: &m.StorageRequest{
+		Op: op, Site: d.site, OpId: d.activateOp, Role: m.Role_ROLE_MASTER, Epoch: a.Epoch,
+		Spec: a.Spec, QuotaBytes: a.Spec.GetQuotaBytes()}}}
+}
+
+func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
+	a := d.activating
+	d.activating = nil
+	if r.Code != m.Code_CODE_OK {
+		fx := []core.Effect{core.Warn("activation failed in storage", "site", d.site, "node", d.node, "detail", r.Detail)}
+		if a.FromNode != "" {
+			fx = append(fx, core.Send{To: core.SiteAddr(a.FromNode, d.site), Msg: &m.Activated{
+				Site: d.site, Node: d.node, Epoch: a.Epoch, Code: r.Code, Detail: r.Detail}})
+		}
+		return fx
+	}
+	wasActive := d.active
+	d.exists = true
+	d.spec = a.Spec
+	d.role = m.Role_ROLE_MASTER
+	d.active = true
+	d.epoch = a.Epoch
+	d.fence = core.MaxEpoch(d.fence, a.Epoch)
+	d.replicas = nil
+	for _, n := range a.Replicas {
+		if n != d.node && !slices.Contains(d.replicas, n) {
+			d.replicas = append(d.replicas, n)
+		}
+	}
+	slices.Sort(d.replicas)
+	// Cursors survive: a replica that holds our snapshots still holds them.
+	fx := []core.Effect{
+		core.Info("copy is master", "site", d.site, "node", d.node, "epoch", core.EpochString(a.Epoch), "reason", a.Reason),
+		core.Send{To: core.SiteAddr(d.node, d.site), Msg: a},
+	}
+	if !wasActive {
+		fx = append(fx, core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval})
+	}
+	// A first snapshot at once gives replicas a base under the new epoch.
+	return append(fx, d.takeSnapshot(env)...)
+}
+
+// demote turns a master copy into a replica (after a migration, or when a
+// newer master exists). Writes since the last snapshot are kept in one last
+// snapshot, so that if they diverge they are stashed, not lost.
+func (d *Dataset) demote(env *core.Env, msg *m.Demote) []core.Effect {
+	if !d.active || !core.EpochLess(d.epoch, msg.Epoch) {
+		return nil
+	}
+	// The last snapshot is named in this copy's own (old) epoch.
+	fx := d.snapshotNow(env)
+	d.active = false
+	d.role = m.Role_ROLE_REPLICA
+	d.fence = core.MaxEpoch(d.fence, msg.Epoch)
+	fx = append(fx, []core.Effect{
+		core.Info("copy demoted", "site", d.site, "node", d.node, "epoch", core.EpochString(msg.Epoch), "winner", msg.Winner),
+		core.CancelTimer{Key: timerSnapshot},
+		core.Send{To: core.SiteAddr(d.node, d.site), Msg: msg},
+	}...)
+	for r := range d.streams {
+		fx = append(fx, core.CancelTimer{Key: timerStream + r})
+	}
+	d.streams = map[string]*stream{}
+	d.syncs = nil
+	d.replicas = nil
+	return append(fx, core.Storage{Req: &m.StorageRequest{
+		Op: m.StorageOp_STORAGE_OP_SET_ROLE, Site: d.site, OpId: d.id(), Role: m.Role_ROLE_REPLICA, Epoch: d.fence}})
+}
+
+func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
+	switch {
+	case key == timerSnapshot:
+		if !d.active {
+			return nil
+		}
+		return d.takeSnapshot(env)
+	case key == timerPrune:
+		return append(d.prune(env), core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval})
+	case len(key) > len(timerStream) && key[:len(timerStream)] == timerStream:
+		r := key[len(timerStream):]
+		if s := d.streams[r]; s != nil {
+			delete(d.streams, r)
+			return []core.Effect{core.Warn("replication stream timed out", "site", d.site, "node", d.node, "replica", r)}
+		}
+	}
+	return nil
+}
+
+// takeSnapshot snapshots the master copy and re-arms the schedule.
+func (d *Dataset) takeSnapshot(env *core.Env) []core.Effect {
+	if !d.active {
+		return nil
+	}
+	fx := []core.Effect{core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval}}
+	return append(fx, d.snapshotNow(env)...)
+}
+
+// snapshotNow asks storage for a snapshot, or for another one right after the
+// one being taken: writes acknowledged before this call must be in it.
+func (d *Dataset) snapshotNow(env *core.Env) []core.Effect {
+	if d.snapTaking {
+		d.snapAgain = true
+		return nil
+	}
+	epoch := d.epoch // the last epoch this copy was master at
+	if epoch == nil {
+		return nil
+	}
+	d.snapTaking = true
+	d.seq++
+	ref := &m.SnapshotRef{Name: core.SnapshotName(epoch, d.seq), Epoch: epoch, Seq: d.seq, TakenMs: env.NowMs()}
+	return []core.Effect{core.Storage{Req: &m.StorageRequest{
+		Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: d.site, OpId: d.id(), Snapshot: ref, Epoch: epoch}}}
+}
+
+func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect {
+	if d.activating != nil && r.OpId == d.activateOp {
+		return d.activated(env, r)
+	}
+	if d.incoming != nil && r.OpId == d.stashOp {
+		return d.stashed(env, r)
+	}
+	switch r.Op {
+	case m.StorageOp_STORAGE_OP_SNAPSHOT:
+		d.snapTaking = false
+		var fx []core.Effect
+		if r.Code == m.Code_CODE_OK {
+			d.snaps = append(d.snaps, r.Snapshot)
+		} else {
+			fx = append(fx, core.Warn("snapshot failed", "site", d.site, "node", d.node, "detail", r.Detail))
+		}
+		if d.snapAgain {
+			d.snapAgain = false
+			fx = append(fx, d.snapshotNow(env)...)
+		}
+		return append(fx, d.replicate(env)...)
+	case m.StorageOp_STORAGE_OP_SEND:
+		s := d.streams[r.ToNode]
+		if s == nil || s.id != r.StreamId {
+			return nil
+		}
+		delete(d.streams, r.ToNode)
+		fx := []core.Effect{core.CancelTimer{Key: timerStream + r.ToNode}}
+		if r.Code != m.Code_CODE_OK {
+			return append(fx, core.Warn("replication stream failed", "site", d.site, "node", d.node,
+				"replica", r.ToNode, "snapshot", s.target.Name, "detail", r.Detail))
+		}
+		d.cursor[r.ToNode] = s.target.Name
+		fx = append(fx, d.syncsDone(r.ToNode, s.target)...)
+		return append(fx, d.replicate(env)...)
+	case m.StorageOp_STORAGE_OP_PRUNE:
+		d.pruning = false
+		if r.Code == m.Code_CODE_OK {
+			// r.Detail is unused; the names pruned are exactly the ones asked for.
+		}
+		return nil
+	}
+	return nil
+}
+
+// replicate offers the newest snapshot to every replica with no stream in flight.
+func (d *Dataset) replicate(env *core.Env) []core.Effect {
+	l := d.latest()
+	if !d.active || l == nil {
+		return nil
+	}
+	var fx []core.Effect
+	for _, r := range d.replicas {
+		if d.streams[r] != nil || d.cursor[r] == l.Name {
+			continue
+		}
+		s := &stream{id: d.id(), target: l, startedMs: env.NowMs()}
+		d.streams[r] = s
+		first := max(0, len(d.snaps)-HistoryMax)
+		history := make([]string, 0, len(d.snaps)-first)
+		for _, sn := range d.snaps[first:] {
+			history = append(history, sn.Name)
+		}
+		fx = append(fx,
+			core.SetTimer{Key: timerStream + r, After: env.Config.StreamTimeout},
+			core.Send{To: core.DatasetAddr(r, d.site), Msg: &m.StreamOffer{
+				Site: d.site, FromNode: d.node, Epoch: d.epoch, Base: d.cursor[r], Target: l,
+				StreamId: s.id, Spec: d.spec, History: history}})
+	}
+	return fx
+}
+
+// answer is the replica's reply to our offer.
+func (d *Dataset) answer(env *core.Env, a *m.StreamAnswer) []core.Effect {
+	s := d.streams[a.Node]
+	if s == nil || s.id != a.StreamId || s.sending {
+		return nil
+	}
+	switch a.Code {
+	case m.Code_CODE_OK:
+	case m.Code_CODE_FENCED:
+		// A newer master exists: stop taking writes at once, so that the
+		// history that will be stashed stays short.
+		delete(d.streams, a.Node)
+		return []core.Effect{
+			core.Warn("fenced by a replica: a newer master exists", "site", d.site, "node", d.node,
+				"replica", a.Node, "epoch", core.EpochString(d.epoch), "fence", core.EpochString(a.Fence)),
+			core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.Demote{Site: d.site, Winner: a.Fence.GetNode(), Epoch: a.Fence}},
+		}
+	default:
+		delete(d.streams, a.Node)
+		return []core.Effect{core.CancelTimer{Key: timerStream + a.Node}}
+	}
+	if a.Have == s.target.Name {
+		d.cursor[a.Node] = a.Have
+		delete(d.streams, a.Node)
+		fx := []core.Effect{core.CancelTimer{Key: timerStream + a.Node}}
+		fx = append(fx, d.syncsDone(a.Node, s.target)...)
+		return append(fx, d.replicate(env)...)
+	}
+	base := a.Have
+	if base != "" && d.find(base) < 0 {
+		base = "" // pruned meanwhile: fall back to a full stream
+	}
+	s.sending = true
+	return []core.Effect{core.Storage{Req: &m.StorageRequest{
+		Op: m.StorageOp_STORAGE_OP_SEND, Site: d.site, OpId: d.id(), Snapshot: s.target, Base: base,
+		ToNode: a.Node, StreamId: s.id, Epoch: d.epoch, Spec: d.spec}}}
+}
+
+// offer decides, on the receiving copy, whether a stream may come: fencing
+// first, then divergence (stash what the sender does not have).
+func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
+	reply := func(code m.Code, have, detail string) []core.Effect {
+		return []core.Effect{core.Send{To: core.DatasetAddr(o.FromNode, d.site), Msg: &m.StreamAnswer{
+			Site: d.site, StreamId: o.StreamId, Code: code, Have: have, Detail: detail, Node: d.node, Fence: d.fence}}}
+	}
+	if !env.Config.Mutations.SkipFencing && core.EpochLess(o.Epoch, d.fence) {
+		return append(reply(m.Code_CODE_FENCED, "", "stream epoch "+core.EpochString(o.Epoch)+" is older than "+core.EpochString(d.fence)),
+			core.Info("stream refused: fenced", "site", d.site, "node", d.node, "from", o.FromNode, "epoch", core.EpochString(o.Epoch)))
+	}
+	if d.incoming != nil || d.activating != nil || d.snapTaking {
+		return reply(m.Code_CODE_BUSY, "", "copy is busy")
+	}
+	if d.active {
+		if core.CompareEpoch(o.Epoch, d.epoch) == 0 {
+			return reply(m.Code_CODE_INVALID, "", "both ends are master at the same epoch")
+		}
+		// A newer master offers: this copy's history lost. Demote (which
+		// snapshots the last writes); the sender retries after its next snapshot.
+		fx := d.demote(env, &m.Demote{Site: d.site, Winner: o.FromNode, Epoch: o.Epoch})
+		return append(fx, reply(m.Code_CODE_BUSY, "", "demoting")...)
+	}
+	have := ""
+	for i := len(d.snaps) - 1; i >= 0 && have == ""; i-- {
+		if slices.Contains(o.History, d.snaps[i].Name) {
+			have = d.snaps[i].Name
+		}
+	}
+	d.fence = core.MaxEpoch(d.fence, o.Epoch)
+	if l := d.latest(); l == nil || l.Name == have {
+		if d.role != m.Role_ROLE_REPLICA {
+			d.role = m.Role_ROLE_REPLICA
+		}
+		return reply(m.Code_CODE_OK, have, "")
+	}
+	// The copy holds snapshots the sender's history does not: stash them.
+	d.incoming = o
+	d.stashOp = d.id()
+	var divergent []string
+	for _, s := range d.snaps[d.find(have)+1:] {
+		divergent = append(divergent, s.Name)
+	}
+	stash := fmt.Sprintf("stash-%s", d.latest().Name)
+	d.incomingStash = stash
+	return []core.Effect{
+		core.Info("copy diverged: stashing", "site", d.site, "node", d.node, "base", have,
+			"snapshots", len(divergent), "stash", stash, "winner", o.FromNode),
+		core.Storage{Req: &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_STASH, Site: d.site, OpId: d.stashOp,
+			Names: divergent, StashName: stash, Snapshot: &m.SnapshotRef{Name: have}, Epoch: o.Epoch}},
+	}
+}
+
+func (d *Dataset) stashed(env *core.Env, r *m.StorageResult) []core.Effect {
+	o := d.incoming
+	d.incoming = nil
+	if r.Code != m.Code_CODE_OK {
+		return []core.Effect{core.Send{To: core.DatasetAddr(o.FromNode, d.site), Msg: &m.StreamAnswer{
+			Site: d.site, StreamId: o.StreamId, Code: r.Code, Detail: "stash: " + r.Detail, Node: d.node}}}
+	}
+	have := ""
+	if i := slices.IndexFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == r.Snapshot.GetName() }); i >= 0 {
+		have = d.snaps[i].Name
+		d.snaps = d.snaps[:i+1]
+	} else {
+		d.snaps = nil
+	}
+	d.stashes = append(d.stashes, d.incomingStash)
+	d.role = m.Role_ROLE_REPLICA
+	return []core.Effect{core.Send{To: core.DatasetAddr(o.FromNode, d.site), Msg: &m.StreamAnswer{
+		Site: d.site, StreamId: o.StreamId, Code: m.Code_CODE_OK, Have: have, Node: d.node}}}
+}
+
+// received records a stream that storage applied.
+func (d *Dataset) received(env *core.Env, r *m.Received) []core.Effect {
+	if r.Code != m.Code_CODE_OK {
+		return []core.Effect{core.Warn("receive failed", "site", d.site, "node", d.node, "from", r.FromNode, "detail", r.Detail)}
+	}
+	d.exists = true
+	if d.role == m.Role_ROLE_UNSPECIFIED {
+		d.role = m.Role_ROLE_REPLICA
+	}
+	d.spec = r.Spec
+	d.fence = core.MaxEpoch(d.fence, r.Epoch)
+	if d.find(r.Snapshot.Name) < 0 {
+		d.snaps = append(d.snaps, r.Snapshot)
+		d.seq = max(d.seq, r.Snapshot.Seq)
+	}
+	return nil
+}
+
+// sync brings one replica up to date with a snapshot taken now (pre-copy or
+// final delta of a migration).
+func (d *Dataset) sync(env *core.Env, s *m.Sync) []core.Effect {
+	if !d.active {
+		return []core.Effect{core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{
+			Site: d.site, Target: s.Target, SyncId: s.SyncId, Code: m.Code_CODE_INVALID, Detail: "copy is not master"}}}
+	}
+	var fx []core.Effect
+	if !slices.Contains(d.replicas, s.Target) {
+		d.replicas = append(d.replicas, s.Target)
+		slices.Sort(d.replicas)
+	}
+	// The snapshot must be taken after this point: the next sequence number
+	// not yet asked for, or the one after if one is being taken.
+	need := d.seq + 1
+	d.syncs = append(d.syncs, &syncWait{id: s.SyncId, target: s.Target, final: s.Final, needSeq: need})
+	fx = append(fx, d.snapshotNow(env)...)
+	return fx
+}
+
+func (d *Dataset) syncsDone(replica string, have *m.SnapshotRef) []core.Effect {
+	var fx []core.Effect
+	d.syncs = slices.DeleteFunc(d.syncs, func(w *syncWait) bool {
+		if w.target != replica || have.Seq < w.needSeq || core.CompareEpoch(have.Epoch, d.epoch) != 0 {
+			return false
+		}
+		fx = append(fx, core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{
+			Site: d.site, Target: replica, SyncId: w.id, Code: m.Code_CODE_OK, Snapshot: have}})
+		return true
+	})
+	return fx
+}
+
+// prune applies retention, keeping the newest snapshot and every snapshot a
+// replica still needs as its incremental base.
+func (d *Dataset) prune(env *core.Env) []core.Effect {
+	if d.pruning || len(d.snaps) < 2 {
+		return nil
+	}
+	protected := map[string]bool{}
+	for _, c := range d.cursor {
+		protected[c] = true
+	}
+	drop := Prune(env.Config.Retention, env.NowMs(), d.snaps, protected)
+	if len(drop) == 0 {
+		return nil
+	}
+	d.pruning = true
+	d.snaps = slices.DeleteFunc(d.snaps, func(s *m.SnapshotRef) bool { return slices.Contains(drop, s.Name) })
+	return []core.Effect{core.Storage{Req: &m.StorageRequest{
+		Op: m.StorageOp_STORAGE_OP_PRUNE, Site: d.site, OpId: d.id(), Names: drop}}}
+}
+
+// Prune returns the names of snapshots (oldest first) that retention drops:
+// everything younger than KeepAll stays; then one per hour until KeepHourly,
+// one per day until KeepDaily; older ones go. The newest snapshot and the
+// protected ones always stay.
+func Prune(r core.Retention, nowMs int64, snaps []*m.SnapshotRef, protected map[string]bool) []string {
+	keep := make([]bool, len(snaps))
+	buckets := map[string]bool{}
+	for i := len(snaps) - 1; i >= 0; i-- {
+		s := snaps[i]
+		age := time.Duration(nowMs-s.TakenMs) * time.Millisecond
+		var bucket string
+		switch {
+		case i == len(snaps)-1 || protected[s.Name] || age < r.KeepAll:
+			keep[i] = true
+			continue
+		case age < r.KeepHourly:
+			bucket = fmt.Sprintf("h%d", s.TakenMs/int64(time.Hour/time.Millisecond))
+		case age < r.KeepDaily:
+			bucket = fmt.Sprintf("d%d", s.TakenMs/int64(24*time.Hour/time.Millisecond))
+		default:
+			continue
+		}
+		// Newest first, so each bucket keeps its newest snapshot.
+		if !buckets[bucket] {
+			buckets[bucket] = true
+			keep[i] = true
+		}
+	}
+	var drop []string
+	for i, s := range snaps {
+		if !keep[i] {
+			drop = append(drop, s.Name)
+		}
+	}
+	return drop
+}

@@ -1,0 +1,347 @@
+// Package node is the state machine of one cluster node: its membership view
+// (heartbeats), its load reports to the balancer, its route cache, and the
+// entry side of every client request (route, forward, retry, hold while no
+// master is known).
+package node
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+const (
+	timerHeartbeat = "heartbeat"
+	timerReport    = "report"
+	timerRequest   = "req/" // + request id
+)
+
+type pending struct {
+	req     *m.SiteRequest
+	retried bool   // an idempotent request is retried once after a timeout
+	tried   string // the master it was last sent to
+	waiting bool   // parked until a route is known
+}
+
+// Node is the node actor.
+type Node struct {
+	name        string
+	incarnation uint64
+	members     []string
+	lastHeard   map[string]int64
+	live        map[string]bool
+	leader      string
+	routes      map[string]*m.RouteUpdate
+	pending     map[uint64]*pending
+	datasets    map[string]*m.DatasetInfo // from local dataset actors
+	sites       map[string]*m.DatasetInfo // from local site actors (phase, leases)
+	load        uint64                    // requests served here since the last report
+	siteLoad    map[string]uint64         // the same, per site
+	draining    bool
+	booted      bool
+}
+
+var _ core.Actor = (*Node)(nil)
+
+// New returns the node actor of name.
+func New(name string) *Node {
+	return &Node{name: name, lastHeard: map[string]int64{}, live: map[string]bool{},
+		routes: map[string]*m.RouteUpdate{}, pending: map[uint64]*pending{},
+		datasets: map[string]*m.DatasetInfo{}, sites: map[string]*m.DatasetInfo{}, siteLoad: map[string]uint64{}}
+}
+
+// Live returns the members this node believes up, sorted.
+func (n *Node) Live() []string {
+	var out []string
+	for _, mb := range n.members {
+		if n.live[mb] {
+			out = append(out, mb)
+		}
+	}
+	return out
+}
+
+// Route returns the cached route of a site (nil if unknown).
+func (n *Node) Route(site string) *m.RouteUpdate { return n.routes[site] }
+
+// Pending is the number of client requests this entry node waits on.
+func (n *Node) Pending() int { return len(n.pending) }
+
+// Leader is the node whose balancer this node reports to.
+func (n *Node) Leader() string { return n.leader }
+
+// Step handles one input.
+func (n *Node) Step(env *core.Env, in proto.Message) []core.Effect {
+	switch msg := in.(type) {
+	case *m.NodeBoot:
+		return n.boot(env, msg)
+	case *m.Heartbeat:
+		return n.heard(env, msg.Node)
+	case *m.Timer:
+		return n.timer(env, msg.Key)
+	case *m.DatasetInfo:
+		if msg.Role != m.Role_ROLE_UNSPECIFIED || msg.Latest != nil {
+			n.datasets[msg.Site] = msg
+		} else {
+			n.siteLoad[msg.Site] += msg.Requests
+			n.load += msg.Requests
+			n.sites[msg.Site] = msg
+		}
+		return nil
+	case *m.SiteRequest:
+		return n.clientRequest(env, msg)
+	case *m.SiteResponse:
+		return n.response(env, msg)
+	case *m.RouteUpdate:
+		return n.routeUpdate(env, msg)
+	case *m.RouteTable:
+		var fx []core.Effect
+		for _, r := range msg.Routes {
+			fx = append(fx, n.routeUpdate(env, r)...)
+		}
+		return fx
+	case *m.CreateSite, *m.DrainNode:
+		if d, ok := msg.(*m.DrainNode); ok && d.Node == n.name {
+			n.draining = true
+		}
+		return []core.Effect{core.Send{To: core.BalancerAddr(n.leader), Msg: in}}
+	}
+	panic(fmt.Sprintf("node %s: unexpected input %T", n.name, in))
+}
+
+func (n *Node) boot(env *core.Env, b *m.NodeBoot) []core.Effect {
+	n.booted = true
+	n.incarnation = b.Incarnation
+	n.members = slices.Clone(b.Members)
+	slices.Sort(n.members)
+	now := env.NowMs()
+	// Every member starts live with a full failure timeout of grace, so that
+	// a starting cluster does not fail over before the first heartbeats.
+	for _, mb := range n.members {
+		n.live[mb] = true
+		n.lastHeard[mb] = now
+	}
+	fx := []core.Effect{core.Info("node booted", "node", n.name, "members", len(n.members), "datasets", len(b.Datasets))}
+	for _, d := range b.Datasets {
+		fx = append(fx, core.Send{To: core.DatasetAddr(n.name, d.Info.Site), Msg: d})
+	}
+	fx = append(fx, n.leadership(env)...)
+	return append(fx,
+		core.SetTimer{Key: timerHeartbeat, After: env.Config.HeartbeatInterval},
+		core.SetTimer{Key: timerReport, After: env.Config.ReportInterval})
+}
+
+func (n *Node) heard(env *core.Env, from string) []core.Effect {
+	if !slices.Contains(n.members, from) {
+		return nil
+	}
+	n.lastHeard[from] = env.NowMs()
+	if n.live[from] {
+		return nil
+	}
+	n.live[from] = true
+	return n.memberChanged(env, from, true)
+}
+
+// memberChanged tells the local balancer and site actors, and re-picks the leader.
+func (n *Node) memberChanged(env *core.Env, member string, up bool) []core.Effect {
+	fx := []core.Effect{core.Info("member "+map[bool]string{true: "up", false: "down"}[up], "node", n.name, "member", member)}
+	ev := &m.MemberEvent{Node: member, Up: up}
+	for _, site := range sortedKeys(n.sites) {
+		fx = append(fx, core.Send{To: core.SiteAddr(n.name, site), Msg: ev})
+	}
+	if !up {
+		// Requests parked on, or in flight to, a dead master wait for a new route.
+		for _, id := range sortedKeys(n.pending) {
+			p := n.pending[id]
+			if r := n.routes[p.req.Site]; r != nil && r.Master == member {
+				p.waiting = true
+			}
+		}
+	}
+	return append(fx, n.leadership(env)...)
+}
+
+func (n *Node) leadership(env *core.Env) []core.Effect {
+	live := n.Live()
+	leader := ""
+	if len(live) > 0 {
+		leader = live[0]
+	}
+	n.leader = leader
+	return []core.Effect{core.Send{To: core.BalancerAddr(n.name), Msg: &m.BalancerRole{Active: leader == n.name, Live: live}}}
+}
+
+func (n *Node) timer(env *core.Env, key string) []core.Effect {
+	switch {
+	case key == timerHeartbeat:
+		var fx []core.Effect
+		now := env.NowMs()
+		hb := &m.Heartbeat{Node: n.name, Incarnation: n.incarnation}
+		for _, mb := range n.members {
+			if mb == n.name {
+				continue
+			}
+			fx = append(fx, core.Send{To: core.NodeAddr(mb), Msg: hb})
+			if n.live[mb] && now-n.lastHeard[mb] > env.Config.FailureTimeout.Milliseconds() {
+				n.live[mb] = false
+				fx = append(fx, n.memberChanged(env, mb, false)...)
+			}
+		}
+		return append(fx, core.SetTimer{Key: timerHeartbeat, After: env.Config.HeartbeatInterval})
+	case key == timerReport:
+		return []core.Effect{
+			core.Send{To: core.BalancerAddr(n.leader), Msg: n.report(env)},
+			core.SetTimer{Key: timerReport, After: env.Config.ReportInterval},
+		}
+	case strings.HasPrefix(key, timerRequest):
+		id, _ := strconv.ParseUint(key[len(timerRequest):], 10, 64)
+		return n.requestTimeout(env, id)
+	}
+	return nil
+}
+
+func (n *Node) report(env *core.Env) *m.NodeReport {
+	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs()}
+	n.load = 0
+	clear(n.siteLoad)
+	for _, site := range sortedKeys(n.datasets) {
+		info := proto.Clone(n.datasets[site]).(*m.DatasetInfo)
+		if s := n.sites[site]; s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
+			info.Phase = s.Phase
+			info.FtpLeases = s.FtpLeases
+		}
+		info.Requests = n.siteLoad[site]
+		r.Datasets = append(r.Datasets, info)
+	}
+	return r
+}
+
+// clientRequest is a request that entered the cluster at this node.
+func (n *Node) clientRequest(env *core.Env, req *m.SiteRequest) []core.Effect {
+	if len(n.pending) >= env.Config.FrontPendingMax {
+		return []core.Effect{core.Send{To: core.ClientAddr(n.name), Msg: &m.SiteResponse{
+			Site: req.Site, RequestId: req.RequestId, Code: m.Code_CODE_OVERLOADED, WriteId: req.WriteId,
+			RetryAfterS: uint32(max(1, env.Config.RetryAfter/time.Second)), Detail: "entry node pending bound reached"}}}
+	}
+	if _, dup := n.pending[req.RequestId]; dup {
+		return nil
+	}
+	req.EntryNode = n.name
+	req.ArrivedMs = env.NowMs()
+	p := &pending{req: req}
+	n.pending[req.RequestId] = p
+	fx := []core.Effect{core.SetTimer{Key: timerRequest + strconv.FormatUint(req.RequestId, 10), After: env.Config.RequestTimeout}}
+	return append(fx, n.forward(env, p)...)
+}
+
+// forward sends a pending request to the site's master, or parks it.
+func (n *Node) forward(env *core.Env, p *pending) []core.Effect {
+	r := n.routes[p.req.Site]
+	if r == nil || r.Master == "" || !n.live[r.Master] {
+		p.waiting = true
+		return nil
+	}
+	p.waiting = false
+	p.tried = r.Master
+	p.req.Attempt++
+	return []core.Effect{core.Send{To: core.SiteAddr(r.Master, p.req.Site), Msg: proto.Clone(p.req)}}
+}
+
+func (n *Node) finish(id uint64, resp *m.SiteResponse) []core.Effect {
+	delete(n.pending, id)
+	return []core.Effect{
+		core.CancelTimer{Key: timerRequest + strconv.FormatUint(id, 10)},
+		core.Send{To: core.ClientAddr(n.name), Msg: resp},
+	}
+}
+
+func (n *Node) response(env *core.Env, resp *m.SiteResponse) []core.Effect {
+	p := n.pending[resp.RequestId]
+	if p == nil {
+		return nil // answered already (a duplicate or a retried request)
+	}
+	if resp.Code != m.Code_CODE_MOVED {
+		return n.finish(resp.RequestId, resp)
+	}
+	if resp.Master != "" {
+		n.learn(&m.RouteUpdate{Site: resp.Site, Master: resp.Master, Epoch: resp.Epoch, Phase: m.SitePhase_SITE_PHASE_ACTIVE})
+	}
+	if int(p.req.Attempt) >= env.Config.RequestAttemptsMax {
+		resp.Code = m.Code_CODE_UNAVAILABLE
+		resp.Detail = "site moved too often while this request was routed"
+		return n.finish(resp.RequestId, resp)
+	}
+	if resp.Master == "" {
+		// The node we asked no longer masters the site and does not know
+		// who does: wait for a route update.
+		r := n.routes[resp.Site]
+		if r == nil || r.Master == p.tried {
+			if r != nil {
+				// The cached master is stale: forget it until an update.
+				n.routes[resp.Site] = &m.RouteUpdate{Site: r.Site, Epoch: r.Epoch, Phase: m.SitePhase_SITE_PHASE_FAILING_OVER, Domains: r.Domains}
+			}
+			p.waiting = true
+			return nil
+		}
+	}
+	return n.forward(env, p)
+}
+
+// learn keeps the route with the highest epoch.
+func (n *Node) learn(r *m.RouteUpdate) bool {
+	old := n.routes[r.Site]
+	if old != nil && core.EpochLess(r.Epoch, old.Epoch) {
+		return false
+	}
+	if old != nil && proto.Equal(old, r) {
+		return false
+	}
+	n.routes[r.Site] = r
+	return true
+}
+
+func (n *Node) routeUpdate(env *core.Env, r *m.RouteUpdate) []core.Effect {
+	if !n.learn(r) {
+		return nil
+	}
+	var fx []core.Effect
+	for _, id := range sortedKeys(n.pending) {
+		if p := n.pending[id]; p.waiting && p.req.Site == r.Site {
+			fx = append(fx, n.forward(env, p)...)
+		}
+	}
+	return fx
+}
+
+func (n *Node) requestTimeout(env *core.Env, id uint64) []core.Effect {
+	p := n.pending[id]
+	if p == nil {
+		return nil
+	}
+	if p.req.Idempotent && !p.retried && !p.waiting {
+		// The master may have died with the request: an idempotent one is
+		// retried once, wherever the site is now.
+		p.retried = true
+		fx := []core.Effect{core.SetTimer{Key: timerRequest + strconv.FormatUint(id, 10), After: env.Config.RequestTimeout}}
+		return append(fx, n.forward(env, p)...)
+	}
+	return n.finish(id, &m.SiteResponse{Site: p.req.Site, RequestId: id, Code: m.Code_CODE_TIMEOUT, WriteId: p.req.WriteId,
+		RetryAfterS: uint32(max(1, env.Config.RetryAfter/time.Second)), Detail: "no answer from the site in time"})
+}
+
+func sortedKeys[K interface{ ~string | ~uint64 }, V any](mp map[K]V) []K {
+	keys := make([]K, 0, len(mp))
+	for k := range mp {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,476 @@
+// Package site is the state machine of a site on its master: it serves
+// requests, holds them while the site is paused for a move, runs planned
+// migrations (pre-copy, pause, final delta, promote), answers where a site
+// went after it moved, and counts the FTP leases that keep it from moving.
+package site
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+const (
+	timerStep = "step"
+	timerHold = "hold"
+	timerLoad = "load"
+)
+
+type held struct {
+	req        *m.SiteRequest
+	deadlineMs int64
+	arrivedMs  int64
+}
+
+type migration struct {
+	target    string
+	reason    string
+	syncID    uint64
+	startedMs int64
+	pausedMs  int64
+	final     *m.SnapshotRef
+	epoch     *m.Epoch // the target's epoch once asked to activate
+	attempts  int
+	activate  *m.Activate
+}
+
+// Site is the site actor on one node.
+type Site struct {
+	site, node string
+	spec       *m.SiteSpec
+	epoch      *m.Epoch
+	replicas   []string
+	phase      m.SitePhase
+	held       []held
+	heldBytes  uint64
+	leases     map[string]int
+	mig        *migration
+	nextID     uint64
+	// successor is where requests go once this node stopped being master.
+	successor      string
+	successorEpoch *m.Epoch
+	served         uint64
+	lastReported   *m.DatasetInfo
+}
+
+var _ core.Actor = (*Site)(nil)
+
+// New returns the site actor of site on node, not yet active.
+func New(node, site string) *Site {
+	return &Site{site: site, node: node, leases: map[string]int{}}
+}
+
+// Phase is the site's lifecycle phase on this node.
+func (s *Site) Phase() m.SitePhase { return s.phase }
+
+// Epoch is the epoch this node serves at (or last served at).
+func (s *Site) Epoch() *m.Epoch { return s.epoch }
+
+// Held is the number of requests held.
+func (s *Site) Held() int { return len(s.held) }
+
+// State is the admin view of the site.
+func (s *Site) State() *m.SiteState {
+	st := &m.SiteState{Spec: s.spec, Epoch: s.epoch, Master: s.node, Replicas: slices.Clone(s.replicas),
+		Phase: s.phase, HeldRequests: uint32(len(s.held)), FtpLeases: uint32(s.leaseCount())}
+	if s.mig != nil {
+		st.MigrationTarget = s.mig.target
+	}
+	if s.phase == m.SitePhase_SITE_PHASE_DEMOTED {
+		st.Master = s.successor
+	}
+	return st
+}
+
+func (s *Site) leaseCount() int {
+	n := 0
+	for _, c := range s.leases {
+		n += c
+	}
+	return n
+}
+
+func (s *Site) serving() bool {
+	return s.phase == m.SitePhase_SITE_PHASE_ACTIVE || s.phase == m.SitePhase_SITE_PHASE_PRE_COPY
+}
+
+func (s *Site) holding() bool {
+	switch s.phase {
+	case m.SitePhase_SITE_PHASE_PAUSED, m.SitePhase_SITE_PHASE_FINAL_DELTA, m.SitePhase_SITE_PHASE_PROMOTING:
+		return true
+	}
+	return false
+}
+
+func (s *Site) log(msg string, attrs ...any) core.Log {
+	return core.Info(msg, append([]any{"site", s.site, "node", s.node, "epoch", core.EpochString(s.epoch)}, attrs...)...)
+}
+
+// Step handles one input.
+func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
+	var fx []core.Effect
+	switch msg := in.(type) {
+	case *m.Activate:
+		fx = s.activate(env, msg)
+	case *m.SiteRequest:
+		fx = s.request(env, msg)
+	case *m.Migrate:
+		fx = s.migrate(env, msg)
+	case *m.SyncDone:
+		fx = s.syncDone(env, msg)
+	case *m.Activated:
+		fx = s.activated(env, msg)
+	case *m.Demote:
+		fx = s.demote(env, msg)
+	case *m.MemberEvent:
+		if !msg.Up && s.mig != nil && s.mig.target == msg.Node {
+			fx = s.targetLost(env, "target "+msg.Node+" is down")
+		}
+	case *m.Timer:
+		fx = s.timer(env, msg.Key)
+	case *m.LeaseAcquire:
+		s.leases[msg.Holder]++
+	case *m.LeaseRelease:
+		if s.leases[msg.Holder] > 1 {
+			s.leases[msg.Holder]--
+		} else {
+			delete(s.leases, msg.Holder)
+		}
+	case *m.AddReplica:
+		if s.serving() && !slices.Contains(s.replicas, msg.Node) && msg.Node != s.node {
+			s.replicas = append(s.replicas, msg.Node)
+			slices.Sort(s.replicas)
+			fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: msg})
+		}
+	case *m.DropReplica:
+		if i := slices.Index(s.replicas, msg.Node); i >= 0 {
+			s.replicas = slices.Delete(s.replicas, i, i+1)
+			fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: msg})
+		}
+	case *m.AdminSnapshot:
+		fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: msg})
+	default:
+		panic(fmt.Sprintf("site %s: unexpected input %T", s.site, in))
+	}
+	return append(fx, s.report()...)
+}
+
+// report tells the local node what it reports for this site (phase, leases, load).
+func (s *Site) report() []core.Effect {
+	info := &m.DatasetInfo{Site: s.site, Node: s.node, Phase: s.phase, FtpLeases: uint32(s.leaseCount()), Epoch: s.epoch}
+	if s.lastReported != nil && proto.Equal(info, s.lastReported) {
+		return nil
+	}
+	s.lastReported = info
+	return []core.Effect{core.Send{To: core.NodeAddr(s.node), Msg: info}}
+}
+
+func (s *Site) route() *m.RouteUpdate {
+	master := s.node
+	epoch := s.epoch
+	if s.phase == m.SitePhase_SITE_PHASE_DEMOTED {
+		master, epoch = s.successor, s.successorEpoch
+	}
+	return &m.RouteUpdate{Site: s.site, Master: master, Epoch: epoch, Phase: s.phase, Domains: s.spec.GetDomains()}
+}
+
+// activate: the local dataset became master (or bumped its epoch).
+func (s *Site) activate(env *core.Env, a *m.Activate) []core.Effect {
+	if s.epoch != nil && !core.EpochLess(s.epoch, a.Epoch) {
+		if core.CompareEpoch(s.epoch, a.Epoch) == 0 && a.FromNode != "" {
+			// Re-sent activation: the old master missed our answer.
+			return []core.Effect{core.Send{To: core.SiteAddr(a.FromNode, s.site), Msg: &m.Activated{
+				Site: s.site, Node: s.node, Epoch: s.epoch, Code: m.Code_CODE_OK}}}
+		}
+		return nil
+	}
+	wasServing := s.serving() || s.holding()
+	s.spec = a.Spec
+	s.epoch = a.Epoch
+	s.replicas = nil
+	for _, r := range a.Replicas {
+		if r != s.node && !slices.Contains(s.replicas, r) {
+			s.replicas = append(s.replicas, r)
+		}
+	}
+	slices.Sort(s.replicas)
+	s.successor, s.successorEpoch = "", nil
+	fx := []core.Effect{s.log("site active", "reason", a.Reason, "replicas", fmt.Sprint(s.replicas))}
+	if s.mig != nil {
+		// Resumed after a migration gave up on its target.
+		fx = append(fx, core.CancelTimer{Key: timerStep})
+		s.mig = nil
+	}
+	s.phase = m.SitePhase_SITE_PHASE_ACTIVE
+	fx = append(fx, core.Broadcast{Msg: s.route()})
+	if !wasServing {
+		fx = append(fx, core.Process{Req: &m.ProcessRequest{Site: s.site, Start: true, Spec: s.spec}},
+			core.SetTimer{Key: timerLoad, After: env.Config.ReportInterval})
+	}
+	if a.FromNode != "" {
+		fx = append(fx, core.Send{To: core.SiteAddr(a.FromNode, s.site), Msg: &m.Activated{
+			Site: s.site, Node: s.node, Epoch: s.epoch, Code: m.Code_CODE_OK}})
+	}
+	return append(fx, s.release(env)...)
+}
+
+func (s *Site) respond(req *m.SiteRequest, code m.Code, detail string, env *core.Env) core.Effect {
+	resp := &m.SiteResponse{Site: s.site, RequestId: req.RequestId, Code: code, Detail: detail, WriteId: req.WriteId}
+	switch code {
+	case m.Code_CODE_MOVED:
+		resp.Master, resp.Epoch = s.successor, s.successorEpoch
+	case m.Code_CODE_OVERLOADED, m.Code_CODE_TIMEOUT:
+		resp.RetryAfterS = uint32(max(1, env.Config.RetryAfter/time.Second))
+	}
+	return core.Send{To: core.NodeAddr(req.EntryNode), Msg: resp}
+}
+
+func (s *Site) request(env *core.Env, req *m.SiteRequest) []core.Effect {
+	switch {
+	case s.serving():
+		s.served++
+		return []core.Effect{core.Serve{Req: req, Epoch: s.epoch}}
+	case s.holding():
+		return s.hold(env, req)
+	default:
+		return []core.Effect{s.respond(req, m.Code_CODE_MOVED, "not master here", env)}
+	}
+}
+
+// hold keeps a request until the site is active again, within the bounds.
+func (s *Site) hold(env *core.Env, req *m.SiteRequest) []core.Effect {
+	c := env.Config
+	if len(s.held) >= c.HeldRequestsMax {
+		return []core.Effect{s.respond(req, m.Code_CODE_OVERLOADED, "held requests bound reached", env)}
+	}
+	if s.heldBytes+req.BodyBytes > c.HeldBytesMax {
+		return []core.Effect{s.respond(req, m.Code_CODE_OVERLOADED, "held bytes bound reached", env)}
+	}
+	h := held{req: req, arrivedMs: env.NowMs(), deadlineMs: env.NowMs() + c.HoldDeadline.Milliseconds()}
+	s.held = append(s.held, h)
+	s.heldBytes += req.BodyBytes
+	if len(s.held) == 1 {
+		return []core.Effect{core.SetTimer{Key: timerHold, After: c.HoldDeadline}}
+	}
+	return nil
+}
+
+// release serves held requests in arrival order (we are master again).
+func (s *Site) release(env *core.Env) []core.Effect {
+	if len(s.held) == 0 {
+		return nil
+	}
+	fx := []core.Effect{core.CancelTimer{Key: timerHold}}
+	for _, h := range s.held {
+		s.served++
+		fx = append(fx, core.Serve{Req: h.req, Epoch: s.epoch})
+	}
+	s.held, s.heldBytes = nil, 0
+	return fx
+}
+
+// forward sends held requests, in arrival order, to the new master.
+func (s *Site) forward(env *core.Env) []core.Effect {
+	if len(s.held) == 0 {
+		return nil
+	}
+	fx := []core.Effect{core.CancelTimer{Key: timerHold}}
+	for _, h := range s.held {
+		fx = append(fx, core.Send{To: core.SiteAddr(s.successor, s.site), Msg: h.req})
+	}
+	s.held, s.heldBytes = nil, 0
+	return fx
+}
+
+func (s *Site) timer(env *core.Env, key string) []core.Effect {
+	switch key {
+	case timerHold:
+		now := env.NowMs()
+		var fx []core.Effect
+		i := 0
+		for ; i < len(s.held) && s.held[i].deadlineMs <= now; i++ {
+			s.heldBytes -= s.held[i].req.BodyBytes
+			fx = append(fx, s.respond(s.held[i].req, m.Code_CODE_TIMEOUT, "held past the deadline", env))
+		}
+		s.held = s.held[i:]
+		if len(s.held) > 0 {
+			fx = append(fx, core.SetTimer{Key: timerHold, After: time.Duration(s.held[0].deadlineMs-now) * time.Millisecond})
+		}
+		return fx
+	case timerLoad:
+		if !s.serving() && !s.holding() {
+			return nil
+		}
+		fx := []core.Effect{core.SetTimer{Key: timerLoad, After: env.Config.ReportInterval}}
+		if s.served > 0 {
+			fx = append(fx, core.Send{To: core.NodeAddr(s.node), Msg: &m.DatasetInfo{Site: s.site, Node: s.node,
+				Phase: s.phase, FtpLeases: uint32(s.leaseCount()), Epoch: s.epoch, Requests: s.served}})
+			s.served = 0
+		}
+		return fx
+	case timerStep:
+		if s.mig == nil {
+			return nil
+		}
+		if s.phase == m.SitePhase_SITE_PHASE_PROMOTING {
+			if s.mig.attempts < env.Config.ActivateAttemptsMax {
+				s.mig.attempts++
+				return []core.Effect{
+					s.log("activation unanswered: asking again", "target", s.mig.target, "attempt", s.mig.attempts),
+					core.Send{To: core.DatasetAddr(s.mig.target, s.site), Msg: s.mig.activate},
+					core.SetTimer{Key: timerStep, After: env.Config.StepTimeout},
+				}
+			}
+			return s.targetLost(env, "target never answered the activation")
+		}
+		return s.abort(env, "migration step timed out in "+s.phase.String())
+	}
+	return nil
+}
+
+// migrate starts a planned move: pre-copy while the site stays live.
+func (s *Site) migrate(env *core.Env, mg *m.Migrate) []core.Effect {
+	switch {
+	case s.phase != m.SitePhase_SITE_PHASE_ACTIVE:
+		return []core.Effect{s.log("migration refused: site is not active here", "target", mg.Target, "phase", s.phase.String())}
+	case mg.Target == s.node:
+		return nil
+	case s.leaseCount() > 0 && mg.Reason == "load":
+		return []core.Effect{s.log("migration refused: FTP session open", "target", mg.Target, "leases", s.leaseCount())}
+	}
+	s.nextID++
+	s.mig = &migration{target: mg.Target, reason: mg.Reason, syncID: s.nextID, startedMs: env.NowMs()}
+	s.phase = m.SitePhase_SITE_PHASE_PRE_COPY
+	return []core.Effect{
+		s.log("migration: pre-copy", "target", mg.Target, "reason", mg.Reason),
+		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Sync{Site: s.site, Target: mg.Target, SyncId: s.mig.syncID}},
+		core.SetTimer{Key: timerStep, After: env.Config.StepTimeout},
+	}
+}
+
+func (s *Site) syncDone(env *core.Env, d *m.SyncDone) []core.Effect {
+	if s.mig == nil || d.SyncId != s.mig.syncID {
+		return nil
+	}
+	if d.Code != m.Code_CODE_OK {
+		return s.abort(env, "sync failed: "+d.Detail)
+	}
+	switch s.phase {
+	case m.SitePhase_SITE_PHASE_PRE_COPY:
+		// Pause: from here requests are held, and the final delta captures
+		// every write acknowledged so far.
+		s.phase = m.SitePhase_SITE_PHASE_PAUSED
+		s.mig.pausedMs = env.NowMs()
+		fx := []core.Effect{s.log("migration: paused", "target", s.mig.target, "precopy", d.Snapshot.GetName()),
+			core.Broadcast{Msg: s.route()}}
+		if env.Config.Mutations.SkipFinalDelta {
+			return append(fx, s.promote(env, d.Snapshot)...)
+		}
+		s.nextID++
+		s.mig.syncID = s.nextID
+		s.phase = m.SitePhase_SITE_PHASE_FINAL_DELTA
+		return append(fx,
+			core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Sync{Site: s.site, Target: s.mig.target, Final: true, SyncId: s.mig.syncID}},
+			core.SetTimer{Key: timerStep, After: env.Config.StepTimeout})
+	case m.SitePhase_SITE_PHASE_FINAL_DELTA:
+		return s.promote(env, d.Snapshot)
+	}
+	return nil
+}
+
+// promote asks the target to become master at the next epoch.
+func (s *Site) promote(env *core.Env, final *m.SnapshotRef) []core.Effect {
+	s.phase = m.SitePhase_SITE_PHASE_PROMOTING
+	s.mig.final = final
+	s.mig.epoch = core.NextEpoch(s.epoch, s.mig.target)
+	replicas := []string{s.node}
+	for _, r := range s.replicas {
+		if r != s.mig.target {
+			replicas = append(replicas, r)
+		}
+	}
+	s.mig.activate = &m.Activate{Spec: s.spec, Epoch: s.mig.epoch, Replicas: replicas, Reason: "migrate",
+		ExpectSnapshot: final.GetName(), FromNode: s.node}
+	s.mig.attempts = 1
+	return []core.Effect{
+		s.log("migration: promoting target", "target", s.mig.target, "snapshot", final.GetName(), "new_epoch", core.EpochString(s.mig.epoch)),
+		core.Send{To: core.DatasetAddr(s.mig.target, s.site), Msg: s.mig.activate},
+		core.SetTimer{Key: timerStep, After: env.Config.StepTimeout},
+	}
+}
+
+func (s *Site) activated(env *core.Env, a *m.Activated) []core.Effect {
+	if s.mig == nil || s.phase != m.SitePhase_SITE_PHASE_PROMOTING || core.CompareEpoch(a.Epoch, s.mig.epoch) != 0 {
+		return nil
+	}
+	if a.Code != m.Code_CODE_OK {
+		return s.abort(env, "target refused: "+a.Detail)
+	}
+	mg := s.mig
+	s.mig = nil
+	s.phase = m.SitePhase_SITE_PHASE_DEMOTED
+	s.successor, s.successorEpoch = mg.target, mg.epoch
+	fx := []core.Effect{
+		core.CancelTimer{Key: timerStep},
+		s.log("migration done", "target", mg.target, "paused_ms", env.NowMs()-mg.pausedMs, "took_ms", env.NowMs()-mg.startedMs),
+	}
+	fx = append(fx, s.forward(env)...)
+	return append(fx,
+		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Demote{Site: s.site, Winner: mg.target, Epoch: mg.epoch}},
+		core.Process{Req: &m.ProcessRequest{Site: s.site, Start: false, Spec: s.spec}})
+}
+
+// abort ends a migration that has not asked the target to activate: the site
+// serves here again, held requests first.
+func (s *Site) abort(env *core.Env, why string) []core.Effect {
+	target := s.mig.target
+	s.mig = nil
+	s.phase = m.SitePhase_SITE_PHASE_ACTIVE
+	fx := []core.Effect{core.CancelTimer{Key: timerStep}, core.Warn("migration aborted", "site", s.site, "node", s.node, "target", target, "why", why),
+		core.Broadcast{Msg: s.route()}}
+	return append(fx, s.release(env)...)
+}
+
+// targetLost handles a target that is gone while it may or may not have
+// activated: before activation this is a plain abort; after it, this node
+// resumes at an epoch above the one the target was given, so the two
+// histories stay distinct and a heal picks the newest.
+func (s *Site) targetLost(env *core.Env, why string) []core.Effect {
+	if s.phase != m.SitePhase_SITE_PHASE_PROMOTING {
+		return s.abort(env, why)
+	}
+	epoch := core.NextEpoch(s.mig.epoch, s.node)
+	fx := []core.Effect{core.Warn("migration target lost after activation was asked: resuming here", "site", s.site,
+		"node", s.node, "target", s.mig.target, "why", why, "new_epoch", core.EpochString(epoch))}
+	// The dataset bumps its epoch and comes back through activate().
+	return append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Activate{
+		Spec: s.spec, Epoch: epoch, Replicas: s.replicas, Reason: "resume"}})
+}
+
+// demote: a newer master exists (fencing, or a heal chose another history).
+func (s *Site) demote(env *core.Env, d *m.Demote) []core.Effect {
+	if s.epoch != nil && !core.EpochLess(s.epoch, d.Epoch) {
+		return nil
+	}
+	if s.phase == m.SitePhase_SITE_PHASE_DEMOTED && !core.EpochLess(s.successorEpoch, d.Epoch) {
+		return nil
+	}
+	was := s.phase
+	s.phase = m.SitePhase_SITE_PHASE_DEMOTED
+	s.successor, s.successorEpoch = d.Winner, d.Epoch
+	fx := []core.Effect{s.log("site demoted", "winner", d.Winner, "winner_epoch", core.EpochString(d.Epoch)),
+		core.CancelTimer{Key: timerStep}}
+	s.mig = nil
+	fx = append(fx, s.forward(env)...)
+	if was != m.SitePhase_SITE_PHASE_DEMOTED {
+		fx = append(fx, core.Process{Req: &m.ProcessRequest{Site: s.site, Start: false, Spec: s.spec}})
+	}
+	// The dataset snapshots the last writes and becomes a replica (it ignores
+	// this if it already did).
+	return append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: d})
+}

@@ -1,0 +1,25 @@
+package storagetest_test
+
+import (
+	"testing"
+
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/portable"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/storagetest"
+)
+
+func TestConformance(t *testing.T) {
+	t.Run("Portable", func(t *testing.T) {
+		storagetest.Run(t, storagetest.Harness{NewPair: func(t *testing.T) (storage.Driver, storage.Driver) {
+			a, err := portable.New(t.TempDir(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := portable.New(t.TempDir(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a, b
+		}})
+	})
+}

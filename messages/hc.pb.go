@@ -1624,10 +1624,13 @@ func (x *DropReplica) GetNode() string {
 // Demote tells a master that lost (after a partition) to become a replica of
 // the winner; its divergent snapshots will be stashed when the winner's stream arrives.
 type Demote struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
-	Winner        string                 `protobuf:"bytes,2,opt,name=winner,proto3" json:"winner,omitempty"`
-	Epoch         *Epoch                 `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Site   string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Winner string                 `protobuf:"bytes,2,opt,name=winner,proto3" json:"winner,omitempty"`
+	Epoch  *Epoch                 `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// clean: the winner already holds every write (a finished migration), so
+	// the demoted copy needs no last snapshot.
+	Clean         bool `protobuf:"varint,4,opt,name=clean,proto3" json:"clean,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1683,11 +1686,19 @@ func (x *Demote) GetEpoch() *Epoch {
 	return nil
 }
 
+func (x *Demote) GetClean() bool {
+	if x != nil {
+		return x.Clean
+	}
+	return false
+}
+
 // Probe asks a node what it holds of a site (failover picks the newest copy).
 type Probe struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
 	ProbeId       uint64                 `protobuf:"varint,2,opt,name=probe_id,json=probeId,proto3" json:"probe_id,omitempty"`
+	ReplyNode     string                 `protobuf:"bytes,3,opt,name=reply_node,json=replyNode,proto3" json:"reply_node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1734,6 +1745,13 @@ func (x *Probe) GetProbeId() uint64 {
 		return x.ProbeId
 	}
 	return 0
+}
+
+func (x *Probe) GetReplyNode() string {
+	if x != nil {
+		return x.ReplyNode
+	}
+	return ""
 }
 
 type ProbeAnswer struct {
@@ -3590,14 +3608,17 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x04node\x18\x02 \x01(\tR\x04node\"5\n" +
 	"\vDropReplica\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x12\n" +
-	"\x04node\x18\x02 \x01(\tR\x04node\"c\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\"y\n" +
 	"\x06Demote\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06winner\x18\x02 \x01(\tR\x06winner\x12-\n" +
-	"\x05epoch\x18\x03 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\"6\n" +
+	"\x05epoch\x18\x03 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x12\x14\n" +
+	"\x05clean\x18\x04 \x01(\bR\x05clean\"U\n" +
 	"\x05Probe\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x19\n" +
-	"\bprobe_id\x18\x02 \x01(\x04R\aprobeId\"o\n" +
+	"\bprobe_id\x18\x02 \x01(\x04R\aprobeId\x12\x1d\n" +
+	"\n" +
+	"reply_node\x18\x03 \x01(\tR\treplyNode\"o\n" +
 	"\vProbeAnswer\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x19\n" +
 	"\bprobe_id\x18\x02 \x01(\x04R\aprobeId\x121\n" +

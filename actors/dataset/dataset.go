@@ -154,7 +154,7 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 			fx = append(fx, core.CancelTimer{Key: timerStream + msg.Node})
 		}
 	case *m.Probe:
-		fx = append(fx, core.Send{To: core.BalancerAddr(env.Self.Node), Msg: &m.ProbeAnswer{Site: d.site, ProbeId: msg.ProbeId, Info: d.Info()}})
+		fx = append(fx, core.Send{To: core.BalancerAddr(msg.ReplyNode), Msg: &m.ProbeAnswer{Site: d.site, ProbeId: msg.ProbeId, Info: d.Info()}})
 		return fx
 	case *m.AdminSnapshot:
 		fx = d.takeSnapshot(env)
@@ -274,8 +274,12 @@ func (d *Dataset) demote(env *core.Env, msg *m.Demote) []core.Effect {
 	if !d.active || !core.EpochLess(d.epoch, msg.Epoch) {
 		return nil
 	}
-	// The last snapshot is named in this copy's own (old) epoch.
-	fx := d.snapshotNow(env)
+	// Writes since the last snapshot are kept in one more snapshot, named in
+	// this copy's own (old) epoch, unless the winner holds them all already.
+	var fx []core.Effect
+	if !msg.Clean {
+		fx = d.snapshotNow(env)
+	}
 	d.active = false
 	d.role = m.Role_ROLE_REPLICA
 	d.fence = core.MaxEpoch(d.fence, msg.Epoch)

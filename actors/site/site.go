@@ -421,7 +421,7 @@ func (s *Site) activated(env *core.Env, a *m.Activated) []core.Effect {
 	}
 	fx = append(fx, s.forward(env)...)
 	return append(fx,
-		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Demote{Site: s.site, Winner: mg.target, Epoch: mg.epoch}},
+		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Demote{Site: s.site, Winner: mg.target, Epoch: mg.epoch, Clean: true}},
 		core.Process{Req: &m.ProcessRequest{Site: s.site, Start: false, Spec: s.spec}})
 }
 

@@ -1,0 +1,483 @@
+// Package balancer decides where sites live: placement of new sites and their
+// replicas, repair of lost replicas, failover to the newest copy, resolving two
+// masters after a partition (newest history wins, the other is stashed),
+// load-based moves with hysteresis, and draining. It only plans; the site and
+// dataset actors carry the plans out. Every node runs one; only the one on the
+// lowest-named live member (in its node's view) acts.
+package balancer
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+const (
+	timerPlan  = "plan"
+	timerProbe = "probe/" // + site
+	// healConfirmRounds: two masters must be seen this many plans in a row
+	// before a heal, so that a report taken mid-migration does not trigger one.
+	healConfirmRounds = 3
+)
+
+type probe struct {
+	id      uint64
+	answers map[string]*m.DatasetInfo
+	asked   []string
+}
+
+// Balancer is the balancer actor of one node.
+type Balancer struct {
+	node        string
+	active      bool
+	activeSince int64
+	live        []string
+	reports     map[string]*m.NodeReport
+	probes      map[string]*probe
+	actions     map[string]int64 // site -> when an action was taken
+	lastMove    map[string]int64
+	conflicts   map[string]int
+	creates     []*m.CreateSite
+	draining    map[string]bool
+	nextID      uint64
+	planArmed   bool
+}
+
+var _ core.Actor = (*Balancer)(nil)
+
+// New returns the balancer of node.
+func New(node string) *Balancer {
+	return &Balancer{node: node, reports: map[string]*m.NodeReport{}, probes: map[string]*probe{},
+		actions: map[string]int64{}, lastMove: map[string]int64{}, conflicts: map[string]int{}, draining: map[string]bool{}}
+}
+
+// Active reports whether this balancer is the one that acts.
+func (b *Balancer) Active() bool { return b.active }
+
+// Step handles one input.
+func (b *Balancer) Step(env *core.Env, in proto.Message) []core.Effect {
+	switch msg := in.(type) {
+	case *m.BalancerRole:
+		if msg.Active && !b.active {
+			b.activeSince = env.NowMs()
+		}
+		b.active = msg.Active
+		b.live = msg.Live
+		for n := range b.reports {
+			if !slices.Contains(b.live, n) {
+				delete(b.reports, n)
+			}
+		}
+		if b.active && !b.planArmed {
+			b.planArmed = true
+			return []core.Effect{core.Info("balancer active", "node", b.node, "live", len(b.live)),
+				core.SetTimer{Key: timerPlan, After: env.Config.ReportInterval}}
+		}
+		return nil
+	case *m.NodeReport:
+		if slices.Contains(b.live, msg.Node) {
+			b.reports[msg.Node] = msg
+			if msg.Draining {
+				b.draining[msg.Node] = true
+			}
+		}
+		return nil
+	case *m.CreateSite:
+		b.creates = append(b.creates, msg)
+		return nil
+	case *m.DrainNode:
+		b.draining[msg.Node] = true
+		return nil
+	case *m.ProbeAnswer:
+		if p := b.probes[msg.Site]; p != nil && p.id == msg.ProbeId {
+			p.answers[msg.Info.GetNode()] = msg.Info
+			if len(p.answers) == len(p.asked) {
+				return b.resolveProbe(env, msg.Site)
+			}
+		}
+		return nil
+	case *m.Timer:
+		if msg.Key == timerPlan {
+			if !b.active {
+				b.planArmed = false
+				return nil
+			}
+			fx := b.plan(env)
+			return append(fx, core.SetTimer{Key: timerPlan, After: env.Config.ReportInterval})
+		}
+		if strings.HasPrefix(msg.Key, timerProbe) {
+			return b.resolveProbe(env, msg.Key[len(timerProbe):])
+		}
+		return nil
+	}
+	panic(fmt.Sprintf("balancer %s: unexpected input %T", b.node, in))
+}
+
+// copyView is what the balancer knows of one site from reports.
+type copyView struct {
+	node string
+	info *m.DatasetInfo
+}
+
+func masterish(p m.SitePhase) bool {
+	switch p {
+	case m.SitePhase_SITE_PHASE_ACTIVE, m.SitePhase_SITE_PHASE_PRE_COPY, m.SitePhase_SITE_PHASE_PAUSED,
+		m.SitePhase_SITE_PHASE_FINAL_DELTA, m.SitePhase_SITE_PHASE_PROMOTING:
+		return true
+	}
+	return false
+}
+
+func (b *Balancer) busy(env *core.Env, site string) bool {
+	at, ok := b.actions[site]
+	return ok && env.NowMs()-at < env.Config.ActionTimeout.Milliseconds() || b.probes[site] != nil
+}
+
+func (b *Balancer) plan(env *core.Env) []core.Effect {
+	if env.NowMs()-b.activeSince < env.Config.BalancerWarmup.Milliseconds() {
+		return nil
+	}
+	copies := map[string][]copyView{}
+	load := map[string]uint64{}
+	for _, n := range b.live {
+		r := b.reports[n]
+		if r == nil {
+			continue
+		}
+		load[n] = 0
+		for _, d := range r.Datasets {
+			copies[d.Site] = append(copies[d.Site], copyView{node: n, info: d})
+			if d.Role == m.Role_ROLE_MASTER && masterish(d.Phase) {
+				load[n] += d.Requests
+			}
+		}
+	}
+	var fx []core.Effect
+	fx = append(fx, b.place(env, copies, load)...)
+	routes := &m.RouteTable{}
+	sites := make([]string, 0, len(copies))
+	for s := range copies {
+		sites = append(sites, s)
+	}
+	slices.Sort(sites)
+	for _, site := range sites {
+		cs := copies[site]
+		var masters []copyView
+		for _, c := range cs {
+			if c.info.Role == m.Role_ROLE_MASTER && masterish(c.info.Phase) {
+				masters = append(masters, c)
+			}
+		}
+		if len(masters) == 1 {
+			routes.Routes = append(routes.Routes, &m.RouteUpdate{Site: site, Master: masters[0].node,
+				Epoch: masters[0].info.Epoch, Phase: masters[0].info.Phase, Domains: masters[0].info.Spec.GetDomains()})
+		}
+		if b.busy(env, site) {
+			continue
+		}
+		switch {
+		case len(masters) == 0:
+			b.conflicts[site] = 0
+			fx = append(fx, b.failover(env, site, cs)...)
+		case len(masters) > 1:
+			b.conflicts[site]++
+			if b.conflicts[site] >= healConfirmRounds {
+				b.conflicts[site] = 0
+				fx = append(fx, b.heal(env, site, masters)...)
+			}
+		default:
+			b.conflicts[site] = 0
+			fx = append(fx, b.repair(env, site, masters[0], cs, load)...)
+		}
+	}
+	fx = append(fx, b.rebalance(env, copies, load)...)
+	if len(routes.Routes) > 0 {
+		fx = append(fx, core.Broadcast{Msg: routes})
+	}
+	return fx
+}
+
+// byLoad returns live, non-draining nodes, least loaded first (name breaks ties).
+func (b *Balancer) byLoad(load map[string]uint64, copies map[string][]copyView) []string {
+	count := map[string]int{}
+	for _, cs := range copies {
+		for _, c := range cs {
+			count[c.node]++
+		}
+	}
+	var nodes []string
+	for _, n := range b.live {
+		if b.reports[n] != nil && !b.draining[n] {
+			nodes = append(nodes, n)
+		}
+	}
+	slices.SortFunc(nodes, func(x, y string) int {
+		if load[x] != load[y] {
+			if load[x] < load[y] {
+				return -1
+			}
+			return 1
+		}
+		if count[x] != count[y] {
+			return count[x] - count[y]
+		}
+		return strings.Compare(x, y)
+	})
+	return nodes
+}
+
+func redundancy(env *core.Env, spec *m.SiteSpec) int {
+	if r := int(spec.GetRedundancy()); r > 0 {
+		return r
+	}
+	return env.Config.Redundancy
+}
+
+// place creates new sites on the least loaded nodes.
+func (b *Balancer) place(env *core.Env, copies map[string][]copyView, load map[string]uint64) []core.Effect {
+	var fx []core.Effect
+	var keep []*m.CreateSite
+	for _, c := range b.creates {
+		site := c.Spec.GetName()
+		if len(copies[site]) > 0 || b.busy(env, site) {
+			continue // exists already (a duplicate create)
+		}
+		nodes := b.byLoad(load, copies)
+		if len(nodes) == 0 {
+			keep = append(keep, c)
+			continue
+		}
+		n := min(redundancy(env, c.Spec), len(nodes))
+		master, replicas := nodes[0], slices.Clone(nodes[1:n])
+		b.actions[site] = env.NowMs()
+		copies[site] = []copyView{{node: master, info: &m.DatasetInfo{Site: site}}}
+		fx = append(fx, core.Info("placing site", "site", site, "master", master, "replicas", fmt.Sprint(replicas)),
+			core.Send{To: core.DatasetAddr(master, site), Msg: &m.Activate{Spec: c.Spec,
+				Epoch: &m.Epoch{Term: 1, Node: master}, Replicas: replicas, Create: true, Reason: "create"}})
+	}
+	b.creates = keep
+	return fx
+}
+
+// failover probes every live copy of a site without a master; the newest wins.
+func (b *Balancer) failover(env *core.Env, site string, cs []copyView) []core.Effect {
+	b.nextID++
+	p := &probe{id: b.nextID, answers: map[string]*m.DatasetInfo{}}
+	b.probes[site] = p
+	fx := []core.Effect{core.Info("site has no master: probing copies", "site", site, "copies", len(cs))}
+	for _, c := range cs {
+		p.asked = append(p.asked, c.node)
+		fx = append(fx, core.Send{To: core.DatasetAddr(c.node, site), Msg: &m.Probe{Site: site, ProbeId: p.id, ReplyNode: b.node}})
+	}
+	return append(fx, core.SetTimer{Key: timerProbe + site, After: env.Config.ProbeTimeout})
+}
+
+// later orders copies of one history: epoch, then sequence.
+func later(a, b *m.SnapshotRef) bool {
+	if b == nil {
+		return a != nil
+	}
+	if a == nil {
+		return false
+	}
+	if c := core.CompareEpoch(a.Epoch, b.Epoch); c != 0 {
+		return c > 0
+	}
+	return a.Seq > b.Seq
+}
+
+func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
+	p := b.probes[site]
+	if p == nil {
+		return nil
+	}
+	delete(b.probes, site)
+	fx := []core.Effect{core.CancelTimer{Key: timerProbe + site}}
+	var best *m.DatasetInfo
+	var fence *m.Epoch
+	var holders []string
+	for _, n := range p.asked {
+		a := p.answers[n]
+		if a == nil || a.Latest == nil {
+			continue
+		}
+		if a.Role == m.Role_ROLE_MASTER && masterish(a.Phase) {
+			return append(fx, core.Info("failover not needed: a master answered", "site", site, "master", n))
+		}
+		holders = append(holders, n)
+		fence = core.MaxEpoch(fence, a.Epoch)
+		switch {
+		case best == nil:
+			best = a
+		case env.Config.Mutations.PromoteOldest && later(best.Latest, a.Latest):
+			best = a
+		case !env.Config.Mutations.PromoteOldest && later(a.Latest, best.Latest):
+			best = a
+		}
+	}
+	if best == nil {
+		return append(fx, core.Warn("failover impossible: no copy answered", "site", site))
+	}
+	epoch := core.NextEpoch(fence, best.Node)
+	var replicas []string
+	for _, h := range holders {
+		if h != best.Node {
+			replicas = append(replicas, h)
+		}
+	}
+	b.actions[site] = env.NowMs()
+	return append(fx, core.Info("failover: promoting newest copy", "site", site, "node", best.Node,
+		"snapshot", best.Latest.GetName(), "epoch", core.EpochString(epoch)),
+		core.Send{To: core.DatasetAddr(best.Node, site), Msg: &m.Activate{Spec: best.Spec, Epoch: epoch,
+			Replicas: replicas, Reason: "failover"}})
+}
+
+// heal resolves two masters: the newest history wins at an epoch above both,
+// the others are demoted (their divergent snapshots get stashed).
+func (b *Balancer) heal(env *core.Env, site string, masters []copyView) []core.Effect {
+	winner := masters[0]
+	var fence *m.Epoch
+	for _, c := range masters {
+		fence = core.MaxEpoch(fence, c.info.Epoch)
+		if core.Newer(c.info.Latest, winner.info.Latest) {
+			winner = c
+		}
+	}
+	epoch := core.NextEpoch(fence, winner.node)
+	b.actions[site] = env.NowMs()
+	fx := []core.Effect{core.Info("two masters: newest history wins", "site", site, "winner", winner.node, "epoch", core.EpochString(epoch))}
+	var replicas []string
+	for _, c := range masters {
+		if c.node != winner.node {
+			replicas = append(replicas, c.node)
+			fx = append(fx, core.Send{To: core.SiteAddr(c.node, site), Msg: &m.Demote{Site: site, Winner: winner.node, Epoch: epoch}})
+		}
+	}
+	replicas = append(replicas, winner.info.Replicas...)
+	return append(fx, core.Send{To: core.DatasetAddr(winner.node, site), Msg: &m.Activate{Spec: winner.info.Spec,
+		Epoch: epoch, Replicas: replicas, Reason: "heal"}})
+}
+
+// repair keeps the redundancy: a replica on every live copy, new ones on the
+// least loaded nodes without a copy; a master on a draining node moves.
+func (b *Balancer) repair(env *core.Env, site string, master copyView, cs []copyView, load map[string]uint64) []core.Effect {
+	var fx []core.Effect
+	want := redundancy(env, master.info.Spec) - 1
+	have := map[string]bool{master.node: true}
+	listed := map[string]bool{}
+	for _, r := range master.info.Replicas {
+		listed[r] = true
+	}
+	liveReplicas := 0
+	for _, r := range master.info.Replicas {
+		if slices.Contains(b.live, r) && !b.draining[r] {
+			liveReplicas++
+			have[r] = true
+		}
+	}
+	// Copies the master does not list (an old master after a heal, a node
+	// that came back) are adopted while the site is short of replicas.
+	for _, c := range cs {
+		if !have[c.node] && !listed[c.node] && liveReplicas < want && !b.draining[c.node] {
+			liveReplicas++
+			have[c.node] = true
+			fx = append(fx, core.Send{To: core.SiteAddr(master.node, site), Msg: &m.AddReplica{Site: site, Node: c.node}})
+		}
+	}
+	for _, n := range b.byLoad(load, nil) {
+		if liveReplicas >= want {
+			break
+		}
+		if !have[n] {
+			liveReplicas++
+			have[n] = true
+			fx = append(fx, core.Info("adding replica", "site", site, "node", n),
+				core.Send{To: core.SiteAddr(master.node, site), Msg: &m.AddReplica{Site: site, Node: n}})
+		}
+	}
+	if b.draining[master.node] && master.info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
+		for _, r := range master.info.Replicas {
+			if slices.Contains(b.live, r) && !b.draining[r] {
+				b.actions[site] = env.NowMs()
+				return append(fx, core.Send{To: core.SiteAddr(master.node, site), Msg: &m.Migrate{Site: site, Target: r, Reason: "drain"}})
+			}
+		}
+	}
+	if len(fx) > 0 {
+		b.actions[site] = env.NowMs()
+	}
+	return fx
+}
+
+// rebalance moves a site from a hot node to a cold one that holds a replica,
+// with hysteresis (hot above mean*(1+h), cold below mean*(1-h)), a per-site
+// cooldown and a bound on moves in flight; never a site with an FTP session.
+func (b *Balancer) rebalance(env *core.Env, copies map[string][]copyView, load map[string]uint64) []core.Effect {
+	if env.Config.MovesInFlightMax == 0 || len(load) < 2 {
+		return nil
+	}
+	now := env.NowMs()
+	inFlight := 0
+	for s, at := range b.lastMove {
+		if now-at < env.Config.StepTimeout.Milliseconds()*3 && b.actions[s] == at {
+			inFlight++
+		}
+	}
+	if inFlight >= env.Config.MovesInFlightMax {
+		return nil
+	}
+	var total uint64
+	for _, l := range load {
+		total += l
+	}
+	mean := float64(total) / float64(len(load))
+	nodes := b.byLoad(load, copies)
+	if len(nodes) < 2 {
+		return nil
+	}
+	hot := nodes[len(nodes)-1]
+	hotLoad := float64(load[hot])
+	if load[hot] < env.Config.LoadMin || hotLoad <= mean*(1+env.Config.LoadHysteresis) {
+		return nil
+	}
+	sites := make([]string, 0, len(copies))
+	for s := range copies {
+		sites = append(sites, s)
+	}
+	slices.Sort(sites)
+	for _, site := range sites {
+		var master *m.DatasetInfo
+		for _, c := range copies[site] {
+			if c.node == hot && c.info.Role == m.Role_ROLE_MASTER && c.info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
+				master = c.info
+			}
+		}
+		if master == nil || master.FtpLeases > 0 || b.busy(env, site) {
+			continue
+		}
+		if at, ok := b.lastMove[site]; ok && now-at < env.Config.MoveCooldown.Milliseconds() {
+			continue
+		}
+		// Move only if it narrows the gap: the site's load must be less than
+		// the difference between the hot node and the target.
+		for _, r := range master.Replicas {
+			if !slices.Contains(nodes, r) || float64(load[r]) >= mean*(1-env.Config.LoadHysteresis) {
+				continue
+			}
+			if master.Requests == 0 || load[r]+master.Requests >= load[hot] {
+				continue
+			}
+			b.actions[site] = now
+			b.lastMove[site] = now
+			return []core.Effect{core.Info("moving site off a hot node", "site", site, "from", hot, "to", r,
+				"load_from", load[hot], "load_to", load[r], "site_load", master.Requests),
+				core.Send{To: core.SiteAddr(hot, site), Msg: &m.Migrate{Site: site, Target: r, Reason: "load"}}}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,317 @@
+package sim
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+// The checkers watch the world from outside the code under test: what disks
+// hold, which writes clients saw acknowledged, which requests failed. They
+// never read actor state to decide whether an invariant holds, except to find
+// which node serves a site at the end (I5).
+
+type writeInfo struct {
+	site      string
+	node      string
+	epoch     *m.Epoch
+	appliedUs int64
+	ackedUs   int64
+}
+
+type window struct {
+	startUs, endUs int64 // endUs 0: still open
+	from, target   string
+}
+
+type checker struct {
+	w             *World
+	writes        map[uint64]*writeInfo
+	epochWriter   map[string]string // site|epoch -> node
+	expected      map[string]map[uint64]bool
+	crashes       map[string][]int64
+	faultTimes    []int64
+	moves         map[string][]*window
+	probed        map[string]map[string]bool // site -> nodes that answered the last probe
+	probes        []*clientReq
+	probeFailed   map[uint64]string
+	stats         Stats
+	bytesStreamed uint64
+}
+
+func newChecker(w *World) *checker {
+	return &checker{w: w, writes: map[uint64]*writeInfo{}, epochWriter: map[string]string{},
+		expected: map[string]map[uint64]bool{}, crashes: map[string][]int64{}, moves: map[string][]*window{},
+		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}}
+}
+
+func (c *checker) fault() { c.faultTimes = append(c.faultTimes, c.w.now) }
+
+func (c *checker) crashed(h *host) { c.crashes[h.name] = append(c.crashes[h.name], c.w.now) }
+
+// clean reports whether nothing went wrong in the world between from and now.
+func (c *checker) clean(fromUs int64) bool {
+	if c.w.dropRate > 0 || len(c.w.blocked) > 0 {
+		return false
+	}
+	for _, t := range c.faultTimes {
+		if t >= fromUs-int64(c.w.cfg.FailureTimeout/time.Microsecond)*2 {
+			return false
+		}
+	}
+	return true
+}
+
+// applied: a write reached a master's disk (I1: one writer per site and epoch).
+func (c *checker) applied(h *host, req *m.SiteRequest, epoch *m.Epoch, d *simDataset) {
+	key := req.Site + "|" + core.EpochString(epoch)
+	if prev, ok := c.epochWriter[key]; ok && prev != h.name {
+		c.w.violate("I1", "site %s epoch %s: writes accepted on %s and %s", req.Site, core.EpochString(epoch), prev, h.name)
+	}
+	c.epochWriter[key] = h.name
+	c.w.noteEpoch(h, req.Site, d, epoch, "write")
+	if !d.exists {
+		c.w.violate("I1", "site %s: write accepted on %s which holds no copy", req.Site, h.name)
+	}
+	c.writes[req.WriteId] = &writeInfo{site: req.Site, node: h.name, epoch: epoch, appliedUs: c.w.now}
+}
+
+func (c *checker) acked(r *clientReq) {
+	wi := c.writes[r.id]
+	if wi == nil {
+		c.w.violate("I2", "write %d of site %s acknowledged but never applied", r.id, r.site)
+		return
+	}
+	wi.ackedUs = c.w.now
+	c.stats.Acked++
+	if c.expected[r.site] == nil {
+		c.expected[r.site] = map[uint64]bool{}
+	}
+	c.expected[r.site][r.id] = true
+}
+
+// failed: I2 says no request fails because of a planned move.
+func (c *checker) failed(r *clientReq, why string) {
+	if r.probe {
+		c.probeFailed[r.id] = why
+	}
+	for _, mv := range c.moves[r.site] {
+		overlaps := mv.startUs <= c.w.now && (mv.endUs == 0 || mv.endUs >= r.sentUs)
+		if overlaps && c.clean(min(mv.startUs, r.sentUs)) {
+			c.w.violate("I2", "request %d to %s failed during a clean move %s->%s: %s", r.id, r.site, mv.from, mv.target, why)
+			return
+		}
+	}
+}
+
+// delivered watches messages for the events checks hang on.
+func (c *checker) delivered(h *host, addr core.Address, msg any) {
+	switch msg := msg.(type) {
+	case *m.Migrate:
+		if addr.Kind == core.KindSite {
+			c.moves[msg.Site] = append(c.moves[msg.Site], &window{startUs: c.w.now, from: h.name, target: msg.Target})
+		}
+	case *m.Sync:
+		if msg.Final {
+			c.w.maybeCrashMidMigration(h.name, msg.Target)
+		}
+	case *m.ProbeAnswer:
+		if c.probed[msg.Site] == nil {
+			c.probed[msg.Site] = map[string]bool{}
+		}
+		c.probed[msg.Site][msg.Info.GetNode()] = true
+	case *m.Probe:
+		delete(c.probed, msg.Site)
+	case *m.Activate:
+		if addr.Kind == core.KindSite {
+			c.activated(h, msg)
+		}
+	}
+}
+
+// activated: a node became master of a site (its dataset already switched).
+func (c *checker) activated(h *host, a *m.Activate) {
+	site := a.Spec.GetName()
+	d := h.store.get(site)
+	have := d.contents()
+	switch a.Reason {
+	case "migrate":
+		c.stats.Migrations++
+		for _, mv := range c.moves[site] {
+			if mv.endUs == 0 {
+				mv.endUs = c.w.now
+			}
+		}
+		if len(c.moves[site]) > 0 {
+			mv := c.moves[site][len(c.moves[site])-1]
+			if c.clean(mv.startUs) {
+				for _, wid := range sortedIDs(c.expected[site]) {
+					if !have[wid] {
+						c.w.violate("I2", "site %s moved %s->%s without acknowledged write %d", site, mv.from, h.name, wid)
+						delete(c.expected[site], wid)
+					}
+				}
+			}
+		}
+	case "failover":
+		c.stats.Failovers++
+		c.newestPromoted(h, site, d)
+	case "heal":
+		c.stats.Heals++
+	}
+	c.lossCheck(site, have, false)
+}
+
+// newestPromoted: with a clean network, failover must pick the copy with the
+// newest snapshot among the copies that answered the probe (I3).
+func (c *checker) newestPromoted(h *host, site string, d *simDataset) {
+	if c.w.dropRate > 0 || len(c.w.blocked) > 0 {
+		return
+	}
+	mine := d.latest()
+	for _, n := range sortedKeys(c.probed[site]) {
+		o := c.w.hosts[n]
+		if n == h.name || !o.up {
+			continue
+		}
+		od := o.store.ds[site]
+		if od == nil || od.latest() == nil {
+			continue
+		}
+		if mine == nil || later(od.latest().ref, mine.ref) {
+			c.w.violate("I3", "site %s: failover promoted %s (snapshot %s) while %s holds newer %s",
+				site, h.name, refName(mine), n, od.latest().ref.Name)
+		}
+	}
+}
+
+func refName(s *snap) string {
+	if s == nil {
+		return "none"
+	}
+	return s.ref.Name
+}
+
+func later(a, b *m.SnapshotRef) bool {
+	if cmp := core.CompareEpoch(a.Epoch, b.Epoch); cmp != 0 {
+		return cmp > 0
+	}
+	return a.Seq > b.Seq
+}
+
+// lossCheck looks at acknowledged writes the new master lacks. A write lost
+// with a crashed master is allowed only within the RPO (or when the network
+// was impaired around it); otherwise it must still be somewhere (a diverged
+// copy about to be stashed) and the final check decides.
+func (c *checker) lossCheck(site string, have map[uint64]bool, final bool) {
+	stashed := map[uint64]bool{}
+	if final {
+		for _, n := range c.w.names {
+			if d := c.w.hosts[n].store.ds[site]; d != nil {
+				d.stashContents(stashed)
+			}
+		}
+	}
+	for _, wid := range sortedIDs(c.expected[site]) {
+		if have[wid] || stashed[wid] {
+			continue
+		}
+		wi := c.writes[wid]
+		crash := c.crashAfter(wi.node, wi.ackedUs)
+		switch {
+		case crash >= 0:
+			age := time.Duration(crash-wi.ackedUs) * time.Microsecond
+			if age > c.w.opt.RPO && c.clean(wi.ackedUs) {
+				c.w.violate("I3", "site %s: write %d acknowledged %v before %s crashed is lost (RPO %v)",
+					site, wid, age, wi.node, c.w.opt.RPO)
+			}
+			delete(c.expected[site], wid)
+		case final:
+			c.w.violate("I4", "site %s: acknowledged write %d (on %s at epoch %s) is neither on the master nor in any stash",
+				site, wid, wi.node, core.EpochString(wi.epoch))
+			delete(c.expected[site], wid)
+		}
+	}
+}
+
+// crashAfter is the first crash of node after t, or -1.
+func (c *checker) crashAfter(node string, t int64) int64 {
+	for _, ct := range c.crashes[node] {
+		if ct >= t {
+			return ct
+		}
+	}
+	return -1
+}
+
+// probeAll sends one read per site from every node, RecoveryBound after the
+// heal: each must be served (I5).
+func (c *checker) probeAll() {
+	w := c.w
+	for i := 0; i < w.opt.Sites; i++ {
+		s := siteName(i)
+		if !w.siteExists(s) {
+			continue
+		}
+		for _, n := range w.liveHosts() {
+			w.clientRequest(s, false, true, n)
+			c.probes = append(c.probes, w.cl.open[len(w.cl.open)-1])
+		}
+	}
+}
+
+func (c *checker) finish() {
+	w := c.w
+	// I5: every request got an answer in time; every probe was served.
+	deadline := w.now - int64(w.clientTimeout()/time.Microsecond)
+	for _, r := range w.cl.open {
+		if !r.done && r.sentUs < deadline {
+			w.violate("I5", "request %d to %s via %s sent at %.3fs never answered", r.id, r.site, r.entry, float64(r.sentUs)/1e6)
+		}
+	}
+	for _, r := range c.probes {
+		if !r.done {
+			w.violate("I5", "site %s: probe via %s unanswered %v after the heal", r.site, r.entry, w.opt.RecoveryBound)
+		} else if _, failed := c.probeFailed[r.id]; failed {
+			w.violate("I5", "site %s: probe via %s failed %v after the heal: %s", r.site, r.entry, w.opt.RecoveryBound, c.probeFailed[r.id])
+		}
+	}
+	// I4 and I5: one master per site, holding every acknowledged write or a stash of it.
+	for i := 0; i < w.opt.Sites; i++ {
+		s := siteName(i)
+		if !w.siteExists(s) {
+			if len(c.expected[s]) > 0 {
+				w.violate("I4", "site %s has acknowledged writes but no copy left", s)
+			}
+			continue
+		}
+		masters := w.activeMasters(s)
+		switch len(masters) {
+		case 0:
+			w.violate("I5", "site %s has copies but no master after the liveness phase", s)
+			continue
+		case 1:
+		default:
+			w.violate("I5", "site %s has %d masters after the liveness phase: %v", s, len(masters), masters)
+		}
+		c.lossCheck(s, w.hosts[masters[0]].store.ds[s].contents(), true)
+	}
+}
+
+func (c *checker) summary() string {
+	s := c.stats
+	return fmt.Sprintf("requests=%d ok=%d failed=%d acked_writes=%d migrations=%d failovers=%d heals=%d crashes=%d partitions=%d",
+		s.Requests, s.OK, s.Failed, s.Acked, s.Migrations, s.Failovers, s.Heals, s.Crashes, s.Partitions)
+}
+
+func sortedIDs(set map[uint64]bool) []uint64 {
+	ids := make([]uint64, 0, len(set))
+	for id := range set {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}

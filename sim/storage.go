@@ -1,0 +1,232 @@
+package sim
+
+import (
+	"slices"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+// writeBytes is the size the simulated disk gives one client write.
+const writeBytes = 4096
+
+// blob is the immutable content of one snapshot: its parent's writes plus its own.
+type blob struct {
+	parent *blob
+	writes []uint64
+	bytes  uint64
+}
+
+func (b *blob) each(f func(w uint64)) {
+	for ; b != nil; b = b.parent {
+		for _, w := range b.writes {
+			f(w)
+		}
+	}
+}
+
+// isAncestor reports whether a is b or one of b's ancestors.
+func isAncestor(a, b *blob) bool {
+	for ; b != nil; b = b.parent {
+		if a == b {
+			return true
+		}
+	}
+	return a == nil
+}
+
+type snap struct {
+	ref *m.SnapshotRef
+	b   *blob
+}
+
+type stash struct {
+	name    string
+	snaps   []snap
+	pending []uint64
+}
+
+// simDataset is one copy on one simulated disk. A crash loses pending (the
+// writes not yet in a snapshot); everything else survives.
+type simDataset struct {
+	exists  bool
+	role    m.Role
+	fence   *m.Epoch // persisted fence (what a restart reads back)
+	spec    *m.SiteSpec
+	snaps   []snap
+	head    *blob // content the live dataset starts from
+	pending []uint64
+	stashes []stash
+	// maxEpoch is the checker's record of the highest epoch this copy ever
+	// took writes or streams at; applying anything older breaks fencing.
+	maxEpoch *m.Epoch
+}
+
+func (d *simDataset) latest() *snap {
+	if len(d.snaps) == 0 {
+		return nil
+	}
+	return &d.snaps[len(d.snaps)-1]
+}
+
+func (d *simDataset) find(name string) int {
+	return slices.IndexFunc(d.snaps, func(s snap) bool { return s.ref.Name == name })
+}
+
+// contains builds the set of writes in the live dataset.
+func (d *simDataset) contents() map[uint64]bool {
+	set := map[uint64]bool{}
+	d.head.each(func(w uint64) { set[w] = true })
+	for _, w := range d.pending {
+		set[w] = true
+	}
+	return set
+}
+
+func (d *simDataset) stashContents(set map[uint64]bool) {
+	for _, st := range d.stashes {
+		for _, s := range st.snaps {
+			s.b.each(func(w uint64) { set[w] = true })
+		}
+		for _, w := range st.pending {
+			set[w] = true
+		}
+	}
+}
+
+type simStore struct {
+	ds map[string]*simDataset
+}
+
+func newStore() *simStore { return &simStore{ds: map[string]*simDataset{}} }
+
+func (s *simStore) get(site string) *simDataset {
+	d := s.ds[site]
+	if d == nil {
+		d = &simDataset{}
+		s.ds[site] = d
+	}
+	return d
+}
+
+// crash loses what was not snapshotted.
+func (s *simStore) crash() (lost int) {
+	for _, d := range s.ds {
+		lost += len(d.pending)
+		d.pending = nil
+	}
+	return lost
+}
+
+func (s *simStore) boot(node string) []*m.DatasetBoot {
+	var out []*m.DatasetBoot
+	for _, site := range sortedKeys(s.ds) {
+		d := s.ds[site]
+		if !d.exists {
+			continue
+		}
+		b := &m.DatasetBoot{Info: &m.DatasetInfo{Site: site, Node: node, Role: d.role, Epoch: d.fence, Spec: d.spec}}
+		for _, sn := range d.snaps {
+			b.Snapshots = append(b.Snapshots, sn.ref)
+		}
+		if l := d.latest(); l != nil {
+			b.Info.Latest = l.ref
+		}
+		for _, st := range d.stashes {
+			b.Stashes = append(b.Stashes, st.name)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// apply carries out a storage request that does not leave the node; it
+// returns the result (the caller delays its delivery).
+func (w *World) storageLocal(h *host, req *m.StorageRequest) *m.StorageResult {
+	res := &m.StorageResult{Op: req.Op, Site: req.Site, OpId: req.OpId, Code: m.Code_CODE_OK}
+	d := h.store.get(req.Site)
+	switch req.Op {
+	case m.StorageOp_STORAGE_OP_CREATE:
+		if h.fullDisk {
+			res.Code, res.Detail = m.Code_CODE_OUT_OF_SPACE, "disk full"
+			return res
+		}
+		if d.exists {
+			// A re-created site keeps its data: creation is idempotent.
+		}
+		d.exists, d.role, d.spec = true, req.Role, req.Spec
+		d.fence = core.MaxEpoch(d.fence, req.Epoch)
+		w.noteEpoch(h, req.Site, d, req.Epoch, "activation")
+	case m.StorageOp_STORAGE_OP_SET_ROLE:
+		if !d.exists {
+			res.Code, res.Detail = m.Code_CODE_FAILED, "no such dataset"
+			return res
+		}
+		d.role = req.Role
+		d.fence = core.MaxEpoch(d.fence, req.Epoch)
+		if req.Spec != nil {
+			d.spec = req.Spec
+		}
+		if req.Role == m.Role_ROLE_MASTER {
+			w.noteEpoch(h, req.Site, d, req.Epoch, "activation")
+		}
+	case m.StorageOp_STORAGE_OP_SNAPSHOT:
+		if !d.exists {
+			res.Code, res.Detail = m.Code_CODE_FAILED, "no such dataset"
+			return res
+		}
+		if h.fullDisk && len(d.pending) > 0 {
+			res.Code, res.Detail = m.Code_CODE_OUT_OF_SPACE, "disk full"
+			return res
+		}
+		b := &blob{parent: d.head, writes: d.pending, bytes: uint64(len(d.pending)) * writeBytes}
+		if d.head != nil {
+			b.bytes += d.head.bytes
+		}
+		ref := &m.SnapshotRef{Name: req.Snapshot.Name, Epoch: req.Snapshot.Epoch, Seq: req.Snapshot.Seq,
+			TakenMs: req.Snapshot.TakenMs, Bytes: b.bytes}
+		d.snaps = append(d.snaps, snap{ref: ref, b: b})
+		d.head, d.pending = b, nil
+		res.Snapshot = ref
+	case m.StorageOp_STORAGE_OP_STASH:
+		base := req.Snapshot.GetName()
+		i := -1
+		if base != "" {
+			i = d.find(base)
+			if i < 0 {
+				res.Code, res.Detail = m.Code_CODE_NO_COMMON_SNAPSHOT, "base "+base+" not here"
+				return res
+			}
+		}
+		st := stash{name: req.StashName, snaps: slices.Clone(d.snaps[i+1:]), pending: d.pending}
+		d.stashes = append(d.stashes, st)
+		d.snaps = d.snaps[:i+1]
+		d.pending = nil
+		d.head = nil
+		if i >= 0 {
+			d.head = d.snaps[i].b
+		}
+		d.role = m.Role_ROLE_REPLICA
+		res.Snapshot = req.Snapshot
+		res.Detail = req.StashName
+		w.stashes++
+	case m.StorageOp_STORAGE_OP_PRUNE:
+		d.snaps = slices.DeleteFunc(d.snaps, func(s snap) bool {
+			return slices.Contains(req.Names, s.ref.Name) && s.ref.Name != d.latest().ref.Name
+		})
+	default:
+		res.Code, res.Detail = m.Code_CODE_INVALID, "unsupported op "+req.Op.String()
+	}
+	return res
+}
+
+// noteEpoch is the I1 checker's view of fencing: a copy must never take an
+// activation, a stream or a write from an epoch older than one it took before.
+func (w *World) noteEpoch(h *host, site string, d *simDataset, e *m.Epoch, what string) {
+	if core.EpochLess(e, d.maxEpoch) {
+		w.violate("I1", "site %s on %s: %s at epoch %s after epoch %s (fencing broken)",
+			site, h.name, what, core.EpochString(e), core.EpochString(d.maxEpoch))
+		return
+	}
+	d.maxEpoch = e
+}

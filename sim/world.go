@@ -1,0 +1,427 @@
+// Package sim is the deterministic failure simulator: the same actors/ code on
+// a seeded virtual world (virtual clock, faulty network, simulated disks with
+// snapshot semantics, simulated clients) with fault injection and checkers for
+// the invariants of DESIGN.md. One seed replays one run exactly.
+package sim
+
+import (
+	"container/heap"
+	"fmt"
+	"hash"
+	"hash/fnv"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/hybridcluster/hybridcluster/actors/balancer"
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	"github.com/hybridcluster/hybridcluster/actors/dataset"
+	"github.com/hybridcluster/hybridcluster/actors/node"
+	"github.com/hybridcluster/hybridcluster/actors/site"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+// epoch0 is the virtual clock's origin: a fixed instant, so runs are replayable.
+var epoch0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+type event struct {
+	at  int64 // virtual microseconds
+	seq uint64
+	fn  func()
+}
+
+type eventHeap []*event
+
+func (h eventHeap) Len() int { return len(h) }
+func (h eventHeap) Less(i, j int) bool {
+	if h[i].at != h[j].at {
+		return h[i].at < h[j].at
+	}
+	return h[i].seq < h[j].seq
+}
+func (h eventHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *eventHeap) Push(x any)   { *h = append(*h, x.(*event)) }
+func (h *eventHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+type timerKey struct {
+	addr core.Address
+	key  string
+}
+
+type host struct {
+	name        string
+	up          bool
+	incarnation uint64
+	actors      map[core.Address]core.Actor
+	timers      map[timerKey]uint64
+	store       *simStore
+	slowDisk    bool
+	fullDisk    bool
+	crashedAtUs int64
+}
+
+// World is one simulated cluster.
+type World struct {
+	opt    Options
+	cfg    *core.Config
+	rng    *rand.Rand
+	now    int64
+	seq    uint64
+	events eventHeap
+	hosts  map[string]*host
+	names  []string
+	gen    uint64
+
+	// network faults
+	blocked  map[[2]string]bool // from,to
+	dropRate float64
+	dupRate  float64
+
+	trace      hash.Hash64
+	verbose    io.Writer
+	eventCount int
+
+	chk        *checker
+	cl         *clients
+	healed     bool
+
+	midMigrationCrash float64
+	midReceiveCrash   float64
+	stashes    int
+	violations []Violation
+}
+
+// Violation is one broken invariant.
+type Violation struct {
+	Invariant string
+	AtMs      int64
+	Detail    string
+}
+
+func (v Violation) String() string {
+	return fmt.Sprintf("%s at %.3fs: %s", v.Invariant, float64(v.AtMs)/1000, v.Detail)
+}
+
+func (w *World) nowMs() int64 { return w.now / 1000 }
+
+func (w *World) at(delay time.Duration, fn func()) {
+	w.seq++
+	heap.Push(&w.events, &event{at: w.now + int64(delay/time.Microsecond), seq: w.seq, fn: fn})
+}
+
+func (w *World) violate(inv, format string, args ...any) {
+	v := Violation{Invariant: inv, AtMs: w.nowMs(), Detail: fmt.Sprintf(format, args...)}
+	w.violations = append(w.violations, v)
+	w.tracef("VIOLATION %s", v)
+}
+
+// tracef adds a line to the trace digest and, with -v, prints it.
+func (w *World) tracef(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	fmt.Fprintf(w.trace, "%d %s\n", w.now, line)
+	if w.verbose != nil {
+		fmt.Fprintf(w.verbose, "%9.3fs %s\n", float64(w.now)/1e6, line)
+	}
+}
+
+// traceDelivery feeds a delivery into the digest without formatting text
+// (the hot path); with -v it prints it.
+func (w *World) traceDelivery(to core.Address, msg proto.Message) {
+	w.eventCount++
+	var buf [8]byte
+	put := func(v uint64) {
+		for i := range buf {
+			buf[i] = byte(v >> (8 * i))
+		}
+		w.trace.Write(buf[:])
+	}
+	put(uint64(w.now))
+	put(uint64(to.Kind))
+	io.WriteString(w.trace, to.Node)
+	io.WriteString(w.trace, to.Site)
+	io.WriteString(w.trace, string(msg.ProtoReflect().Descriptor().Name()))
+	if w.verbose != nil && w.opt.VerboseMessages {
+		fmt.Fprintf(w.verbose, "%9.3fs   -> %s %s\n", float64(w.now)/1e6, to, shortMsg(msg))
+	}
+}
+
+func shortMsg(msg proto.Message) string {
+	name := string(msg.ProtoReflect().Descriptor().Name())
+	var t protoreflect.Message = msg.ProtoReflect()
+	_ = t
+	return name
+}
+
+func (w *World) env(addr core.Address) *core.Env {
+	return &core.Env{Self: addr, Now: epoch0.Add(time.Duration(w.now) * time.Microsecond), Config: w.cfg}
+}
+
+func (w *World) newActor(h *host, addr core.Address) core.Actor {
+	switch addr.Kind {
+	case core.KindNode:
+		return node.New(h.name)
+	case core.KindBalancer:
+		return balancer.New(h.name)
+	case core.KindSite:
+		return site.New(h.name, addr.Site)
+	case core.KindDataset:
+		return dataset.New(h.name, addr.Site)
+	}
+	panic(fmt.Sprintf("no actor kind for %s", addr))
+}
+
+// deliver runs one input through the actor at addr (created on first use).
+func (w *World) deliver(addr core.Address, msg proto.Message) {
+	h := w.hosts[addr.Node]
+	if h == nil || !h.up {
+		return
+	}
+	a := h.actors[addr]
+	if a == nil {
+		a = w.newActor(h, addr)
+		h.actors[addr] = a
+	}
+	w.traceDelivery(addr, msg)
+	w.chk.delivered(h, addr, msg)
+	fx := a.Step(w.env(addr), msg)
+	w.execute(h, addr, fx)
+}
+
+func (w *World) execute(h *host, from core.Address, fx []core.Effect) {
+	for _, e := range fx {
+		switch e := e.(type) {
+		case core.Send:
+			w.send(h.name, e.To, e.Msg)
+		case core.Broadcast:
+			for _, n := range w.names {
+				w.send(h.name, core.NodeAddr(n), e.Msg)
+			}
+		case core.SetTimer:
+			w.gen++
+			gen, inc, k := w.gen, h.incarnation, timerKey{from, e.Key}
+			h.timers[k] = gen
+			w.at(e.After, func() {
+				if h.up && h.incarnation == inc && h.timers[k] == gen {
+					delete(h.timers, k)
+					w.deliver(from, &m.Timer{Key: k.key})
+				}
+			})
+		case core.CancelTimer:
+			delete(h.timers, timerKey{from, e.Key})
+		case core.Storage:
+			w.storage(h, from, e.Req)
+		case core.Process:
+			// Site processes have no simulated behaviour beyond being asked for.
+		case core.Serve:
+			w.serve(h, e.Req, e.Epoch)
+		case core.Log:
+			if w.verbose != nil {
+				w.tracef("%s: %s %v", from, e.Msg, e.Attrs)
+			} else {
+				io.WriteString(w.trace, e.Msg)
+			}
+		default:
+			panic(fmt.Sprintf("unknown effect %T", e))
+		}
+	}
+}
+
+// send carries a message across the simulated network.
+func (w *World) send(from string, to core.Address, msg proto.Message) {
+	if to.Kind == core.KindClient {
+		w.clientResponse(to.Node, msg.(*m.SiteResponse))
+		return
+	}
+	if to.Node == "" {
+		return
+	}
+	if from == to.Node {
+		w.at(10*time.Microsecond, func() { w.deliver(to, msg) })
+		return
+	}
+	if w.blocked[[2]string{from, to.Node}] || w.rng.Float64() < w.dropRate {
+		return
+	}
+	delay := w.latency()
+	w.at(delay, func() {
+		if !w.blocked[[2]string{from, to.Node}] {
+			w.deliver(to, msg)
+		}
+	})
+	if w.dupRate > 0 && w.rng.Float64() < w.dupRate {
+		dup := proto.Clone(msg)
+		w.at(w.latency()+delay, func() { w.deliver(to, dup) })
+	}
+}
+
+func (w *World) latency() time.Duration {
+	lo, hi := w.opt.LatencyMin, w.opt.LatencyMax
+	return lo + time.Duration(w.rng.Int64N(int64(hi-lo)+1))
+}
+
+func (w *World) diskDelay(h *host, base time.Duration) time.Duration {
+	if h.slowDisk {
+		return base * 50
+	}
+	return base
+}
+
+// storage carries out a storage effect with a disk delay; its result comes
+// back to the actor unless the node crashed meanwhile.
+func (w *World) storage(h *host, from core.Address, req *m.StorageRequest) {
+	if req.Op == m.StorageOp_STORAGE_OP_SEND {
+		w.stream(h, from, req)
+		return
+	}
+	res := w.storageLocal(h, req)
+	inc := h.incarnation
+	w.at(w.diskDelay(h, 2*time.Millisecond+time.Duration(w.rng.Int64N(int64(3*time.Millisecond)))), func() {
+		if h.up && h.incarnation == inc {
+			w.deliver(from, res)
+		}
+	})
+}
+
+// stream sends a snapshot (incrementally from req.Base) to another node. The
+// receiver applies it atomically at arrival, or not at all.
+func (w *World) stream(h *host, from core.Address, req *m.StorageRequest) {
+	fail := func(code m.Code, detail string) {
+		res := &m.StorageResult{Op: req.Op, Site: req.Site, OpId: req.OpId, Code: code, Detail: detail, StreamId: req.StreamId, ToNode: req.ToNode}
+		inc := h.incarnation
+		w.at(w.latency(), func() {
+			if h.up && h.incarnation == inc {
+				w.deliver(from, res)
+			}
+		})
+	}
+	d := h.store.get(req.Site)
+	ti := d.find(req.Snapshot.GetName())
+	if ti < 0 {
+		fail(m.Code_CODE_FAILED, "snapshot "+req.Snapshot.GetName()+" not here")
+		return
+	}
+	target := d.snaps[ti]
+	var baseBlob *blob
+	if req.Base != "" {
+		bi := d.find(req.Base)
+		if bi < 0 {
+			fail(m.Code_CODE_NO_COMMON_SNAPSHOT, "base "+req.Base+" not here")
+			return
+		}
+		baseBlob = d.snaps[bi].b
+	}
+	var writes uint64
+	for b := target.b; b != nil && b != baseBlob; b = b.parent {
+		writes += uint64(len(b.writes))
+	}
+	bytes := writes*writeBytes + 1024
+	transfer := w.latency() + time.Duration(bytes)*time.Second/time.Duration(w.opt.BandwidthBytesPerS)
+	rh := w.hosts[req.ToNode]
+	sinc, rinc := h.incarnation, rh.incarnation
+	transfer = w.diskDelay(rh, w.diskDelay(h, transfer))
+	epoch := req.Epoch
+	w.maybeCrashMidReceive(req, transfer)
+	w.at(transfer, func() {
+		if !h.up || h.incarnation != sinc {
+			return // the sender died: the stream is cut and nothing is applied
+		}
+		if !rh.up || rh.incarnation != rinc || w.blocked[[2]string{h.name, rh.name}] || w.blocked[[2]string{rh.name, h.name}] {
+			fail(m.Code_CODE_FAILED, "stream cut")
+			return
+		}
+		rd := rh.store.get(req.Site)
+		switch {
+		case rh.fullDisk:
+			fail(m.Code_CODE_OUT_OF_SPACE, "receiver disk full")
+			return
+		case req.Base == "" && len(rd.snaps) > 0:
+			fail(m.Code_CODE_NO_COMMON_SNAPSHOT, "full stream onto a copy with snapshots")
+			return
+		case req.Base != "" && (rd.latest() == nil || rd.latest().ref.Name != req.Base):
+			fail(m.Code_CODE_DIVERGED, "receiver is not at base "+req.Base)
+			return
+		case len(rd.pending) > 0:
+			fail(m.Code_CODE_DIVERGED, "receiver modified since its latest snapshot")
+			return
+		}
+		if !isAncestor(rd.head, target.b) {
+			w.violate("I1", "site %s: stream %s onto %s which is not its ancestor", req.Site, target.ref.Name, rh.name)
+		}
+		w.noteEpoch(rh, req.Site, rd, epoch, "stream "+target.ref.Name+" from "+h.name)
+		if !rd.exists {
+			rd.exists = true
+			rd.role = m.Role_ROLE_REPLICA
+		}
+		rd.spec = req.Spec
+		rd.fence = core.MaxEpoch(rd.fence, epoch)
+		rd.snaps = append(rd.snaps, target)
+		rd.head = target.b
+		w.chk.bytesStreamed += bytes
+		w.deliver(core.DatasetAddr(rh.name, req.Site), &m.Received{Site: req.Site, StreamId: req.StreamId,
+			FromNode: h.name, Snapshot: target.ref, Epoch: epoch, Code: m.Code_CODE_OK, Spec: req.Spec})
+		res := &m.StorageResult{Op: req.Op, Site: req.Site, OpId: req.OpId, Code: m.Code_CODE_OK,
+			Snapshot: target.ref, Bytes: bytes, StreamId: req.StreamId, ToNode: req.ToNode, StreamBase: req.Base}
+		w.at(w.latency(), func() {
+			if h.up && h.incarnation == sinc {
+				w.deliver(from, res)
+			}
+		})
+	})
+}
+
+// serve is the master's backend: a write lands in the live dataset and the
+// entry node is answered.
+func (w *World) serve(h *host, req *m.SiteRequest, epoch *m.Epoch) {
+	if req.Write {
+		d := h.store.get(req.Site)
+		w.chk.applied(h, req, epoch, d)
+		d.pending = append(d.pending, req.WriteId)
+	}
+	w.send(h.name, core.NodeAddr(req.EntryNode), &m.SiteResponse{Site: req.Site, RequestId: req.RequestId,
+		Code: m.Code_CODE_OK, Master: h.name, Epoch: epoch, WriteId: req.WriteId})
+}
+
+func (w *World) crash(h *host) {
+	if !h.up {
+		return
+	}
+	h.up = false
+	h.crashedAtUs = w.now
+	lost := h.store.crash()
+	h.actors = map[core.Address]core.Actor{}
+	h.timers = map[timerKey]uint64{}
+	h.slowDisk, h.fullDisk = false, false
+	w.tracef("FAULT crash %s (lost %d unsnapshotted writes)", h.name, lost)
+	w.chk.crashed(h)
+	w.clientsLost(h.name)
+}
+
+func (w *World) boot(h *host) {
+	h.up = true
+	h.incarnation++
+	h.actors = map[core.Address]core.Actor{}
+	h.timers = map[timerKey]uint64{}
+	w.tracef("boot %s incarnation %d", h.name, h.incarnation)
+	w.deliver(core.NodeAddr(h.name), &m.NodeBoot{Node: h.name, Members: w.names,
+		Datasets: h.store.boot(h.name), Incarnation: h.incarnation})
+}
+
+func sortedKeys[V any](mp map[string]V) []string {
+	keys := make([]string, 0, len(mp))
+	for k := range mp {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func newTrace() hash.Hash64 { return fnv.New64a() }

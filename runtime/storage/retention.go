@@ -23,9 +23,14 @@ var DefaultRetention = RetentionPolicy{
 }
 
 // Select splits snaps into those the policy keeps and those it drops, as of
-// now. It is pure: same input, same output. Buckets are in UTC.
+// now. snaps are oldest first (as ListSnapshots returns them); that order
+// breaks ties between equal creation times (ZFS has one-second
+// resolution). It is pure: same input, same output. Buckets are in UTC.
 func (p RetentionPolicy) Select(snaps []Snapshot, now time.Time) (keep, drop []Snapshot) {
-	sorted := append([]Snapshot(nil), snaps...)
+	sorted := make([]Snapshot, len(snaps))
+	for i, s := range snaps {
+		sorted[len(snaps)-1-i] = s
+	}
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Created.After(sorted[j].Created) })
 	hourTaken := map[int64]bool{}
 	dayTaken := map[int64]bool{}

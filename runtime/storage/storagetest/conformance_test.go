@@ -6,6 +6,7 @@ import (
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/portable"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/storagetest"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver/zfstest"
 )
 
 func TestConformance(t *testing.T) {
@@ -20,6 +21,13 @@ func TestConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			return a, b
+		}})
+	})
+	t.Run("ZFS", func(t *testing.T) {
+		zfstest.Prepare(t)
+		storagetest.Run(t, storagetest.Harness{NewPair: func(t *testing.T) (storage.Driver, storage.Driver) {
+			log := zfstest.Logger()
+			return zfstest.NewPool(t, log), zfstest.NewPool(t, log)
 		}})
 	})
 }

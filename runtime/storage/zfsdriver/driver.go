@@ -1,0 +1,821 @@
+// Package zfsdriver is the production storage driver: one ZFS filesystem
+// per site, driven through github.com/mistifyio/go-zfs/v3 and, for what
+// go-zfs cannot express, the zfs command line, all through one choke point
+// (cmd.go).
+//
+// Datasets under the configured root (e.g. tank/hc):
+//
+//	<root>/sites/<site>            writable datasets of sites this node masters
+//	<root>/replicas/<site>         read-only replicas (readonly=on, atime=off)
+//	<root>/stash/<site>/<stash>    stashed divergent history (clones, read-only)
+//	<root>/views/<site>/<snap>     read-only views of snapshots (clones)
+//	<root>/swap/<site>             transient clone while a stash is made
+//
+// Writable and read-only datasets live under different parents so that the
+// per-interval `zfs snapshot -r <root>/sites@<name>` is one atomic command
+// that never touches a replica (a local snapshot on a replica would break
+// its next incremental receive). Promotion and demotion rename the dataset
+// between the two parents.
+//
+// A stash is a dataset: the site's dataset with the history after the kept
+// snapshot is renamed into the stash, a clone of the kept snapshot takes its
+// place and is promoted, so it owns the shared snapshots. Nothing is
+// destroyed and no data is copied.
+package zfsdriver
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gozfs "github.com/mistifyio/go-zfs/v3"
+
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+)
+
+// Kind is the stream kind of this driver.
+const Kind = "zfs"
+
+const (
+	propEpoch   = "hc:epoch"
+	propStashed = "hc:stashed" // unix nanoseconds a stash was made, for ordering
+	// estimateOverheadBytes is added to fallback send-size estimates for
+	// stream headers and metadata records.
+	estimateOverheadBytes = 64 << 10
+)
+
+var rootPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9][A-Za-z0-9_.:-]*)*$`)
+
+// Config configures a Driver.
+type Config struct {
+	// Root is the dataset under which all site datasets live, e.g. "tank/hc".
+	// It is created if missing; its pool must exist.
+	Root string
+	// Logger receives one line per state change and, at debug level, every
+	// command. Nil discards.
+	Logger *slog.Logger
+}
+
+// Driver is the ZFS storage driver.
+type Driver struct {
+	root string
+	log  *slog.Logger
+
+	mu           sync.Mutex
+	siteLocks    map[string]*sync.Mutex
+	sending      map[string]int
+	sendNoDryRun bool // this zfs has no `send -n` (zfs-fuse)
+}
+
+var _ storage.Driver = (*Driver)(nil)
+
+// New opens the driver, creating the root and its container datasets.
+func New(ctx context.Context, cfg Config) (*Driver, error) {
+	if !rootPattern.MatchString(cfg.Root) || strings.Contains(cfg.Root, "..") {
+		return nil, fmt.Errorf("%w: zfs root %q", storage.ErrInvalidName, cfg.Root)
+	}
+	d := &Driver{root: cfg.Root, log: newLogger(cfg.Logger).With("driver", Kind), siteLocks: map[string]*sync.Mutex{}, sending: map[string]int{}}
+	for _, ds := range []string{d.root, d.root + "/sites", d.root + "/replicas", d.root + "/stash", d.root + "/views", d.root + "/swap"} {
+		if err := d.ensureFilesystem(ctx, ds); err != nil {
+			return nil, fmt.Errorf("zfs driver root: %w", err)
+		}
+	}
+	// Replicas inherit readonly=on and atime=off from their parent from the
+	// moment a full receive creates them. The parent itself is not mounted
+	// (canmount=off), or its read-only mount would leave nowhere to create
+	// the children's mountpoints.
+	replicas := d.root + "/replicas"
+	for _, kv := range [][2]string{{"canmount", "off"}, {"readonly", "on"}, {"atime", "off"}} {
+		if err := d.setProp(ctx, replicas, kv[0], kv[1]); err != nil {
+			return nil, err
+		}
+	}
+	if err := d.unmount(ctx, replicas); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Kind implements storage.Driver.
+func (d *Driver) Kind() string { return Kind }
+
+// Root is the root dataset.
+func (d *Driver) Root() string { return d.root }
+
+func (d *Driver) ensureFilesystem(ctx context.Context, ds string) error {
+	exists, err := d.datasetExists(ctx, ds)
+	if err != nil || exists {
+		return err
+	}
+	err = d.gozfs(ctx, "create", []string{"create", ds}, false, nil, func() error {
+		_, err := gozfs.CreateFilesystem(ds, nil)
+		return err
+	})
+	if errors.Is(err, storage.ErrExists) {
+		return nil
+	}
+	return err
+}
+
+func (d *Driver) datasetExists(ctx context.Context, ds string) (bool, error) {
+	_, err := d.command(ctx, "exists", "zfs", []string{"list", "-H", "-o", "name", ds}, nil, nil)
+	if errors.Is(err, storage.ErrNoDataset) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (d *Driver) setProp(ctx context.Context, ds, key, value string) error {
+	return d.gozfs(ctx, "set", []string{"set", key + "=" + value, ds}, false, nil, func() error {
+		return (&gozfs.Dataset{Name: ds, Type: gozfs.DatasetFilesystem}).SetProperty(key, value)
+	})
+}
+
+func (d *Driver) getProp(ctx context.Context, ds, key string) (string, error) {
+	out, err := d.command(ctx, "get", "zfs", []string{"get", "-Hp", "-o", "value", key, ds}, nil, nil)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func (d *Driver) lock(site storage.Site) func() {
+	d.mu.Lock()
+	l, ok := d.siteLocks[site.String()]
+	if !ok {
+		l = &sync.Mutex{}
+		d.siteLocks[site.String()] = l
+	}
+	d.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func checkSite(site storage.Site) error {
+	if site.IsZero() {
+		return fmt.Errorf("%w: empty site", storage.ErrInvalidName)
+	}
+	return nil
+}
+
+func checkSnap(snap storage.SnapName) error {
+	if snap.IsZero() {
+		return fmt.Errorf("%w: empty snapshot name", storage.ErrInvalidName)
+	}
+	return nil
+}
+
+// Dataset names are only ever built from validated names by these helpers.
+func (d *Driver) writableDS(site storage.Site) string  { return d.root + "/sites/" + site.String() }
+func (d *Driver) replicaDS(site storage.Site) string   { return d.root + "/replicas/" + site.String() }
+func (d *Driver) stashParent(site storage.Site) string { return d.root + "/stash/" + site.String() }
+func (d *Driver) stashDS(site storage.Site, s storage.StashName) string {
+	return d.stashParent(site) + "/" + s.String()
+}
+func (d *Driver) viewParent(site storage.Site) string { return d.root + "/views/" + site.String() }
+func (d *Driver) viewDS(site storage.Site, snap storage.SnapName) string {
+	return d.viewParent(site) + "/" + snap.String()
+}
+func (d *Driver) swapDS(site storage.Site) string { return d.root + "/swap/" + site.String() }
+
+// locate finds the site's dataset and whether it is a read-only replica.
+func (d *Driver) locate(ctx context.Context, site storage.Site) (string, bool, error) {
+	if err := checkSite(site); err != nil {
+		return "", false, err
+	}
+	for _, c := range []struct {
+		ds string
+		ro bool
+	}{{d.writableDS(site), false}, {d.replicaDS(site), true}} {
+		ok, err := d.datasetExists(ctx, c.ds)
+		if err != nil {
+			return "", false, err
+		}
+		if ok {
+			return c.ds, c.ro, nil
+		}
+	}
+	return "", false, fmt.Errorf("%w: site %s", storage.ErrNoDataset, site)
+}
+
+// Create implements storage.Driver.
+func (d *Driver) Create(ctx context.Context, site storage.Site, quotaBytes int64) error {
+	if err := checkSite(site); err != nil {
+		return err
+	}
+	if quotaBytes < 0 {
+		return fmt.Errorf("create %s: negative quota", site)
+	}
+	defer d.lock(site)()
+	if _, _, err := d.locate(ctx, site); err == nil {
+		return fmt.Errorf("create %s: %w", site, storage.ErrExists)
+	} else if !errors.Is(err, storage.ErrNoDataset) {
+		return err
+	}
+	ds := d.writableDS(site)
+	props := map[string]string{"quota": quotaValue(quotaBytes)}
+	err := d.gozfs(ctx, "create", []string{"create", "-o", "quota=" + props["quota"], ds}, false, nil, func() error {
+		_, err := gozfs.CreateFilesystem(ds, props)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create %s: %w", site, err)
+	}
+	d.log.Info("dataset created", "site", site.String(), "quota", quotaBytes)
+	return nil
+}
+
+func quotaValue(n int64) string {
+	if n <= 0 {
+		return "none"
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// destroyDS destroys a dataset (recursively, with dependent clones),
+// unmounting and retrying while it is busy.
+func (d *Driver) destroyDS(ctx context.Context, ds string, recursive bool) error {
+	flags := gozfs.DestroyFlag(gozfs.DestroyDefault)
+	argv := []string{"destroy"}
+	if recursive {
+		flags = gozfs.DestroyRecursive | gozfs.DestroyRecursiveClones
+		argv = append(argv, "-r", "-R")
+	}
+	argv = append(argv, ds)
+	target := &gozfs.Dataset{Name: ds, Type: gozfs.DatasetFilesystem}
+	if strings.Contains(ds, "@") {
+		target.Type = gozfs.DatasetSnapshot
+	}
+	return d.gozfs(ctx, "destroy", argv, true, func(ctx context.Context) {
+		if !strings.Contains(ds, "@") {
+			_ = d.unmount(ctx, ds)
+		}
+	}, func() error { return target.Destroy(flags) })
+}
+
+func (d *Driver) unmount(ctx context.Context, ds string) error {
+	_, err := d.command(ctx, "unmount", "zfs", []string{"unmount", ds}, nil, nil)
+	if err != nil && strings.Contains(strings.ToLower(err.Error()), "not currently mounted") {
+		return nil
+	}
+	return err
+}
+
+func (d *Driver) mount(ctx context.Context, ds string) error {
+	_, err := d.command(ctx, "mount", "zfs", []string{"mount", ds}, nil, nil)
+	if err != nil && strings.Contains(strings.ToLower(err.Error()), "already mounted") {
+		return nil
+	}
+	return err
+}
+
+// rename renames a filesystem, unmounted (zfs-fuse reports fresh mounts as
+// busy), and mounts it again.
+func (d *Driver) rename(ctx context.Context, from, to string) error {
+	if err := d.unmount(ctx, from); err != nil && !errors.Is(err, storage.ErrNoDataset) {
+		return err
+	}
+	err := d.gozfs(ctx, "rename", []string{"rename", from, to}, true, func(ctx context.Context) { _ = d.unmount(ctx, from) }, func() error {
+		_, err := (&gozfs.Dataset{Name: from, Type: gozfs.DatasetFilesystem}).Rename(to, false, false)
+		if err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		_ = d.mount(ctx, from)
+		return err
+	}
+	return d.mount(ctx, to)
+}
+
+// Destroy implements storage.Driver.
+func (d *Driver) Destroy(ctx context.Context, site storage.Site) error {
+	if err := checkSite(site); err != nil {
+		return err
+	}
+	defer d.lock(site)()
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return fmt.Errorf("destroy: %w", err)
+	}
+	for _, parent := range []string{d.viewParent(site), d.stashParent(site)} {
+		if ok, err := d.datasetExists(ctx, parent); err != nil {
+			return err
+		} else if ok {
+			if err := d.destroyDS(ctx, parent, true); err != nil {
+				return fmt.Errorf("destroy %s: %w", site, err)
+			}
+		}
+	}
+	if err := d.destroyDS(ctx, ds, true); err != nil {
+		return fmt.Errorf("destroy %s: %w", site, err)
+	}
+	d.log.Info("dataset destroyed", "site", site.String())
+	return nil
+}
+
+// Exists implements storage.Driver.
+func (d *Driver) Exists(ctx context.Context, site storage.Site) (bool, error) {
+	_, _, err := d.locate(ctx, site)
+	if errors.Is(err, storage.ErrNoDataset) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Mountpoint implements storage.Driver. It changes when a dataset is
+// promoted or demoted (it moves between sites/ and replicas/).
+func (d *Driver) Mountpoint(ctx context.Context, site storage.Site) (string, error) {
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return "", err
+	}
+	return d.getProp(ctx, ds, "mountpoint")
+}
+
+// SetQuota implements storage.Driver.
+func (d *Driver) SetQuota(ctx context.Context, site storage.Site, quotaBytes int64) error {
+	defer d.lock(site)()
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return err
+	}
+	return d.setProp(ctx, ds, "quota", quotaValue(quotaBytes))
+}
+
+// SetReadOnly implements storage.Driver.
+func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bool) error {
+	if err := checkSite(site); err != nil {
+		return err
+	}
+	defer d.lock(site)()
+	ds, ro, err := d.locate(ctx, site)
+	if err != nil {
+		return err
+	}
+	if ro == readOnly {
+		return nil
+	}
+	if readOnly {
+		for _, kv := range [][2]string{{"readonly", "on"}, {"atime", "off"}} {
+			if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+		if err := d.rename(ctx, ds, d.replicaDS(site)); err != nil {
+			return fmt.Errorf("demote %s: %w", site, err)
+		}
+	} else {
+		if err := d.rename(ctx, ds, d.writableDS(site)); err != nil {
+			return fmt.Errorf("promote %s: %w", site, err)
+		}
+		for _, kv := range [][2]string{{"readonly", "off"}, {"atime", "on"}} {
+			if err := d.setProp(ctx, d.writableDS(site), kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+	}
+	d.log.Info("dataset read-only changed", "site", site.String(), "readonly", readOnly)
+	return nil
+}
+
+// snapshotDS takes one snapshot (name may be the SafetySnapshot).
+func (d *Driver) snapshotDS(ctx context.Context, ds, name string, recursive bool) error {
+	argv := []string{"snapshot"}
+	if recursive {
+		argv = append(argv, "-r")
+	}
+	argv = append(argv, ds+"@"+name)
+	_, err := d.command(ctx, "snapshot", "zfs", argv[0:], nil, nil)
+	return err
+}
+
+// Snapshot implements storage.Driver.
+func (d *Driver) Snapshot(ctx context.Context, site storage.Site, snap storage.SnapName) (storage.Snapshot, error) {
+	if err := checkSnap(snap); err != nil {
+		return storage.Snapshot{}, err
+	}
+	if err := checkSite(site); err != nil {
+		return storage.Snapshot{}, err
+	}
+	defer d.lock(site)()
+	ds, ro, err := d.locate(ctx, site)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	if ro {
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", site, snap, storage.ErrReadOnly)
+	}
+	if err := d.gozfs(ctx, "snapshot", []string{"snapshot", ds + "@" + snap.String()}, false, nil, func() error {
+		_, err := (&gozfs.Dataset{Name: ds, Type: gozfs.DatasetFilesystem}).Snapshot(snap.String(), false)
+		return err
+	}); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", site, snap, err)
+	}
+	d.log.Info("snapshot taken", "site", site.String(), "snapshot", snap.String())
+	return d.findSnapshot(ctx, ds, snap)
+}
+
+// SnapshotAll implements storage.Driver: one `zfs snapshot -r` of the
+// parent of all writable datasets, atomic across them.
+func (d *Driver) SnapshotAll(ctx context.Context, snap storage.SnapName, sites []storage.Site) ([]storage.Site, error) {
+	if err := checkSnap(snap); err != nil {
+		return nil, err
+	}
+	for _, s := range sites {
+		_, ro, err := d.locate(ctx, s)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot all: %w", err)
+		}
+		if ro {
+			return nil, fmt.Errorf("snapshot all: site %s: %w", s, storage.ErrReadOnly)
+		}
+	}
+	parent := d.root + "/sites"
+	started := time.Now()
+	if err := d.snapshotDS(ctx, parent, snap.String(), true); err != nil {
+		return nil, fmt.Errorf("snapshot all %s: %w", snap, err)
+	}
+	elapsed := time.Since(started)
+	// The parent's own (empty) snapshot is of no use.
+	if err := d.destroyDS(ctx, parent+"@"+snap.String(), false); err != nil {
+		d.log.Warn("could not destroy parent snapshot", "snapshot", snap.String(), "err", err)
+	}
+	out, err := d.command(ctx, "list", "zfs", []string{"list", "-H", "-o", "name", "-t", "filesystem", "-d", "1", parent}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var done []storage.Site
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		name := strings.TrimPrefix(line, parent+"/")
+		if s, err := storage.ParseSite(name); err == nil && line != parent {
+			done = append(done, s)
+		}
+	}
+	d.log.Info("snapshot of all sites", "snapshot", snap.String(), "sites", len(done), "duration", elapsed)
+	return done, nil
+}
+
+// snapInfo is one snapshot as zfs reports it.
+type snapInfo struct {
+	name       string // after the '@'
+	guid       uint64
+	created    time.Time
+	createtxg  uint64
+	used, refd int64
+	userrefs   int
+}
+
+// listSnaps lists the snapshots of one dataset, oldest first, with one
+// `zfs get` (zfs-fuse has no `list -p`).
+func (d *Driver) listSnaps(ctx context.Context, ds string) ([]snapInfo, error) {
+	out, err := d.command(ctx, "list snapshots", "zfs", []string{"get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+		"guid,creation,createtxg,used,referenced,userrefs", ds}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*snapInfo{}
+	var order []*snapInfo
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Split(line, "\t")
+		if len(f) != 3 || !strings.HasPrefix(f[0], ds+"@") {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], ds+"@")
+		s := byName[name]
+		if s == nil {
+			s = &snapInfo{name: name}
+			byName[name] = s
+			order = append(order, s)
+		}
+		n, _ := strconv.ParseUint(f[2], 10, 64)
+		switch f[1] {
+		case "guid":
+			s.guid = n
+		case "creation":
+			s.created = time.Unix(int64(n), 0).UTC()
+		case "createtxg":
+			s.createtxg = n
+		case "used":
+			s.used = int64(n)
+		case "referenced":
+			s.refd = int64(n)
+		case "userrefs":
+			s.userrefs = int(n)
+		}
+	}
+	out2 := make([]snapInfo, 0, len(order))
+	for _, s := range order {
+		out2 = append(out2, *s)
+	}
+	sort.SliceStable(out2, func(i, j int) bool { return out2[i].createtxg < out2[j].createtxg })
+	return out2, nil
+}
+
+func toSnapshot(s snapInfo) (storage.Snapshot, bool) {
+	name, err := storage.ParseSnapName(s.name)
+	if err != nil {
+		return storage.Snapshot{}, false
+	}
+	return storage.Snapshot{Name: name, GUID: s.guid, Created: s.created, UsedBytes: s.used, ReferencedBytes: s.refd, Holds: s.userrefs}, true
+}
+
+func (d *Driver) snapshots(ctx context.Context, ds string) ([]storage.Snapshot, error) {
+	infos, err := d.listSnaps(ctx, ds)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]storage.Snapshot, 0, len(infos))
+	for _, s := range infos {
+		if snap, ok := toSnapshot(s); ok {
+			out = append(out, snap)
+		}
+	}
+	return out, nil
+}
+
+func (d *Driver) findSnapshot(ctx context.Context, ds string, snap storage.SnapName) (storage.Snapshot, error) {
+	snaps, err := d.snapshots(ctx, ds)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	for _, s := range snaps {
+		if s.Name == snap {
+			return s, nil
+		}
+	}
+	return storage.Snapshot{}, fmt.Errorf("%w: snapshot %s@%s", storage.ErrNoDataset, ds, snap)
+}
+
+// ListSnapshots implements storage.Driver.
+func (d *Driver) ListSnapshots(ctx context.Context, site storage.Site) ([]storage.Snapshot, error) {
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return nil, err
+	}
+	return d.snapshots(ctx, ds)
+}
+
+// Fence implements storage.Driver.
+func (d *Driver) Fence(ctx context.Context, site storage.Site, epoch storage.Epoch) error {
+	if err := checkSite(site); err != nil {
+		return err
+	}
+	defer d.lock(site)()
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return err
+	}
+	return d.raiseEpoch(ctx, ds, epoch)
+}
+
+func (d *Driver) epochOf(ctx context.Context, ds string) (storage.Epoch, error) {
+	v, err := d.getProp(ctx, ds, propEpoch)
+	if err != nil {
+		return storage.Epoch{}, err
+	}
+	return storage.ParseEpoch(v)
+}
+
+func (d *Driver) raiseEpoch(ctx context.Context, ds string, epoch storage.Epoch) error {
+	seen, err := d.epochOf(ctx, ds)
+	if err != nil {
+		return err
+	}
+	if !seen.Less(epoch) {
+		return nil
+	}
+	return d.setProp(ctx, ds, propEpoch, epoch.String())
+}
+
+// Epoch implements storage.Driver.
+func (d *Driver) Epoch(ctx context.Context, site storage.Site) (storage.Epoch, error) {
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return storage.Epoch{}, err
+	}
+	return d.epochOf(ctx, ds)
+}
+
+func (d *Driver) isSending(key string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sending[key] > 0
+}
+
+func (d *Driver) markSending(keys ...string) func() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, k := range keys {
+		d.sending[k]++
+	}
+	return func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, k := range keys {
+			if d.sending[k]--; d.sending[k] <= 0 {
+				delete(d.sending, k)
+			}
+		}
+	}
+}
+
+// EstimateSendSize implements storage.Driver. It asks `zfs send -nvP`
+// (OpenZFS); where that does not exist (zfs-fuse) it estimates from space
+// accounting: the growth from from to to, plus what from holds alone (the
+// blocks overwritten after it).
+func (d *Driver) EstimateSendSize(ctx context.Context, site storage.Site, from, to storage.SnapName) (int64, error) {
+	if err := checkSnap(to); err != nil {
+		return 0, err
+	}
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	noDryRun := d.sendNoDryRun
+	d.mu.Unlock()
+	if !noDryRun {
+		args := []string{"send", "-nvP"}
+		if !from.IsZero() {
+			args = append(args, "-i", ds+"@"+from.String())
+		}
+		args = append(args, ds+"@"+to.String())
+		out, err := d.command(ctx, "estimate", "zfs", args, nil, nil)
+		if err == nil {
+			for _, line := range strings.Split(string(out), "\n") {
+				f := strings.Fields(line)
+				if len(f) == 2 && f[0] == "size" {
+					if n, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+						return n, nil
+					}
+				}
+			}
+		}
+		if errors.Is(err, errUnsupported) {
+			d.mu.Lock()
+			d.sendNoDryRun = true
+			d.mu.Unlock()
+		} else if err != nil {
+			return 0, err
+		}
+	}
+	toSnap, err := d.findSnapshot(ctx, ds, to)
+	if err != nil {
+		return 0, err
+	}
+	if from.IsZero() {
+		return toSnap.ReferencedBytes + estimateOverheadBytes, nil
+	}
+	fromSnap, err := d.findSnapshot(ctx, ds, from)
+	if err != nil {
+		return 0, err
+	}
+	return max(0, toSnap.ReferencedBytes-fromSnap.ReferencedBytes) + fromSnap.UsedBytes + estimateOverheadBytes, nil
+}
+
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.w.Write(p)
+}
+
+// Send implements storage.Driver: the envelope, then `zfs send [-i]`.
+func (d *Driver) Send(ctx context.Context, site storage.Site, from, to storage.SnapName, w io.Writer) error {
+	if err := checkSnap(to); err != nil {
+		return err
+	}
+	ds, _, err := d.locate(ctx, site)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	snaps, err := d.snapshots(ctx, ds)
+	if err != nil {
+		return err
+	}
+	var h storage.StreamHeader
+	h.Kind = Kind
+	found := false
+	for _, s := range snaps {
+		if s.Name == to {
+			h.To = storage.StreamSnap{Name: s.Name.String(), GUID: s.GUID, Created: s.Created}
+			found = true
+		}
+		if !from.IsZero() && s.Name == from {
+			h.From = &storage.StreamSnap{Name: s.Name.String(), GUID: s.GUID, Created: s.Created}
+		}
+	}
+	if !found {
+		return fmt.Errorf("send: %w: snapshot %s@%s", storage.ErrNoDataset, site, to)
+	}
+	if !from.IsZero() && h.From == nil {
+		return fmt.Errorf("send: %w: snapshot %s@%s", storage.ErrNoDataset, site, from)
+	}
+	keys := []string{ds + "@" + to.String()}
+	args := []string{"send"}
+	if !from.IsZero() {
+		keys = append(keys, ds+"@"+from.String())
+		args = append(args, "-i", ds+"@"+from.String())
+	}
+	args = append(args, ds+"@"+to.String())
+	defer d.markSending(keys...)()
+	cw := ctxWriter{ctx, w}
+	if err := storage.WriteStreamHeader(cw, h); err != nil {
+		return fmt.Errorf("send %s@%s: %w", site, to, err)
+	}
+	started := time.Now()
+	if _, err := d.command(ctx, "send", "zfs", args, nil, cw); err != nil {
+		return fmt.Errorf("send %s@%s: %w", site, to, err)
+	}
+	d.log.Info("sent", "site", site.String(), "snapshot", to.String(), "base", from.String(), "duration", time.Since(started))
+	return nil
+}
+
+// Receive implements storage.Driver.
+func (d *Driver) Receive(ctx context.Context, site storage.Site, epoch storage.Epoch, base storage.SnapName, r io.Reader) (storage.Snapshot, error) {
+	if err := checkSite(site); err != nil {
+		return storage.Snapshot{}, err
+	}
+	defer d.lock(site)()
+	snap, err := d.receiveLocked(ctx, site, epoch, base, r)
+	if err != nil {
+		return storage.Snapshot{}, fmt.Errorf("receive %s: %w", site, err)
+	}
+	return snap, nil
+}
+
+func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch storage.Epoch, base storage.SnapName, r io.Reader) (storage.Snapshot, error) {
+	ds, ro, err := d.locate(ctx, site)
+	exists := err == nil
+	if err != nil && !errors.Is(err, storage.ErrNoDataset) {
+		return storage.Snapshot{}, err
+	}
+	var have []storage.Snapshot
+	if exists {
+		seen, err := d.epochOf(ctx, ds)
+		if err != nil {
+			return storage.Snapshot{}, err
+		}
+		if err := storage.CheckFence(seen, epoch); err != nil {
+			return storage.Snapshot{}, err
+		}
+		if !ro {
+			return storage.Snapshot{}, storage.ErrNotReplica
+		}
+		if have, err = d.snapshots(ctx, ds); err != nil {
+			return storage.Snapshot{}, err
+		}
+	} else {
+		ds = d.replicaDS(site)
+	}
+	br := bufio.NewReaderSize(r, 256<<10)
+	h, err := storage.ReadStreamHeader(br, Kind)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	if err := storage.CheckStreamBase(h, base, have, exists); err != nil {
+		return storage.Snapshot{}, err
+	}
+	for _, s := range have {
+		if s.Name.String() == h.To.Name {
+			return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", h.To.Name, storage.ErrExists)
+		}
+	}
+	args := []string{"receive"}
+	if exists {
+		// -F only rolls back what changed since base (nothing on a read-only
+		// replica); divergent snapshots were refused above, never destroyed.
+		args = append(args, "-F")
+	}
+	args = append(args, ds)
+	started := time.Now()
+	if _, err := d.command(ctx, "receive", "zfs", args, br, nil); err != nil {
+		return storage.Snapshot{}, err
+	}
+	if err := d.raiseEpoch(ctx, ds, epoch); err != nil {
+		return storage.Snapshot{}, err
+	}
+	name, _ := storage.ParseSnapName(h.To.Name)
+	snap, err := d.findSnapshot(ctx, ds, name)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	d.log.Info("received", "site", site.String(), "snapshot", h.To.Name, "base", base.String(), "epoch", epoch.String(), "duration", time.Since(started))
+	return snap, nil
+}

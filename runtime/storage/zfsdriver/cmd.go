@@ -97,6 +97,7 @@ var stderrPatterns = []struct {
 	{"has dependent clones", storage.ErrBusy},
 	{"dataset is busy", storage.ErrBusy},
 	{"pool or dataset is busy", storage.ErrBusy},
+	{"pool is busy", storage.ErrBusy},
 	{"invalid backup stream", storage.ErrBadStream},
 	{"checksum mismatch", storage.ErrBadStream},
 	{"incomplete stream", storage.ErrBadStream},
@@ -174,12 +175,18 @@ func (d *Driver) do(ctx context.Context, c call) error {
 
 // command runs a zfs or zpool command directly.
 func (d *Driver) command(ctx context.Context, op string, prog string, args []string, stdin io.Reader, stdout io.Writer) ([]byte, error) {
+	return d.commandRetry(ctx, op, prog, args, stdin, stdout, false)
+}
+
+// commandRetry is command with bounded retries while the target is busy
+// (only for commands without stdin, which cannot be replayed).
+func (d *Driver) commandRetry(ctx context.Context, op string, prog string, args []string, stdin io.Reader, stdout io.Writer, retryBusy bool) ([]byte, error) {
 	var out bytes.Buffer
 	if stdout == nil {
 		stdout = &out
 	}
 	argv := append([]string{prog}, args...)
-	err := d.do(ctx, call{op: op, argv: argv, run: func(ctx context.Context) (string, error) {
+	err := d.do(ctx, call{op: op, argv: argv, retryBusy: retryBusy && stdin == nil, run: func(ctx context.Context) (string, error) {
 		out.Reset()
 		cmd := exec.CommandContext(ctx, prog, args...)
 		cmd.Stdin = stdin

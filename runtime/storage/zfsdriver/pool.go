@@ -35,14 +35,8 @@ func (p *Pools) DestroyPool(ctx context.Context, name string) error {
 	if !poolNamePattern.MatchString(name) {
 		return fmt.Errorf("%w: pool name %q", storage.ErrInvalidName, name)
 	}
-	return p.d.do(ctx, call{op: "destroy pool", argv: []string{"zpool", "destroy", "-f", name}, retryBusy: true,
-		run: func(ctx context.Context) (string, error) {
-			_, err := p.d.command(ctx, "destroy pool", "zpool", []string{"destroy", "-f", name}, nil, nil)
-			if err != nil {
-				return err.Error(), err
-			}
-			return "", nil
-		}})
+	_, err := p.d.commandRetry(ctx, "destroy pool", "zpool", []string{"destroy", "-f", name}, nil, nil, true)
+	return err
 }
 
 // Available reports whether zfs commands work here (the tools exist and the

@@ -1,0 +1,256 @@
+package stream_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/portable"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/storagetest"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/stream"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver/zfstest"
+)
+
+const token = "test-shared-secret"
+
+func TestStreams(t *testing.T) {
+	t.Run("Portable", func(t *testing.T) {
+		runStreamTests(t, func(t *testing.T) (storage.Driver, storage.Driver) {
+			a, err := portable.New(t.TempDir(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := portable.New(t.TempDir(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a, b
+		})
+	})
+	t.Run("ZFS", func(t *testing.T) {
+		zfstest.Prepare(t)
+		runStreamTests(t, func(t *testing.T) (storage.Driver, storage.Driver) {
+			return zfstest.NewPool(t, zfstest.Logger()), zfstest.NewPool(t, zfstest.Logger())
+		})
+	})
+}
+
+type env struct {
+	sender, receiver storage.Driver
+	srv              *httptest.Server
+	client           *stream.Client
+}
+
+func newEnv(t *testing.T, a, b storage.Driver, bound int) *env {
+	server, err := stream.NewServer(stream.ServerConfig{Driver: b, Token: token, StreamsConcurrentMax: bound})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(server) // listens on 127.0.0.1
+	t.Cleanup(srv.Close)
+	client, err := stream.NewClient(stream.ClientConfig{BaseURL: srv.URL, Token: token, Driver: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{sender: a, receiver: b, srv: srv, client: client}
+}
+
+func must(t *testing.T, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func snapNames(t *testing.T, d storage.Driver, site storage.Site) string {
+	t.Helper()
+	snaps, err := d.ListSnapshots(context.Background(), site)
+	must(t, err, "list")
+	var names []string
+	for _, s := range snaps {
+		names = append(names, s.Name.String())
+	}
+	return strings.Join(names, ",")
+}
+
+func runStreamTests(t *testing.T, pair func(t *testing.T) (storage.Driver, storage.Driver)) {
+	a, b := pair(t)
+	ctx := context.Background()
+	e := newEnv(t, a, b, 1)
+	epoch := storage.Epoch{Term: 3, Node: "n1"}
+
+	t.Run("PushFullThenIncremental", func(t *testing.T) {
+		site := storage.MustSite("push")
+		must(t, a.Create(ctx, site, 0), "create")
+		storagetest.WriteFile(t, ctx, a, site, "index.html", []byte("hello"))
+		storagetest.WriteFile(t, ctx, a, site, "big.bin", make([]byte, 2<<20))
+		_, err := a.Snapshot(ctx, site, storage.MustSnap("s1"))
+		must(t, err, "snapshot")
+		var calls atomic.Int64
+		var lastDone, lastTotal atomic.Int64
+		progress := func(done, total int64) {
+			calls.Add(1)
+			lastDone.Store(done)
+			lastTotal.Store(total)
+		}
+		res, err := e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), progress)
+		must(t, err, "full push")
+		if !res.Base.IsZero() || res.SentBytes == 0 || calls.Load() == 0 || lastDone.Load() != res.SentBytes || lastTotal.Load() < res.SentBytes {
+			t.Fatalf("full push result %+v, progress calls %d last %d/%d", res, calls.Load(), lastDone.Load(), lastTotal.Load())
+		}
+		storagetest.WriteFile(t, ctx, a, site, "index.html", []byte("hello again"))
+		_, err = a.Snapshot(ctx, site, storage.MustSnap("s2"))
+		must(t, err, "snapshot s2")
+		res, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s2"), progress)
+		must(t, err, "incremental push")
+		if res.Base.String() != "s1" || res.SentBytes > 1<<20 {
+			t.Fatalf("incremental push result %+v", res)
+		}
+		if got := snapNames(t, b, site); got != "s1,s2" {
+			t.Fatalf("receiver snapshots %s", got)
+		}
+		ma, _ := a.Mountpoint(ctx, site)
+		mb, _ := b.Mountpoint(ctx, site)
+		ha, hb := storagetest.HashTree(t, ma), storagetest.HashTree(t, mb)
+		if len(ha) != len(hb) || ha["index.html"] != hb["index.html"] || ha["big.bin"] != hb["big.bin"] {
+			t.Fatalf("trees differ: %v vs %v", ha, hb)
+		}
+		res, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s2"), nil)
+		must(t, err, "push up to date")
+		if !res.UpToDate {
+			t.Fatalf("second push of s2 = %+v, want UpToDate", res)
+		}
+	})
+
+	t.Run("WrongTokenRefused", func(t *testing.T) {
+		bad, err := stream.NewClient(stream.ClientConfig{BaseURL: e.srv.URL, Token: "wrong", Driver: a})
+		must(t, err, "client")
+		_, err = bad.Push(ctx, storage.MustSite("push"), epoch, storage.MustSnap("s2"), nil)
+		if !errors.Is(err, stream.ErrUnauthorized) {
+			t.Fatalf("push with wrong token: %v", err)
+		}
+		if _, err := stream.NewServer(stream.ServerConfig{Driver: b}); err == nil {
+			t.Fatal("server without token accepted")
+		}
+	})
+
+	t.Run("FencedEpochRefused", func(t *testing.T) {
+		site := storage.MustSite("fenced")
+		must(t, a.Create(ctx, site, 0), "create")
+		storagetest.WriteFile(t, ctx, a, site, "f", []byte("1"))
+		_, err := a.Snapshot(ctx, site, storage.MustSnap("s1"))
+		must(t, err, "snapshot")
+		_, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), nil)
+		must(t, err, "push")
+		must(t, b.Fence(ctx, site, storage.Epoch{Term: 9, Node: "n2"}), "fence")
+		storagetest.WriteFile(t, ctx, a, site, "f", []byte("2"))
+		_, err = a.Snapshot(ctx, site, storage.MustSnap("s2"))
+		must(t, err, "snapshot")
+		_, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s2"), nil)
+		if !errors.Is(err, storage.ErrFenced) {
+			t.Fatalf("push at an older epoch: %v", err)
+		}
+		// The receiver enforces it too, for a sender that skips the check.
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+stream.PathPrefix+"sites/fenced/receive?base=s1", strings.NewReader("x"))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("X-HC-Epoch", epoch.String())
+		resp, err := http.DefaultClient.Do(req)
+		must(t, err, "raw post")
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "fenced") {
+			t.Fatalf("raw fenced post: %d %s", resp.StatusCode, body)
+		}
+		if got := snapNames(t, b, site); got != "s1" {
+			t.Fatalf("receiver snapshots %s", got)
+		}
+	})
+
+	t.Run("ConcurrentStreamBound", func(t *testing.T) {
+		site := storage.MustSite("bound")
+		must(t, a.Create(ctx, site, 0), "create")
+		storagetest.WriteFile(t, ctx, a, site, "f", []byte("1"))
+		_, err := a.Snapshot(ctx, site, storage.MustSnap("s1"))
+		must(t, err, "snapshot")
+		// Occupy the only slot with a stream that does not finish.
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest(http.MethodPost, e.srv.URL+stream.PathPrefix+"sites/other/receive", pr)
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("X-HC-Epoch", epoch.String())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		_, _ = pw.Write([]byte("HCSTREAM1\n")) // the server is now reading this stream
+		time.Sleep(100 * time.Millisecond)
+		_, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), nil)
+		if !errors.Is(err, stream.ErrTooManyStreams) || !errors.Is(err, storage.ErrBusy) {
+			t.Fatalf("push at the bound: %v", err)
+		}
+		var re *stream.RemoteError
+		if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable {
+			t.Fatalf("push at the bound: want HTTP 503, got %v", err)
+		}
+		pw.CloseWithError(errors.New("test done"))
+		<-done
+		_, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), nil)
+		must(t, err, "push after the slot freed")
+	})
+
+	t.Run("CancelledStreamLeavesPreviousSnapshot", func(t *testing.T) {
+		site := storage.MustSite("cut")
+		must(t, a.Create(ctx, site, 0), "create")
+		storagetest.WriteFile(t, ctx, a, site, "f", []byte("1"))
+		_, err := a.Snapshot(ctx, site, storage.MustSnap("s1"))
+		must(t, err, "snapshot")
+		_, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), nil)
+		must(t, err, "push s1")
+		big := make([]byte, 8<<20)
+		for i := range big {
+			big[i] = byte(i * 7)
+		}
+		storagetest.WriteFile(t, ctx, a, site, "big", big)
+		_, err = a.Snapshot(ctx, site, storage.MustSnap("s2"))
+		must(t, err, "snapshot s2")
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		_, err = e.client.Push(cctx, site, epoch, storage.MustSnap("s2"), func(done, total int64) {
+			if done > 256<<10 {
+				cancel()
+			}
+		})
+		if err == nil {
+			t.Fatal("cancelled push succeeded")
+		}
+		// The receiver notices the cut asynchronously; wait (bounded) for its lock.
+		deadline := time.Now().Add(10 * time.Second)
+		for snapNames(t, b, site) != "s1" && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got := snapNames(t, b, site); got != "s1" {
+			t.Fatalf("after a cut stream the receiver has %s", got)
+		}
+		var res stream.Result
+		for i := 0; i < 50; i++ { // the cut receive may still hold the stream slot briefly
+			res, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s2"), nil)
+			if !errors.Is(err, stream.ErrTooManyStreams) {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		must(t, err, "push after cut")
+		if res.Base.String() != "s1" {
+			t.Fatalf("push after cut: %+v", res)
+		}
+	})
+}

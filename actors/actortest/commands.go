@@ -183,6 +183,8 @@ func (h *Harness) Handle(t *testing.T, d *datadriven.TestData) string {
 		h.enqueue("", core.NodeAddr(n), &m.DrainNode{Node: n})
 	case "load":
 		h.load[a.str("site", "")] = uint64(a.num(t, "rate", 0))
+	case "drop":
+		h.drops[a.str("type", "")] += a.num(t, "count", 1)
 	case "crash":
 		h.Crash(first(d, 0))
 	case "restart":

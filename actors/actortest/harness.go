@@ -63,6 +63,7 @@ type Harness struct {
 	load      map[string]uint64
 	requestID uint64
 
+	drops      map[string]int  // messages of a type to lose on delivery (drop command)
 	hidden     map[string]bool // message type names and "Timer/<key>" not printed
 	out        *strings.Builder
 	printedAt  time.Duration
@@ -84,7 +85,7 @@ type disk struct {
 func New() *Harness {
 	h := &Harness{Config: core.Default(), up: map[string]bool{}, inc: map[string]uint64{},
 		actors: map[core.Address]core.Actor{}, timers: map[timerKey]timer{}, blocked: map[[2]string]bool{},
-		disk: map[string]map[string]*disk{}, balancer: true, load: map[string]uint64{}, hidden: map[string]bool{},
+		disk: map[string]map[string]*disk{}, balancer: true, load: map[string]uint64{}, hidden: map[string]bool{}, drops: map[string]int{},
 		out: &strings.Builder{}, printedAt: -1}
 	for _, k := range []string{"Heartbeat", "NodeReport", "DatasetInfo", "BalancerRole", "RouteTable",
 		"Timer/heartbeat", "Timer/report", "Timer/load", "Timer/plan", "Timer/prune"} {
@@ -213,6 +214,11 @@ func (h *Harness) DeliverOne() (proto.Message, bool) {
 	e := h.queue[0]
 	h.queue = h.queue[1:]
 	if !h.up[e.to.Node] {
+		return e.msg, true
+	}
+	if name := string(e.msg.ProtoReflect().Descriptor().Name()); h.drops[name] > 0 {
+		h.drops[name]--
+		h.printf("  dropped (lost) %s -> %s %s", e.from, e.to, Format(e.msg))
 		return e.msg, true
 	}
 	if h.cut(e.from, e.to.Node) {

@@ -182,7 +182,9 @@ func (h *Harness) enqueue(from string, to core.Address, msg proto.Message) {
 		}
 		return
 	}
-	h.queue = append(h.queue, envelope{from: from, to: to, msg: msg})
+	// A copy per receiver, as if it crossed the wire: actors may keep or
+	// modify what they receive.
+	h.queue = append(h.queue, envelope{from: from, to: to, msg: proto.Clone(msg)})
 }
 
 func (h *Harness) actor(a core.Address) core.Actor {
@@ -300,6 +302,7 @@ func (h *Harness) env(a core.Address) *core.Env {
 // step runs one input through one actor and carries out its effects.
 func (h *Harness) step(to core.Address, msg proto.Message) {
 	h.Deliveries++
+	input := Format(msg) // before Step, which may modify its input
 	fx := h.actor(to).Step(h.env(to), msg)
 	var lines []string
 	var later []func()
@@ -339,7 +342,7 @@ func (h *Harness) step(to core.Address, msg proto.Message) {
 		}
 	}
 	if len(lines) > 0 || !h.hiddenMsg(msg) {
-		h.printf("%s <- %s", to, Format(msg))
+		h.printf("%s <- %s", to, input)
 		for _, l := range lines {
 			h.printf("%s", strings.TrimRight(l, " "))
 		}

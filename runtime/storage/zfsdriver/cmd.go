@@ -32,6 +32,10 @@ const (
 	busyRetryDelay = 200 * time.Millisecond
 )
 
+// opProbe marks commands whose failure is an expected answer (does this
+// dataset exist?); they fail at debug level.
+const opProbe = "probe"
+
 // call is one command to run through the choke point.
 type call struct {
 	op   string   // what the driver is doing, for logs
@@ -157,7 +161,11 @@ func (d *Driver) do(ctx context.Context, c call) error {
 		}
 		cerr := &CommandError{Argv: c.argv, Stderr: stderr, Kind: kind, Err: err}
 		retry := c.retryBusy && errors.Is(kind, storage.ErrBusy) && attempt < busyRetryMax
-		d.log.Warn("zfs failed", "op", c.op, "argv", strings.Join(c.argv, " "), "duration", elapsed,
+		level := slog.LevelWarn
+		if c.op == opProbe || errors.Is(kind, errUnsupported) || strings.Contains(stderr, "not currently mounted") {
+			level = slog.LevelDebug // an answer the caller expects, not a problem
+		}
+		d.log.Log(ctx, level, "zfs failed", "op", c.op, "argv", strings.Join(c.argv, " "), "duration", elapsed,
 			"stderr", strings.TrimSpace(stderr), "retry", retry)
 		if !retry {
 			return cerr

@@ -127,7 +127,7 @@ func (d *Driver) ensureFilesystem(ctx context.Context, ds string) error {
 }
 
 func (d *Driver) datasetExists(ctx context.Context, ds string) (bool, error) {
-	_, err := d.command(ctx, "exists", "zfs", []string{"list", "-H", "-o", "name", ds}, nil, nil)
+	_, err := d.command(ctx, opProbe, "zfs", []string{"list", "-H", "-o", "name", ds}, nil, nil)
 	if errors.Is(err, storage.ErrNoDataset) {
 		return false, nil
 	}
@@ -427,21 +427,42 @@ func (d *Driver) Snapshot(ctx context.Context, site storage.Site, snap storage.S
 }
 
 // SnapshotAll implements storage.Driver: one `zfs snapshot -r` of the
-// parent of all writable datasets, atomic across them.
+// parent of all writable datasets, atomic across them. Around it: one
+// `zfs list` to check the listed sites, one destroy of the parent's own
+// empty snapshot.
 func (d *Driver) SnapshotAll(ctx context.Context, snap storage.SnapName, sites []storage.Site) ([]storage.Site, error) {
 	if err := checkSnap(snap); err != nil {
 		return nil, err
 	}
-	for _, s := range sites {
-		_, ro, err := d.locate(ctx, s)
-		if err != nil {
-			return nil, fmt.Errorf("snapshot all: %w", err)
-		}
-		if ro {
-			return nil, fmt.Errorf("snapshot all: site %s: %w", s, storage.ErrReadOnly)
+	parent := d.root + "/sites"
+	out, err := d.command(ctx, "list", "zfs", []string{"list", "-H", "-o", "name", "-t", "filesystem", "-d", "1", parent, d.root + "/replicas"}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	writable := map[string]bool{}
+	replica := map[string]bool{}
+	var all []storage.Site
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if name, ok := strings.CutPrefix(line, parent+"/"); ok {
+			if s, err := storage.ParseSite(name); err == nil {
+				writable[name] = true
+				all = append(all, s)
+			}
+		} else if name, ok := strings.CutPrefix(line, d.root+"/replicas/"); ok {
+			replica[name] = true
 		}
 	}
-	parent := d.root + "/sites"
+	for _, s := range sites {
+		if err := checkSite(s); err != nil {
+			return nil, err
+		}
+		switch {
+		case replica[s.String()]:
+			return nil, fmt.Errorf("snapshot all: site %s: %w", s, storage.ErrReadOnly)
+		case !writable[s.String()]:
+			return nil, fmt.Errorf("snapshot all: %w: site %s", storage.ErrNoDataset, s)
+		}
+	}
 	started := time.Now()
 	if err := d.snapshotDS(ctx, parent, snap.String(), true); err != nil {
 		return nil, fmt.Errorf("snapshot all %s: %w", snap, err)
@@ -451,19 +472,8 @@ func (d *Driver) SnapshotAll(ctx context.Context, snap storage.SnapName, sites [
 	if err := d.destroyDS(ctx, parent+"@"+snap.String(), false); err != nil {
 		d.log.Warn("could not destroy parent snapshot", "snapshot", snap.String(), "err", err)
 	}
-	out, err := d.command(ctx, "list", "zfs", []string{"list", "-H", "-o", "name", "-t", "filesystem", "-d", "1", parent}, nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	var done []storage.Site
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		name := strings.TrimPrefix(line, parent+"/")
-		if s, err := storage.ParseSite(name); err == nil && line != parent {
-			done = append(done, s)
-		}
-	}
-	d.log.Info("snapshot of all sites", "snapshot", snap.String(), "sites", len(done), "duration", elapsed)
-	return done, nil
+	d.log.Info("snapshot of all sites", "snapshot", snap.String(), "sites", len(all), "command_duration", elapsed)
+	return all, nil
 }
 
 // snapInfo is one snapshot as zfs reports it.

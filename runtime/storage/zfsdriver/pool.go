@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"regexp"
 
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
@@ -42,7 +44,7 @@ func (p *Pools) DestroyPool(ctx context.Context, name string) error {
 // Available reports whether zfs commands work here (the tools exist and the
 // daemon or kernel module answers), with the reason when they do not.
 func (p *Pools) Available(ctx context.Context) (bool, string) {
-	if _, err := p.d.command(ctx, "probe", "zpool", []string{"list", "-H", "-o", "name"}, nil, nil); err != nil {
+	if _, err := p.d.command(ctx, opProbe, "zpool", []string{"list", "-H", "-o", "name"}, nil, nil); err != nil {
 		return false, err.Error()
 	}
 	return true, ""
@@ -51,6 +53,46 @@ func (p *Pools) Available(ctx context.Context) (bool, string) {
 // NeedsShim reports whether the zfs on PATH lacks `list -p` (zfs-fuse), so
 // go-zfs needs scripts/zfs-shim first on PATH.
 func (p *Pools) NeedsShim(ctx context.Context) bool {
-	_, err := p.d.command(ctx, "probe", "zfs", []string{"list", "-Hp", "-o", "name", "-d", "0"}, nil, nil)
+	_, err := p.d.command(ctx, opProbe, "zfs", []string{"list", "-Hp", "-o", "name", "-d", "0"}, nil, nil)
 	return err != nil
+}
+
+// ShimDir finds scripts/zfs-shim of this repository (HC_ZFS_SHIM_DIR
+// overrides), searching upwards from the working directory for go.mod. Only
+// tests and the benchmark use the shim; production runs stock OpenZFS.
+func ShimDir() (string, error) {
+	if dir := os.Getenv("HC_ZFS_SHIM_DIR"); dir != "" {
+		return dir, nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			shim := filepath.Join(dir, "scripts", "zfs-shim")
+			if _, err := os.Stat(filepath.Join(shim, "zfs")); err != nil {
+				return "", fmt.Errorf("no zfs shim at %s: %w", shim, err)
+			}
+			return shim, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// UseShimIfNeeded puts the shim first on this process's PATH when the zfs
+// on PATH is zfs-fuse (no `list -p`). It reports whether it did.
+func (p *Pools) UseShimIfNeeded(ctx context.Context) (bool, error) {
+	if !p.NeedsShim(ctx) {
+		return false, nil
+	}
+	dir, err := ShimDir()
+	if err != nil {
+		return false, err
+	}
+	return true, os.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
 }

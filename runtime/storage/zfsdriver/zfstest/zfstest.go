@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -65,41 +64,9 @@ func Prepare(t testing.TB) {
 	if ok, reason := pools.Available(ctx); !ok {
 		unavailable(reason)
 	}
-	shimOnce.Do(func() {
-		if !pools.NeedsShim(ctx) {
-			return
-		}
-		dir, err := ShimDir()
-		if err != nil {
-			shimErr = err
-			return
-		}
-		shimErr = os.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	})
+	shimOnce.Do(func() { _, shimErr = pools.UseShimIfNeeded(ctx) })
 	if shimErr != nil {
 		t.Fatalf("zfs needs the test shim but it could not be put on PATH: %v", shimErr)
-	}
-}
-
-// ShimDir finds scripts/zfs-shim of this repository.
-func ShimDir() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			shim := filepath.Join(dir, "scripts", "zfs-shim")
-			if _, err := os.Stat(filepath.Join(shim, "zfs")); err != nil {
-				return "", fmt.Errorf("no zfs shim at %s: %w", shim, err)
-			}
-			return shim, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
-		}
-		dir = parent
 	}
 }
 

@@ -1,0 +1,59 @@
+#!/bin/sh
+# Make zfs usable for the ZFS tests and hcstoragebench: install zfs-fuse if
+# missing (Debian/Ubuntu, as root), start its daemon if not running, and wait
+# (bounded) until `zpool list` answers. Idempotent; no systemd assumed, so it
+# works in containers and CI. Production nodes run stock OpenZFS instead.
+set -eu
+
+WAIT_SECONDS_MAX=${WAIT_SECONDS_MAX:-30}
+
+log() { printf 'setup-zfs: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+	SUDO=sudo
+	command -v sudo >/dev/null 2>&1 || { log "must run as root (no sudo found)"; exit 1; }
+else
+	SUDO=
+fi
+
+if ! command -v zfs-fuse >/dev/null 2>&1 && [ ! -x /usr/sbin/zfs-fuse ]; then
+	log "installing zfs-fuse"
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+	$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q zfs-fuse
+fi
+PATH=$PATH:/usr/sbin:/sbin
+export PATH
+
+# FUSE needs its device node (containers sometimes lack it).
+if [ ! -e /dev/fuse ]; then
+	$SUDO mknod -m 666 /dev/fuse c 10 229 || log "could not create /dev/fuse"
+fi
+
+if zpool list >/dev/null 2>&1; then
+	log "zfs is ready"
+	exit 0
+fi
+
+start_daemon() {
+	if ! pgrep -x zfs-fuse >/dev/null 2>&1; then
+		log "starting the zfs-fuse daemon"
+		# A stale pid file from a dead daemon makes it refuse to start.
+		$SUDO rm -f /var/run/zfs-fuse.pid /run/zfs-fuse.pid
+		$SUDO zfs-fuse
+	fi
+}
+
+start_daemon
+waited=0
+until zpool list >/dev/null 2>&1; do
+	# A daemon that was shutting down when we looked is gone by now.
+	start_daemon
+	if [ "$waited" -ge "$WAIT_SECONDS_MAX" ]; then
+		log "zpool list still failing after ${WAIT_SECONDS_MAX}s:"
+		zpool list >&2 || true
+		exit 1
+	fi
+	sleep 1
+	waited=$((waited + 1))
+done
+log "zfs is ready (zfs-fuse, after ${waited}s)"

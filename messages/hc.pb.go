@@ -1957,15 +1957,18 @@ func (x *DatasetInfo) GetRequests() uint64 {
 // Offer asks a receiver whether it takes a stream (fencing and divergence are
 // decided by the receiver's dataset actor before any byte moves).
 type StreamOffer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
-	FromNode      string                 `protobuf:"bytes,2,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
-	Epoch         *Epoch                 `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Base          string                 `protobuf:"bytes,4,opt,name=base,proto3" json:"base,omitempty"` // "" for a full stream
-	Target        *SnapshotRef           `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
-	StreamId      uint64                 `protobuf:"varint,6,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
-	Spec          *SiteSpec              `protobuf:"bytes,7,opt,name=spec,proto3" json:"spec,omitempty"`
-	History       []string               `protobuf:"bytes,8,rep,name=history,proto3" json:"history,omitempty"` // sender's snapshot names, oldest first (bounded)
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Site     string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	FromNode string                 `protobuf:"bytes,2,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
+	Epoch    *Epoch                 `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Base     string                 `protobuf:"bytes,4,opt,name=base,proto3" json:"base,omitempty"` // "" for a full stream
+	Target   *SnapshotRef           `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	StreamId uint64                 `protobuf:"varint,6,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Spec     *SiteSpec              `protobuf:"bytes,7,opt,name=spec,proto3" json:"spec,omitempty"`
+	History  []string               `protobuf:"bytes,8,rep,name=history,proto3" json:"history,omitempty"` // sender's snapshot names, oldest first (bounded)
+	// full: the receiver shares nothing the sender knows of; it stashes all it
+	// holds and takes a full stream.
+	Full          bool `protobuf:"varint,9,opt,name=full,proto3" json:"full,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2054,6 +2057,13 @@ func (x *StreamOffer) GetHistory() []string {
 		return x.History
 	}
 	return nil
+}
+
+func (x *StreamOffer) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
 }
 
 type StreamAnswer struct {
@@ -3638,7 +3648,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x05phase\x18\v \x01(\x0e2\x1b.hybridcluster.v1.SitePhaseR\x05phase\x12\x1d\n" +
 	"\n" +
 	"ftp_leases\x18\f \x01(\rR\tftpLeases\x12\x1a\n" +
-	"\brequests\x18\r \x01(\x04R\brequests\"\x9f\x02\n" +
+	"\brequests\x18\r \x01(\x04R\brequests\"\xb3\x02\n" +
 	"\vStreamOffer\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1b\n" +
 	"\tfrom_node\x18\x02 \x01(\tR\bfromNode\x12-\n" +
@@ -3647,7 +3657,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x06target\x18\x05 \x01(\v2\x1d.hybridcluster.v1.SnapshotRefR\x06target\x12\x1b\n" +
 	"\tstream_id\x18\x06 \x01(\x04R\bstreamId\x12.\n" +
 	"\x04spec\x18\a \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\x12\x18\n" +
-	"\ahistory\x18\b \x03(\tR\ahistory\"\xda\x01\n" +
+	"\ahistory\x18\b \x03(\tR\ahistory\x12\x12\n" +
+	"\x04full\x18\t \x01(\bR\x04full\"\xda\x01\n" +
 	"\fStreamAnswer\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1b\n" +
 	"\tstream_id\x18\x02 \x01(\x04R\bstreamId\x12*\n" +

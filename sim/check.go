@@ -36,6 +36,7 @@ type checker struct {
 	faultTimes    []int64
 	moves         map[string][]*window
 	probed        map[string]map[string]bool // site -> nodes that answered the last probe
+	probeID       map[string]uint64
 	probes        []*clientReq
 	probeFailed   map[uint64]string
 	stats         Stats
@@ -45,7 +46,7 @@ type checker struct {
 func newChecker(w *World) *checker {
 	return &checker{w: w, writes: map[uint64]*writeInfo{}, epochWriter: map[string]string{},
 		expected: map[string]map[uint64]bool{}, crashes: map[string][]int64{}, moves: map[string][]*window{},
-		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}}
+		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, probeID: map[string]uint64{}}
 }
 
 func (c *checker) fault() { c.faultTimes = append(c.faultTimes, c.w.now) }
@@ -72,7 +73,11 @@ func (c *checker) applied(h *host, req *m.SiteRequest, epoch *m.Epoch, d *simDat
 		c.w.violate("I1", "site %s epoch %s: writes accepted on %s and %s", req.Site, core.EpochString(epoch), prev, h.name)
 	}
 	c.epochWriter[key] = h.name
-	c.w.noteEpoch(h, req.Site, d, epoch, "write")
+	// A master's own epoch bump (heal, resume) does not fence the writes it
+	// still takes at its old epoch; another node's epoch does.
+	if d.maxEpoch.GetNode() != h.name {
+		c.w.noteEpoch(h, req.Site, d, epoch, "write")
+	}
 	if !d.exists {
 		c.w.violate("I1", "site %s: write accepted on %s which holds no copy", req.Site, h.name)
 	}
@@ -119,15 +124,19 @@ func (c *checker) delivered(h *host, addr core.Address, msg any) {
 			c.w.maybeCrashMidMigration(h.name, msg.Target)
 		}
 	case *m.ProbeAnswer:
-		if c.probed[msg.Site] == nil {
+		if c.probeID[msg.Site] != msg.ProbeId {
+			c.probeID[msg.Site] = msg.ProbeId
 			c.probed[msg.Site] = map[string]bool{}
 		}
 		c.probed[msg.Site][msg.Info.GetNode()] = true
-	case *m.Probe:
-		delete(c.probed, msg.Site)
 	case *m.Activate:
-		if addr.Kind == core.KindSite {
+		switch {
+		case addr.Kind == core.KindSite:
 			c.activated(h, msg)
+		case addr.Kind == core.KindDataset && msg.Reason == "failover":
+			// Judge the choice when it is made: the copies may change while
+			// a slow disk carries the activation out.
+			c.newestPromoted(h, msg.Spec.GetName(), h.store.get(msg.Spec.GetName()), msg.Epoch)
 		}
 	}
 }
@@ -147,9 +156,12 @@ func (c *checker) activated(h *host, a *m.Activate) {
 		}
 		if len(c.moves[site]) > 0 {
 			mv := c.moves[site][len(c.moves[site])-1]
-			if c.clean(mv.startUs) {
-				for _, wid := range sortedIDs(c.expected[site]) {
-					if !have[wid] {
+			src := c.w.hosts[mv.from].store.ds[site]
+			if c.clean(mv.startUs) && src != nil && mv.target == h.name {
+				// The source is paused: everything it acknowledged is in its
+				// live dataset, and all of it must be on the target.
+				for _, wid := range sortedIDs(src.contents()) {
+					if c.expected[site][wid] && !have[wid] {
 						c.w.violate("I2", "site %s moved %s->%s without acknowledged write %d", site, mv.from, h.name, wid)
 						delete(c.expected[site], wid)
 					}
@@ -158,7 +170,6 @@ func (c *checker) activated(h *host, a *m.Activate) {
 		}
 	case "failover":
 		c.stats.Failovers++
-		c.newestPromoted(h, site, d)
 	case "heal":
 		c.stats.Heals++
 	}
@@ -167,11 +178,18 @@ func (c *checker) activated(h *host, a *m.Activate) {
 
 // newestPromoted: with a clean network, failover must pick the copy with the
 // newest snapshot among the copies that answered the probe (I3).
-func (c *checker) newestPromoted(h *host, site string, d *simDataset) {
+func (c *checker) newestPromoted(h *host, site string, d *simDataset, epoch *m.Epoch) {
 	if c.w.dropRate > 0 || len(c.w.blocked) > 0 {
 		return
 	}
-	mine := d.latest()
+	// The copy's newest snapshot from before its promotion (the promotion
+	// itself snapshots at once, in the new epoch).
+	var mine *snap
+	for i := len(d.snaps) - 1; i >= 0 && mine == nil; i-- {
+		if core.EpochLess(d.snaps[i].ref.Epoch, epoch) {
+			mine = &d.snaps[i]
+		}
+	}
 	for _, n := range sortedKeys(c.probed[site]) {
 		o := c.w.hosts[n]
 		if n == h.name || !o.up {

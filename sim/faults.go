@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,8 +32,15 @@ func (w *World) faultsStart() string {
 		return "none"
 	}
 	var on []string
+	forced := w.opt.FaultKinds != nil
+	choose := func(name string) bool {
+		if forced {
+			return slices.Contains(w.opt.FaultKinds, name)
+		}
+		return w.rng.IntN(2) == 1
+	}
 	for _, k := range faultKinds {
-		if w.rng.IntN(2) == 0 {
+		if !choose(k.name) {
 			continue
 		}
 		on = append(on, k.name)
@@ -47,19 +55,19 @@ func (w *World) faultsStart() string {
 		}
 		w.at(clientsFrom+time.Duration(w.rng.ExpFloat64()*float64(mean)), tick)
 	}
-	if w.rng.IntN(2) == 0 {
+	if choose("drop") {
 		w.dropRate = w.rng.Float64() * 0.03 * min(w.opt.FaultRate, 1)
 		on = append(on, fmt.Sprintf("drop=%.3f", w.dropRate))
 	}
-	if w.rng.IntN(2) == 0 {
+	if choose("dup") {
 		w.dupRate = w.rng.Float64() * 0.02 * min(w.opt.FaultRate, 1)
 		on = append(on, fmt.Sprintf("dup=%.3f", w.dupRate))
 	}
-	if w.rng.IntN(2) == 0 {
+	if choose("crash-mid-migration") {
 		w.midMigrationCrash = 0.3
 		on = append(on, "crash-mid-migration")
 	}
-	if w.rng.IntN(3) == 0 {
+	if choose("crash-mid-receive") {
 		w.midReceiveCrash = 0.001
 		on = append(on, "crash-mid-receive")
 	}

@@ -24,6 +24,9 @@ type Options struct {
 	WriteFraction float64
 	// FaultRate scales how often faults come (1 = the swarm's base rates; 0 = none).
 	FaultRate float64
+	// FaultKinds forces the swarm (nil: the seed picks): crash, partition,
+	// oneway, slowdisk, fulldisk, drop, dup, crash-mid-migration, crash-mid-receive.
+	FaultKinds []string
 	// MigrationEvery is the mean time between admin-requested planned moves.
 	MigrationEvery time.Duration
 	// RPO is the recovery-point bound I3 checks after a crash.

@@ -90,14 +90,14 @@ type World struct {
 	verbose    io.Writer
 	eventCount int
 
-	chk        *checker
-	cl         *clients
-	healed     bool
+	chk    *checker
+	cl     *clients
+	healed bool
 
 	midMigrationCrash float64
 	midReceiveCrash   float64
-	stashes    int
-	violations []Violation
+	stashes           int
+	violations        []Violation
 }
 
 // Violation is one broken invariant.
@@ -270,7 +270,7 @@ func (w *World) latency() time.Duration {
 
 func (w *World) diskDelay(h *host, base time.Duration) time.Duration {
 	if h.slowDisk {
-		return base * 50
+		return base * 2000
 	}
 	return base
 }
@@ -351,6 +351,11 @@ func (w *World) stream(h *host, from core.Address, req *m.StorageRequest) {
 			return
 		case len(rd.pending) > 0:
 			fail(m.Code_CODE_DIVERGED, "receiver modified since its latest snapshot")
+			return
+		case core.EpochLess(epoch, rd.fence) && !w.cfg.Mutations.SkipFencing:
+			// Storage fences too (a dataset property in production): the
+			// receiver may have been promoted since it accepted the offer.
+			fail(m.Code_CODE_FENCED, "stream epoch older than the receiver's")
 			return
 		}
 		if !isAncestor(rd.head, target.b) {

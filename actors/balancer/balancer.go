@@ -381,9 +381,10 @@ func (b *Balancer) repair(env *core.Env, site string, master copyView, cs []copy
 		}
 	}
 	// Copies the master does not list (an old master after a heal, a node
-	// that came back) are adopted while the site is short of replicas.
+	// that came back) are adopted: the master's next offer brings them up to
+	// date, and stashes whatever history of theirs lost.
 	for _, c := range cs {
-		if !have[c.node] && !listed[c.node] && liveReplicas < want && !b.draining[c.node] {
+		if !have[c.node] && !listed[c.node] && !b.draining[c.node] {
 			liveReplicas++
 			have[c.node] = true
 			fx = append(fx, core.Send{To: core.SiteAddr(master.node, site), Msg: &m.AddReplica{Site: site, Node: c.node}})

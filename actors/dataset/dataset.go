@@ -402,18 +402,27 @@ func (d *Dataset) replicate(env *core.Env) []core.Effect {
 		}
 		s := &stream{id: d.id(), target: l, startedMs: env.NowMs()}
 		d.streams[r] = s
-		first := max(0, len(d.snaps)-HistoryMax)
-		history := make([]string, 0, len(d.snaps)-first)
-		for _, sn := range d.snaps[first:] {
-			history = append(history, sn.Name)
-		}
-		fx = append(fx,
-			core.SetTimer{Key: timerStream + r, After: env.Config.StreamTimeout},
-			core.Send{To: core.DatasetAddr(r, d.site), Msg: &m.StreamOffer{
-				Site: d.site, FromNode: d.node, Epoch: d.epoch, Base: d.cursor[r], Target: l,
-				StreamId: s.id, Spec: d.spec, History: history}})
+		fx = append(fx, core.SetTimer{Key: timerStream + r, After: env.Config.StreamTimeout})
+		fx = append(fx, d.offerTo(r, s, false))
 	}
 	return fx
+}
+
+// offerTo sends the offer of stream s to replica r. Its history is the
+// newest HistoryMax snapshot names plus the replica's cursor, so that a
+// replica far behind still finds its incremental base.
+func (d *Dataset) offerTo(r string, s *stream, full bool) core.Effect {
+	first := max(0, len(d.snaps)-HistoryMax)
+	history := make([]string, 0, len(d.snaps)-first+1)
+	if c := d.cursor[r]; c != "" && d.find(c) >= 0 && d.find(c) < first {
+		history = append(history, c)
+	}
+	for _, sn := range d.snaps[first:] {
+		history = append(history, sn.Name)
+	}
+	return core.Send{To: core.DatasetAddr(r, d.site), Msg: &m.StreamOffer{
+		Site: d.site, FromNode: d.node, Epoch: d.epoch, Base: d.cursor[r], Target: s.target,
+		StreamId: s.id, Spec: d.spec, History: history, Full: full}}
 }
 
 // answer is the replica's reply to our offer.
@@ -424,6 +433,14 @@ func (d *Dataset) answer(env *core.Env, a *m.StreamAnswer) []core.Effect {
 	}
 	switch a.Code {
 	case m.Code_CODE_OK:
+	case m.Code_CODE_NO_COMMON_SNAPSHOT:
+		// Our history was too short to show the replica's newest snapshot.
+		// If we hold it, it is the base; if not, the replica stashes all.
+		if a.Have != "" && d.find(a.Have) >= 0 {
+			d.cursor[a.Node] = a.Have
+			return []core.Effect{d.offerTo(a.Node, s, false)}
+		}
+		return []core.Effect{d.offerTo(a.Node, s, true)}
 	case m.Code_CODE_FENCED:
 		// A newer master exists: stop taking writes at once, so that the
 		// history that will be stashed stays short.
@@ -478,10 +495,15 @@ func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
 		return append(fx, reply(m.Code_CODE_BUSY, "", "demoting")...)
 	}
 	have := ""
-	for i := len(d.snaps) - 1; i >= 0 && have == ""; i-- {
+	for i := len(d.snaps) - 1; i >= 0 && have == "" && !o.Full; i-- {
 		if slices.Contains(o.History, d.snaps[i].Name) {
 			have = d.snaps[i].Name
 		}
+	}
+	if have == "" && len(d.snaps) > 0 && !o.Full {
+		// Nothing shared in the offered history: tell the sender our newest
+		// snapshot before stashing anything, it may be older than the history.
+		return reply(m.Code_CODE_NO_COMMON_SNAPSHOT, d.latest().Name, "no shared snapshot in the offered history")
 	}
 	d.fence = core.MaxEpoch(d.fence, o.Epoch)
 	if l := d.latest(); l == nil || l.Name == have {

@@ -211,7 +211,6 @@ func (n *Node) timer(env *core.Env, key string) []core.Effect {
 func (n *Node) report(env *core.Env) *m.NodeReport {
 	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs()}
 	n.load = 0
-	clear(n.siteLoad)
 	for _, site := range sortedKeys(n.datasets) {
 		info := proto.Clone(n.datasets[site]).(*m.DatasetInfo)
 		if s := n.sites[site]; s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
@@ -221,6 +220,7 @@ func (n *Node) report(env *core.Env) *m.NodeReport {
 		info.Requests = n.siteLoad[site]
 		r.Datasets = append(r.Datasets, info)
 	}
+	clear(n.siteLoad)
 	return r
 }
 

@@ -1,8 +1,6 @@
 package sim
 
 import (
-	"os"
-	"strconv"
 	"testing"
 	"time"
 )
@@ -15,13 +13,6 @@ func small(seed uint64) Options {
 	o.Safety, o.Liveness = 4*time.Minute, 100*time.Second
 	o.RequestRate = 1
 	return o
-}
-
-func seedsFromEnv(def int) int {
-	if v, err := strconv.Atoi(os.Getenv("HC_SIM_SEEDS")); err == nil && v > 0 {
-		return v
-	}
-	return def
 }
 
 // I6: the same seed gives the same trace, byte for byte.

@@ -151,9 +151,6 @@ func (w *World) storageLocal(h *host, req *m.StorageRequest) *m.StorageResult {
 			res.Code, res.Detail = m.Code_CODE_OUT_OF_SPACE, "disk full"
 			return res
 		}
-		if d.exists {
-			// A re-created site keeps its data: creation is idempotent.
-		}
 		d.exists, d.role, d.spec = true, req.Role, req.Spec
 		d.fence = core.MaxEpoch(d.fence, req.Epoch)
 		w.noteEpoch(h, req.Site, d, req.Epoch, "activation")

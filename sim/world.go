@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/hybridcluster/hybridcluster/actors/balancer"
 	"github.com/hybridcluster/hybridcluster/actors/core"
@@ -155,10 +154,7 @@ func (w *World) traceDelivery(to core.Address, msg proto.Message) {
 }
 
 func shortMsg(msg proto.Message) string {
-	name := string(msg.ProtoReflect().Descriptor().Name())
-	var t protoreflect.Message = msg.ProtoReflect()
-	_ = t
-	return name
+	return string(msg.ProtoReflect().Descriptor().Name())
 }
 
 func (w *World) env(addr core.Address) *core.Env {

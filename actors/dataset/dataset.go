@@ -381,9 +381,6 @@ func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect
 		return append(fx, d.replicate(env)...)
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		d.pruning = false
-		if r.Code == m.Code_CODE_OK {
-			// r.Detail is unused; the names pruned are exactly the ones asked for.
-		}
 		return nil
 	}
 	return nil

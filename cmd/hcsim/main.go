@@ -55,9 +55,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	opt := d
 	opt.Nodes, opt.Sites, opt.Safety, opt.Liveness = *nodes, *sites, *safety, *liveness
 	opt.RequestRate, opt.WriteFraction, opt.FaultRate = *rate, *writes, *faults
-	if opt.FaultRate == 0 {
-		opt.FaultRate = 0 // explicit: no faults
-	}
 	// The flags that change the scenario, for the reproduce line.
 	var scenario []string
 	fs.Visit(func(f *flag.Flag) {

@@ -70,7 +70,12 @@ func (d *simDataset) latest() *snap {
 }
 
 func (d *simDataset) find(name string) int {
-	return slices.IndexFunc(d.snaps, func(s snap) bool { return s.ref.Name == name })
+	for i := len(d.snaps) - 1; i >= 0; i-- {
+		if d.snaps[i].ref.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // contains builds the set of writes in the live dataset.

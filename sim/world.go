@@ -86,6 +86,7 @@ type World struct {
 	dupRate  float64
 
 	trace      hash.Hash64
+	envBuf     core.Env
 	verbose    io.Writer
 	eventCount int
 
@@ -145,9 +146,9 @@ func (w *World) traceDelivery(to core.Address, msg proto.Message) {
 	}
 	put(uint64(w.now))
 	put(uint64(to.Kind))
-	io.WriteString(w.trace, to.Node)
-	io.WriteString(w.trace, to.Site)
-	io.WriteString(w.trace, string(msg.ProtoReflect().Descriptor().Name()))
+	put(strHash(to.Node))
+	put(strHash(to.Site))
+	put(strHash(string(msg.ProtoReflect().Descriptor().Name())))
 	if w.verbose != nil && w.opt.VerboseMessages {
 		fmt.Fprintf(w.verbose, "%9.3fs   -> %s %s\n", float64(w.now)/1e6, to, shortMsg(msg))
 	}
@@ -157,8 +158,11 @@ func shortMsg(msg proto.Message) string {
 	return string(msg.ProtoReflect().Descriptor().Name())
 }
 
+// env fills the one Env the world hands to every Step (actors must not keep
+// it past the call).
 func (w *World) env(addr core.Address) *core.Env {
-	return &core.Env{Self: addr, Now: epoch0.Add(time.Duration(w.now) * time.Microsecond), Config: w.cfg}
+	w.envBuf = core.Env{Self: addr, Now: epoch0.Add(time.Duration(w.now) * time.Microsecond), Config: w.cfg}
+	return &w.envBuf
 }
 
 func (w *World) newActor(h *host, addr core.Address) core.Actor {
@@ -426,3 +430,13 @@ func sortedKeys[V any](mp map[string]V) []string {
 }
 
 func newTrace() hash.Hash64 { return fnv.New64a() }
+
+// strHash is FNV-1a of s without the allocation of a []byte conversion.
+func strHash(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}

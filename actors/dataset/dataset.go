@@ -15,8 +15,10 @@ import (
 )
 
 // HistoryMax bounds the snapshot names an offer carries so that the receiver
-// can find the newest snapshot both sides share.
-const HistoryMax = 64
+// can find the newest snapshot both sides share. The replica's cursor is
+// always added, and a receiver that finds nothing in common answers with its
+// newest snapshot, so a short history costs one round trip at worst.
+const HistoryMax = 16
 
 const (
 	timerSnapshot = "snapshot"
@@ -71,7 +73,8 @@ type Dataset struct {
 	activating   *m.Activate
 	activateOp   uint64
 	demoteEpoch  *m.Epoch
-	lastReported *m.DatasetInfo
+	lastReported reportKey
+	reported     bool
 }
 
 var _ core.Actor = (*Dataset)(nil)
@@ -109,8 +112,15 @@ func (d *Dataset) latest() *m.SnapshotRef {
 	return d.snaps[len(d.snaps)-1]
 }
 
+// find returns the index of a snapshot, searching from the newest: the names
+// looked up (cursors, bases) are nearly always recent.
 func (d *Dataset) find(name string) int {
-	return slices.IndexFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == name })
+	for i := len(d.snaps) - 1; i >= 0; i-- {
+		if d.snaps[i].Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 func (d *Dataset) id() uint64 { d.nextID++; return d.nextID }
@@ -164,14 +174,37 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 	return append(fx, d.report()...)
 }
 
+// reportKey changes whenever Info would: messages held by the actor are
+// never mutated, so pointers stand for their values. Comparing it is far
+// cheaper than building and comparing Info on every step.
+type reportKey struct {
+	role          m.Role
+	active        bool
+	epoch, fence  *m.Epoch
+	latest        *m.SnapshotRef
+	spec          *m.SiteSpec
+	snaps, stash  int
+	replicas      int
+	replicasFirst *string
+}
+
+func (d *Dataset) key() reportKey {
+	k := reportKey{role: d.role, active: d.active, epoch: d.epoch, fence: d.fence, latest: d.latest(),
+		spec: d.spec, snaps: len(d.snaps), stash: len(d.stashes), replicas: len(d.replicas)}
+	if len(d.replicas) > 0 {
+		k.replicasFirst = &d.replicas[0]
+	}
+	return k
+}
+
 // report tells the local node when what it would report changed.
 func (d *Dataset) report() []core.Effect {
-	info := d.Info()
-	if d.lastReported != nil && proto.Equal(info, d.lastReported) {
+	k := d.key()
+	if d.reported && k == d.lastReported {
 		return nil
 	}
-	d.lastReported = info
-	return []core.Effect{core.Send{To: core.NodeAddr(d.node), Msg: info}}
+	d.reported, d.lastReported = true, k
+	return []core.Effect{core.Send{To: core.NodeAddr(d.node), Msg: d.Info()}}
 }
 
 func (d *Dataset) boot(env *core.Env, b *m.DatasetBoot) []core.Effect {
@@ -534,7 +567,7 @@ func (d *Dataset) stashed(env *core.Env, r *m.StorageResult) []core.Effect {
 			Site: d.site, StreamId: o.StreamId, Code: r.Code, Detail: "stash: " + r.Detail, Node: d.node}}}
 	}
 	have := ""
-	if i := slices.IndexFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == r.Snapshot.GetName() }); i >= 0 {
+	if i := d.find(r.Snapshot.GetName()); i >= 0 {
 		have = d.snaps[i].Name
 		d.snaps = d.snaps[:i+1]
 	} else {
@@ -557,7 +590,9 @@ func (d *Dataset) received(env *core.Env, r *m.Received) []core.Effect {
 	}
 	d.spec = r.Spec
 	d.fence = core.MaxEpoch(d.fence, r.Epoch)
-	if d.find(r.Snapshot.Name) < 0 {
+	// A stream lands on top of the newest snapshot; a duplicate report of it
+	// is the only way to see the same name again.
+	if l := d.latest(); l == nil || l.Name != r.Snapshot.Name {
 		d.snaps = append(d.snaps, r.Snapshot)
 		d.seq = max(d.seq, r.Snapshot.Seq)
 	}

@@ -212,7 +212,11 @@ func (n *Node) report(env *core.Env) *m.NodeReport {
 	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs()}
 	n.load = 0
 	for _, site := range sortedKeys(n.datasets) {
-		info := proto.Clone(n.datasets[site]).(*m.DatasetInfo)
+		d := n.datasets[site]
+		// A shallow copy: the sub-messages are never mutated once sent.
+		info := &m.DatasetInfo{Site: d.Site, Node: d.Node, Role: d.Role, Epoch: d.Epoch, Latest: d.Latest,
+			Spec: d.Spec, Replicas: d.Replicas, Snapshots: d.Snapshots, Stashes: d.Stashes, Bytes: d.Bytes,
+			Phase: d.Phase, FtpLeases: d.FtpLeases}
 		if s := n.sites[site]; s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
 			info.Phase = s.Phase
 			info.FtpLeases = s.FtpLeases
@@ -301,7 +305,7 @@ func (n *Node) learn(r *m.RouteUpdate) bool {
 	if old != nil && core.EpochLess(r.Epoch, old.Epoch) {
 		return false
 	}
-	if old != nil && proto.Equal(old, r) {
+	if old != nil && old.Master == r.Master && old.Phase == r.Phase && core.CompareEpoch(old.Epoch, r.Epoch) == 0 {
 		return false
 	}
 	n.routes[r.Site] = r

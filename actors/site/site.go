@@ -162,10 +162,11 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 
 // report tells the local node what it reports for this site (phase, leases, load).
 func (s *Site) report() []core.Effect {
-	info := &m.DatasetInfo{Site: s.site, Node: s.node, Phase: s.phase, FtpLeases: uint32(s.leaseCount()), Epoch: s.epoch}
-	if s.lastReported != nil && proto.Equal(info, s.lastReported) {
+	leases := uint32(s.leaseCount())
+	if r := s.lastReported; r != nil && r.Phase == s.phase && r.FtpLeases == leases && r.Epoch == s.epoch {
 		return nil
 	}
+	info := &m.DatasetInfo{Site: s.site, Node: s.node, Phase: s.phase, FtpLeases: leases, Epoch: s.epoch}
 	s.lastReported = info
 	return []core.Effect{core.Send{To: core.NodeAddr(s.node), Msg: info}}
 }

@@ -160,6 +160,7 @@ const (
 	Code_CODE_INVALID            Code = 10
 	Code_CODE_BUSY               Code = 11 // e.g. an FTP lease blocks a move
 	Code_CODE_FAILED             Code = 12
+	Code_CODE_UNCHANGED          Code = 13 // a snapshot asked for only if the dataset changed: it had not
 )
 
 // Enum value maps for Code.
@@ -178,6 +179,7 @@ var (
 		10: "CODE_INVALID",
 		11: "CODE_BUSY",
 		12: "CODE_FAILED",
+		13: "CODE_UNCHANGED",
 	}
 	Code_value = map[string]int32{
 		"CODE_OK":                 0,
@@ -193,6 +195,7 @@ var (
 		"CODE_INVALID":            10,
 		"CODE_BUSY":               11,
 		"CODE_FAILED":             12,
+		"CODE_UNCHANGED":          13,
 	}
 )
 
@@ -2260,20 +2263,23 @@ func (x *StreamDone) GetBytes() uint64 {
 }
 
 type StorageRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Op            StorageOp              `protobuf:"varint,1,opt,name=op,proto3,enum=hybridcluster.v1.StorageOp" json:"op,omitempty"`
-	Site          string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
-	OpId          uint64                 `protobuf:"varint,3,opt,name=op_id,json=opId,proto3" json:"op_id,omitempty"`
-	Snapshot      *SnapshotRef           `protobuf:"bytes,4,opt,name=snapshot,proto3" json:"snapshot,omitempty"`           // snapshot: name to take; rollback: target
-	Base          string                 `protobuf:"bytes,5,opt,name=base,proto3" json:"base,omitempty"`                   // send: incremental base ("" = full)
-	ToNode        string                 `protobuf:"bytes,6,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"` // send: receiver
-	StreamId      uint64                 `protobuf:"varint,7,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
-	Epoch         *Epoch                 `protobuf:"bytes,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Names         []string               `protobuf:"bytes,9,rep,name=names,proto3" json:"names,omitempty"` // stash/prune: snapshot names
-	StashName     string                 `protobuf:"bytes,10,opt,name=stash_name,json=stashName,proto3" json:"stash_name,omitempty"`
-	Role          Role                   `protobuf:"varint,11,opt,name=role,proto3,enum=hybridcluster.v1.Role" json:"role,omitempty"`
-	QuotaBytes    uint64                 `protobuf:"varint,12,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
-	Spec          *SiteSpec              `protobuf:"bytes,13,opt,name=spec,proto3" json:"spec,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Op         StorageOp              `protobuf:"varint,1,opt,name=op,proto3,enum=hybridcluster.v1.StorageOp" json:"op,omitempty"`
+	Site       string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	OpId       uint64                 `protobuf:"varint,3,opt,name=op_id,json=opId,proto3" json:"op_id,omitempty"`
+	Snapshot   *SnapshotRef           `protobuf:"bytes,4,opt,name=snapshot,proto3" json:"snapshot,omitempty"`           // snapshot: name to take; rollback: target
+	Base       string                 `protobuf:"bytes,5,opt,name=base,proto3" json:"base,omitempty"`                   // send: incremental base ("" = full)
+	ToNode     string                 `protobuf:"bytes,6,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"` // send: receiver
+	StreamId   uint64                 `protobuf:"varint,7,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Epoch      *Epoch                 `protobuf:"bytes,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Names      []string               `protobuf:"bytes,9,rep,name=names,proto3" json:"names,omitempty"` // stash/prune: snapshot names
+	StashName  string                 `protobuf:"bytes,10,opt,name=stash_name,json=stashName,proto3" json:"stash_name,omitempty"`
+	Role       Role                   `protobuf:"varint,11,opt,name=role,proto3,enum=hybridcluster.v1.Role" json:"role,omitempty"`
+	QuotaBytes uint64                 `protobuf:"varint,12,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
+	Spec       *SiteSpec              `protobuf:"bytes,13,opt,name=spec,proto3" json:"spec,omitempty"`
+	// snapshot: take it only if the dataset changed since its newest snapshot
+	// (OpenZFS: the written property); otherwise answer CODE_UNCHANGED.
+	IfChanged     bool `protobuf:"varint,14,opt,name=if_changed,json=ifChanged,proto3" json:"if_changed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2397,6 +2403,13 @@ func (x *StorageRequest) GetSpec() *SiteSpec {
 		return x.Spec
 	}
 	return nil
+}
+
+func (x *StorageRequest) GetIfChanged() bool {
+	if x != nil {
+		return x.IfChanged
+	}
+	return false
 }
 
 type StorageResult struct {
@@ -3676,7 +3689,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x06target\x18\x05 \x01(\v2\x1d.hybridcluster.v1.SnapshotRefR\x06target\x12*\n" +
 	"\x04code\x18\x06 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x12\x16\n" +
 	"\x06detail\x18\a \x01(\tR\x06detail\x12\x14\n" +
-	"\x05bytes\x18\b \x01(\x04R\x05bytes\"\xcc\x03\n" +
+	"\x05bytes\x18\b \x01(\x04R\x05bytes\"\xeb\x03\n" +
 	"\x0eStorageRequest\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.hybridcluster.v1.StorageOpR\x02op\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x13\n" +
@@ -3693,7 +3706,9 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x04role\x18\v \x01(\x0e2\x16.hybridcluster.v1.RoleR\x04role\x12\x1f\n" +
 	"\vquota_bytes\x18\f \x01(\x04R\n" +
 	"quotaBytes\x12.\n" +
-	"\x04spec\x18\r \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\"\xea\x02\n" +
+	"\x04spec\x18\r \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\x12\x1d\n" +
+	"\n" +
+	"if_changed\x18\x0e \x01(\bR\tifChanged\"\xea\x02\n" +
 	"\rStorageResult\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.hybridcluster.v1.StorageOpR\x02op\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x13\n" +
@@ -3789,7 +3804,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_MASTER\x10\x01\x12\x10\n" +
-	"\fROLE_REPLICA\x10\x02*\x81\x02\n" +
+	"\fROLE_REPLICA\x10\x02*\x95\x02\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x15\n" +
 	"\x11CODE_UNKNOWN_SITE\x10\x01\x12\x0e\n" +
@@ -3805,7 +3820,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\fCODE_INVALID\x10\n" +
 	"\x12\r\n" +
 	"\tCODE_BUSY\x10\v\x12\x0f\n" +
-	"\vCODE_FAILED\x10\f*\x96\x02\n" +
+	"\vCODE_FAILED\x10\f\x12\x12\n" +
+	"\x0eCODE_UNCHANGED\x10\r*\x96\x02\n" +
 	"\tStorageOp\x12\x1a\n" +
 	"\x16STORAGE_OP_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STORAGE_OP_CREATE\x10\x01\x12\x17\n" +

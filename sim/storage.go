@@ -177,6 +177,10 @@ func (w *World) storageLocal(h *host, req *m.StorageRequest) *m.StorageResult {
 			res.Code, res.Detail = m.Code_CODE_FAILED, "no such dataset"
 			return res
 		}
+		if req.IfChanged && len(d.pending) == 0 {
+			res.Code = m.Code_CODE_UNCHANGED
+			return res
+		}
 		if h.fullDisk && len(d.pending) > 0 {
 			res.Code, res.Detail = m.Code_CODE_OUT_OF_SPACE, "disk full"
 			return res

@@ -7,8 +7,6 @@ package sim
 import (
 	"container/heap"
 	"fmt"
-	"hash"
-	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"slices"
@@ -85,7 +83,7 @@ type World struct {
 	dropRate float64
 	dupRate  float64
 
-	trace      hash.Hash64
+	trace      *digest
 	envBuf     core.Env
 	verbose    io.Writer
 	eventCount int
@@ -137,18 +135,12 @@ func (w *World) tracef(format string, args ...any) {
 // (the hot path); with -v it prints it.
 func (w *World) traceDelivery(to core.Address, msg proto.Message) {
 	w.eventCount++
-	var buf [8]byte
-	put := func(v uint64) {
-		for i := range buf {
-			buf[i] = byte(v >> (8 * i))
-		}
-		w.trace.Write(buf[:])
-	}
-	put(uint64(w.now))
-	put(uint64(to.Kind))
-	put(strHash(to.Node))
-	put(strHash(to.Site))
-	put(strHash(string(msg.ProtoReflect().Descriptor().Name())))
+	d := w.trace
+	d.u64(uint64(w.now))
+	d.u64(uint64(to.Kind))
+	d.str(to.Node)
+	d.str(to.Site)
+	d.str(string(msg.ProtoReflect().Descriptor().Name()))
 	if w.verbose != nil && w.opt.VerboseMessages {
 		fmt.Fprintf(w.verbose, "%9.3fs   -> %s %s\n", float64(w.now)/1e6, to, shortMsg(msg))
 	}
@@ -227,7 +219,7 @@ func (w *World) execute(h *host, from core.Address, fx []core.Effect) {
 			if w.verbose != nil {
 				w.tracef("%s: %s %v", from, e.Msg, e.Attrs)
 			} else {
-				io.WriteString(w.trace, e.Msg)
+				w.trace.str(e.Msg)
 			}
 		default:
 			panic(fmt.Sprintf("unknown effect %T", e))
@@ -429,14 +421,32 @@ func sortedKeys[V any](mp map[string]V) []string {
 	return keys
 }
 
-func newTrace() hash.Hash64 { return fnv.New64a() }
+// digest is FNV-1a over the trace, fed without allocations on the hot path.
+type digest struct{ h uint64 }
 
-// strHash is FNV-1a of s without the allocation of a []byte conversion.
-func strHash(s string) uint64 {
-	h := uint64(14695981039346656037)
-	for i := 0; i < len(s); i++ {
-		h ^= uint64(s[i])
-		h *= 1099511628211
+const fnvPrime = 1099511628211
+
+func newTrace() *digest { return &digest{h: 14695981039346656037} }
+
+func (d *digest) Write(p []byte) (int, error) {
+	for _, c := range p {
+		d.h = (d.h ^ uint64(c)) * fnvPrime
 	}
-	return h
+	return len(p), nil
 }
+
+func (d *digest) str(s string) {
+	for i := 0; i < len(s); i++ {
+		d.h = (d.h ^ uint64(s[i])) * fnvPrime
+	}
+	d.h = (d.h ^ 0xff) * fnvPrime // separator, so "ab","c" differs from "a","bc"
+}
+
+func (d *digest) u64(v uint64) {
+	for i := 0; i < 8; i++ {
+		d.h = (d.h ^ (v & 0xff)) * fnvPrime
+		v >>= 8
+	}
+}
+
+func (d *digest) Sum64() uint64 { return d.h }

@@ -160,6 +160,7 @@ func (b *Balancer) plan(env *core.Env) []core.Effect {
 	var fx []core.Effect
 	fx = append(fx, b.place(env, copies, load)...)
 	routes := &m.RouteTable{}
+	var order []string // nodes by load for repairs, computed once per plan
 	sites := make([]string, 0, len(copies))
 	for s := range copies {
 		sites = append(sites, s)
@@ -192,7 +193,10 @@ func (b *Balancer) plan(env *core.Env) []core.Effect {
 			}
 		default:
 			b.conflicts[site] = 0
-			fx = append(fx, b.repair(env, site, masters[0], cs, load)...)
+			if order == nil {
+				order = b.byLoad(load, nil)
+			}
+			fx = append(fx, b.repair(env, site, masters[0], cs, order)...)
 		}
 	}
 	fx = append(fx, b.rebalance(env, copies, load)...)
@@ -365,7 +369,7 @@ func (b *Balancer) heal(env *core.Env, site string, masters []copyView) []core.E
 
 // repair keeps the redundancy: a replica on every live copy, new ones on the
 // least loaded nodes without a copy; a master on a draining node moves.
-func (b *Balancer) repair(env *core.Env, site string, master copyView, cs []copyView, load map[string]uint64) []core.Effect {
+func (b *Balancer) repair(env *core.Env, site string, master copyView, cs []copyView, order []string) []core.Effect {
 	var fx []core.Effect
 	want := redundancy(env, master.info.Spec) - 1
 	have := map[string]bool{master.node: true}
@@ -390,7 +394,7 @@ func (b *Balancer) repair(env *core.Env, site string, master copyView, cs []copy
 			fx = append(fx, core.Send{To: core.SiteAddr(master.node, site), Msg: &m.AddReplica{Site: site, Node: c.node}})
 		}
 	}
-	for _, n := range b.byLoad(load, nil) {
+	for _, n := range order {
 		if liveReplicas >= want {
 			break
 		}

@@ -167,7 +167,7 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = append(fx, core.Send{To: core.BalancerAddr(msg.ReplyNode), Msg: &m.ProbeAnswer{Site: d.site, ProbeId: msg.ProbeId, Info: d.Info()}})
 		return fx
 	case *m.AdminSnapshot:
-		fx = d.takeSnapshot(env)
+		fx = d.snapshotNow(env)
 	default:
 		panic(fmt.Sprintf("dataset %s: unexpected input %T", d.site, in))
 	}
@@ -296,8 +296,10 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 	if !wasActive {
 		fx = append(fx, core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval})
 	}
-	// A first snapshot at once gives replicas a base under the new epoch.
-	return append(fx, d.takeSnapshot(env)...)
+	// A first snapshot at once (even of an unchanged dataset) gives replicas
+	// a base under the new epoch.
+	fx = append(fx, core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval})
+	return append(fx, d.snapshotNow(env)...)
 }
 
 // demote turns a master copy into a replica (after a migration, or when a
@@ -356,14 +358,19 @@ func (d *Dataset) takeSnapshot(env *core.Env) []core.Effect {
 		return nil
 	}
 	fx := []core.Effect{core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval}}
-	return append(fx, d.snapshotNow(env)...)
+	return append(fx, d.snapshot(env, true)...)
 }
 
 // snapshotNow asks storage for a snapshot, or for another one right after the
 // one being taken: writes acknowledged before this call must be in it.
-func (d *Dataset) snapshotNow(env *core.Env) []core.Effect {
+func (d *Dataset) snapshotNow(env *core.Env) []core.Effect { return d.snapshot(env, false) }
+
+// snapshot asks storage for a snapshot. A scheduled one (ifChanged) is
+// skipped by storage when nothing changed, and skipped here while another is
+// being taken; a forced one follows the one being taken.
+func (d *Dataset) snapshot(env *core.Env, ifChanged bool) []core.Effect {
 	if d.snapTaking {
-		d.snapAgain = true
+		d.snapAgain = d.snapAgain || !ifChanged
 		return nil
 	}
 	epoch := d.epoch // the last epoch this copy was master at
@@ -374,7 +381,7 @@ func (d *Dataset) snapshotNow(env *core.Env) []core.Effect {
 	d.seq++
 	ref := &m.SnapshotRef{Name: core.SnapshotName(epoch, d.seq), Epoch: epoch, Seq: d.seq, TakenMs: env.NowMs()}
 	return []core.Effect{core.Storage{Req: &m.StorageRequest{
-		Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: d.site, OpId: d.id(), Snapshot: ref, Epoch: epoch}}}
+		Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: d.site, OpId: d.id(), Snapshot: ref, Epoch: epoch, IfChanged: ifChanged}}}
 }
 
 func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect {
@@ -388,9 +395,12 @@ func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect
 	case m.StorageOp_STORAGE_OP_SNAPSHOT:
 		d.snapTaking = false
 		var fx []core.Effect
-		if r.Code == m.Code_CODE_OK {
+		switch r.Code {
+		case m.Code_CODE_OK:
 			d.snaps = append(d.snaps, r.Snapshot)
-		} else {
+		case m.Code_CODE_UNCHANGED:
+			// Nothing new to replicate; the sequence number stays used.
+		default:
 			fx = append(fx, core.Warn("snapshot failed", "site", d.site, "node", d.node, "detail", r.Detail))
 		}
 		if d.snapAgain {

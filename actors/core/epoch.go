@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/hybridcluster/hybridcluster/messages"
@@ -53,7 +54,14 @@ func EpochString(e *messages.Epoch) string {
 // SnapshotName builds the name of a snapshot: unique across histories because
 // the epoch names the only writer.
 func SnapshotName(e *messages.Epoch, seq uint64) string {
-	return fmt.Sprintf("e%d-%s-s%d", e.GetTerm(), e.GetNode(), seq)
+	b := make([]byte, 0, 24+len(e.GetNode()))
+	b = append(b, 'e')
+	b = strconv.AppendUint(b, e.GetTerm(), 10)
+	b = append(b, '-')
+	b = append(b, e.GetNode()...)
+	b = append(b, "-s"...)
+	b = strconv.AppendUint(b, seq, 10)
+	return string(b)
 }
 
 // Newer reports whether snapshot a is newer history than b: taken later, ties

@@ -210,8 +210,7 @@ func (s *Site) activate(env *core.Env, a *m.Activate) []core.Effect {
 	s.phase = m.SitePhase_SITE_PHASE_ACTIVE
 	fx = append(fx, core.Broadcast{Msg: s.route()})
 	if !wasServing {
-		fx = append(fx, core.Process{Req: &m.ProcessRequest{Site: s.site, Start: true, Spec: s.spec}},
-			core.SetTimer{Key: timerLoad, After: env.Config.ReportInterval})
+		fx = append(fx, core.Process{Req: &m.ProcessRequest{Site: s.site, Start: true, Spec: s.spec}})
 	}
 	if a.FromNode != "" {
 		fx = append(fx, core.Send{To: core.SiteAddr(a.FromNode, s.site), Msg: &m.Activated{
@@ -234,8 +233,7 @@ func (s *Site) respond(req *m.SiteRequest, code m.Code, detail string, env *core
 func (s *Site) request(env *core.Env, req *m.SiteRequest) []core.Effect {
 	switch {
 	case s.serving():
-		s.served++
-		return []core.Effect{core.Serve{Req: req, Epoch: s.epoch}}
+		return append(s.count(env), core.Serve{Req: req, Epoch: s.epoch})
 	case s.holding():
 		return s.hold(env, req)
 	default:
@@ -261,6 +259,16 @@ func (s *Site) hold(env *core.Env, req *m.SiteRequest) []core.Effect {
 	return nil
 }
 
+// count adds a served request to the load this node reports, arming the
+// report timer on the first one.
+func (s *Site) count(env *core.Env) []core.Effect {
+	s.served++
+	if s.served == 1 {
+		return []core.Effect{core.SetTimer{Key: timerLoad, After: env.Config.ReportInterval}}
+	}
+	return nil
+}
+
 // release serves held requests in arrival order (we are master again).
 func (s *Site) release(env *core.Env) []core.Effect {
 	if len(s.held) == 0 {
@@ -268,7 +276,7 @@ func (s *Site) release(env *core.Env) []core.Effect {
 	}
 	fx := []core.Effect{core.CancelTimer{Key: timerHold}}
 	for _, h := range s.held {
-		s.served++
+		fx = append(fx, s.count(env)...)
 		fx = append(fx, core.Serve{Req: h.req, Epoch: s.epoch})
 	}
 	s.held, s.heldBytes = nil, 0
@@ -304,16 +312,15 @@ func (s *Site) timer(env *core.Env, key string) []core.Effect {
 		}
 		return fx
 	case timerLoad:
-		if !s.serving() && !s.holding() {
+		// Armed by the first request served after the previous report, so an
+		// idle site costs no timer.
+		if s.served == 0 {
 			return nil
 		}
-		fx := []core.Effect{core.SetTimer{Key: timerLoad, After: env.Config.ReportInterval}}
-		if s.served > 0 {
-			fx = append(fx, core.Send{To: core.NodeAddr(s.node), Msg: &m.DatasetInfo{Site: s.site, Node: s.node,
-				Phase: s.phase, FtpLeases: uint32(s.leaseCount()), Epoch: s.epoch, Requests: s.served}})
-			s.served = 0
-		}
-		return fx
+		info := &m.DatasetInfo{Site: s.site, Node: s.node, Phase: s.phase, FtpLeases: uint32(s.leaseCount()),
+			Epoch: s.epoch, Requests: s.served}
+		s.served = 0
+		return []core.Effect{core.Send{To: core.NodeAddr(s.node), Msg: info}}
 	case timerStep:
 		if s.mig == nil {
 			return nil

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,9 @@ import (
 )
 
 func main() {
+	// The simulator's heap is small and short-lived; collecting less often
+	// buys about a quarter of the run time for a few tens of MiB.
+	debug.SetGCPercent(400)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

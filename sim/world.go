@@ -343,6 +343,10 @@ func (w *World) stream(h *host, from core.Address, req *m.StorageRequest) {
 			return
 		case len(rd.pending) > 0:
 			fail(m.Code_CODE_DIVERGED, "receiver modified since its latest snapshot")
+			// The receiving side learns it too (in production, from its
+			// own failed `zfs receive`).
+			w.deliver(core.DatasetAddr(rh.name, req.Site), &m.Received{Site: req.Site, StreamId: req.StreamId,
+				FromNode: h.name, Code: m.Code_CODE_DIVERGED, Detail: "modified since the newest snapshot"})
 			return
 		case core.EpochLess(epoch, rd.fence) && !w.cfg.Mutations.SkipFencing:
 			// Storage fences too (a dataset property in production): the

@@ -69,6 +69,10 @@ type Dataset struct {
 	// stashOp is the storage op id of the stash for incoming.
 	stashOp       uint64
 	incomingStash string
+	// dirty: storage refused a stream because this copy changed after its
+	// newest snapshot (a master demoted while its disk was full, a restarted
+	// master): those changes are stashed before the next stream.
+	dirty bool
 	// activating is an Activate waiting for storage (create or role change).
 	activating   *m.Activate
 	activateOp   uint64
@@ -546,20 +550,26 @@ func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
 		return reply(m.Code_CODE_NO_COMMON_SNAPSHOT, d.latest().Name, "no shared snapshot in the offered history")
 	}
 	d.fence = core.MaxEpoch(d.fence, o.Epoch)
-	if l := d.latest(); l == nil || l.Name == have {
+	if l := d.latest(); !d.dirty && (l == nil || l.Name == have) {
 		if d.role != m.Role_ROLE_REPLICA {
 			d.role = m.Role_ROLE_REPLICA
 		}
 		return reply(m.Code_CODE_OK, have, "")
 	}
-	// The copy holds snapshots the sender's history does not: stash them.
+	// The copy holds snapshots the sender's history does not, or changes
+	// made after its newest snapshot: stash them.
 	d.incoming = o
 	d.stashOp = d.id()
 	var divergent []string
 	for _, s := range d.snaps[d.find(have)+1:] {
 		divergent = append(divergent, s.Name)
 	}
-	stash := fmt.Sprintf("stash-%s", d.latest().Name)
+	var stash string
+	if len(divergent) > 0 {
+		stash = fmt.Sprintf("stash-%s", d.latest().Name)
+	} else {
+		stash = fmt.Sprintf("stash-live-%s-%d", have, d.stashOp)
+	}
 	d.incomingStash = stash
 	return []core.Effect{
 		core.Info("copy diverged: stashing", "site", d.site, "node", d.node, "base", have,
@@ -584,6 +594,7 @@ func (d *Dataset) stashed(env *core.Env, r *m.StorageResult) []core.Effect {
 		d.snaps = nil
 	}
 	d.stashes = append(d.stashes, d.incomingStash)
+	d.dirty = false
 	d.role = m.Role_ROLE_REPLICA
 	return []core.Effect{core.Send{To: core.DatasetAddr(o.FromNode, d.site), Msg: &m.StreamAnswer{
 		Site: d.site, StreamId: o.StreamId, Code: m.Code_CODE_OK, Have: have, Node: d.node}}}
@@ -592,6 +603,9 @@ func (d *Dataset) stashed(env *core.Env, r *m.StorageResult) []core.Effect {
 // received records a stream that storage applied.
 func (d *Dataset) received(env *core.Env, r *m.Received) []core.Effect {
 	if r.Code != m.Code_CODE_OK {
+		if r.Code == m.Code_CODE_DIVERGED {
+			d.dirty = true
+		}
 		return []core.Effect{core.Warn("receive failed", "site", d.site, "node", d.node, "from", r.FromNode, "detail", r.Detail)}
 	}
 	d.exists = true

@@ -238,10 +238,12 @@ func (c *checker) lossCheck(site string, have map[uint64]bool, final bool) {
 			continue
 		}
 		wi := c.writes[wid]
-		crash := c.crashAfter(wi.node, wi.ackedUs)
+		// The write lives on its master's disk from when it was applied; its
+		// acknowledgement may still be on the wire when the master dies.
+		crash := c.crashAfter(wi.node, wi.appliedUs)
 		switch {
 		case crash >= 0:
-			age := time.Duration(crash-wi.ackedUs) * time.Microsecond
+			age := time.Duration(max(0, crash-wi.ackedUs)) * time.Microsecond
 			if age > c.w.opt.RPO && c.clean(wi.ackedUs) {
 				c.w.violate("I3", "site %s: write %d acknowledged %v before %s crashed is lost (RPO %v)",
 					site, wid, age, wi.node, c.w.opt.RPO)

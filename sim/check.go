@@ -36,7 +36,7 @@ type checker struct {
 	faultTimes    []int64
 	moves         map[string][]*window
 	probed        map[string]map[string]bool // site -> nodes that answered the last probe
-	probeID       map[string]uint64
+	probeID       map[string]string
 	probes        []*clientReq
 	probeFailed   map[uint64]string
 	stats         Stats
@@ -46,7 +46,7 @@ type checker struct {
 func newChecker(w *World) *checker {
 	return &checker{w: w, writes: map[uint64]*writeInfo{}, epochWriter: map[string]string{},
 		expected: map[string]map[uint64]bool{}, crashes: map[string][]int64{}, moves: map[string][]*window{},
-		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, probeID: map[string]uint64{}}
+		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, probeID: map[string]string{}}
 }
 
 func (c *checker) fault() { c.faultTimes = append(c.faultTimes, c.w.now) }
@@ -124,8 +124,9 @@ func (c *checker) delivered(h *host, addr core.Address, msg any) {
 			c.w.maybeCrashMidMigration(h.name, msg.Target)
 		}
 	case *m.ProbeAnswer:
-		if c.probeID[msg.Site] != msg.ProbeId {
-			c.probeID[msg.Site] = msg.ProbeId
+		// Probe ids count per balancer: a round is (balancer node, id).
+		if round := fmt.Sprintf("%s/%d", addr.Node, msg.ProbeId); c.probeID[msg.Site] != round {
+			c.probeID[msg.Site] = round
 			c.probed[msg.Site] = map[string]bool{}
 		}
 		c.probed[msg.Site][msg.Info.GetNode()] = true

@@ -69,6 +69,7 @@ type Dataset struct {
 	// stashOp is the storage op id of the stash for incoming.
 	stashOp       uint64
 	incomingStash string
+	incomingBase  string
 	// dirty: storage refused a stream because this copy changed after its
 	// newest snapshot (a master demoted while its disk was full, a restarted
 	// master): those changes are stashed before the next stream.
@@ -91,7 +92,7 @@ func New(node, site string) *Dataset {
 // Info is what this copy reports to its node and to probes.
 func (d *Dataset) Info() *m.DatasetInfo {
 	info := &m.DatasetInfo{
-		Site: d.site, Node: d.node, Role: d.role, Epoch: d.fence, Latest: d.latest(),
+		Site: d.site, Node: d.node, Role: d.role, Epoch: d.fence, Latest: d.kept(),
 		Spec: d.spec, Snapshots: uint32(len(d.snaps)), Stashes: uint32(len(d.stashes)),
 		Phase: m.SitePhase_SITE_PHASE_STOPPED,
 	}
@@ -108,6 +109,18 @@ func (d *Dataset) Info() *m.DatasetInfo {
 
 // Snapshots returns the copy's snapshots, oldest first (for tests and admin).
 func (d *Dataset) Snapshots() []*m.SnapshotRef { return d.snaps }
+
+// kept is the newest snapshot this copy will hold once a stash in progress
+// is done: a failover must not pick a copy for history it is setting aside.
+func (d *Dataset) kept() *m.SnapshotRef {
+	if d.incoming != nil {
+		if i := d.find(d.incomingBase); i >= 0 {
+			return d.snaps[i]
+		}
+		return nil
+	}
+	return d.latest()
+}
 
 func (d *Dataset) latest() *m.SnapshotRef {
 	if len(d.snaps) == 0 {
@@ -193,7 +206,7 @@ type reportKey struct {
 }
 
 func (d *Dataset) key() reportKey {
-	k := reportKey{role: d.role, active: d.active, epoch: d.epoch, fence: d.fence, latest: d.latest(),
+	k := reportKey{role: d.role, active: d.active, epoch: d.epoch, fence: d.fence, latest: d.kept(),
 		spec: d.spec, snaps: len(d.snaps), stash: len(d.stashes), replicas: len(d.replicas)}
 	if len(d.replicas) > 0 {
 		k.replicasFirst = &d.replicas[0]
@@ -571,6 +584,7 @@ func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
 		stash = fmt.Sprintf("stash-live-%s-%d", have, d.stashOp)
 	}
 	d.incomingStash = stash
+	d.incomingBase = have
 	return []core.Effect{
 		core.Info("copy diverged: stashing", "site", d.site, "node", d.node, "base", have,
 			"snapshots", len(divergent), "stash", stash, "winner", o.FromNode),

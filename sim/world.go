@@ -340,6 +340,11 @@ func (w *World) stream(h *host, from core.Address, req *m.StorageRequest) {
 			return
 		case req.Base != "" && (rd.latest() == nil || rd.latest().ref.Name != req.Base):
 			fail(m.Code_CODE_DIVERGED, "receiver is not at base "+req.Base)
+			if l := rd.latest(); l != nil {
+				// The receiving side learns what its disk holds.
+				w.deliver(core.DatasetAddr(rh.name, req.Site), &m.Received{Site: req.Site, StreamId: req.StreamId,
+					FromNode: h.name, Snapshot: l.ref, Code: m.Code_CODE_DIVERGED, Detail: "not at base " + req.Base})
+			}
 			return
 		case len(rd.pending) > 0:
 			fail(m.Code_CODE_DIVERGED, "receiver modified since its latest snapshot")

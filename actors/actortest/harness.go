@@ -410,6 +410,12 @@ func (h *Harness) send(from core.Address, req *m.StorageRequest, res *m.StorageR
 		res.Code, res.Detail = m.Code_CODE_NO_COMMON_SNAPSHOT, "full stream onto a copy with snapshots"
 	case req.Base != "" && (len(rd.snaps) == 0 || rd.snaps[len(rd.snaps)-1].Name != req.Base):
 		res.Code, res.Detail = m.Code_CODE_DIVERGED, "receiver is not at base "+req.Base
+		// The receiving side learns what its disk holds (as the runtime's
+		// stream endpoint tells its dataset actor).
+		if len(rd.snaps) > 0 {
+			h.enqueue(from.Node, core.DatasetAddr(req.ToNode, req.Site), &m.Received{Site: req.Site, StreamId: req.StreamId,
+				FromNode: from.Node, Snapshot: rd.snaps[len(rd.snaps)-1], Code: m.Code_CODE_DIVERGED, Detail: res.Detail})
+		}
 	default:
 		if !rd.exists {
 			rd.exists, rd.role = true, m.Role_ROLE_REPLICA

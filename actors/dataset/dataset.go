@@ -245,6 +245,11 @@ func (d *Dataset) boot(env *core.Env, b *m.DatasetBoot) []core.Effect {
 // heal, resume).
 func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
 	refuse := func(code m.Code, detail string) []core.Effect {
+		// A refused epoch is fenced: a duplicate of this Activate arriving
+		// later, when the copy is no longer busy, must not promote it.
+		if !env.Config.Mutations.SkipFencing {
+			d.fence = core.MaxEpoch(d.fence, a.Epoch)
+		}
 		fx := []core.Effect{core.Warn("activation refused", "site", d.site, "node", d.node,
 			"epoch", core.EpochString(a.Epoch), "reason", detail)}
 		if a.FromNode != "" {
@@ -614,10 +619,28 @@ func (d *Dataset) stashed(env *core.Env, r *m.StorageResult) []core.Effect {
 		Site: d.site, StreamId: o.StreamId, Code: m.Code_CODE_OK, Have: have, Node: d.node}}}
 }
 
+// later orders snapshots of one history: epoch, then sequence.
+func later(a, b *m.SnapshotRef) bool {
+	if c := core.CompareEpoch(a.Epoch, b.Epoch); c != 0 {
+		return c > 0
+	}
+	return a.Seq > b.Seq
+}
+
 // received records a stream that storage applied.
 func (d *Dataset) received(env *core.Env, r *m.Received) []core.Effect {
 	if r.Code != m.Code_CODE_OK {
-		if r.Code == m.Code_CODE_DIVERGED {
+		switch {
+		case r.Code == m.Code_CODE_DIVERGED && r.Snapshot != nil:
+			// The disk is at another snapshot than the sender assumed. If it
+			// is one this actor missed (a lost Received), learn it: the next
+			// offer then starts from it.
+			if l := d.latest(); d.find(r.Snapshot.Name) < 0 && (l == nil || later(r.Snapshot, l)) {
+				d.snaps = append(d.snaps, r.Snapshot)
+				d.seq = max(d.seq, r.Snapshot.Seq)
+				return []core.Effect{core.Warn("learned a snapshot from disk", "site", d.site, "node", d.node, "snapshot", r.Snapshot.Name)}
+			}
+		case r.Code == m.Code_CODE_DIVERGED:
 			d.dirty = true
 		}
 		return []core.Effect{core.Warn("receive failed", "site", d.site, "node", d.node, "from", r.FromNode, "detail", r.Detail)}

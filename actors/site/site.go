@@ -417,7 +417,9 @@ func (s *Site) activated(env *core.Env, a *m.Activated) []core.Effect {
 		return nil
 	}
 	if a.Code != m.Code_CODE_OK {
-		return s.abort(env, "target refused: "+a.Detail)
+		// A copy of our Activate may still be on the wire: resume above its
+		// epoch (the target also fences it), so it can never win later.
+		return s.targetLost(env, "target refused: "+a.Detail)
 	}
 	mg := s.mig
 	s.mig = nil

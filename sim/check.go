@@ -104,7 +104,14 @@ func (c *checker) failed(r *clientReq, why string) {
 		c.probeFailed[r.id] = why
 	}
 	for _, mv := range c.moves[r.site] {
-		overlaps := mv.startUs <= c.w.now && (mv.endUs == 0 || mv.endUs >= r.sentUs)
+		end := mv.endUs
+		if end == 0 {
+			// A move that never completed (aborted, or lost to a fault) is
+			// over once all its steps and holds would have timed out.
+			cfg := c.w.cfg
+			end = mv.startUs + int64((3*cfg.StepTimeout*time.Duration(cfg.ActivateAttemptsMax)+cfg.HoldDeadline)/time.Microsecond)
+		}
+		overlaps := mv.startUs <= c.w.now && end >= r.sentUs
 		if overlaps && c.clean(min(mv.startUs, r.sentUs)) {
 			c.w.violate("I2", "request %d to %s failed during a clean move %s->%s: %s", r.id, r.site, mv.from, mv.target, why)
 			return

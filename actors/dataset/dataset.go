@@ -258,6 +258,11 @@ func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
 		}
 		return fx
 	}
+	if d.activating != nil && core.CompareEpoch(a.Epoch, d.activating.Epoch) == 0 {
+		// A duplicate of the activation under way: its answer comes when
+		// storage is done; refusing it would let the source resume too.
+		return nil
+	}
 	if d.active && core.CompareEpoch(a.Epoch, d.epoch) == 0 {
 		// A re-sent Activate (its answer was lost): answer again.
 		return []core.Effect{core.Send{To: core.SiteAddr(d.node, d.site), Msg: a}}
@@ -504,9 +509,18 @@ func (d *Dataset) answer(env *core.Env, a *m.StreamAnswer) []core.Effect {
 		}
 		return []core.Effect{d.offerTo(a.Node, s, true)}
 	case m.Code_CODE_FENCED:
+		delete(d.streams, a.Node)
+		if a.Fence.GetNode() == d.node {
+			// The newer epoch was minted for this very node (a heal that chose
+			// it, whose activation got lost or refused here): take an epoch
+			// above it instead of leaving the site without a master.
+			fx := []core.Effect{core.Warn("fenced by an epoch minted for this node: taking a newer one", "site", d.site,
+				"node", d.node, "fence", core.EpochString(a.Fence))}
+			return append(fx, d.activate(env, &m.Activate{Spec: d.spec, Epoch: core.NextEpoch(a.Fence, d.node),
+				Replicas: d.replicas, Reason: "refence"})...)
+		}
 		// A newer master exists: stop taking writes at once, so that the
 		// history that will be stashed stays short.
-		delete(d.streams, a.Node)
 		return []core.Effect{
 			core.Warn("fenced by a replica: a newer master exists", "site", d.site, "node", d.node,
 				"replica", a.Node, "epoch", core.EpochString(d.epoch), "fence", core.EpochString(a.Fence)),

@@ -304,7 +304,7 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 	fx := []core.Effect{core.CancelTimer{Key: timerProbe + site}}
 	var best *m.DatasetInfo
 	var fence *m.Epoch
-	var holders []string
+	var holders, seen []string
 	for _, n := range p.asked {
 		a := p.answers[n]
 		if a == nil || a.Latest == nil {
@@ -314,6 +314,7 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 			return append(fx, core.Info("failover not needed: a master answered", "site", site, "master", n))
 		}
 		holders = append(holders, n)
+		seen = append(seen, n+"="+a.Latest.GetName())
 		fence = core.MaxEpoch(fence, a.Epoch)
 		switch {
 		case best == nil:
@@ -321,6 +322,10 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 		case env.Config.Mutations.PromoteOldest && later(best.Latest, a.Latest):
 			best = a
 		case !env.Config.Mutations.PromoteOldest && later(a.Latest, best.Latest):
+			best = a
+		case !env.Config.Mutations.PromoteOldest && !later(best.Latest, a.Latest) && a.Node == a.Latest.GetEpoch().GetNode():
+			// Equal snapshots: prefer the node that wrote them, whose live
+			// dataset (or a snapshot still being taken) may hold more.
 			best = a
 		}
 	}
@@ -336,7 +341,7 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 	}
 	b.actions[site] = env.NowMs()
 	return append(fx, core.Info("failover: promoting newest copy", "site", site, "node", best.Node,
-		"snapshot", best.Latest.GetName(), "epoch", core.EpochString(epoch)),
+		"snapshot", best.Latest.GetName(), "epoch", core.EpochString(epoch), "copies", strings.Join(seen, " ")),
 		core.Send{To: core.DatasetAddr(best.Node, site), Msg: &m.Activate{Spec: best.Spec, Epoch: epoch,
 			Replicas: replicas, Reason: "failover"}})
 }

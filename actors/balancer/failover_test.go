@@ -1,0 +1,80 @@
+package balancer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+// failoverChoice runs one failover over copies (node -> latest snapshot) and
+// returns the node the balancer activates.
+func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []string) string {
+	t.Helper()
+	cfg := core.Default()
+	b := New("n1")
+	now := time.Unix(1000, 0)
+	env := func() *core.Env { return &core.Env{Self: core.BalancerAddr("n1"), Now: now, Config: cfg} }
+	live := append([]string{"n1"}, order...)
+	b.Step(env(), &m.BalancerRole{Active: true, Live: live})
+	for _, n := range order {
+		b.Step(env(), &m.NodeReport{Node: n, Datasets: []*m.DatasetInfo{{Site: "a", Node: n, Role: m.Role_ROLE_REPLICA,
+			Epoch: copies[n].Epoch, Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}})
+	}
+	now = now.Add(cfg.BalancerWarmup + time.Second)
+	var probeID uint64
+	for _, fx := range b.Step(env(), &m.Timer{Key: timerPlan}) {
+		if s, ok := fx.(core.Send); ok {
+			if p, ok := s.Msg.(*m.Probe); ok {
+				probeID = p.ProbeId
+			}
+		}
+	}
+	if probeID == 0 {
+		t.Fatal("no probe sent for a site without a master")
+	}
+	var chosen string
+	for _, n := range order {
+		for _, fx := range b.Step(env(), &m.ProbeAnswer{Site: "a", ProbeId: probeID, Info: &m.DatasetInfo{
+			Site: "a", Node: n, Role: m.Role_ROLE_REPLICA, Epoch: copies[n].Epoch, Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}) {
+			if s, ok := fx.(core.Send); ok {
+				if a, ok := s.Msg.(*m.Activate); ok {
+					chosen = s.To.Node
+					if a.Reason != "failover" || core.CompareEpoch(a.Epoch, copies[n].Epoch) <= 0 {
+						t.Fatalf("bad activation %v", a)
+					}
+				}
+			}
+		}
+	}
+	return chosen
+}
+
+func snapRef(term uint64, node string, seq uint64) *m.SnapshotRef {
+	e := &m.Epoch{Term: term, Node: node}
+	return &m.SnapshotRef{Name: core.SnapshotName(e, seq), Epoch: e, Seq: seq}
+}
+
+func TestFailoverPromotesNewestCopy(t *testing.T) {
+	cases := []struct {
+		name   string
+		copies map[string]*m.SnapshotRef
+		order  []string
+		want   string
+	}{
+		{"newer sequence wins", map[string]*m.SnapshotRef{"n2": snapRef(9, "n4", 181), "n3": snapRef(9, "n4", 190)}, []string{"n2", "n3"}, "n3"},
+		{"newer epoch wins over a higher sequence", map[string]*m.SnapshotRef{"n2": snapRef(10, "n5", 12), "n3": snapRef(9, "n4", 400)}, []string{"n2", "n3"}, "n2"},
+		// Equal snapshots: the node that wrote them may hold more (its live
+		// dataset, a snapshot still being taken), whatever the answer order.
+		{"tie goes to the writer", map[string]*m.SnapshotRef{"n2": snapRef(9, "n3", 181), "n3": snapRef(9, "n3", 181)}, []string{"n2", "n3"}, "n3"},
+		{"tie goes to the writer (other order)", map[string]*m.SnapshotRef{"n3": snapRef(9, "n3", 181), "n2": snapRef(9, "n3", 181)}, []string{"n3", "n2"}, "n3"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := failoverChoice(t, tc.copies, tc.order); got != tc.want {
+				t.Fatalf("promoted %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

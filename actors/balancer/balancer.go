@@ -281,19 +281,10 @@ func (b *Balancer) failover(env *core.Env, site string, cs []copyView) []core.Ef
 	return append(fx, core.SetTimer{Key: timerProbe + site, After: env.Config.ProbeTimeout})
 }
 
-// later orders copies of one history: epoch, then sequence.
-func later(a, b *m.SnapshotRef) bool {
-	if b == nil {
-		return a != nil
-	}
-	if a == nil {
-		return false
-	}
-	if c := core.CompareEpoch(a.Epoch, b.Epoch); c != 0 {
-		return c > 0
-	}
-	return a.Seq > b.Seq
-}
+// later orders the copies a failover weighs: the newest history wins, as
+// after a partition, so a copy whose epoch is higher only because a minority
+// promoted it (and then lost it) does not beat newer writes.
+func later(a, b *m.SnapshotRef) bool { return core.Newer(a, b) }
 
 func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 	p := b.probes[site]

@@ -13,10 +13,10 @@ import (
 func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []string) string {
 	t.Helper()
 	cfg := core.Default()
-	b := New("n1")
+	b := New("n0")
 	now := time.Unix(1000, 0)
-	env := func() *core.Env { return &core.Env{Self: core.BalancerAddr("n1"), Now: now, Config: cfg} }
-	live := append([]string{"n1"}, order...)
+	env := func() *core.Env { return &core.Env{Self: core.BalancerAddr("n0"), Now: now, Config: cfg} }
+	live := append([]string{"n0"}, order...)
 	b.Step(env(), &m.BalancerRole{Active: true, Live: live})
 	for _, n := range order {
 		b.Step(env(), &m.NodeReport{Node: n, Datasets: []*m.DatasetInfo{{Site: "a", Node: n, Role: m.Role_ROLE_REPLICA,
@@ -51,6 +51,8 @@ func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []stri
 	return chosen
 }
 
+func taken(s *m.SnapshotRef, ms int64) *m.SnapshotRef { s.TakenMs = ms; return s }
+
 func snapRef(term uint64, node string, seq uint64) *m.SnapshotRef {
 	e := &m.Epoch{Term: term, Node: node}
 	return &m.SnapshotRef{Name: core.SnapshotName(e, seq), Epoch: e, Seq: seq}
@@ -65,6 +67,9 @@ func TestFailoverPromotesNewestCopy(t *testing.T) {
 	}{
 		{"newer sequence wins", map[string]*m.SnapshotRef{"n2": snapRef(9, "n4", 181), "n3": snapRef(9, "n4", 190)}, []string{"n2", "n3"}, "n3"},
 		{"newer epoch wins over a higher sequence", map[string]*m.SnapshotRef{"n2": snapRef(10, "n5", 12), "n3": snapRef(9, "n4", 400)}, []string{"n2", "n3"}, "n2"},
+		// Two histories (a minority promoted n3 at 2:n3, then lost it; n1
+		// took writes at 2:n1 after): the newest history wins, not the epoch.
+		{"newest history wins over a higher epoch", map[string]*m.SnapshotRef{"n1": taken(snapRef(2, "n1", 60), 60_000), "n3": taken(snapRef(2, "n3", 30), 33_000)}, []string{"n1", "n3"}, "n1"},
 		// Equal snapshots: the node that wrote them may hold more (its live
 		// dataset, a snapshot still being taken), whatever the answer order.
 		{"tie goes to the writer", map[string]*m.SnapshotRef{"n2": snapRef(9, "n3", 181), "n3": snapRef(9, "n3", 181)}, []string{"n2", "n3"}, "n3"},

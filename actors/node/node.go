@@ -299,10 +299,12 @@ func (n *Node) response(env *core.Env, resp *m.SiteResponse) []core.Effect {
 	return n.forward(env, p)
 }
 
-// learn keeps the route with the highest epoch.
+// learn keeps the route with the highest epoch, unless the master it names
+// is down here: a route is advice (a node that is not master answers MOVED),
+// and a dead master's epoch must not hide the live one.
 func (n *Node) learn(r *m.RouteUpdate) bool {
 	old := n.routes[r.Site]
-	if old != nil && core.EpochLess(r.Epoch, old.Epoch) {
+	if old != nil && core.EpochLess(r.Epoch, old.Epoch) && old.Master != "" && n.live[old.Master] {
 		return false
 	}
 	if old != nil && old.Master == r.Master && old.Phase == r.Phase && core.CompareEpoch(old.Epoch, r.Epoch) == 0 {

@@ -298,7 +298,7 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 	var holders, seen []string
 	for _, n := range p.asked {
 		a := p.answers[n]
-		if a == nil || a.Latest == nil {
+		if a == nil {
 			continue
 		}
 		if a.Role == m.Role_ROLE_MASTER && masterish(a.Phase) {
@@ -322,6 +322,11 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 	}
 	if best == nil {
 		return append(fx, core.Warn("failover impossible: no copy answered", "site", site))
+	}
+	if best.Latest == nil && len(p.answers) < len(p.asked) {
+		// Only empty copies answered (a site whose creation was cut short):
+		// one that did not answer may hold data, so wait for the next round.
+		return append(fx, core.Warn("failover deferred: only empty copies answered", "site", site))
 	}
 	epoch := core.NextEpoch(fence, best.Node)
 	var replicas []string

@@ -20,7 +20,7 @@ func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []stri
 	b.Step(env(), &m.BalancerRole{Active: true, Live: live})
 	for _, n := range order {
 		b.Step(env(), &m.NodeReport{Node: n, Datasets: []*m.DatasetInfo{{Site: "a", Node: n, Role: m.Role_ROLE_REPLICA,
-			Epoch: copies[n].Epoch, Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}})
+			Epoch: copies[n].GetEpoch(), Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}})
 	}
 	now = now.Add(cfg.BalancerWarmup + time.Second)
 	var probeID uint64
@@ -37,11 +37,11 @@ func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []stri
 	var chosen string
 	for _, n := range order {
 		for _, fx := range b.Step(env(), &m.ProbeAnswer{Site: "a", ProbeId: probeID, Info: &m.DatasetInfo{
-			Site: "a", Node: n, Role: m.Role_ROLE_REPLICA, Epoch: copies[n].Epoch, Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}) {
+			Site: "a", Node: n, Role: m.Role_ROLE_REPLICA, Epoch: copies[n].GetEpoch(), Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}) {
 			if s, ok := fx.(core.Send); ok {
 				if a, ok := s.Msg.(*m.Activate); ok {
 					chosen = s.To.Node
-					if a.Reason != "failover" || core.CompareEpoch(a.Epoch, copies[n].Epoch) <= 0 {
+					if a.Reason != "failover" || core.CompareEpoch(a.Epoch, copies[n].GetEpoch()) <= 0 {
 						t.Fatalf("bad activation %v", a)
 					}
 				}
@@ -72,6 +72,9 @@ func TestFailoverPromotesNewestCopy(t *testing.T) {
 		{"newest history wins over a higher epoch", map[string]*m.SnapshotRef{"n1": taken(snapRef(2, "n1", 60), 60_000), "n3": taken(snapRef(2, "n3", 30), 33_000)}, []string{"n1", "n3"}, "n1"},
 		// Equal snapshots: the node that wrote them may hold more (its live
 		// dataset, a snapshot still being taken), whatever the answer order.
+		// A site whose creation was cut short by a crash: its only copy is
+		// empty, and it must still get a master.
+		{"an empty copy is promoted when it is all there is", map[string]*m.SnapshotRef{"n2": nil}, []string{"n2"}, "n2"},
 		{"tie goes to the writer", map[string]*m.SnapshotRef{"n2": snapRef(9, "n3", 181), "n3": snapRef(9, "n3", 181)}, []string{"n2", "n3"}, "n3"},
 		{"tie goes to the writer (other order)", map[string]*m.SnapshotRef{"n3": snapRef(9, "n3", 181), "n2": snapRef(9, "n3", 181)}, []string{"n3", "n2"}, "n3"},
 	}

@@ -39,6 +39,7 @@ type checker struct {
 	probeID       map[string]string
 	probes        []*clientReq
 	probeFailed   map[uint64]string
+	rollbacks     map[string]string // dataset address -> snapshot asked for
 	stats         Stats
 	bytesStreamed uint64
 }
@@ -46,7 +47,7 @@ type checker struct {
 func newChecker(w *World) *checker {
 	return &checker{w: w, writes: map[uint64]*writeInfo{}, epochWriter: map[string]string{},
 		expected: map[string]map[uint64]bool{}, crashes: map[string][]int64{}, moves: map[string][]*window{},
-		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, probeID: map[string]string{}}
+		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, rollbacks: map[string]string{}, probeID: map[string]string{}}
 }
 
 func (c *checker) fault() { c.faultTimes = append(c.faultTimes, c.w.now) }
@@ -126,6 +127,10 @@ func (c *checker) delivered(h *host, addr core.Address, msg any) {
 		if addr.Kind == core.KindSite {
 			c.moves[msg.Site] = append(c.moves[msg.Site], &window{startUs: c.w.now, from: h.name, target: msg.Target})
 		}
+	case *m.AdminRollback:
+		if addr.Kind == core.KindDataset {
+			c.rollbacks[addr.String()] = msg.Snapshot
+		}
 	case *m.Sync:
 		if msg.Final {
 			c.w.maybeCrashMidMigration(h.name, msg.Target)
@@ -180,8 +185,52 @@ func (c *checker) activated(h *host, a *m.Activate) {
 		c.stats.Failovers++
 	case "heal":
 		c.stats.Heals++
+	case "rollback":
+		c.stats.Rollbacks++
+		c.rolledBack(h, site, d, have)
 	}
 	c.lossCheck(site, have, false)
+}
+
+// rolledBack: after a rollback the live data is exactly the snapshot asked
+// for, and everything rolled away is in a stash on that node.
+func (c *checker) rolledBack(h *host, site string, d *simDataset, have map[uint64]bool) {
+	key := core.DatasetAddr(h.name, site).String()
+	target := c.rollbacks[key]
+	delete(c.rollbacks, key)
+	i := d.find(target)
+	if i < 0 {
+		c.w.violate("ROLLBACK", "site %s on %s: rolled back to %q, which the disk does not hold", site, h.name, target)
+		return
+	}
+	want := map[uint64]bool{}
+	d.snaps[i].b.each(func(w uint64) { want[w] = true })
+	stashed := map[uint64]bool{}
+	for _, n := range c.w.names {
+		if sd := c.w.hosts[n].store.ds[site]; sd != nil {
+			sd.stashContents(stashed)
+		}
+	}
+	for wid := range have {
+		if !want[wid] {
+			c.w.violate("ROLLBACK", "site %s on %s: write %d is live after rolling back to %s", site, h.name, wid, target)
+			return
+		}
+	}
+	for _, wid := range sortedIDs(c.expected[site]) {
+		if c.writes[wid].node == h.name && !have[wid] && !stashed[wid] && c.writes[wid].appliedUs > c.lastCrash(h.name) {
+			c.w.violate("ROLLBACK", "site %s on %s: write %d rolled away but not stashed", site, h.name, wid)
+			return
+		}
+	}
+}
+
+// lastCrash is the time of the last crash of node, or 0.
+func (c *checker) lastCrash(node string) int64 {
+	if cs := c.crashes[node]; len(cs) > 0 {
+		return cs[len(cs)-1]
+	}
+	return 0
 }
 
 // newestPromoted: with a clean network, failover must pick the copy with the
@@ -207,9 +256,16 @@ func (c *checker) newestPromoted(h *host, site string, d *simDataset, epoch *m.E
 		if od == nil || od.latest() == nil {
 			continue
 		}
-		if mine == nil || later(od.latest().ref, mine.ref) {
-			c.w.violate("I3", "site %s: failover promoted %s (snapshot %s) while %s holds newer %s",
-				site, h.name, refName(mine), n, od.latest().ref.Name)
+		// Only copies of the same history compare: one strictly ahead of
+		// the promoted copy in its lineage means the wrong copy won. (Which
+		// of two diverged histories wins is policy; the loser is stashed.)
+		var mineBlob *blob
+		if mine != nil {
+			mineBlob = mine.b
+		}
+		if theirs := od.latest(); theirs.b != mineBlob && isAncestor(mineBlob, theirs.b) {
+			c.w.violate("I3", "site %s: failover promoted %s (snapshot %s) while %s holds newer %s of the same history",
+				site, h.name, refName(mine), n, theirs.ref.Name)
 		}
 	}
 }
@@ -219,18 +275,6 @@ func refName(s *snap) string {
 		return "none"
 	}
 	return s.ref.Name
-}
-
-// later: the newest history is the one whose snapshot was taken last; ties
-// (one history, one clock) go by epoch, then sequence.
-func later(a, b *m.SnapshotRef) bool {
-	if a.TakenMs != b.TakenMs {
-		return a.TakenMs > b.TakenMs
-	}
-	if cmp := core.CompareEpoch(a.Epoch, b.Epoch); cmp != 0 {
-		return cmp > 0
-	}
-	return a.Seq > b.Seq
 }
 
 // lossCheck looks at acknowledged writes the new master lacks. A write lost

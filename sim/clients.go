@@ -72,6 +72,7 @@ func (w *World) clientsStart() {
 	}
 	w.at(clientsFrom, tick)
 	w.migrationsStart()
+	w.rollbacksStart()
 }
 
 func (w *World) siteExists(name string) bool {
@@ -165,6 +166,37 @@ func (w *World) activeMasters(name string) []string {
 		}
 	}
 	return out
+}
+
+// rollbacksStart asks for rollbacks of random sites to one of their ten
+// newest snapshots, as a user undoing a mistake would.
+func (w *World) rollbacksStart() {
+	if w.opt.RollbackEvery <= 0 {
+		return
+	}
+	stopUs := int64((w.opt.Safety + w.opt.Liveness - 30*time.Second) / time.Microsecond)
+	var tick func()
+	tick = func() {
+		if w.now > stopUs {
+			return
+		}
+		defer w.at(time.Duration(w.rng.ExpFloat64()*float64(w.opt.RollbackEvery)), tick)
+		s := siteName(w.rng.IntN(w.opt.Sites))
+		masters := w.activeMasters(s)
+		if len(masters) != 1 {
+			return
+		}
+		snaps := w.hosts[masters[0]].store.get(s).snaps
+		if len(snaps) < 2 {
+			return
+		}
+		target := snaps[len(snaps)-1-w.rng.IntN(min(10, len(snaps)))].ref.Name
+		live := w.liveHosts()
+		from := live[w.rng.IntN(len(live))]
+		w.tracef("admin: roll %s on %s back to %s", s, masters[0], target)
+		w.send(from, core.SiteAddr(masters[0], s), &m.AdminRollback{Site: s, Snapshot: target})
+	}
+	w.at(clientsFrom+10*time.Second, tick)
 }
 
 // migrationsStart asks for planned moves of random sites, as an operator would.

@@ -29,6 +29,8 @@ type Options struct {
 	FaultKinds []string
 	// MigrationEvery is the mean time between admin-requested planned moves.
 	MigrationEvery time.Duration
+	// RollbackEvery is the mean time between user-requested rollbacks (<0: none).
+	RollbackEvery time.Duration
 	// RPO is the recovery-point bound I3 checks after a crash.
 	RPO time.Duration
 	// RecoveryBound is how long after the heal every site must serve again (I5).
@@ -46,7 +48,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		Nodes: 5, Sites: 50, Safety: 8 * time.Minute, Liveness: 2 * time.Minute,
-		RequestRate: 0.5, WriteFraction: 0.5, FaultRate: 1, MigrationEvery: 20 * time.Second,
+		RequestRate: 0.5, WriteFraction: 0.5, FaultRate: 1, MigrationEvery: 20 * time.Second, RollbackEvery: time.Minute,
 		RPO: 10 * time.Second, RecoveryBound: 45 * time.Second,
 		LatencyMin: 100 * time.Microsecond, LatencyMax: 2 * time.Millisecond, BandwidthBytesPerS: 100 << 20,
 	}
@@ -74,6 +76,7 @@ type Result struct {
 type Stats struct {
 	Requests, OK, Failed, Writes, Acked   int
 	Migrations, Failovers, Heals, Stashes int
+	Rollbacks                             int
 	Crashes, Partitions                   int
 	MaxPauseMs                            int64
 	BytesStreamed                         uint64
@@ -106,6 +109,9 @@ func (o *Options) fill() error {
 	}
 	if o.MigrationEvery == 0 {
 		o.MigrationEvery = d.MigrationEvery
+	}
+	if o.RollbackEvery == 0 {
+		o.RollbackEvery = d.RollbackEvery
 	}
 	if o.RPO == 0 {
 		o.RPO = d.RPO

@@ -216,6 +216,22 @@ func (w *World) storageLocal(h *host, req *m.StorageRequest) *m.StorageResult {
 		res.Snapshot = req.Snapshot
 		res.Detail = req.StashName
 		w.stashes++
+	case m.StorageOp_STORAGE_OP_ROLLBACK:
+		i := d.find(req.Snapshot.GetName())
+		if i < 0 {
+			res.Code, res.Detail = m.Code_CODE_INVALID, "no snapshot "+req.Snapshot.GetName()
+			return res
+		}
+		// What is rolled away, later snapshots and the live changes (the
+		// safety snapshot), goes to a stash.
+		st := stash{name: req.StashName, snaps: slices.Clone(d.snaps[i+1:]), pending: d.pending}
+		d.stashes = append(d.stashes, st)
+		d.snaps = d.snaps[:i+1]
+		d.head, d.pending = d.snaps[i].b, nil
+		d.fence = core.MaxEpoch(d.fence, req.Epoch)
+		w.noteEpoch(h, req.Site, d, req.Epoch, "rollback")
+		res.Detail = req.StashName
+		w.stashes++
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		d.snaps = slices.DeleteFunc(d.snaps, func(s snap) bool {
 			return slices.Contains(req.Names, s.ref.Name) && s.ref.Name != d.latest().ref.Name

@@ -22,8 +22,9 @@ import (
 	m "github.com/hybridcluster/hybridcluster/messages"
 )
 
-// epoch0 is the virtual clock's origin: a fixed instant, so runs are replayable.
-var epoch0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+// epoch0 is the virtual clock's origin: a fixed instant (the Unix epoch, so
+// that clock-based epoch terms read as milliseconds into the run).
+var epoch0 = time.Unix(0, 0).UTC()
 
 type event struct {
 	at  int64 // virtual microseconds

@@ -23,7 +23,9 @@ import (
 
 // Origin is the virtual clock's zero: a fixed instant, so snapshot times and
 // deadlines are the same on every run.
-var Origin = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+// Origin is the Unix epoch, so that times and clock-based epoch terms read
+// as milliseconds since the transcript began.
+var Origin = time.Unix(0, 0).UTC()
 
 // stepsMax bounds one stabilize: a livelock shows as an error line, not a hang.
 const stepsMax = 20000

@@ -281,10 +281,21 @@ func (b *Balancer) failover(env *core.Env, site string, cs []copyView) []core.Ef
 	return append(fx, core.SetTimer{Key: timerProbe + site, After: env.Config.ProbeTimeout})
 }
 
-// later orders the copies a failover weighs: the newest history wins, as
-// after a partition, so a copy whose epoch is higher only because a minority
-// promoted it (and then lost it) does not beat newer writes.
-func later(a, b *m.SnapshotRef) bool { return core.Newer(a, b) }
+// later orders the copies a failover weighs: epoch, then sequence. Epochs
+// follow the time of the decision that made them (NextEpoch), so the copy of
+// the latest decided history wins; within one history, the longest copy.
+func later(a, b *m.SnapshotRef) bool {
+	if b == nil {
+		return a != nil
+	}
+	if a == nil {
+		return false
+	}
+	if c := core.CompareEpoch(a.Epoch, b.Epoch); c != 0 {
+		return c > 0
+	}
+	return a.Seq > b.Seq
+}
 
 func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 	p := b.probes[site]
@@ -328,7 +339,7 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 		// one that did not answer may hold data, so wait for the next round.
 		return append(fx, core.Warn("failover deferred: only empty copies answered", "site", site))
 	}
-	epoch := core.NextEpoch(fence, best.Node)
+	epoch := core.NextEpoch(fence, best.Node, env)
 	var replicas []string
 	for _, h := range holders {
 		if h != best.Node {
@@ -353,7 +364,7 @@ func (b *Balancer) heal(env *core.Env, site string, masters []copyView) []core.E
 			winner = c
 		}
 	}
-	epoch := core.NextEpoch(fence, winner.node)
+	epoch := core.NextEpoch(fence, winner.node, env)
 	b.actions[site] = env.NowMs()
 	fx := []core.Effect{core.Info("two masters: newest history wins", "site", site, "winner", winner.node, "epoch", core.EpochString(epoch))}
 	var replicas []string

@@ -67,9 +67,10 @@ func TestFailoverPromotesNewestCopy(t *testing.T) {
 	}{
 		{"newer sequence wins", map[string]*m.SnapshotRef{"n2": snapRef(9, "n4", 181), "n3": snapRef(9, "n4", 190)}, []string{"n2", "n3"}, "n3"},
 		{"newer epoch wins over a higher sequence", map[string]*m.SnapshotRef{"n2": snapRef(10, "n5", 12), "n3": snapRef(9, "n4", 400)}, []string{"n2", "n3"}, "n2"},
-		// Two histories (a minority promoted n3 at 2:n3, then lost it; n1
-		// took writes at 2:n1 after): the newest history wins, not the epoch.
-		{"newest history wins over a higher epoch", map[string]*m.SnapshotRef{"n1": taken(snapRef(2, "n1", 60), 60_000), "n3": taken(snapRef(2, "n3", 30), 33_000)}, []string{"n1", "n3"}, "n1"},
+		// Two histories: a minority promoted n3 at 22.4 s and lost it; n1
+		// took over at 52.9 s. Epoch terms follow the decision's clock, so
+		// the later decision wins even against an older, longer history.
+		{"later decision wins", map[string]*m.SnapshotRef{"n1": taken(snapRef(52_900, "n1", 60), 60_000), "n3": taken(snapRef(22_400, "n3", 90), 33_000)}, []string{"n1", "n3"}, "n1"},
 		// Equal snapshots: the node that wrote them may hold more (its live
 		// dataset, a snapshot still being taken), whatever the answer order.
 		// A site whose creation was cut short by a crash: its only copy is

@@ -140,6 +140,10 @@ func (Process) effect()     {}
 func (Serve) effect()       {}
 func (Log) effect()         {}
 
+// RollbackTarget is the Target of the SyncDone by which a dataset tells its
+// site actor that a rollback failed.
+const RollbackTarget = "rollback"
+
 // Info is a convenience for a Log effect at Info level.
 func Info(msg string, attrs ...any) Log { return Log{Level: slog.LevelInfo, Msg: msg, Attrs: attrs} }
 

@@ -36,15 +36,22 @@ func TestCompareEpoch(t *testing.T) {
 
 func TestNextEpochAndMax(t *testing.T) {
 	for _, tc := range []struct {
-		seen *m.Epoch
-		node string
-		want string
+		seen  *m.Epoch
+		node  string
+		nowMs int64
+		want  string
 	}{
-		{nil, "n1", "1:n1"},
-		{ep(1, "n1"), "n2", "2:n2"},
-		{ep(7, "n9"), "n1", "8:n1"},
+		{nil, "n1", 0, "1:n1"},
+		{ep(1, "n1"), "n2", 0, "2:n2"},
+		{ep(7, "n9"), "n1", 0, "8:n1"},
+		// The term follows the clock, so a later decision made without
+		// knowledge of an earlier one still gets the higher epoch...
+		{ep(7, "n9"), "n1", 52_900, "52900:n1"},
+		// ...and never goes backwards when a clock is behind.
+		{ep(60_000, "n9"), "n1", 52_900, "60001:n1"},
 	} {
-		got := core.NextEpoch(tc.seen, tc.node)
+		env := &core.Env{Now: time.UnixMilli(tc.nowMs)}
+		got := core.NextEpoch(tc.seen, tc.node, env)
 		if core.EpochString(got) != tc.want {
 			t.Errorf("NextEpoch(%s, %s) = %s, want %s", core.EpochString(tc.seen), tc.node, core.EpochString(got), tc.want)
 		}

@@ -30,9 +30,18 @@ func CompareEpoch(a, b *messages.Epoch) int {
 // EpochLess reports a < b.
 func EpochLess(a, b *messages.Epoch) bool { return CompareEpoch(a, b) < 0 }
 
-// NextEpoch is the epoch a node takes when it becomes master after seen.
-func NextEpoch(seen *messages.Epoch, node string) *messages.Epoch {
-	return &messages.Epoch{Term: seen.GetTerm() + 1, Node: node}
+// NextEpoch is the epoch a node takes when it becomes master after seen, at
+// the host time of the decision. The term is at least the time in
+// milliseconds (a hybrid logical clock), so that of two decisions made apart
+// (a minority's failover, a later migration elsewhere) the later one has the
+// higher epoch even when neither knew of the other; it is also at least
+// seen+1, so epochs only grow along any chain of decisions.
+func NextEpoch(seen *messages.Epoch, node string, env *Env) *messages.Epoch {
+	term := seen.GetTerm() + 1
+	if now := env.NowMs(); now > 0 && uint64(now) > term {
+		term = uint64(now)
+	}
+	return &messages.Epoch{Term: term, Node: node}
 }
 
 // MaxEpoch returns the larger of a and b.

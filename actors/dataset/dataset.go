@@ -70,6 +70,10 @@ type Dataset struct {
 	stashOp       uint64
 	incomingStash string
 	incomingBase  string
+	// rollingBack is the rollback waiting for storage, at rollbackEpoch.
+	rollingBack   *m.AdminRollback
+	rollbackOp    uint64
+	rollbackEpoch *m.Epoch
 	// dirty: storage refused a stream because this copy changed after its
 	// newest snapshot (a master demoted while its disk was full, a restarted
 	// master): those changes are stashed before the next stream.
@@ -185,6 +189,8 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 		return fx
 	case *m.AdminSnapshot:
 		fx = d.snapshotNow(env)
+	case *m.AdminRollback:
+		fx = d.rollback(env, msg)
 	default:
 		panic(fmt.Sprintf("dataset %s: unexpected input %T", d.site, in))
 	}
@@ -418,6 +424,9 @@ func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect
 	if d.incoming != nil && r.OpId == d.stashOp {
 		return d.stashed(env, r)
 	}
+	if d.rollingBack != nil && r.OpId == d.rollbackOp {
+		return d.rolledBack(env, r)
+	}
 	switch r.Op {
 	case m.StorageOp_STORAGE_OP_SNAPSHOT:
 		d.snapTaking = false
@@ -516,7 +525,7 @@ func (d *Dataset) answer(env *core.Env, a *m.StreamAnswer) []core.Effect {
 			// above it instead of leaving the site without a master.
 			fx := []core.Effect{core.Warn("fenced by an epoch minted for this node: taking a newer one", "site", d.site,
 				"node", d.node, "fence", core.EpochString(a.Fence))}
-			return append(fx, d.activate(env, &m.Activate{Spec: d.spec, Epoch: core.NextEpoch(a.Fence, d.node),
+			return append(fx, d.activate(env, &m.Activate{Spec: d.spec, Epoch: core.NextEpoch(a.Fence, d.node, env),
 				Replicas: d.replicas, Reason: "refence"})...)
 		}
 		// A newer master exists: stop taking writes at once, so that the
@@ -631,6 +640,66 @@ func (d *Dataset) stashed(env *core.Env, r *m.StorageResult) []core.Effect {
 	d.role = m.Role_ROLE_REPLICA
 	return []core.Effect{core.Send{To: core.DatasetAddr(o.FromNode, d.site), Msg: &m.StreamAnswer{
 		Site: d.site, StreamId: o.StreamId, Code: m.Code_CODE_OK, Have: have, Node: d.node}}}
+}
+
+// rollback returns the master copy to an older snapshot. What is rolled
+// away (later snapshots, and the live data in a safety snapshot) is stashed,
+// never destroyed, and the copy starts a new history at a new epoch, so that
+// replicas holding the rolled-away snapshots stash them too.
+func (d *Dataset) rollback(env *core.Env, r *m.AdminRollback) []core.Effect {
+	fail := func(code m.Code, detail string) []core.Effect {
+		return []core.Effect{
+			core.Warn("rollback refused", "site", d.site, "node", d.node, "snapshot", r.Snapshot, "reason", detail),
+			core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{Site: d.site, Target: core.RollbackTarget, Code: code, Detail: detail}},
+		}
+	}
+	switch {
+	case !d.active:
+		return fail(m.Code_CODE_INVALID, "copy is not master")
+	case d.rollingBack != nil || d.incoming != nil || d.activating != nil:
+		return fail(m.Code_CODE_BUSY, "copy is busy")
+	case d.find(r.Snapshot) < 0:
+		return fail(m.Code_CODE_INVALID, "no snapshot "+r.Snapshot)
+	}
+	i := d.find(r.Snapshot)
+	var later []string
+	for _, s := range d.snaps[i+1:] {
+		later = append(later, s.Name)
+	}
+	d.rollingBack = r
+	d.rollbackOp = d.id()
+	d.rollbackEpoch = core.NextEpoch(core.MaxEpoch(d.fence, d.epoch), d.node, env)
+	stash := fmt.Sprintf("rollback-%s-%d", r.Snapshot, d.rollbackOp)
+	return []core.Effect{
+		core.Info("rolling back", "site", d.site, "node", d.node, "snapshot", r.Snapshot, "stash", stash,
+			"snapshots_stashed", len(later), "new_epoch", core.EpochString(d.rollbackEpoch)),
+		core.Storage{Req: &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_ROLLBACK, Site: d.site, OpId: d.rollbackOp,
+			Snapshot: d.snaps[i], Names: later, StashName: stash, Epoch: d.rollbackEpoch}},
+	}
+}
+
+func (d *Dataset) rolledBack(env *core.Env, r *m.StorageResult) []core.Effect {
+	rb, epoch := d.rollingBack, d.rollbackEpoch
+	d.rollingBack, d.rollbackEpoch = nil, nil
+	if r.Code != m.Code_CODE_OK {
+		return []core.Effect{core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{Site: d.site,
+			Target: core.RollbackTarget, Code: r.Code, Detail: "rollback: " + r.Detail}}}
+	}
+	d.snaps = d.snaps[:d.find(rb.Snapshot)+1]
+	d.stashes = append(d.stashes, r.Detail)
+	d.epoch, d.fence = epoch, core.MaxEpoch(d.fence, epoch)
+	// Replicas hold snapshots that are now stashed here: their next offer
+	// carries the new history, and they stash what they hold beyond it.
+	for rep := range d.cursor {
+		if d.find(d.cursor[rep]) < 0 {
+			delete(d.cursor, rep)
+		}
+	}
+	fx := []core.Effect{
+		core.Info("rolled back", "site", d.site, "node", d.node, "snapshot", rb.Snapshot, "epoch", core.EpochString(epoch)),
+		core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: d.replicas, Reason: "rollback"}},
+	}
+	return append(fx, d.snapshotNow(env)...)
 }
 
 // later orders snapshots of one history: epoch, then sequence.

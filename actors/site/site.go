@@ -50,7 +50,9 @@ type Site struct {
 	heldBytes  uint64
 	leases     map[string]int
 	mig        *migration
-	nextID     uint64
+	// rollingBack: paused while the dataset rolls back.
+	rollingBack bool
+	nextID      uint64
 	// successor is where requests go once this node stopped being master.
 	successor      string
 	successorEpoch *m.Epoch
@@ -154,6 +156,8 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 		}
 	case *m.AdminSnapshot:
 		fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: msg})
+	case *m.AdminRollback:
+		fx = s.rollback(env, msg)
 	default:
 		panic(fmt.Sprintf("site %s: unexpected input %T", s.site, in))
 	}
@@ -202,10 +206,10 @@ func (s *Site) activate(env *core.Env, a *m.Activate) []core.Effect {
 	slices.Sort(s.replicas)
 	s.successor, s.successorEpoch = "", nil
 	fx := []core.Effect{s.log("site active", "reason", a.Reason, "replicas", fmt.Sprint(s.replicas))}
-	if s.mig != nil {
-		// Resumed after a migration gave up on its target.
+	if s.mig != nil || s.rollingBack {
+		// Resumed after a migration gave up on its target, or rolled back.
 		fx = append(fx, core.CancelTimer{Key: timerStep})
-		s.mig = nil
+		s.mig, s.rollingBack = nil, false
 	}
 	s.phase = m.SitePhase_SITE_PHASE_ACTIVE
 	fx = append(fx, core.Broadcast{Msg: s.route()})
@@ -322,6 +326,13 @@ func (s *Site) timer(env *core.Env, key string) []core.Effect {
 		s.served = 0
 		return []core.Effect{core.Send{To: core.NodeAddr(s.node), Msg: info}}
 	case timerStep:
+		if s.rollingBack {
+			// Storage has not answered: the dataset may be rolled back or
+			// not, so neither resume nor give up; held requests meet their
+			// deadline meanwhile.
+			return []core.Effect{core.Warn("rollback is slow: still waiting for storage", "site", s.site, "node", s.node),
+				core.SetTimer{Key: timerStep, After: env.Config.StepTimeout}}
+		}
 		if s.mig == nil {
 			return nil
 		}
@@ -339,6 +350,22 @@ func (s *Site) timer(env *core.Env, key string) []core.Effect {
 		return s.abort(env, "migration step timed out in "+s.phase.String())
 	}
 	return nil
+}
+
+// rollback pauses the site (requests are held) while its dataset returns to
+// an older snapshot; the dataset answers with an Activate at the new epoch.
+func (s *Site) rollback(env *core.Env, r *m.AdminRollback) []core.Effect {
+	if s.phase != m.SitePhase_SITE_PHASE_ACTIVE {
+		return []core.Effect{s.log("rollback refused: site is not active here", "phase", s.phase.String())}
+	}
+	s.rollingBack = true
+	s.phase = m.SitePhase_SITE_PHASE_PAUSED
+	return []core.Effect{
+		s.log("rollback: paused", "snapshot", r.Snapshot),
+		core.Broadcast{Msg: s.route()},
+		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: r},
+		core.SetTimer{Key: timerStep, After: env.Config.StepTimeout},
+	}
 }
 
 // migrate starts a planned move: pre-copy while the site stays live.
@@ -362,6 +389,15 @@ func (s *Site) migrate(env *core.Env, mg *m.Migrate) []core.Effect {
 }
 
 func (s *Site) syncDone(env *core.Env, d *m.SyncDone) []core.Effect {
+	if d.Target == core.RollbackTarget {
+		if !s.rollingBack {
+			return nil
+		}
+		s.rollingBack = false
+		fx := []core.Effect{core.CancelTimer{Key: timerStep}, core.Warn("rollback failed", "site", s.site, "node", s.node, "detail", d.Detail)}
+		s.phase = m.SitePhase_SITE_PHASE_ACTIVE
+		return append(append(fx, core.Broadcast{Msg: s.route()}), s.release(env)...)
+	}
 	if s.mig == nil || d.SyncId != s.mig.syncID {
 		return nil
 	}
@@ -395,7 +431,7 @@ func (s *Site) syncDone(env *core.Env, d *m.SyncDone) []core.Effect {
 func (s *Site) promote(env *core.Env, final *m.SnapshotRef) []core.Effect {
 	s.phase = m.SitePhase_SITE_PHASE_PROMOTING
 	s.mig.final = final
-	s.mig.epoch = core.NextEpoch(s.epoch, s.mig.target)
+	s.mig.epoch = core.NextEpoch(s.epoch, s.mig.target, env)
 	replicas := []string{s.node}
 	for _, r := range s.replicas {
 		if r != s.mig.target {
@@ -454,7 +490,7 @@ func (s *Site) targetLost(env *core.Env, why string) []core.Effect {
 	if s.phase != m.SitePhase_SITE_PHASE_PROMOTING {
 		return s.abort(env, why)
 	}
-	epoch := core.NextEpoch(s.mig.epoch, s.node)
+	epoch := core.NextEpoch(s.mig.epoch, s.node, env)
 	fx := []core.Effect{core.Warn("migration target lost after activation was asked: resuming here", "site", s.site,
 		"node", s.node, "target", s.mig.target, "why", why, "new_epoch", core.EpochString(epoch))}
 	// The dataset bumps its epoch and comes back through activate().

@@ -178,6 +178,9 @@ func (h *Harness) Handle(t *testing.T, d *datadriven.TestData) string {
 	case "snapshot":
 		s := a.str("site", "")
 		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminSnapshot{Site: s})
+	case "rollback":
+		s := a.str("site", "")
+		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminRollback{Site: s, Snapshot: a.str("to", "")})
 	case "drain":
 		n := first(d, 0)
 		h.enqueue("", core.NodeAddr(n), &m.DrainNode{Node: n})

@@ -389,6 +389,16 @@ func (h *Harness) storage(from core.Address, req *m.StorageRequest) {
 		d.snaps = d.snaps[:i+1]
 		d.role = m.Role_ROLE_REPLICA
 		res.Snapshot, res.Detail = req.Snapshot, req.StashName
+	case m.StorageOp_STORAGE_OP_ROLLBACK:
+		i := slices.IndexFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == req.Snapshot.GetName() })
+		if i < 0 {
+			fail(m.Code_CODE_INVALID, "no snapshot "+req.Snapshot.GetName())
+			break
+		}
+		d.stashes = append(d.stashes, req.StashName)
+		d.snaps = d.snaps[:i+1]
+		d.fence = core.MaxEpoch(d.fence, req.Epoch)
+		res.Detail = req.StashName
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		latest := d.snaps[len(d.snaps)-1].Name
 		d.snaps = slices.DeleteFunc(d.snaps, func(s *m.SnapshotRef) bool {

@@ -44,6 +44,7 @@ type Balancer struct {
 	conflicts   map[string]int
 	creates     []*m.CreateSite
 	draining    map[string]bool
+	liveSince   map[string]int64 // when each live member (re)joined this view
 	nextID      uint64
 	planArmed   bool
 }
@@ -53,7 +54,8 @@ var _ core.Actor = (*Balancer)(nil)
 // New returns the balancer of node.
 func New(node string) *Balancer {
 	return &Balancer{node: node, reports: map[string]*m.NodeReport{}, probes: map[string]*probe{},
-		actions: map[string]int64{}, lastMove: map[string]int64{}, conflicts: map[string]int{}, draining: map[string]bool{}}
+		actions: map[string]int64{}, lastMove: map[string]int64{}, conflicts: map[string]int{}, draining: map[string]bool{},
+		liveSince: map[string]int64{}}
 }
 
 // Active reports whether this balancer is the one that acts.
@@ -67,6 +69,11 @@ func (b *Balancer) Step(env *core.Env, in proto.Message) []core.Effect {
 			b.activeSince = env.NowMs()
 		}
 		b.active = msg.Active
+		for _, n := range msg.Live {
+			if !slices.Contains(b.live, n) {
+				b.liveSince[n] = env.NowMs()
+			}
+		}
 		b.live = msg.Live
 		for n := range b.reports {
 			if !slices.Contains(b.live, n) {
@@ -94,7 +101,7 @@ func (b *Balancer) Step(env *core.Env, in proto.Message) []core.Effect {
 		b.draining[msg.Node] = true
 		return nil
 	case *m.ProbeAnswer:
-		if p := b.probes[msg.Site]; p != nil && p.id == msg.ProbeId {
+		if p := b.probes[msg.Site]; p != nil && p.id == msg.ProbeId && slices.Contains(p.asked, msg.Info.GetNode()) {
 			p.answers[msg.Info.GetNode()] = msg.Info
 			if len(p.answers) == len(p.asked) {
 				return b.resolveProbe(env, msg.Site)
@@ -184,6 +191,11 @@ func (b *Balancer) plan(env *core.Env) []core.Effect {
 		switch {
 		case len(masters) == 0:
 			b.conflicts[site] = 0
+			if b.awaitingReports(env) {
+				// A member that just (re)joined may hold the newest copy (a
+				// restarted master): hear from it first, for a bounded time.
+				continue
+			}
 			fx = append(fx, b.failover(env, site, cs)...)
 		case len(masters) > 1:
 			b.conflicts[site]++
@@ -204,6 +216,21 @@ func (b *Balancer) plan(env *core.Env) []core.Effect {
 		fx = append(fx, core.Broadcast{Msg: routes})
 	}
 	return fx
+}
+
+// reportWaitMax bounds how long failovers wait for a (re)joined member's
+// first report, in report intervals.
+const reportWaitMax = 3
+
+// awaitingReports: some live member has not reported since it (re)joined,
+// and joined less than reportWaitMax report intervals ago.
+func (b *Balancer) awaitingReports(env *core.Env) bool {
+	for _, n := range b.live {
+		if b.reports[n] == nil && env.NowMs()-b.liveSince[n] < reportWaitMax*env.Config.ReportInterval.Milliseconds() {
+			return true
+		}
+	}
+	return false
 }
 
 // byLoad returns live, non-draining nodes, least loaded first (name breaks ties).
@@ -271,7 +298,9 @@ func (b *Balancer) place(env *core.Env, copies map[string][]copyView, load map[s
 // failover probes every live copy of a site without a master; the newest wins.
 func (b *Balancer) failover(env *core.Env, site string, cs []copyView) []core.Effect {
 	b.nextID++
-	p := &probe{id: b.nextID, answers: map[string]*m.DatasetInfo{}}
+	// Ids carry the time, so that an answer to a probe of an earlier
+	// incarnation of this balancer (same counter) is never taken for one.
+	p := &probe{id: uint64(env.NowMs())<<20 | b.nextID&(1<<20-1), answers: map[string]*m.DatasetInfo{}}
 	b.probes[site] = p
 	fx := []core.Effect{core.Info("site has no master: probing copies", "site", site, "copies", len(cs))}
 	for _, c := range cs {

@@ -87,3 +87,38 @@ func TestFailoverPromotesNewestCopy(t *testing.T) {
 		})
 	}
 }
+
+// A member that just joined may be a restarted master holding the newest
+// copy: failover waits for its first report, but only for a bounded time.
+func TestFailoverWaitsForAJoinedMemberBounded(t *testing.T) {
+	cfg := core.Default()
+	b := New("n0")
+	now := time.Unix(1000, 0)
+	env := func() *core.Env { return &core.Env{Self: core.BalancerAddr("n0"), Now: now, Config: cfg} }
+	b.Step(env(), &m.BalancerRole{Active: true, Live: []string{"n0", "n2"}})
+	snap := snapRef(9, "n3", 10)
+	report := &m.NodeReport{Node: "n2", Datasets: []*m.DatasetInfo{{Site: "a", Node: "n2", Role: m.Role_ROLE_REPLICA,
+		Epoch: snap.Epoch, Latest: snap, Spec: &m.SiteSpec{Name: "a"}}}}
+	b.Step(env(), report)
+	now = now.Add(cfg.BalancerWarmup + time.Second)
+	b.Step(env(), &m.BalancerRole{Active: true, Live: []string{"n0", "n2", "n3"}}) // n3 rejoins
+	probes := func() int {
+		n := 0
+		for _, fx := range b.Step(env(), &m.Timer{Key: timerPlan}) {
+			if s, ok := fx.(core.Send); ok {
+				if _, ok := s.Msg.(*m.Probe); ok {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	if n := probes(); n != 0 {
+		t.Fatalf("failover probed %d copies before the rejoined member reported", n)
+	}
+	now = now.Add(reportWaitMax * cfg.ReportInterval)
+	b.Step(env(), report)
+	if n := probes(); n != 1 {
+		t.Fatalf("failover still waiting after the bound: %d probes", n)
+	}
+}

@@ -123,17 +123,16 @@ func (c *checker) failed(r *clientReq, why string) {
 // delivered watches messages for the events checks hang on.
 func (c *checker) delivered(h *host, addr core.Address, msg any) {
 	switch msg := msg.(type) {
-	case *m.Migrate:
-		if addr.Kind == core.KindSite {
-			c.moves[msg.Site] = append(c.moves[msg.Site], &window{startUs: c.w.now, from: h.name, target: msg.Target})
-		}
 	case *m.AdminRollback:
 		if addr.Kind == core.KindDataset {
 			c.rollbacks[addr.String()] = msg.Snapshot
 		}
 	case *m.Sync:
+		// A move starts with its pre-copy (a Migrate the site refuses is no move).
 		if msg.Final {
 			c.w.maybeCrashMidMigration(h.name, msg.Target)
+		} else {
+			c.moves[msg.Site] = append(c.moves[msg.Site], &window{startUs: c.w.now, from: h.name, target: msg.Target})
 		}
 	case *m.ProbeAnswer:
 		// Probe ids count per balancer: a round is (balancer node, id).

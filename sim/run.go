@@ -87,44 +87,30 @@ func (r Result) Line() string {
 	return fmt.Sprintf("seed=%d violations=%d trace=%016x", r.Seed, len(r.Violations), r.Trace)
 }
 
+// orDefault sets *v to def when it is the zero value.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
 func (o *Options) fill() error {
 	d := DefaultOptions()
-	if o.Nodes == 0 {
-		o.Nodes = d.Nodes
-	}
-	if o.Sites == 0 {
-		o.Sites = d.Sites
-	}
-	if o.Safety == 0 {
-		o.Safety = d.Safety
-	}
-	if o.Liveness == 0 {
-		o.Liveness = d.Liveness
-	}
-	if o.RequestRate == 0 {
-		o.RequestRate = d.RequestRate
-	}
-	if o.WriteFraction == 0 {
-		o.WriteFraction = d.WriteFraction
-	}
-	if o.MigrationEvery == 0 {
-		o.MigrationEvery = d.MigrationEvery
-	}
-	if o.RollbackEvery == 0 {
-		o.RollbackEvery = d.RollbackEvery
-	}
-	if o.RPO == 0 {
-		o.RPO = d.RPO
-	}
-	if o.RecoveryBound == 0 {
-		o.RecoveryBound = d.RecoveryBound
-	}
+	orDefault(&o.Nodes, d.Nodes)
+	orDefault(&o.Sites, d.Sites)
+	orDefault(&o.Safety, d.Safety)
+	orDefault(&o.Liveness, d.Liveness)
+	orDefault(&o.RequestRate, d.RequestRate)
+	orDefault(&o.WriteFraction, d.WriteFraction)
+	orDefault(&o.MigrationEvery, d.MigrationEvery)
+	orDefault(&o.RollbackEvery, d.RollbackEvery)
+	orDefault(&o.RPO, d.RPO)
+	orDefault(&o.RecoveryBound, d.RecoveryBound)
 	if o.LatencyMax == 0 {
 		o.LatencyMin, o.LatencyMax = d.LatencyMin, d.LatencyMax
 	}
-	if o.BandwidthBytesPerS == 0 {
-		o.BandwidthBytesPerS = d.BandwidthBytesPerS
-	}
+	orDefault(&o.BandwidthBytesPerS, d.BandwidthBytesPerS)
 	if o.Config == nil {
 		o.Config = SimConfig()
 	}

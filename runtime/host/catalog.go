@@ -1,0 +1,203 @@
+package host
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+)
+
+// catalog keeps, per site, what a storage.Driver does not: the dataset's
+// role and the site's spec; and the node's incarnation counter. One small
+// JSON file per site under <dir>/sites, written atomically.
+type catalog struct {
+	dir  string
+	mu   sync.Mutex
+	recs map[string]*siteRecord
+}
+
+type siteRecord struct {
+	role m.Role
+	spec *m.SiteSpec
+}
+
+type siteRecordJSON struct {
+	Role string          `json:"role"`
+	Spec json.RawMessage `json:"spec,omitempty"`
+}
+
+func openCatalog(dir string) (*catalog, error) {
+	c := &catalog{dir: dir, recs: map[string]*siteRecord{}}
+	if err := os.MkdirAll(filepath.Join(dir, "sites"), 0o755); err != nil {
+		return nil, fmt.Errorf("catalog %s: %w", dir, err)
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, "sites"))
+	if err != nil {
+		return nil, fmt.Errorf("catalog %s: %w", dir, err)
+	}
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		if _, err := storage.ParseSite(name); err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, "sites", e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("catalog %s: %w", dir, err)
+		}
+		var j siteRecordJSON
+		if err := json.Unmarshal(data, &j); err != nil {
+			return nil, fmt.Errorf("catalog %s: site %s: %w", dir, name, err)
+		}
+		rec := &siteRecord{role: m.Role(m.Role_value[j.Role])}
+		if len(j.Spec) > 0 {
+			rec.spec = &m.SiteSpec{}
+			if err := protojson.Unmarshal(j.Spec, rec.spec); err != nil {
+				return nil, fmt.Errorf("catalog %s: site %s spec: %w", dir, name, err)
+			}
+		}
+		c.recs[name] = rec
+	}
+	return c, nil
+}
+
+// nextIncarnation increments and persists the start counter.
+func (c *catalog) nextIncarnation() (uint64, error) {
+	path := filepath.Join(c.dir, "incarnation")
+	var n uint64
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return 0, fmt.Errorf("incarnation: %w", err)
+	default:
+		if n, err = strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64); err != nil {
+			return 0, fmt.Errorf("incarnation %s: %w", path, err)
+		}
+	}
+	n++
+	if err := writeAtomic(path, []byte(strconv.FormatUint(n, 10)+"\n")); err != nil {
+		return 0, fmt.Errorf("incarnation: %w", err)
+	}
+	return n, nil
+}
+
+func (c *catalog) sites() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.recs))
+	for s := range c.recs {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (c *catalog) get(site string) siteRecord {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.recs[site]; r != nil {
+		return *r
+	}
+	return siteRecord{}
+}
+
+// put records role and, when not nil, spec.
+func (c *catalog) put(site string, role m.Role, spec *m.SiteSpec) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.recs[site]
+	if r == nil {
+		r = &siteRecord{}
+	}
+	next := *r
+	next.role = role
+	if spec != nil {
+		next.spec = spec
+	}
+	return c.writeLocked(site, &next)
+}
+
+// ensure records site with role unless it is recorded already.
+func (c *catalog) ensure(site string, role m.Role) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.recs[site] != nil {
+		return nil
+	}
+	return c.writeLocked(site, &siteRecord{role: role})
+}
+
+// setSpec records spec if it differs from the recorded one.
+func (c *catalog) setSpec(site string, spec *m.SiteSpec) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.recs[site]
+	if r != nil && proto.Equal(r.spec, spec) {
+		return nil
+	}
+	next := siteRecord{role: m.Role_ROLE_REPLICA, spec: spec}
+	if r != nil {
+		next.role = r.role
+	}
+	return c.writeLocked(site, &next)
+}
+
+func (c *catalog) writeLocked(site string, r *siteRecord) error {
+	if _, err := storage.ParseSite(site); err != nil {
+		return err
+	}
+	j := siteRecordJSON{Role: r.role.String()}
+	if r.spec != nil {
+		spec, err := protojson.Marshal(r.spec)
+		if err != nil {
+			return err
+		}
+		j.Spec = spec
+	}
+	data, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(filepath.Join(c.dir, "sites", site+".json"), data); err != nil {
+		return err
+	}
+	c.recs[site] = r
+	return nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+	}
+	return err
+}

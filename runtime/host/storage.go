@@ -1,0 +1,494 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+)
+
+const (
+	// siteOpsQueuedMax bounds the storage requests waiting per site; past it
+	// a request is answered CODE_BUSY at once (the actors retry on their
+	// schedule).
+	siteOpsQueuedMax = 64
+	// storageOpsConcurrentMax bounds storage requests running at once on
+	// this node across sites (each site's run one at a time, in order).
+	storageOpsConcurrentMax = 4
+	// sendsConcurrentMax bounds outgoing snapshot streams; past it a send is
+	// answered CODE_BUSY at once.
+	sendsConcurrentMax = 4
+	// storageOpTimeout bounds one local storage request (streams are bounded
+	// by Config.StreamTimeout instead).
+	storageOpTimeout = 2 * time.Minute
+)
+
+// ChangeDetector is implemented by drivers that can tell whether a dataset
+// changed since its newest snapshot (OpenZFS: the written property). With a
+// driver that cannot tell, a snapshot asked for only if changed is always
+// taken.
+type ChangeDetector interface {
+	Changed(ctx context.Context, site storage.Site) (bool, error)
+}
+
+type storageJob struct {
+	from core.Address
+	req  *m.StorageRequest
+}
+
+type siteQueue struct {
+	jobs    []storageJob
+	running bool
+}
+
+// storageExec carries out Storage effects: one FIFO per site (a demotion's
+// last snapshot must precede its role change), a bounded number of sites
+// at once, streams in their own goroutines.
+type storageExec struct {
+	h      *Host
+	mu     sync.Mutex
+	closed bool
+	sites  map[string]*siteQueue
+	slots  chan struct{}
+	sends  chan struct{}
+	wg     sync.WaitGroup
+}
+
+func newStorageExec(h *Host) *storageExec {
+	return &storageExec{h: h, sites: map[string]*siteQueue{},
+		slots: make(chan struct{}, storageOpsConcurrentMax), sends: make(chan struct{}, sendsConcurrentMax)}
+}
+
+func (s *storageExec) submit(from core.Address, req *m.StorageRequest) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	q := s.sites[req.Site]
+	if q == nil {
+		q = &siteQueue{}
+		s.sites[req.Site] = q
+	}
+	if len(q.jobs) >= siteOpsQueuedMax {
+		s.mu.Unlock()
+		s.h.log.Warn("storage queue full: request refused", "site", req.Site, "node", s.h.node, "op", req.Op.String(), "bound", siteOpsQueuedMax)
+		s.reply(from, result(req, m.Code_CODE_BUSY, "storage queue of the site is full"))
+		return
+	}
+	q.jobs = append(q.jobs, storageJob{from: from, req: req})
+	if !q.running {
+		q.running = true
+		s.wg.Add(1)
+		go s.drain(req.Site, q)
+	}
+	s.mu.Unlock()
+}
+
+func (s *storageExec) drain(site string, q *siteQueue) {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		if len(q.jobs) == 0 || s.closed {
+			q.running = false
+			if s.sites[site] == q {
+				delete(s.sites, site)
+			}
+			s.mu.Unlock()
+			return
+		}
+		job := q.jobs[0]
+		q.jobs = q.jobs[1:]
+		s.mu.Unlock()
+		s.run(job)
+	}
+}
+
+func (s *storageExec) run(job storageJob) {
+	if job.req.Op == m.StorageOp_STORAGE_OP_SEND {
+		select {
+		case s.sends <- struct{}{}:
+		default:
+			s.reply(job.from, result(job.req, m.Code_CODE_BUSY, "outgoing stream bound reached"))
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sends }()
+			s.reply(job.from, s.h.push(job.req))
+		}()
+		return
+	}
+	select {
+	case s.slots <- struct{}{}:
+	case <-s.h.ctx.Done():
+		return
+	}
+	defer func() { <-s.slots }()
+	started := time.Now()
+	ctx, cancel := context.WithTimeout(s.h.ctx, storageOpTimeout)
+	res := s.h.storageLocal(ctx, job.req)
+	cancel()
+	res.TookMs = time.Since(started).Milliseconds()
+	s.reply(job.from, res)
+}
+
+func (s *storageExec) reply(to core.Address, res *m.StorageResult) {
+	s.h.send(to, res)
+}
+
+// close refuses new work, cancels running work through the host's context
+// and waits up to wait for it.
+func (s *storageExec) close(wait time.Duration) {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		s.h.log.Warn("storage work still running at shutdown", "node", s.h.node, "waited", wait)
+	}
+}
+
+func result(req *m.StorageRequest, code m.Code, detail string) *m.StorageResult {
+	return &m.StorageResult{Op: req.Op, Site: req.Site, OpId: req.OpId, Code: code, Detail: detail,
+		StreamId: req.StreamId, ToNode: req.ToNode}
+}
+
+// codeOf maps a driver or stream error onto the code the actors expect.
+func codeOf(err error) m.Code {
+	switch {
+	case err == nil:
+		return m.Code_CODE_OK
+	case errors.Is(err, storage.ErrFenced):
+		return m.Code_CODE_FENCED
+	case errors.Is(err, storage.ErrDiverged), errors.Is(err, storage.ErrNotReplica):
+		return m.Code_CODE_DIVERGED
+	case errors.Is(err, storage.ErrNoCommonSnapshot):
+		return m.Code_CODE_NO_COMMON_SNAPSHOT
+	case errors.Is(err, storage.ErrOutOfSpace):
+		return m.Code_CODE_OUT_OF_SPACE
+	case errors.Is(err, storage.ErrInvalidName):
+		return m.Code_CODE_INVALID
+	case errors.Is(err, storage.ErrBusy):
+		return m.Code_CODE_BUSY
+	}
+	return m.Code_CODE_FAILED
+}
+
+// storageLocal carries out a request that does not leave the node.
+func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.StorageResult {
+	res := result(req, m.Code_CODE_OK, "")
+	fail := func(err error) *m.StorageResult {
+		res.Code, res.Detail = codeOf(err), err.Error()
+		h.log.Warn("storage request failed", "site", req.Site, "node", h.node, "op", req.Op.String(), "err", err)
+		return res
+	}
+	d := h.driver
+	site, err := storage.ParseSite(req.Site)
+	if err != nil {
+		return fail(err)
+	}
+	switch req.Op {
+	case m.StorageOp_STORAGE_OP_CREATE:
+		err := d.Create(ctx, site, int64(req.QuotaBytes))
+		if errors.Is(err, storage.ErrExists) {
+			// The disk kept a copy the actor did not know of: make it the master's.
+			err = d.SetReadOnly(ctx, site, false)
+		}
+		if err == nil {
+			err = h.fence(ctx, site, req.Epoch)
+		}
+		if err == nil {
+			err = h.catalog.put(req.Site, m.Role_ROLE_MASTER, req.Spec)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("create %s: %w", site, err))
+		}
+	case m.StorageOp_STORAGE_OP_SET_ROLE:
+		if ok, err := d.Exists(ctx, site); err != nil || !ok {
+			res.Code, res.Detail = m.Code_CODE_FAILED, "no such dataset"
+			if err != nil {
+				res.Detail = err.Error()
+			}
+			return res
+		}
+		err := d.SetReadOnly(ctx, site, req.Role != m.Role_ROLE_MASTER)
+		if err == nil {
+			err = h.fence(ctx, site, req.Epoch)
+		}
+		if err == nil {
+			err = h.catalog.put(req.Site, req.Role, req.Spec)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("set role of %s to %s: %w", site, req.Role, err))
+		}
+	case m.StorageOp_STORAGE_OP_SNAPSHOT:
+		if req.IfChanged {
+			if cd, ok := d.(ChangeDetector); ok {
+				changed, err := cd.Changed(ctx, site)
+				if err != nil {
+					return fail(fmt.Errorf("snapshot %s: changed: %w", site, err))
+				}
+				if !changed {
+					res.Code = m.Code_CODE_UNCHANGED
+					return res
+				}
+			}
+		}
+		name, err := storage.ParseSnapName(req.Snapshot.GetName())
+		if err != nil {
+			return fail(err)
+		}
+		snap, err := d.Snapshot(ctx, site, name)
+		if err != nil {
+			return fail(fmt.Errorf("snapshot %s@%s: %w", site, name, err))
+		}
+		ref := proto.Clone(req.Snapshot).(*m.SnapshotRef)
+		ref.Bytes = uint64(max(0, snap.ReferencedBytes))
+		res.Snapshot = ref
+	case m.StorageOp_STORAGE_OP_STASH:
+		keep, err := storage.ParseSnapNameOrEmpty(req.Snapshot.GetName())
+		if err != nil {
+			return fail(err)
+		}
+		stash, err := storage.ParseStashName(req.StashName)
+		if err != nil {
+			return fail(err)
+		}
+		err = d.Stash(ctx, site, keep, stash)
+		if err == nil {
+			err = d.SetReadOnly(ctx, site, true)
+		}
+		if err == nil {
+			err = h.catalog.put(req.Site, m.Role_ROLE_REPLICA, nil)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("stash %s into %s: %w", site, stash, err))
+		}
+		res.Snapshot, res.Detail = req.Snapshot, req.StashName
+	case m.StorageOp_STORAGE_OP_ROLLBACK:
+		to, err := storage.ParseSnapName(req.Snapshot.GetName())
+		if err != nil {
+			return fail(err)
+		}
+		stash, err := storage.ParseStashName(req.StashName)
+		if err != nil {
+			return fail(err)
+		}
+		err = d.Rollback(ctx, site, to, stash)
+		if err == nil {
+			err = h.fence(ctx, site, req.Epoch)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("rollback %s to %s: %w", site, to, err))
+		}
+		res.Detail = req.StashName
+	case m.StorageOp_STORAGE_OP_PRUNE:
+		// The actor chose what goes; the driver's retention with nothing
+		// kept by age, everything else protected, destroys exactly that
+		// (and still never a held, sent, mounted or newest snapshot).
+		snaps, err := d.ListSnapshots(ctx, site)
+		if err != nil {
+			return fail(fmt.Errorf("prune %s: %w", site, err))
+		}
+		var protected []storage.SnapName
+		for _, s := range snaps {
+			if !slices.Contains(req.Names, s.Name.String()) {
+				protected = append(protected, s.Name)
+			}
+		}
+		if _, err := d.Prune(ctx, site, storage.RetentionPolicy{}, protected, time.Now()); err != nil {
+			return fail(fmt.Errorf("prune %s: %w", site, err))
+		}
+	default:
+		res.Code, res.Detail = m.Code_CODE_INVALID, "unsupported op "+req.Op.String()
+	}
+	return res
+}
+
+func (h *Host) fence(ctx context.Context, site storage.Site, e *m.Epoch) error {
+	if e == nil {
+		return nil
+	}
+	return h.driver.Fence(ctx, site, toStorageEpoch(e))
+}
+
+// push carries out STORAGE_OP_SEND: the stream client brings the receiver
+// up to the snapshot; the receiver's dataset actor gets Received, the
+// sender's the StorageResult (by the caller).
+func (h *Host) push(req *m.StorageRequest) *m.StorageResult {
+	res := result(req, m.Code_CODE_OK, "")
+	res.Snapshot = req.Snapshot
+	started := time.Now()
+	client := h.clients[req.ToNode]
+	site, err := storage.ParseSite(req.Site)
+	var to storage.SnapName
+	if err == nil {
+		to, err = storage.ParseSnapName(req.Snapshot.GetName())
+	}
+	if err == nil && client == nil {
+		err = fmt.Errorf("no stream endpoint for node %q", req.ToNode)
+	}
+	if err != nil {
+		res.Code, res.Detail = codeOf(err), err.Error()
+		return res
+	}
+	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.StreamTimeout)
+	defer cancel()
+	pushed, err := client.Push(ctx, site, toStorageEpoch(req.Epoch), to, nil)
+	res.TookMs = time.Since(started).Milliseconds()
+	res.StreamBase = pushed.Base.String()
+	res.Bytes = uint64(max(0, pushed.SentBytes))
+	receiver := core.DatasetAddr(req.ToNode, req.Site)
+	if err != nil {
+		res.Code, res.Detail = codeOf(err), err.Error()
+		h.log.Warn("stream failed", "site", req.Site, "node", h.node, "to", req.ToNode, "snapshot", to.String(),
+			"epoch", core.EpochString(req.Epoch), "err", err)
+		if res.Code == m.Code_CODE_DIVERGED {
+			// The receiving side learns what its disk holds, as it would
+			// from its own failed receive.
+			rec := &m.Received{Site: req.Site, StreamId: req.StreamId, FromNode: h.node, Code: m.Code_CODE_DIVERGED, Detail: err.Error()}
+			if errors.Is(err, storage.ErrDiverged) {
+				if _, remote, err := client.RemoteState(ctx, site); err == nil && len(remote) > 0 {
+					rec.Snapshot = snapshotRef(remote[len(remote)-1])
+				}
+			}
+			h.send(receiver, rec)
+		}
+		return res
+	}
+	h.send(receiver, &m.Received{Site: req.Site, StreamId: req.StreamId, FromNode: h.node, Snapshot: req.Snapshot,
+		Epoch: req.Epoch, Code: m.Code_CODE_OK, Spec: req.Spec})
+	return res
+}
+
+// noteDatasetInput keeps the catalog's spec of a replica current from the
+// streams it receives (the driver does not keep specs).
+func (h *Host) noteDatasetInput(site string, in proto.Message) {
+	if r, ok := in.(*m.Received); ok && r.Code == m.Code_CODE_OK && r.Spec != nil {
+		if err := h.catalog.setSpec(site, r.Spec); err != nil {
+			h.log.Warn("catalog: spec not recorded", "site", site, "node", h.node, "err", err)
+		}
+	}
+}
+
+// bootDatasets reads what this node's disk holds, for NodeBoot.
+func (h *Host) bootDatasets(ctx context.Context) ([]*m.DatasetBoot, error) {
+	var out []*m.DatasetBoot
+	for _, name := range h.catalog.sites() {
+		site, err := storage.ParseSite(name)
+		if err != nil {
+			continue
+		}
+		ok, err := h.driver.Exists(ctx, site)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		rec := h.catalog.get(name)
+		epoch, err := h.driver.Epoch(ctx, site)
+		if err != nil {
+			return nil, err
+		}
+		snaps, err := h.driver.ListSnapshots(ctx, site)
+		if err != nil {
+			return nil, err
+		}
+		stashes, err := h.driver.ListStash(ctx, site)
+		if err != nil {
+			return nil, err
+		}
+		b := &m.DatasetBoot{Info: &m.DatasetInfo{Site: name, Node: h.node, Role: rec.role, Epoch: toMsgEpoch(epoch), Spec: rec.spec}}
+		for _, s := range snaps {
+			if ref := snapshotRef(s); ref.Epoch != nil {
+				b.Snapshots = append(b.Snapshots, ref)
+			}
+		}
+		if n := len(b.Snapshots); n > 0 {
+			b.Info.Latest = b.Snapshots[n-1]
+			b.Info.Bytes = b.Info.Latest.Bytes
+		}
+		b.Info.Snapshots = uint32(len(b.Snapshots))
+		for _, st := range stashes {
+			b.Stashes = append(b.Stashes, st.Name.String())
+		}
+		b.Info.Stashes = uint32(len(b.Stashes))
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func toStorageEpoch(e *m.Epoch) storage.Epoch {
+	return storage.Epoch{Term: e.GetTerm(), Node: e.GetNode()}
+}
+
+func toMsgEpoch(e storage.Epoch) *m.Epoch {
+	if e.IsZero() {
+		return nil
+	}
+	return &m.Epoch{Term: e.Term, Node: e.Node}
+}
+
+// snapshotRef describes a snapshot on disk as the actors name it; a name
+// that is not "e<term>-<node>-s<seq>" gives a ref without epoch.
+func snapshotRef(s storage.Snapshot) *m.SnapshotRef {
+	ref := &m.SnapshotRef{Name: s.Name.String(), TakenMs: s.Created.UnixMilli(), Bytes: uint64(max(0, s.ReferencedBytes))}
+	if e, seq, ok := parseSnapshotName(ref.Name); ok {
+		ref.Epoch, ref.Seq = e, seq
+	}
+	return ref
+}
+
+// parseSnapshotName inverts core.SnapshotName.
+func parseSnapshotName(name string) (*m.Epoch, uint64, bool) {
+	rest, ok := strings.CutPrefix(name, "e")
+	if !ok {
+		return nil, 0, false
+	}
+	termText, rest, ok := strings.Cut(rest, "-")
+	if !ok {
+		return nil, 0, false
+	}
+	i := strings.LastIndex(rest, "-s")
+	if i <= 0 {
+		return nil, 0, false
+	}
+	term, err1 := strconv.ParseUint(termText, 10, 64)
+	seq, err2 := strconv.ParseUint(rest[i+2:], 10, 64)
+	if err1 != nil || err2 != nil {
+		return nil, 0, false
+	}
+	return &m.Epoch{Term: term, Node: rest[:i]}, seq, true
+}
+
+// receivingDriver is the driver as the stream server sees it: a receive
+// records the site in the catalog first, so that a restart boots the
+// replica even if its Received never reached the actor.
+type receivingDriver struct {
+	storage.Driver
+	catalog *catalog
+}
+
+func (r *receivingDriver) Receive(ctx context.Context, site storage.Site, epoch storage.Epoch, base storage.SnapName, in io.Reader) (storage.Snapshot, error) {
+	if err := r.catalog.ensure(site.String(), m.Role_ROLE_REPLICA); err != nil {
+		return storage.Snapshot{}, fmt.Errorf("receive %s: catalog: %w", site, err)
+	}
+	return r.Driver.Receive(ctx, site, epoch, base, in)
+}

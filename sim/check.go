@@ -55,12 +55,18 @@ func (c *checker) fault() { c.faultTimes = append(c.faultTimes, c.w.now) }
 func (c *checker) crashed(h *host) { c.crashes[h.name] = append(c.crashes[h.name], c.w.now) }
 
 // clean reports whether nothing went wrong in the world between from and now.
+//
+// After a fault the cluster needs a while to converge: a master that was cut
+// off learns that a newer one exists only when a replica fences its next
+// stream, which can wait for a stream in flight to time out. So "clean"
+// means no fault for a stream timeout plus ten seconds before from.
 func (c *checker) clean(fromUs int64) bool {
 	if c.w.dropRate > 0 || len(c.w.blocked) > 0 {
 		return false
 	}
+	quiet := int64((c.w.cfg.StreamTimeout + 10*time.Second) / time.Microsecond)
 	for _, t := range c.faultTimes {
-		if t >= fromUs-int64(c.w.cfg.FailureTimeout/time.Microsecond)*2 {
+		if t >= fromUs-quiet {
 			return false
 		}
 	}

@@ -567,7 +567,7 @@ func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
 		return append(reply(m.Code_CODE_FENCED, "", "stream epoch "+core.EpochString(o.Epoch)+" is older than "+core.EpochString(d.fence)),
 			core.Info("stream refused: fenced", "site", d.site, "node", d.node, "from", o.FromNode, "epoch", core.EpochString(o.Epoch)))
 	}
-	if d.incoming != nil || d.activating != nil || d.snapTaking {
+	if d.incoming != nil || d.activating != nil || d.snapTaking || d.rollingBack != nil {
 		return reply(m.Code_CODE_BUSY, "", "copy is busy")
 	}
 	if d.active {
@@ -687,6 +687,12 @@ func (d *Dataset) rolledBack(env *core.Env, r *m.StorageResult) []core.Effect {
 	}
 	d.snaps = d.snaps[:d.find(rb.Snapshot)+1]
 	d.stashes = append(d.stashes, r.Detail)
+	if !d.active {
+		// Demoted while storage rolled back (a newer master exists): the
+		// copy stays a replica; what was rolled away is in the stash.
+		return []core.Effect{core.Warn("rolled back after losing mastership: staying replica", "site", d.site,
+			"node", d.node, "snapshot", rb.Snapshot)}
+	}
 	d.epoch, d.fence = epoch, core.MaxEpoch(d.fence, epoch)
 	// Replicas hold snapshots that are now stashed here: their next offer
 	// carries the new history, and they stash what they hold beyond it.

@@ -511,7 +511,7 @@ func (s *Site) demote(env *core.Env, d *m.Demote) []core.Effect {
 	s.successor, s.successorEpoch = d.Winner, d.Epoch
 	fx := []core.Effect{s.log("site demoted", "winner", d.Winner, "winner_epoch", core.EpochString(d.Epoch)),
 		core.CancelTimer{Key: timerStep}}
-	s.mig = nil
+	s.mig, s.rollingBack = nil, false
 	fx = append(fx, s.forward(env)...)
 	if was != m.SitePhase_SITE_PHASE_DEMOTED {
 		fx = append(fx, core.Process{Req: &m.ProcessRequest{Site: s.site, Start: false, Spec: s.spec}})

@@ -8,9 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hybridcluster/hybridcluster/actors/core"
 	m "github.com/hybridcluster/hybridcluster/messages"
@@ -170,18 +173,13 @@ func has(snaps []storage.Snapshot, name string) bool {
 	return false
 }
 
-// TestClusterCreateReplicateServeMigrate: three hosts; a created site is
-// placed, snapshotted and streamed to its replica's disk; a write through a
-// node that is not master is served; a migration moves the master and later
-// requests are served by the new one.
-func TestClusterCreateReplicateServeMigrate(t *testing.T) {
-	c := startCluster(t, 3)
-	const site = "alpha"
+// placeSite creates site through node "n2" and waits until it is served and
+// one other node's disk holds a snapshot the master took.
+func (c *testCluster) placeSite(site string) (master, replica string) {
+	t := c.t
+	t.Helper()
 	c.nodes["n2"].host.Send(core.NodeAddr("n2"), &m.CreateSite{
-		Spec: &m.SiteSpec{Name: site, Domains: []string{"alpha.example"}}, RequestId: 1, ReplyNode: "n2"})
-
-	// Placement: some node answers a read as master.
-	var master string
+		Spec: &m.SiteSpec{Name: site, Domains: []string{site + ".example"}}, RequestId: 1, ReplyNode: "n2"})
 	eventually(t, "site placed and served", func() error {
 		resp, err := c.request("n1", &m.SiteRequest{Site: site, Idempotent: true})
 		if err != nil {
@@ -193,10 +191,6 @@ func TestClusterCreateReplicateServeMigrate(t *testing.T) {
 		master = resp.Master
 		return nil
 	})
-	t.Logf("master %s", master)
-
-	// Replication: a snapshot the master took is on another node's disk.
-	var replica string
 	eventually(t, "replica holds the master's snapshot", func() error {
 		ms := c.snapshots(master, site)
 		if len(ms) == 0 {
@@ -214,16 +208,47 @@ func TestClusterCreateReplicateServeMigrate(t *testing.T) {
 		}
 		return fmt.Errorf("no replica holds any of %d snapshots of %s", len(ms), master)
 	})
-	t.Logf("replica %s holds %v", replica, c.snapshots(replica, site))
+	t.Logf("site %s: master %s, replica %s holds %d snapshots", site, master, replica, len(c.snapshots(replica, site)))
+	return master, replica
+}
 
-	// A write through a node that is not master is served by the master.
-	entry := ""
+// other returns a member that is none of not.
+func (c *testCluster) other(not ...string) string {
 	for _, n := range c.names {
-		if n != master {
-			entry = n
-			break
+		if !slices.Contains(not, n) {
+			return n
 		}
 	}
+	c.t.Fatalf("no member besides %v", not)
+	return ""
+}
+
+// servedBy waits until a write entering at entry is answered OK by master.
+func (c *testCluster) servedBy(entry, site, master string) {
+	c.t.Helper()
+	eventually(c.t, "served by "+master, func() error {
+		resp, err := c.request(entry, &m.SiteRequest{Site: site, Write: true, WriteId: 9})
+		if err != nil {
+			return err
+		}
+		if resp.Code != m.Code_CODE_OK || resp.Master != master {
+			return fmt.Errorf("answer %s from %q: %s", resp.Code, resp.Master, resp.Detail)
+		}
+		return nil
+	})
+}
+
+// TestClusterCreateReplicateServeMigrate: three hosts; a created site is
+// placed, snapshotted and streamed to its replica's disk; a write through a
+// node that is not master is served; a migration moves the master and later
+// requests are served by the new one.
+func TestClusterCreateReplicateServeMigrate(t *testing.T) {
+	c := startCluster(t, 3)
+	const site = "alpha"
+	master, replica := c.placeSite(site)
+
+	// A write through a node that is not master is served by the master.
+	entry := c.other(master)
 	resp, err := c.request(entry, &m.SiteRequest{Site: site, Write: true, WriteId: 7, BodyBytes: 100})
 	if err != nil {
 		t.Fatal(err)
@@ -234,22 +259,7 @@ func TestClusterCreateReplicateServeMigrate(t *testing.T) {
 
 	// Migration to the replica: afterwards the new master serves.
 	c.nodes[master].host.Send(core.SiteAddr(master, site), &m.Migrate{Site: site, Target: replica, Reason: "admin"})
-	third := ""
-	for _, n := range c.names {
-		if n != master && n != replica {
-			third = n
-		}
-	}
-	eventually(t, "new master serves after migration", func() error {
-		resp, err := c.request(third, &m.SiteRequest{Site: site, Write: true, WriteId: 8})
-		if err != nil {
-			return err
-		}
-		if resp.Code != m.Code_CODE_OK || resp.Master != replica {
-			return fmt.Errorf("answer %s from %q: %s", resp.Code, resp.Master, resp.Detail)
-		}
-		return nil
-	})
+	c.servedBy(c.other(master, replica), site, replica)
 	// And the old master now holds a copy of the new master's history.
 	eventually(t, "old master receives from the new master", func() error {
 		rs := c.snapshots(master, site)
@@ -278,6 +288,133 @@ func TestParseSnapshotName(t *testing.T) {
 	for _, bad := range []string{"", "x1-n1-s1", "e-n1-s1", "e1-n1", "e1-n1-sx", "hc-safety"} {
 		if _, _, ok := parseSnapshotName(bad); ok {
 			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func (c *testCluster) stop(name string) {
+	c.nodes[name].host.Stop()
+	c.nodes[name].host = nil
+}
+
+// restart starts a stopped node again on the same ports, store and state.
+func (c *testCluster) restart(name string) {
+	n := c.nodes[name]
+	opt := n.opt
+	opt.StreamListener = nil // closed by Stop: listen on the StreamURL again
+	h, err := Start(opt)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	n.host = h
+}
+
+// TestClusterFailoverAndRejoin: the master's host stops; the replica is
+// promoted and serves; the old master restarts from its disk and rejoins;
+// the cluster converges on one master and both copies hold its history.
+func TestClusterFailoverAndRejoin(t *testing.T) {
+	c := startCluster(t, 3)
+	const site = "beta"
+	master, replica := c.placeSite(site)
+	stopped := time.Now()
+	c.stop(master)
+	c.servedBy(c.other(master, replica), site, replica)
+	t.Logf("served by %s %v after %s stopped", replica, time.Since(stopped).Round(time.Millisecond), master)
+
+	c.restart(master)
+	if inc := c.nodes[master].host.Incarnation(); inc != 2 {
+		t.Errorf("incarnation after restart %d, want 2", inc)
+	}
+	// Which history wins is the actors' decision (a rejoined balancer that
+	// has not heard its peers yet may promote its own copy, and the heal
+	// then keeps the newest history); the host's part is that the cluster
+	// converges: one master serves through every node, and the other copy
+	// holds the master's newest snapshot.
+	var winner string
+	eventually(t, "cluster converges after the rejoin", func() error {
+		resp, err := c.request(master, &m.SiteRequest{Site: site, Idempotent: true})
+		if err != nil {
+			return err
+		}
+		if resp.Code != m.Code_CODE_OK {
+			return fmt.Errorf("answer %s: %s", resp.Code, resp.Detail)
+		}
+		winner = resp.Master
+		loser := master
+		if winner == master {
+			loser = replica
+		}
+		ws, ls := c.snapshots(winner, site), c.snapshots(loser, site)
+		if len(ws) == 0 || len(ls) == 0 || ws[len(ws)-1].Name != ls[len(ls)-1].Name {
+			return fmt.Errorf("master %s and copy %s not at the same snapshot", winner, loser)
+		}
+		return nil
+	})
+	t.Logf("after the rejoin %s is master", winner)
+	for _, n := range c.names {
+		c.servedBy(n, site, winner)
+	}
+}
+
+// TestBootFromDisk: NodeBoot carries what the driver and the catalog hold.
+func TestBootFromDisk(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	drv, err := portable.New(filepath.Join(dir, "store"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := storage.MustSite("gamma")
+	if err := drv.Create(ctx, site, 0); err != nil {
+		t.Fatal(err)
+	}
+	e5 := &m.Epoch{Term: 5, Node: "n1"}
+	for seq := uint64(1); seq <= 2; seq++ {
+		if _, err := drv.Snapshot(ctx, site, storage.MustSnap(core.SnapshotName(e5, seq))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := drv.Fence(ctx, site, storage.Epoch{Term: 7, Node: "n2"}); err != nil {
+		t.Fatal(err)
+	}
+	spec := &m.SiteSpec{Name: "gamma", Domains: []string{"gamma.example"}}
+	opt := Options{Node: "n1", Members: []Member{{Name: "n1", ActorAddr: "127.0.0.1:1", StreamURL: "http://127.0.0.1:2"}},
+		Driver: drv, StateDir: filepath.Join(dir, "state"), StreamToken: "t"}
+	cat, err := openCatalog(opt.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.put("gamma", m.Role_ROLE_MASTER, spec); err != nil {
+		t.Fatal(err)
+	}
+	// A record whose dataset is gone is not booted.
+	if err := cat.ensure("gone", m.Role_ROLE_REPLICA); err != nil {
+		t.Fatal(err)
+	}
+	for want := uint64(1); want <= 2; want++ {
+		h, err := newHost(opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Incarnation() != want {
+			t.Errorf("incarnation %d, want %d", h.Incarnation(), want)
+		}
+		boot, err := h.bootDatasets(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(boot) != 1 {
+			t.Fatalf("booted %d datasets, want 1: %v", len(boot), boot)
+		}
+		b := boot[0]
+		info := b.Info
+		if info.Site != "gamma" || info.Node != "n1" || info.Role != m.Role_ROLE_MASTER ||
+			core.CompareEpoch(info.Epoch, &m.Epoch{Term: 7, Node: "n2"}) != 0 || !proto.Equal(info.Spec, spec) {
+			t.Errorf("info %v", info)
+		}
+		if len(b.Snapshots) != 2 || info.Latest.GetName() != "e5-n1-s2" || info.Latest.Seq != 2 ||
+			core.CompareEpoch(info.Latest.Epoch, e5) != 0 || info.Latest.TakenMs == 0 {
+			t.Errorf("snapshots %v latest %v", b.Snapshots, info.Latest)
 		}
 	}
 }

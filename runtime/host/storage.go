@@ -35,9 +35,9 @@ const (
 )
 
 // ChangeDetector is implemented by drivers that can tell whether a dataset
-// changed since its newest snapshot (OpenZFS: the written property). With a
-// driver that cannot tell, a snapshot asked for only if changed is always
-// taken.
+// changed since its newest snapshot (OpenZFS: the written property). For a
+// driver that cannot tell, the host compares the live tree with the newest
+// snapshot's (treeChanged), erring towards taking the snapshot.
 type ChangeDetector interface {
 	Changed(ctx context.Context, site storage.Site) (bool, error)
 }
@@ -239,15 +239,19 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 		}
 	case m.StorageOp_STORAGE_OP_SNAPSHOT:
 		if req.IfChanged {
+			var changed bool
+			var err error
 			if cd, ok := d.(ChangeDetector); ok {
-				changed, err := cd.Changed(ctx, site)
-				if err != nil {
-					return fail(fmt.Errorf("snapshot %s: changed: %w", site, err))
-				}
-				if !changed {
-					res.Code = m.Code_CODE_UNCHANGED
-					return res
-				}
+				changed, err = cd.Changed(ctx, site)
+			} else {
+				changed, err = treeChanged(ctx, d, site)
+			}
+			if err != nil {
+				return fail(fmt.Errorf("snapshot %s: changed: %w", site, err))
+			}
+			if !changed {
+				res.Code = m.Code_CODE_UNCHANGED
+				return res
 			}
 		}
 		name, err := storage.ParseSnapName(req.Snapshot.GetName())
@@ -255,6 +259,13 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 			return fail(err)
 		}
 		snap, err := d.Snapshot(ctx, site, name)
+		if errors.Is(err, storage.ErrReadOnly) {
+			// A replica's tree cannot change: there is nothing to capture.
+			// (A demotion's deferred last snapshot can land after its role
+			// change; the actors take UNCHANGED as "nothing new".)
+			res.Code, res.Detail = m.Code_CODE_UNCHANGED, "dataset is read-only"
+			return res
+		}
 		if err != nil {
 			return fail(fmt.Errorf("snapshot %s@%s: %w", site, name, err))
 		}

@@ -74,6 +74,9 @@ type Dataset struct {
 	rollingBack   *m.AdminRollback
 	rollbackOp    uint64
 	rollbackEpoch *m.Epoch
+	// readOnlyPending: demoted while a snapshot was being taken; the role
+	// change waits for it, or storage would refuse the last snapshot.
+	readOnlyPending bool
 	// dirty: storage refused a stream because this copy changed after its
 	// newest snapshot (a master demoted while its disk was full, a restarted
 	// master): those changes are stashed before the next stream.
@@ -362,8 +365,20 @@ func (d *Dataset) demote(env *core.Env, msg *m.Demote) []core.Effect {
 	d.streams = map[string]*stream{}
 	d.syncs = nil
 	d.replicas = nil
-	return append(fx, core.Storage{Req: &m.StorageRequest{
-		Op: m.StorageOp_STORAGE_OP_SET_ROLE, Site: d.site, OpId: d.id(), Role: m.Role_ROLE_REPLICA, Epoch: d.fence}})
+	if d.snapTaking {
+		// The copy turns read-only only after its last snapshot is taken
+		// (one in flight, or the one queued behind it).
+		d.readOnlyPending = true
+		return fx
+	}
+	return append(fx, d.setReplica())
+}
+
+// setReplica makes storage treat the copy as a replica (read-only, fenced).
+func (d *Dataset) setReplica() core.Effect {
+	d.readOnlyPending = false
+	return core.Storage{Req: &m.StorageRequest{
+		Op: m.StorageOp_STORAGE_OP_SET_ROLE, Site: d.site, OpId: d.id(), Role: m.Role_ROLE_REPLICA, Epoch: d.fence}}
 }
 
 func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
@@ -442,6 +457,9 @@ func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect
 		if d.snapAgain {
 			d.snapAgain = false
 			fx = append(fx, d.snapshotNow(env)...)
+		}
+		if d.readOnlyPending && !d.snapTaking {
+			fx = append(fx, d.setReplica())
 		}
 		return append(fx, d.replicate(env)...)
 	case m.StorageOp_STORAGE_OP_SEND:

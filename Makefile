@@ -1,7 +1,7 @@
 # hybridcluster. `make run` starts the main job on embedded defaults; `make test`
 # installs what the tests need (apt packages, zfs-fuse daemon) and runs every test.
 GO ?= go
-SEEDS_TEST ?= 20
+SEEDS_TEST ?= 50
 SEEDS_SIM ?= 10000
 
 .PHONY: build test test-go deps run sim proto bench bench-storage lint
@@ -13,13 +13,15 @@ deps:
 	bash scripts/test-deps.sh
 
 # The test command: dependencies first, then every Go test (ZFS ones for real),
-# then a bounded fault-free simulator sweep (the fault sweep is `make sim`).
+# then bounded simulator sweeps, with the seeds' faults and without any
+# (`make sim` runs 10,000 seeds).
 test: deps test-go
 
 test-go:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 40m ./...
-	$(GO) run ./cmd/hcsim -seeds $(SEEDS_TEST) -faults 0
+	$(GO) run ./cmd/hcsim -seeds $(SEEDS_TEST)
+	$(GO) run ./cmd/hcsim -seeds 20 -faults 0
 
 run: build
 	$(GO) run ./cmd/hcsim -seed 1 -v -nodes 3 -sites 3

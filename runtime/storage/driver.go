@@ -110,8 +110,11 @@ type Driver interface {
 	// It refuses with ErrFenced a stream whose epoch is lower than the
 	// dataset's, ErrDiverged when the dataset has snapshots after base,
 	// ErrNoCommonSnapshot when it lacks base (or has a different snapshot of
-	// that name) or a full stream meets an existing dataset. On success the
-	// dataset's epoch is raised to epoch.
+	// that name) or a full stream meets an existing dataset that has
+	// snapshots or live files. A full stream is accepted onto an existing
+	// empty read-only dataset without snapshots (what Stash with a zero keep
+	// leaves), after the fence check. On success the dataset's epoch is
+	// raised to epoch.
 	Receive(ctx context.Context, site Site, epoch Epoch, base SnapName, r io.Reader) (Snapshot, error)
 
 	// Fence raises the highest epoch the dataset has seen (never lowers it).
@@ -126,13 +129,21 @@ type Driver interface {
 	// Stash moves every snapshot after keep, and the live state, into a new
 	// stash named stash; the site is left at keep (its live files equal
 	// keep's). Used to put aside divergent history before a receive.
+	//
+	// A zero keep stashes everything (for a full resync when the replica
+	// shares no snapshot with the master): every snapshot and the live state
+	// go into the stash, whose Base is zero, and the site is left as an
+	// empty dataset with no snapshots that keeps its epoch (fence), quota
+	// and read-only setting. A full stream (zero base) can then be received
+	// onto it. Snapshots being sent or mounted make it refuse with ErrBusy.
 	Stash(ctx context.Context, site Site, keep SnapName, stash StashName) error
 	// ListStash lists the site's stashes, oldest first.
 	ListStash(ctx context.Context, site Site) ([]Stash, error)
 	// RestoreStash makes stash the site's history again. What the site had
 	// after the stash's base is itself stashed as displaced, so a restore
 	// destroys nothing either. The restored dataset keeps the site's
-	// read-only setting and epoch.
+	// read-only setting and epoch. Restoring a stash of everything (zero
+	// Base) displaces everything the site has (all snapshots and live state).
 	RestoreStash(ctx context.Context, site Site, stash, displaced StashName) error
 
 	// Prune destroys snapshots the retention policy does not keep, as of now.

@@ -84,13 +84,16 @@ func ReadStreamHeader(r *bufio.Reader, kind string) (StreamHeader, error) {
 
 // CheckStreamBase verifies a header against the base the caller expects and
 // the receiver's snapshots (oldest first). It gives ErrNoCommonSnapshot for a
-// missing or different base, ErrDiverged for snapshots after the base.
+// missing or different base, ErrDiverged for snapshots after the base. A full
+// stream is refused onto an existing dataset that has snapshots; onto one
+// without (left by a Stash of everything) it passes here, and the driver
+// must still check that the dataset's live tree is empty.
 func CheckStreamBase(h StreamHeader, base SnapName, have []Snapshot, exists bool) error {
 	if h.From == nil {
 		if !base.IsZero() {
 			return fmt.Errorf("%w: full stream but base %s expected", ErrBadStream, base)
 		}
-		if exists {
+		if exists && len(have) > 0 {
 			return fmt.Errorf("%w: full stream for a dataset that exists (%d snapshots); stash or destroy it first", ErrNoCommonSnapshot, len(have))
 		}
 		return nil

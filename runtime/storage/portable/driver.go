@@ -11,7 +11,7 @@
 //	sites/<site>/meta.json            epoch, read-only flag, quota, holds, mounts
 //	sites/<site>/live -> trees/<gen>  the live files (Mountpoint)
 //	sites/<site>/snaps/<snap>/        manifest.json and tree/
-//	stash/<site>/<stash>/             stash.json, snaps/, live/
+//	stash/<site>/<stash>/             stash.json, snaps/, live/ (base "" = a stash of everything)
 //	tmp/                              receives and stashes in progress
 package portable
 
@@ -569,9 +569,6 @@ func (d *Driver) Stash(ctx context.Context, site storage.Site, keep storage.Snap
 	if err := checkSite(site); err != nil {
 		return err
 	}
-	if err := checkSnap(keep); err != nil {
-		return err
-	}
 	if stash.IsZero() {
 		return fmt.Errorf("%w: empty stash name", storage.ErrInvalidName)
 	}
@@ -579,14 +576,19 @@ func (d *Driver) Stash(ctx context.Context, site storage.Site, keep storage.Snap
 	return d.stashLocked(site, keep, stash)
 }
 
+// stashLocked moves the snapshots after keep and the live tree into a new
+// stash. A zero keep stashes every snapshot; the site keeps its meta (epoch,
+// quota, read-only) with no snapshots and an empty live tree.
 func (d *Driver) stashLocked(site storage.Site, keep storage.SnapName, stash storage.StashName) error {
 	m, err := d.readMeta(site)
 	if err != nil {
 		return err
 	}
-	keepMan, err := d.findManifest(site, keep)
-	if err != nil {
-		return fmt.Errorf("stash: %w", err)
+	var keepMan *manifest
+	if !keep.IsZero() {
+		if keepMan, err = d.findManifest(site, keep); err != nil {
+			return fmt.Errorf("stash: %w", err)
+		}
 	}
 	final := filepath.Join(d.stashDir(site), stash.String())
 	if _, err := os.Stat(final); err == nil {
@@ -598,7 +600,7 @@ func (d *Driver) stashLocked(site storage.Site, keep storage.SnapName, stash sto
 	}
 	var after []*manifest
 	for _, man := range mans {
-		if man.Seq > keepMan.Seq {
+		if keepMan == nil || man.Seq > keepMan.Seq {
 			after = append(after, man)
 		}
 	}
@@ -625,12 +627,16 @@ func (d *Driver) stashLocked(site storage.Site, keep storage.SnapName, stash sto
 	for _, man := range after {
 		sm.Snapshots = append(sm.Snapshots, storage.StashedSnapshot{Name: man.Name, GUID: man.GUID, Created: man.Created})
 	}
-	// Build the site's new live tree (equal to keep) before moving anything,
-	// so a failure here leaves the site untouched.
+	// Build the site's new live tree (equal to keep, or empty) before moving
+	// anything, so a failure here leaves the site untouched.
 	gen := m.LiveGen + 1
 	newTree := filepath.Join(d.siteDir(site), "trees", strconv.Itoa(gen))
 	_ = removeAll(newTree)
-	if err := materializeTree(filepath.Join(snapDir(d.siteDir(site), keep.String()), "tree"), newTree, keepMan, m.ReadOnly); err != nil {
+	if keepMan == nil {
+		if err := os.MkdirAll(newTree, 0o755); err != nil {
+			return mapFSError(err)
+		}
+	} else if err := materializeTree(filepath.Join(snapDir(d.siteDir(site), keep.String()), "tree"), newTree, keepMan, m.ReadOnly); err != nil {
 		_ = removeAll(newTree)
 		return mapFSError(err)
 	}
@@ -718,9 +724,11 @@ func (d *Driver) RestoreStash(ctx context.Context, site storage.Site, stash, dis
 	if err := jsonUnmarshal(data, &sm); err != nil {
 		return err
 	}
-	base, err := storage.ParseSnapName(sm.Base)
+	// A zero base is a stash of everything: everything the site has now is
+	// displaced.
+	base, err := storage.ParseSnapNameOrEmpty(sm.Base)
 	if err != nil {
-		return fmt.Errorf("restore %s: stash %s has no base: %w", site, stash, err)
+		return fmt.Errorf("restore %s: stash %s: bad base: %w", site, stash, err)
 	}
 	if err := d.stashLocked(site, base, displaced); err != nil {
 		return fmt.Errorf("restore %s: putting aside current history: %w", site, err)

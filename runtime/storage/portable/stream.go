@@ -321,6 +321,14 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	if err := storage.CheckStreamBase(h, base, have, exists); err != nil {
 		return storage.Snapshot{}, err
 	}
+	if exists && h.From == nil {
+		// A full stream onto a dataset without snapshots (a Stash of
+		// everything left it): only if its live tree is empty, so nothing
+		// unsnapshotted is overwritten.
+		if err := d.checkLiveEmpty(site); err != nil {
+			return storage.Snapshot{}, err
+		}
+	}
 	for _, man := range mans {
 		if man.Name == h.To.Name {
 			return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", h.To.Name, storage.ErrExists)
@@ -433,6 +441,21 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	}
 	d.log.Info("received", "site", site.String(), "snapshot", man.Name, "base", base.String(), "epoch", epoch.String(), "written_bytes", ap.written, "duration", time.Since(started))
 	return d.toSnapshot(site, m, man), nil
+}
+
+func (d *Driver) checkLiveEmpty(site storage.Site) error {
+	live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))
+	if err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(live)
+	if err != nil {
+		return err
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("%w: full stream for a dataset without snapshots whose live tree is not empty (%d entries); stash it first", storage.ErrNoCommonSnapshot, len(ents))
+	}
+	return nil
 }
 
 type ctxReader struct {

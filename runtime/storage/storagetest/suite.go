@@ -46,6 +46,8 @@ func Run(t *testing.T, h Harness) {
 		{"FullSendFallback", testFullSendFallback},
 		{"FencingRefusesOlderEpoch", testFencing},
 		{"DivergedStashRestore", testDivergedStashRestore},
+		{"StashEverythingFullReceiveRestore", testStashEverything},
+		{"StashEverythingKeepsFence", testStashEverythingFence},
 		{"RollbackKeepsSafetySnapshot", testRollback},
 		{"PruneKeepsHeldAndProtected", testPrune},
 		{"MountReadOnly", testMountReadOnly},
@@ -536,6 +538,145 @@ func testDivergedStashRestore(t *testing.T, ctx context.Context, a, b storage.Dr
 		t.Fatalf("stashes after restore = %+v", stashes)
 	}
 	wantErr(t, b.RestoreStash(ctx, site, storage.MustStash("partition-1"), storage.MustStash("x")), storage.ErrNoDataset, "restore of a gone stash")
+}
+
+// unrelatedMaster replaces site on a with a new history that shares no
+// snapshot with anything received before (a new master after a loss): one
+// file and snapshot n1.
+func unrelatedMaster(t *testing.T, ctx context.Context, a storage.Driver, site storage.Site) {
+	t.Helper()
+	must(t, a.Destroy(ctx, site), "destroy on a")
+	must(t, a.Create(ctx, site, 0), "recreate on a")
+	WriteFile(t, ctx, a, site, "new-master.txt", []byte("a new history"))
+	WriteFile(t, ctx, a, site, "data/other.bin", randomBytes(100<<10))
+	_, err := a.Snapshot(ctx, site, storage.MustSnap("n1"))
+	must(t, err, "snapshot n1")
+}
+
+func testStashEverything(t *testing.T, ctx context.Context, a, b storage.Driver) {
+	site := siteFor(t, "x")
+	replicate(t, ctx, a, b, site, 64<<20)
+	// b was master for a while: a snapshot and unsnapshotted writes of its own.
+	must(t, b.SetReadOnly(ctx, site, false), "promote b")
+	WriteFile(t, ctx, b, site, "written-on-b.txt", []byte("b's write"))
+	_, err := b.Snapshot(ctx, site, storage.MustSnap("b1"))
+	must(t, err, "snapshot b1")
+	WriteFile(t, ctx, b, site, "unsnapshotted-on-b.txt", []byte("b's later write"))
+	bLive := liveHash(t, ctx, b, site)
+	must(t, b.SetReadOnly(ctx, site, true), "demote b")
+	unrelatedMaster(t, ctx, a, site)
+
+	aSnaps, err := a.ListSnapshots(ctx, site)
+	must(t, err, "list a")
+	bSnaps, err := b.ListSnapshots(ctx, site)
+	must(t, err, "list b")
+	_, err = storage.PlanIncremental(aSnaps, bSnaps)
+	wantErr(t, err, storage.ErrNoCommonSnapshot, "plan without common snapshot")
+	stream := sendToBuffer(t, ctx, a, site, storage.SnapName{}, storage.MustSnap("n1"))
+	_, err = b.Receive(ctx, site, epoch1, storage.SnapName{}, bytes.NewReader(stream))
+	wantErr(t, err, storage.ErrNoCommonSnapshot, "full stream onto a dataset with snapshots")
+
+	// Stash everything: the site is left empty, without snapshots, still a
+	// read-only replica with its epoch.
+	must(t, b.Stash(ctx, site, storage.SnapName{}, storage.MustStash("resync-1")), "stash everything")
+	wantSnaps(t, ctx, b, site)
+	if ok, err := b.Exists(ctx, site); err != nil || !ok {
+		t.Fatalf("exists after stash everything = %v, %v; want an empty dataset", ok, err)
+	}
+	if got := liveHash(t, ctx, b, site); len(got) != 0 {
+		t.Fatalf("live tree after stash everything = %v, want empty", got)
+	}
+	if got, err := b.Epoch(ctx, site); err != nil || got != epoch1 {
+		t.Fatalf("epoch after stash everything = %v, %v; want %v", got, err, epoch1)
+	}
+	must(t, b.SetReadOnly(ctx, site, true), "set read-only after stash everything (the host does)")
+	stashes, err := b.ListStash(ctx, site)
+	must(t, err, "list stash")
+	if len(stashes) != 1 || stashes[0].Name.String() != "resync-1" || !stashes[0].Base.IsZero() ||
+		len(stashes[0].Snapshots) != 2 || stashes[0].Snapshots[0].Name != "s1" || stashes[0].Snapshots[1].Name != "b1" {
+		t.Fatalf("stashes after stash everything = %+v", stashes)
+	}
+	wantErr(t, b.Stash(ctx, site, storage.SnapName{}, storage.MustStash("resync-1")), storage.ErrExists, "stash name reused")
+
+	// The full stream now goes in and gives the sender's data.
+	_, err = b.Receive(ctx, site, epoch1, storage.SnapName{}, bytes.NewReader(stream))
+	must(t, err, "full receive after stash everything")
+	wantSnaps(t, ctx, b, site, "n1")
+	sameTree(t, "replica after stash everything + full receive", liveHash(t, ctx, b, site), liveHash(t, ctx, a, site))
+	_, err = b.Snapshot(ctx, site, storage.MustSnap("local"))
+	wantErr(t, err, storage.ErrReadOnly, "snapshot of the received replica")
+	// Incrementals continue from there.
+	WriteFile(t, ctx, a, site, "n2.txt", []byte("after the resync"))
+	_, err = a.Snapshot(ctx, site, storage.MustSnap("n2"))
+	must(t, err, "snapshot n2")
+	_, err = Transfer(ctx, a, b, site, epoch1, storage.MustSnap("n1"), storage.MustSnap("n2"))
+	must(t, err, "incremental after the resync")
+	aLive := liveHash(t, ctx, a, site)
+	sameTree(t, "replica after incremental", liveHash(t, ctx, b, site), aLive)
+
+	// Restoring brings b's old history and live state back; the received
+	// history is itself stashed, whole.
+	must(t, b.RestoreStash(ctx, site, storage.MustStash("resync-1"), storage.MustStash("displaced-1")), "restore stash of everything")
+	wantSnaps(t, ctx, b, site, "s1", "b1")
+	sameTree(t, "restored stash of everything", liveHash(t, ctx, b, site), bLive)
+	if got, err := b.Epoch(ctx, site); err != nil || got != epoch1 {
+		t.Fatalf("epoch after restore = %v, %v; want %v", got, err, epoch1)
+	}
+	_, err = b.Snapshot(ctx, site, storage.MustSnap("local"))
+	wantErr(t, err, storage.ErrReadOnly, "restored dataset keeps the site's read-only setting")
+	stashes, err = b.ListStash(ctx, site)
+	must(t, err, "list stash after restore")
+	if len(stashes) != 1 || stashes[0].Name.String() != "displaced-1" || !stashes[0].Base.IsZero() ||
+		len(stashes[0].Snapshots) != 2 || stashes[0].Snapshots[0].Name != "n1" || stashes[0].Snapshots[1].Name != "n2" {
+		t.Fatalf("stashes after restore = %+v", stashes)
+	}
+	// And back again: nothing was lost on either side.
+	must(t, b.RestoreStash(ctx, site, storage.MustStash("displaced-1"), storage.MustStash("displaced-2")), "restore the displaced history")
+	wantSnaps(t, ctx, b, site, "n1", "n2")
+	sameTree(t, "restored displaced history", liveHash(t, ctx, b, site), aLive)
+	wantErr(t, b.RestoreStash(ctx, site, storage.MustStash("resync-1"), storage.MustStash("x")), storage.ErrNoDataset, "restore of a gone stash")
+}
+
+func testStashEverythingFence(t *testing.T, ctx context.Context, a, b storage.Driver) {
+	site := siteFor(t, "x")
+	replicate(t, ctx, a, b, site, 0)
+	e5 := storage.Epoch{Term: 5, Node: "n2"}
+	must(t, b.Fence(ctx, site, e5), "fence")
+	unrelatedMaster(t, ctx, a, site)
+	must(t, b.Stash(ctx, site, storage.SnapName{}, storage.MustStash("resync-1")), "stash everything")
+	if got, err := b.Epoch(ctx, site); err != nil || got != e5 {
+		t.Fatalf("epoch after stash everything = %v, %v; want %v", got, err, e5)
+	}
+	stream := sendToBuffer(t, ctx, a, site, storage.SnapName{}, storage.MustSnap("n1"))
+	for _, old := range []storage.Epoch{epoch1, {Term: 5, Node: "n1"}, {}} {
+		_, err := b.Receive(ctx, site, old, storage.SnapName{}, bytes.NewReader(stream))
+		wantErr(t, err, storage.ErrFenced, "full receive at older epoch "+old.String()+" after stash everything")
+	}
+	wantSnaps(t, ctx, b, site)
+	e6 := storage.Epoch{Term: 6, Node: "n1"}
+	_, err := b.Receive(ctx, site, e6, storage.SnapName{}, bytes.NewReader(stream))
+	must(t, err, "full receive at a newer epoch")
+	if got, err := b.Epoch(ctx, site); err != nil || got != e6 {
+		t.Fatalf("epoch after receive = %v, %v; want %v", got, err, e6)
+	}
+	sameTree(t, "after fenced resync", liveHash(t, ctx, b, site), liveHash(t, ctx, a, site))
+
+	// A dataset without snapshots but with unsnapshotted files is never
+	// overwritten by a full stream.
+	other := siteFor(t, "y")
+	must(t, b.Create(ctx, other, 0), "create other")
+	WriteFile(t, ctx, b, other, "precious.txt", []byte("not in any snapshot"))
+	must(t, b.SetReadOnly(ctx, other, true), "demote other")
+	must(t, a.Create(ctx, other, 0), "create other on a")
+	WriteFile(t, ctx, a, other, "f", []byte("x"))
+	_, err = a.Snapshot(ctx, other, storage.MustSnap("o1"))
+	must(t, err, "snapshot o1")
+	_, err = Transfer(ctx, a, b, other, e6, storage.SnapName{}, storage.MustSnap("o1"))
+	wantErr(t, err, storage.ErrNoCommonSnapshot, "full stream onto unsnapshotted files")
+	wantSnaps(t, ctx, b, other)
+	if got := liveHash(t, ctx, b, other); got["precious.txt"] == "" {
+		t.Fatalf("unsnapshotted file lost: %v", got)
+	}
 }
 
 func testRollback(t *testing.T, ctx context.Context, a, b storage.Driver) {

@@ -31,7 +31,8 @@ type ClientConfig struct {
 	// HTTPClient; nil means a client without an overall timeout (streams
 	// are long; cancel through the context).
 	HTTPClient *http.Client
-	// Logger; nil discards.
+	// Logger; nil discards. Each push is logged at Debug (errors are
+	// returned to the caller).
 	Logger *slog.Logger
 }
 
@@ -231,7 +232,7 @@ func (c *Client) Push(ctx context.Context, site storage.Site, epoch storage.Epoc
 	if progress != nil {
 		progress(res.SentBytes, max(res.SentBytes, est))
 	}
-	c.log.Info("stream pushed", "site", site.String(), "snapshot", to.String(), "base", base.String(), "epoch", epoch.String(),
+	c.log.Debug("stream pushed", "site", site.String(), "snapshot", to.String(), "base", base.String(), "epoch", epoch.String(),
 		"bytes", res.SentBytes, "estimated", est, "duration", res.Duration)
 	return res, nil
 }

@@ -21,7 +21,8 @@ type ServerConfig struct {
 	// StreamsConcurrentMax bounds concurrent receives; 0 means
 	// DefaultStreamsConcurrentMax. At the bound a sender gets 503.
 	StreamsConcurrentMax int
-	// Logger; nil discards.
+	// Logger; nil discards. Each stream is logged at Debug; refusals and
+	// failures at Warn.
 	Logger *slog.Logger
 }
 
@@ -153,7 +154,7 @@ func (s *Server) receive(w http.ResponseWriter, r *http.Request, site storage.Si
 		s.fail(w, err)
 		return
 	}
-	s.log.Info("stream received", "site", site.String(), "snapshot", snap.Name.String(), "base", base.String(),
+	s.log.Debug("stream received", "site", site.String(), "snapshot", snap.Name.String(), "base", base.String(),
 		"epoch", epoch.String(), "bytes", counted.n, "duration", time.Since(started))
 	writeJSON(w, http.StatusOK, toJSON(snap))
 }

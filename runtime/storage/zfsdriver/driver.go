@@ -20,7 +20,10 @@
 // A stash is a dataset: the site's dataset with the history after the kept
 // snapshot is renamed into the stash, a clone of the kept snapshot takes its
 // place and is promoted, so it owns the shared snapshots. Nothing is
-// destroyed and no data is copied.
+// destroyed and no data is copied. A stash of everything (zero keep) is the
+// whole dataset renamed into the stash (not a clone: no origin), with a new
+// empty dataset carrying the site's quota, read-only setting and epoch in
+// its place.
 package zfsdriver
 
 import (
@@ -30,6 +33,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -757,6 +761,33 @@ func (d *Driver) Send(ctx context.Context, site storage.Site, from, to storage.S
 	return nil
 }
 
+// checkEmpty refuses (ErrNoCommonSnapshot) a full stream onto a dataset that
+// has any snapshot or any file in its live tree.
+func (d *Driver) checkEmpty(ctx context.Context, ds string) error {
+	snaps, err := d.listSnaps(ctx, ds)
+	if err != nil {
+		return err
+	}
+	if len(snaps) > 0 {
+		return fmt.Errorf("%w: full stream for a dataset that has %d snapshot(s) (e.g. %s)", storage.ErrNoCommonSnapshot, len(snaps), snaps[0].name)
+	}
+	if err := d.mount(ctx, ds); err != nil {
+		return err
+	}
+	mp, err := d.getProp(ctx, ds, "mountpoint")
+	if err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(mp)
+	if err != nil {
+		return fmt.Errorf("full stream onto %s: reading its live tree: %w", ds, err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("%w: full stream for a dataset without snapshots whose live tree is not empty (%d entries); stash it first", storage.ErrNoCommonSnapshot, len(ents))
+	}
+	return nil
+}
+
 // Receive implements storage.Driver.
 func (d *Driver) Receive(ctx context.Context, site storage.Site, epoch storage.Epoch, base storage.SnapName, r io.Reader) (storage.Snapshot, error) {
 	if err := checkSite(site); err != nil {
@@ -802,6 +833,15 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	if err := storage.CheckStreamBase(h, base, have, exists); err != nil {
 		return storage.Snapshot{}, err
 	}
+	fullOntoEmpty := exists && h.From == nil
+	if fullOntoEmpty {
+		// A dataset without snapshots (a Stash of everything left it):
+		// `receive -F` replaces it, so it must hold nothing, not even a
+		// snapshot the names above skip (hc:safety) or unsnapshotted files.
+		if err := d.checkEmpty(ctx, ds); err != nil {
+			return storage.Snapshot{}, err
+		}
+	}
 	for _, s := range have {
 		if s.Name.String() == h.To.Name {
 			return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", h.To.Name, storage.ErrExists)
@@ -817,6 +857,15 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	started := time.Now()
 	if _, err := d.command(ctx, "receive", "zfs", args, br, nil); err != nil {
 		return storage.Snapshot{}, err
+	}
+	if fullOntoEmpty {
+		// The replaced dataset keeps its own (local) properties; make sure
+		// the replica is read-only as Receive promises.
+		for _, kv := range [][2]string{{"readonly", "on"}, {"atime", "off"}} {
+			if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
+				return storage.Snapshot{}, err
+			}
+		}
 	}
 	if err := d.raiseEpoch(ctx, ds, epoch); err != nil {
 		return storage.Snapshot{}, err

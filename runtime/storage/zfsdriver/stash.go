@@ -49,10 +49,8 @@ func (d *Driver) Rollback(ctx context.Context, site storage.Site, to storage.Sna
 }
 
 // Stash implements storage.Driver.
+// A zero keep stashes everything (stashAllLocked).
 func (d *Driver) Stash(ctx context.Context, site storage.Site, keep storage.SnapName, stash storage.StashName) error {
-	if err := checkSnap(keep); err != nil {
-		return err
-	}
 	if stash.IsZero() {
 		return fmt.Errorf("%w: empty stash name", storage.ErrInvalidName)
 	}
@@ -60,7 +58,119 @@ func (d *Driver) Stash(ctx context.Context, site storage.Site, keep storage.Snap
 		return err
 	}
 	defer d.lock(site)()
+	if keep.IsZero() {
+		return d.stashAllLocked(ctx, site, stash)
+	}
 	return d.stashLocked(ctx, site, keep, stash)
+}
+
+// checkNotBusy refuses (ErrBusy) when a snapshot of ds is being sent or
+// mounted as a view: the whole dataset is about to move.
+func (d *Driver) checkNotBusy(ctx context.Context, site storage.Site, ds string) error {
+	snaps, err := d.listSnaps(ctx, ds)
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if d.isSending(ds + "@" + s.name) {
+			return fmt.Errorf("%s: snapshot %s is being sent: %w", site, s.name, storage.ErrBusy)
+		}
+	}
+	views := d.viewParent(site)
+	if ok, err := d.datasetExists(ctx, views); err != nil {
+		return err
+	} else if ok {
+		out, err := d.command(ctx, "list views", "zfs", []string{"list", "-H", "-o", "name", "-r", "-d", "1", views}, nil, nil)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Fields(string(out)) {
+			if name, ok := strings.CutPrefix(line, views+"/"); ok {
+				return fmt.Errorf("%s: snapshot %s is mounted: %w", site, name, storage.ErrBusy)
+			}
+		}
+	}
+	return nil
+}
+
+// moveAside renames the site's whole dataset ds to the stash dataset
+// stashDS and marks it as a stash (read-only, no quota, stash time). It is
+// not a clone (origin "-"): that is how a stash of everything is told from
+// a stash of what came after a base.
+func (d *Driver) moveAside(ctx context.Context, site storage.Site, ds, stashDS string) error {
+	if err := d.ensureFilesystem(ctx, d.stashParent(site)); err != nil {
+		return err
+	}
+	if err := d.rename(ctx, ds, stashDS); err != nil {
+		return err
+	}
+	for _, kv := range [][2]string{{"readonly", "on"}, {"atime", "off"}, {"quota", "none"}, {propStashed, strconv.FormatInt(time.Now().UnixNano(), 10)}} {
+		if err := d.setProp(ctx, stashDS, kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// siteProps sets what belongs to the site rather than to its history on the
+// site's dataset: quota, read-only setting, and (raised to) epoch.
+func (d *Driver) siteProps(ctx context.Context, ds string, ro bool, quota string, epoch storage.Epoch) error {
+	for _, kv := range [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}, {"atime", onOff(!ro)}} {
+		if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	return d.raiseEpoch(ctx, ds, epoch)
+}
+
+// stashAllLocked puts the whole dataset (every snapshot and the live state)
+// aside as stash and leaves an empty dataset without snapshots in its place,
+// with the site's quota, read-only setting and epoch, ready for a full
+// receive. Nothing is copied or destroyed.
+func (d *Driver) stashAllLocked(ctx context.Context, site storage.Site, stash storage.StashName) error {
+	ds, ro, err := d.locate(ctx, site)
+	if err != nil {
+		return fmt.Errorf("stash: %w", err)
+	}
+	if err := d.checkNotBusy(ctx, site, ds); err != nil {
+		return fmt.Errorf("stash %s: %w", site, err)
+	}
+	stashDS := d.stashDS(site, stash)
+	if ok, err := d.datasetExists(ctx, stashDS); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("stash %s/%s: %w", site, stash, storage.ErrExists)
+	}
+	quota, err := d.getProp(ctx, ds, "quota")
+	if err != nil {
+		return err
+	}
+	epoch, err := d.epochOf(ctx, ds)
+	if err != nil {
+		return err
+	}
+	snaps, err := d.listSnaps(ctx, ds)
+	if err != nil {
+		return err
+	}
+	if err := d.moveAside(ctx, site, ds, stashDS); err != nil {
+		return fmt.Errorf("stash %s/%s: %w", site, stash, err)
+	}
+	props := map[string]string{"quota": quotaValueString(quota), "readonly": onOff(ro), "atime": onOff(!ro)}
+	err = d.gozfs(ctx, "create", []string{"create", "-o", "quota=" + props["quota"], "-o", "readonly=" + props["readonly"], "-o", "atime=" + props["atime"], ds}, false, nil, func() error {
+		_, err := gozfs.CreateFilesystem(ds, props)
+		return err
+	})
+	if err == nil {
+		err = d.raiseEpoch(ctx, ds, epoch)
+	}
+	if err != nil {
+		// The stash holds everything; the site must not be left without a
+		// dataset that carries its fence.
+		return fmt.Errorf("stash %s/%s: recreating the empty dataset: %w", site, stash, err)
+	}
+	d.log.Info("stashed everything", "site", site.String(), "stash", stash.String(), "snapshots", len(snaps))
+	return nil
 }
 
 // swapIn makes newDS take the place of the site's dataset ds, which moves
@@ -264,7 +374,8 @@ func (d *Driver) RestoreStash(ctx context.Context, site storage.Site, stash, dis
 	if err != nil {
 		return err
 	}
-	if !strings.HasPrefix(origin, ds+"@") {
+	whole := origin == "" || origin == "-"
+	if !whole && !strings.HasPrefix(origin, ds+"@") {
 		return fmt.Errorf("restore %s: stash %s branches from %s, not from the site's dataset", site, stash, origin)
 	}
 	displacedDS := d.stashDS(site, displaced)
@@ -273,11 +384,47 @@ func (d *Driver) RestoreStash(ctx context.Context, site storage.Site, stash, dis
 	} else if ok {
 		return fmt.Errorf("restore %s: stash %s: %w", site, displaced, storage.ErrExists)
 	}
-	if err := d.swapIn(ctx, site, ds, ro, stashDS, displacedDS); err != nil {
+	if whole {
+		err = d.restoreWholeLocked(ctx, site, ds, ro, stashDS, displacedDS)
+	} else {
+		err = d.swapIn(ctx, site, ds, ro, stashDS, displacedDS)
+	}
+	if err != nil {
 		return fmt.Errorf("restore %s: %w", site, err)
 	}
-	d.log.Info("stash restored", "site", site.String(), "stash", stash.String(), "displaced", displaced.String())
+	d.log.Info("stash restored", "site", site.String(), "stash", stash.String(), "displaced", displaced.String(), "whole", whole)
 	return nil
+}
+
+// restoreWholeLocked restores a stash of everything: the site's whole
+// dataset moves aside to displacedDS, the stash takes its place and gets the
+// site's quota, read-only setting and epoch.
+func (d *Driver) restoreWholeLocked(ctx context.Context, site storage.Site, ds string, ro bool, stashDS, displacedDS string) error {
+	if err := d.checkNotBusy(ctx, site, ds); err != nil {
+		return err
+	}
+	quota, err := d.getProp(ctx, ds, "quota")
+	if err != nil {
+		return err
+	}
+	epoch, err := d.epochOf(ctx, ds)
+	if err != nil {
+		return err
+	}
+	if err := d.moveAside(ctx, site, ds, displacedDS); err != nil {
+		return err
+	}
+	if err := d.rename(ctx, stashDS, ds); err != nil {
+		// Put the site back where it was; nothing was lost either way.
+		if berr := d.rename(ctx, displacedDS, ds); berr == nil {
+			_ = d.siteProps(ctx, ds, ro, quota, epoch)
+		}
+		return err
+	}
+	if _, err := d.command(ctx, "inherit", "zfs", []string{"inherit", propStashed, ds}, nil, nil); err != nil {
+		return err
+	}
+	return d.siteProps(ctx, ds, ro, quota, epoch)
 }
 
 // Prune implements storage.Driver.

@@ -34,6 +34,7 @@ type checker struct {
 	expected      map[string]map[uint64]bool
 	crashes       map[string][]int64
 	faultTimes    []int64
+	netFaultTimes []int64
 	moves         map[string][]*window
 	probed        map[string]map[string]bool // site -> nodes that answered the last probe
 	probeID       map[string]string
@@ -71,6 +72,18 @@ func (c *checker) clean(fromUs int64) bool {
 		}
 	}
 	return true
+}
+
+func (c *checker) netFault() { c.netFaultTimes = append(c.netFaultTimes, c.w.now) }
+
+// quietNetwork: no partition began or healed, and nothing was dropped, for
+// a stream timeout plus ten seconds before from (crashes and disks may vary).
+func (c *checker) quietNetwork(fromUs int64) bool {
+	if c.w.dropRate > 0 || len(c.w.blocked) > 0 {
+		return false
+	}
+	quiet := int64((c.w.cfg.StreamTimeout + 10*time.Second) / time.Microsecond)
+	return len(c.netFaultTimes) == 0 || c.netFaultTimes[len(c.netFaultTimes)-1] < fromUs-quiet
 }
 
 // applied: a write reached a master's disk (I1: one writer per site and epoch).
@@ -241,7 +254,9 @@ func (c *checker) lastCrash(node string) int64 {
 // newestPromoted: with a clean network, failover must pick the copy with the
 // newest snapshot among the copies that answered the probe (I3).
 func (c *checker) newestPromoted(h *host, site string, d *simDataset, epoch *m.Epoch) {
-	if c.w.dropRate > 0 || len(c.w.blocked) > 0 {
+	// Only a balancer that has seen a quiet network for a while can be
+	// expected to know every copy (views and reports lag a partition).
+	if !c.quietNetwork(c.w.now) {
 		return
 	}
 	// The copy's newest snapshot from before its promotion (the promotion

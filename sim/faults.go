@@ -122,6 +122,7 @@ func (w *World) faultPartition(oneway bool) {
 		w.blocked[p] = true
 	}
 	w.chk.fault()
+	w.chk.netFault()
 	w.chk.stats.Partitions++
 	kind := "partition"
 	if oneway {
@@ -133,6 +134,7 @@ func (w *World) faultPartition(oneway bool) {
 			delete(w.blocked, p)
 		}
 		w.chk.fault()
+		w.chk.netFault()
 		w.tracef("heal %s %v | %v", kind, a, b)
 	})
 }
@@ -197,6 +199,9 @@ func (w *World) maybeCrashMidReceive(req *m.StorageRequest, transfer time.Durati
 func (w *World) healAll() {
 	w.healed = true
 	w.chk.fault()
+	if len(w.blocked) > 0 || w.dropRate > 0 {
+		w.chk.netFault()
+	}
 	clear(w.blocked)
 	w.dropRate, w.dupRate = 0, 0
 	for _, n := range w.names {

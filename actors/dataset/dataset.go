@@ -103,10 +103,15 @@ func (d *Dataset) Info() *m.DatasetInfo {
 		Spec: d.spec, Snapshots: uint32(len(d.snaps)), Stashes: uint32(len(d.stashes)),
 		Phase: m.SitePhase_SITE_PHASE_STOPPED,
 	}
-	if d.active {
+	switch {
+	case d.active:
 		info.Phase = m.SitePhase_SITE_PHASE_ACTIVE
 		info.Replicas = slices.Clone(d.replicas)
 		info.Epoch = d.epoch
+	case d.activating != nil:
+		// Becoming master (storage is switching the role): a failover that
+		// asks now must not promote another copy as well.
+		info.Role, info.Phase, info.Epoch = m.Role_ROLE_MASTER, m.SitePhase_SITE_PHASE_PROMOTING, d.activating.Epoch
 	}
 	if l := d.latest(); l != nil {
 		info.Bytes = l.Bytes
@@ -212,11 +217,12 @@ type reportKey struct {
 	snaps, stash  int
 	replicas      int
 	replicasFirst *string
+	activating    *m.Activate
 }
 
 func (d *Dataset) key() reportKey {
 	k := reportKey{role: d.role, active: d.active, epoch: d.epoch, fence: d.fence, latest: d.kept(),
-		spec: d.spec, snaps: len(d.snaps), stash: len(d.stashes), replicas: len(d.replicas)}
+		spec: d.spec, snaps: len(d.snaps), stash: len(d.stashes), replicas: len(d.replicas), activating: d.activating}
 	if len(d.replicas) > 0 {
 		k.replicasFirst = &d.replicas[0]
 	}

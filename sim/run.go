@@ -161,7 +161,10 @@ func Run(opt Options) (Result, error) {
 			break
 		}
 		w.now = ev.at
-		ev.fn()
+		fn := ev.fn
+		ev.fn = nil
+		w.free = append(w.free, ev)
+		fn()
 	}
 	w.now = endUs
 	w.chk.finish()

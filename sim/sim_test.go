@@ -66,7 +66,10 @@ func TestMutationsAreCaught(t *testing.T) {
 		setup     func(o *Options)
 	}{
 		{"skip-final-delta", "I2", func(o *Options) {
+			// Busy sites, so that writes land between the pre-copy
+			// snapshot and the pause.
 			o.FaultRate = 0
+			o.Sites, o.RequestRate = 5, 20
 			o.MigrationEvery = 5 * time.Second
 			o.Config.Mutations.SkipFinalDelta = true
 		}},

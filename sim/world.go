@@ -75,6 +75,7 @@ type World struct {
 	now    int64
 	seq    uint64
 	events eventHeap
+	free   []*event // events already run, for reuse
 	hosts  map[string]*host
 	names  []string
 	gen    uint64
@@ -114,7 +115,14 @@ func (w *World) nowMs() int64 { return w.now / 1000 }
 
 func (w *World) at(delay time.Duration, fn func()) {
 	w.seq++
-	heap.Push(&w.events, &event{at: w.now + int64(delay/time.Microsecond), seq: w.seq, fn: fn})
+	var ev *event
+	if n := len(w.free); n > 0 {
+		ev, w.free = w.free[n-1], w.free[:n-1]
+	} else {
+		ev = new(event)
+	}
+	*ev = event{at: w.now + int64(delay/time.Microsecond), seq: w.seq, fn: fn}
+	heap.Push(&w.events, ev)
 }
 
 func (w *World) violate(inv, format string, args ...any) {

@@ -30,6 +30,13 @@ type pending struct {
 	waiting bool   // parked until a route is known
 }
 
+// reportedSite is what the last report said of a site, and from what.
+type reportedSite struct {
+	d, s *m.DatasetInfo
+	load uint64
+	out  *m.DatasetInfo
+}
+
 // Node is the node actor.
 type Node struct {
 	name        string
@@ -44,6 +51,7 @@ type Node struct {
 	sites       map[string]*m.DatasetInfo // from local site actors (phase, leases)
 	load        uint64                    // requests served here since the last report
 	siteLoad    map[string]uint64         // the same, per site
+	reported    map[string]*reportedSite
 	draining    bool
 	booted      bool
 }
@@ -54,7 +62,8 @@ var _ core.Actor = (*Node)(nil)
 func New(name string) *Node {
 	return &Node{name: name, lastHeard: map[string]int64{}, live: map[string]bool{},
 		routes: map[string]*m.RouteUpdate{}, pending: map[uint64]*pending{},
-		datasets: map[string]*m.DatasetInfo{}, sites: map[string]*m.DatasetInfo{}, siteLoad: map[string]uint64{}}
+		datasets: map[string]*m.DatasetInfo{}, sites: map[string]*m.DatasetInfo{}, siteLoad: map[string]uint64{},
+		reported: map[string]*reportedSite{}}
 }
 
 // Live returns the members this node believes up, sorted.
@@ -212,16 +221,22 @@ func (n *Node) report(env *core.Env) *m.NodeReport {
 	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs()}
 	n.load = 0
 	for _, site := range sortedKeys(n.datasets) {
-		d := n.datasets[site]
+		d, s, load := n.datasets[site], n.sites[site], n.siteLoad[site]
+		// Reports are read, never changed, by the balancer: an unchanged
+		// site's entry is sent again as it was.
+		if c := n.reported[site]; c != nil && c.d == d && c.s == s && c.load == load {
+			r.Datasets = append(r.Datasets, c.out)
+			continue
+		}
 		// A shallow copy: the sub-messages are never mutated once sent.
 		info := &m.DatasetInfo{Site: d.Site, Node: d.Node, Role: d.Role, Epoch: d.Epoch, Latest: d.Latest,
 			Spec: d.Spec, Replicas: d.Replicas, Snapshots: d.Snapshots, Stashes: d.Stashes, Bytes: d.Bytes,
-			Phase: d.Phase, FtpLeases: d.FtpLeases}
-		if s := n.sites[site]; s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
+			Phase: d.Phase, FtpLeases: d.FtpLeases, Requests: load}
+		if s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
 			info.Phase = s.Phase
 			info.FtpLeases = s.FtpLeases
 		}
-		info.Requests = n.siteLoad[site]
+		n.reported[site] = &reportedSite{d: d, s: s, load: load, out: info}
 		r.Datasets = append(r.Datasets, info)
 	}
 	clear(n.siteLoad)

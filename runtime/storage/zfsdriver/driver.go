@@ -847,6 +847,9 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 			return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", h.To.Name, storage.ErrExists)
 		}
 	}
+	if fullOntoEmpty {
+		return d.receiveReplacing(ctx, site, ds, epoch, h.To.Name, br)
+	}
 	args := []string{"receive"}
 	if exists {
 		// -F only rolls back what changed since base (nothing on a read-only
@@ -858,15 +861,6 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	if _, err := d.command(ctx, "receive", "zfs", args, br, nil); err != nil {
 		return storage.Snapshot{}, err
 	}
-	if fullOntoEmpty {
-		// The replaced dataset keeps its own (local) properties; make sure
-		// the replica is read-only as Receive promises.
-		for _, kv := range [][2]string{{"readonly", "on"}, {"atime", "off"}} {
-			if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
-				return storage.Snapshot{}, err
-			}
-		}
-	}
 	if err := d.raiseEpoch(ctx, ds, epoch); err != nil {
 		return storage.Snapshot{}, err
 	}
@@ -876,5 +870,60 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		return storage.Snapshot{}, err
 	}
 	d.log.Info("received", "site", site.String(), "snapshot", h.To.Name, "base", base.String(), "epoch", epoch.String(), "duration", time.Since(started))
+	return snap, nil
+}
+
+// receiveReplacing receives a full stream in place of an empty dataset (what
+// a Stash of everything leaves). zfs-fuse fails `receive -F` of a full
+// stream onto an existing mounted filesystem now and then with "I/O error",
+// so the stream goes into the site's transient swap dataset instead (a new
+// filesystem, the path every first replication takes), which then takes the
+// empty dataset's place with the site's quota and fence. A failure before
+// the swap leaves the empty dataset as it was; a leftover swap holds only a
+// copy of what the sender still has.
+func (d *Driver) receiveReplacing(ctx context.Context, site storage.Site, ds string, epoch storage.Epoch, snapName string, r io.Reader) (storage.Snapshot, error) {
+	quota, err := d.getProp(ctx, ds, "quota")
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	seen, err := d.epochOf(ctx, ds)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	if seen.Less(epoch) {
+		seen = epoch
+	}
+	swap := d.swapDS(site)
+	if ok, err := d.datasetExists(ctx, swap); err != nil {
+		return storage.Snapshot{}, err
+	} else if ok {
+		if err := d.destroyDS(ctx, swap, true); err != nil {
+			return storage.Snapshot{}, err
+		}
+	}
+	started := time.Now()
+	if _, err := d.command(ctx, "receive", "zfs", []string{"receive", swap}, r, nil); err != nil {
+		if ok, _ := d.datasetExists(ctx, swap); ok {
+			_ = d.destroyDS(ctx, swap, true)
+		}
+		return storage.Snapshot{}, err
+	}
+	// The fence goes on the new copy before the old one goes away, so no
+	// moment exists where the site's dataset lacks it.
+	if err := d.siteProps(ctx, swap, true, quota, seen); err != nil {
+		return storage.Snapshot{}, err
+	}
+	if err := d.destroyDS(ctx, ds, false); err != nil {
+		return storage.Snapshot{}, err
+	}
+	if err := d.rename(ctx, swap, ds); err != nil {
+		return storage.Snapshot{}, err
+	}
+	name, _ := storage.ParseSnapName(snapName)
+	snap, err := d.findSnapshot(ctx, ds, name)
+	if err != nil {
+		return storage.Snapshot{}, err
+	}
+	d.log.Info("received in place of an empty dataset", "site", site.String(), "snapshot", snapName, "epoch", epoch.String(), "duration", time.Since(started))
 	return snap, nil
 }

@@ -299,6 +299,59 @@ func (StorageOp) EnumDescriptor() ([]byte, []int) {
 	return file_messages_hc_proto_rawDescGZIP(), []int{3}
 }
 
+// AdminQuery asks an actor for a view for the admin endpoint. CLUSTER goes
+// to the active balancer (every live node's last report); SITE goes to the
+// dataset actor of a copy (its snapshots and stashes). The answer is an
+// AdminView sent to the client address of reply_node.
+type AdminQueryKind int32
+
+const (
+	AdminQueryKind_ADMIN_QUERY_UNSPECIFIED AdminQueryKind = 0
+	AdminQueryKind_ADMIN_QUERY_CLUSTER     AdminQueryKind = 1
+	AdminQueryKind_ADMIN_QUERY_SITE        AdminQueryKind = 2
+)
+
+// Enum value maps for AdminQueryKind.
+var (
+	AdminQueryKind_name = map[int32]string{
+		0: "ADMIN_QUERY_UNSPECIFIED",
+		1: "ADMIN_QUERY_CLUSTER",
+		2: "ADMIN_QUERY_SITE",
+	}
+	AdminQueryKind_value = map[string]int32{
+		"ADMIN_QUERY_UNSPECIFIED": 0,
+		"ADMIN_QUERY_CLUSTER":     1,
+		"ADMIN_QUERY_SITE":        2,
+	}
+)
+
+func (x AdminQueryKind) Enum() *AdminQueryKind {
+	p := new(AdminQueryKind)
+	*p = x
+	return p
+}
+
+func (x AdminQueryKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AdminQueryKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_messages_hc_proto_enumTypes[4].Descriptor()
+}
+
+func (AdminQueryKind) Type() protoreflect.EnumType {
+	return &file_messages_hc_proto_enumTypes[4]
+}
+
+func (x AdminQueryKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AdminQueryKind.Descriptor instead.
+func (AdminQueryKind) EnumDescriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{4}
+}
+
 // Epoch orders the masters of one site. It only grows; (term, node) is compared
 // term first, then node, so two sides of a partition that each promote never
 // share an epoch.
@@ -3122,6 +3175,216 @@ func (x *AdminRestoreStash) GetStash() string {
 	return ""
 }
 
+type AdminQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	QueryId       uint64                 `protobuf:"varint,1,opt,name=query_id,json=queryId,proto3" json:"query_id,omitempty"`
+	ReplyNode     string                 `protobuf:"bytes,2,opt,name=reply_node,json=replyNode,proto3" json:"reply_node,omitempty"`
+	Kind          AdminQueryKind         `protobuf:"varint,3,opt,name=kind,proto3,enum=hybridcluster.v1.AdminQueryKind" json:"kind,omitempty"`
+	Site          string                 `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminQuery) Reset() {
+	*x = AdminQuery{}
+	mi := &file_messages_hc_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminQuery) ProtoMessage() {}
+
+func (x *AdminQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_hc_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminQuery.ProtoReflect.Descriptor instead.
+func (*AdminQuery) Descriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *AdminQuery) GetQueryId() uint64 {
+	if x != nil {
+		return x.QueryId
+	}
+	return 0
+}
+
+func (x *AdminQuery) GetReplyNode() string {
+	if x != nil {
+		return x.ReplyNode
+	}
+	return ""
+}
+
+func (x *AdminQuery) GetKind() AdminQueryKind {
+	if x != nil {
+		return x.Kind
+	}
+	return AdminQueryKind_ADMIN_QUERY_UNSPECIFIED
+}
+
+func (x *AdminQuery) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+type AdminView struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	QueryId  uint64                 `protobuf:"varint,1,opt,name=query_id,json=queryId,proto3" json:"query_id,omitempty"`
+	Code     Code                   `protobuf:"varint,2,opt,name=code,proto3,enum=hybridcluster.v1.Code" json:"code,omitempty"` // CODE_OK, CODE_UNKNOWN_SITE, CODE_MOVED (not the active balancer; see balancer)
+	Detail   string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Node     string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`         // who answered
+	Balancer string                 `protobuf:"bytes,5,opt,name=balancer,proto3" json:"balancer,omitempty"` // the active balancer as the answering node sees it
+	AtMs     int64                  `protobuf:"varint,6,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	// CLUSTER
+	Reports        []*NodeReport `protobuf:"bytes,7,rep,name=reports,proto3" json:"reports,omitempty"`
+	Live           []string      `protobuf:"bytes,8,rep,name=live,proto3" json:"live,omitempty"`
+	Draining       []string      `protobuf:"bytes,9,rep,name=draining,proto3" json:"draining,omitempty"`
+	PendingCreates []*SiteSpec   `protobuf:"bytes,10,rep,name=pending_creates,json=pendingCreates,proto3" json:"pending_creates,omitempty"`
+	// SITE
+	Info          *DatasetInfo   `protobuf:"bytes,11,opt,name=info,proto3" json:"info,omitempty"`
+	Snapshots     []*SnapshotRef `protobuf:"bytes,12,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Stashes       []string       `protobuf:"bytes,13,rep,name=stashes,proto3" json:"stashes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminView) Reset() {
+	*x = AdminView{}
+	mi := &file_messages_hc_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminView) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminView) ProtoMessage() {}
+
+func (x *AdminView) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_hc_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminView.ProtoReflect.Descriptor instead.
+func (*AdminView) Descriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *AdminView) GetQueryId() uint64 {
+	if x != nil {
+		return x.QueryId
+	}
+	return 0
+}
+
+func (x *AdminView) GetCode() Code {
+	if x != nil {
+		return x.Code
+	}
+	return Code_CODE_OK
+}
+
+func (x *AdminView) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *AdminView) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AdminView) GetBalancer() string {
+	if x != nil {
+		return x.Balancer
+	}
+	return ""
+}
+
+func (x *AdminView) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+func (x *AdminView) GetReports() []*NodeReport {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
+func (x *AdminView) GetLive() []string {
+	if x != nil {
+		return x.Live
+	}
+	return nil
+}
+
+func (x *AdminView) GetDraining() []string {
+	if x != nil {
+		return x.Draining
+	}
+	return nil
+}
+
+func (x *AdminView) GetPendingCreates() []*SiteSpec {
+	if x != nil {
+		return x.PendingCreates
+	}
+	return nil
+}
+
+func (x *AdminView) GetInfo() *DatasetInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *AdminView) GetSnapshots() []*SnapshotRef {
+	if x != nil {
+		return x.Snapshots
+	}
+	return nil
+}
+
+func (x *AdminView) GetStashes() []string {
+	if x != nil {
+		return x.Stashes
+	}
+	return nil
+}
+
 // Sync asks the master's dataset actor to bring one replica up to date now
 // (a migration's pre-copy, or with final set, its final delta).
 type Sync struct {
@@ -3136,7 +3399,7 @@ type Sync struct {
 
 func (x *Sync) Reset() {
 	*x = Sync{}
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3148,7 +3411,7 @@ func (x *Sync) String() string {
 func (*Sync) ProtoMessage() {}
 
 func (x *Sync) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3161,7 +3424,7 @@ func (x *Sync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sync.ProtoReflect.Descriptor instead.
 func (*Sync) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{37}
+	return file_messages_hc_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Sync) GetSite() string {
@@ -3206,7 +3469,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3218,7 +3481,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3231,7 +3494,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{38}
+	return file_messages_hc_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SyncDone) GetSite() string {
@@ -3288,7 +3551,7 @@ type DatasetBoot struct {
 
 func (x *DatasetBoot) Reset() {
 	*x = DatasetBoot{}
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3300,7 +3563,7 @@ func (x *DatasetBoot) String() string {
 func (*DatasetBoot) ProtoMessage() {}
 
 func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3313,7 +3576,7 @@ func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatasetBoot.ProtoReflect.Descriptor instead.
 func (*DatasetBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{39}
+	return file_messages_hc_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DatasetBoot) GetInfo() *DatasetInfo {
@@ -3349,7 +3612,7 @@ type NodeBoot struct {
 
 func (x *NodeBoot) Reset() {
 	*x = NodeBoot{}
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3361,7 +3624,7 @@ func (x *NodeBoot) String() string {
 func (*NodeBoot) ProtoMessage() {}
 
 func (x *NodeBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3374,7 +3637,7 @@ func (x *NodeBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeBoot.ProtoReflect.Descriptor instead.
 func (*NodeBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{40}
+	return file_messages_hc_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NodeBoot) GetNode() string {
@@ -3416,7 +3679,7 @@ type RouteTable struct {
 
 func (x *RouteTable) Reset() {
 	*x = RouteTable{}
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3428,7 +3691,7 @@ func (x *RouteTable) String() string {
 func (*RouteTable) ProtoMessage() {}
 
 func (x *RouteTable) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3441,7 +3704,7 @@ func (x *RouteTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTable.ProtoReflect.Descriptor instead.
 func (*RouteTable) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{41}
+	return file_messages_hc_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RouteTable) GetRoutes() []*RouteUpdate {
@@ -3463,7 +3726,7 @@ type BalancerRole struct {
 
 func (x *BalancerRole) Reset() {
 	*x = BalancerRole{}
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3475,7 +3738,7 @@ func (x *BalancerRole) String() string {
 func (*BalancerRole) ProtoMessage() {}
 
 func (x *BalancerRole) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3488,7 +3751,7 @@ func (x *BalancerRole) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerRole.ProtoReflect.Descriptor instead.
 func (*BalancerRole) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{42}
+	return file_messages_hc_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *BalancerRole) GetActive() bool {
@@ -3762,7 +4025,29 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\bsnapshot\x18\x02 \x01(\tR\bsnapshot\"=\n" +
 	"\x11AdminRestoreStash\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x14\n" +
-	"\x05stash\x18\x02 \x01(\tR\x05stash\"a\n" +
+	"\x05stash\x18\x02 \x01(\tR\x05stash\"\x90\x01\n" +
+	"\n" +
+	"AdminQuery\x12\x19\n" +
+	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12\x1d\n" +
+	"\n" +
+	"reply_node\x18\x02 \x01(\tR\treplyNode\x124\n" +
+	"\x04kind\x18\x03 \x01(\x0e2 .hybridcluster.v1.AdminQueryKindR\x04kind\x12\x12\n" +
+	"\x04site\x18\x04 \x01(\tR\x04site\"\xe6\x03\n" +
+	"\tAdminView\x12\x19\n" +
+	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12*\n" +
+	"\x04code\x18\x02 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x12\n" +
+	"\x04node\x18\x04 \x01(\tR\x04node\x12\x1a\n" +
+	"\bbalancer\x18\x05 \x01(\tR\bbalancer\x12\x13\n" +
+	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\x126\n" +
+	"\areports\x18\a \x03(\v2\x1c.hybridcluster.v1.NodeReportR\areports\x12\x12\n" +
+	"\x04live\x18\b \x03(\tR\x04live\x12\x1a\n" +
+	"\bdraining\x18\t \x03(\tR\bdraining\x12C\n" +
+	"\x0fpending_creates\x18\n" +
+	" \x03(\v2\x1a.hybridcluster.v1.SiteSpecR\x0ependingCreates\x121\n" +
+	"\x04info\x18\v \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\x12;\n" +
+	"\tsnapshots\x18\f \x03(\v2\x1d.hybridcluster.v1.SnapshotRefR\tsnapshots\x12\x18\n" +
+	"\astashes\x18\r \x03(\tR\astashes\"a\n" +
 	"\x04Sync\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x14\n" +
@@ -3834,7 +4119,11 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x13STORAGE_OP_SET_ROLE\x10\b\x12\x1c\n" +
 	"\x18STORAGE_OP_RESTORE_STASH\x10\t\x12\x14\n" +
 	"\x10STORAGE_OP_MOUNT\x10\n" +
-	"B1Z/github.com/hybridcluster/hybridcluster/messagesb\x06proto3"
+	"*\\\n" +
+	"\x0eAdminQueryKind\x12\x1b\n" +
+	"\x17ADMIN_QUERY_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13ADMIN_QUERY_CLUSTER\x10\x01\x12\x14\n" +
+	"\x10ADMIN_QUERY_SITE\x10\x02B1Z/github.com/hybridcluster/hybridcluster/messagesb\x06proto3"
 
 var (
 	file_messages_hc_proto_rawDescOnce sync.Once
@@ -3848,116 +4137,125 @@ func file_messages_hc_proto_rawDescGZIP() []byte {
 	return file_messages_hc_proto_rawDescData
 }
 
-var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_messages_hc_proto_goTypes = []any{
 	(SitePhase)(0),            // 0: hybridcluster.v1.SitePhase
 	(Role)(0),                 // 1: hybridcluster.v1.Role
 	(Code)(0),                 // 2: hybridcluster.v1.Code
 	(StorageOp)(0),            // 3: hybridcluster.v1.StorageOp
-	(*Epoch)(nil),             // 4: hybridcluster.v1.Epoch
-	(*SnapshotRef)(nil),       // 5: hybridcluster.v1.SnapshotRef
-	(*FtpUser)(nil),           // 6: hybridcluster.v1.FtpUser
-	(*MysqlUser)(nil),         // 7: hybridcluster.v1.MysqlUser
-	(*SiteSpec)(nil),          // 8: hybridcluster.v1.SiteSpec
-	(*SiteState)(nil),         // 9: hybridcluster.v1.SiteState
-	(*SiteRequest)(nil),       // 10: hybridcluster.v1.SiteRequest
-	(*SiteResponse)(nil),      // 11: hybridcluster.v1.SiteResponse
-	(*RouteUpdate)(nil),       // 12: hybridcluster.v1.RouteUpdate
-	(*LeaseAcquire)(nil),      // 13: hybridcluster.v1.LeaseAcquire
-	(*LeaseRelease)(nil),      // 14: hybridcluster.v1.LeaseRelease
-	(*CreateSite)(nil),        // 15: hybridcluster.v1.CreateSite
-	(*Activate)(nil),          // 16: hybridcluster.v1.Activate
-	(*Activated)(nil),         // 17: hybridcluster.v1.Activated
-	(*Migrate)(nil),           // 18: hybridcluster.v1.Migrate
-	(*MigrateResult)(nil),     // 19: hybridcluster.v1.MigrateResult
-	(*AddReplica)(nil),        // 20: hybridcluster.v1.AddReplica
-	(*DropReplica)(nil),       // 21: hybridcluster.v1.DropReplica
-	(*Demote)(nil),            // 22: hybridcluster.v1.Demote
-	(*Probe)(nil),             // 23: hybridcluster.v1.Probe
-	(*ProbeAnswer)(nil),       // 24: hybridcluster.v1.ProbeAnswer
-	(*DatasetInfo)(nil),       // 25: hybridcluster.v1.DatasetInfo
-	(*StreamOffer)(nil),       // 26: hybridcluster.v1.StreamOffer
-	(*StreamAnswer)(nil),      // 27: hybridcluster.v1.StreamAnswer
-	(*StreamDone)(nil),        // 28: hybridcluster.v1.StreamDone
-	(*StorageRequest)(nil),    // 29: hybridcluster.v1.StorageRequest
-	(*StorageResult)(nil),     // 30: hybridcluster.v1.StorageResult
-	(*Received)(nil),          // 31: hybridcluster.v1.Received
-	(*ProcessRequest)(nil),    // 32: hybridcluster.v1.ProcessRequest
-	(*Heartbeat)(nil),         // 33: hybridcluster.v1.Heartbeat
-	(*MemberEvent)(nil),       // 34: hybridcluster.v1.MemberEvent
-	(*NodeReport)(nil),        // 35: hybridcluster.v1.NodeReport
-	(*DrainNode)(nil),         // 36: hybridcluster.v1.DrainNode
-	(*Timer)(nil),             // 37: hybridcluster.v1.Timer
-	(*AdminSnapshot)(nil),     // 38: hybridcluster.v1.AdminSnapshot
-	(*AdminRollback)(nil),     // 39: hybridcluster.v1.AdminRollback
-	(*AdminRestoreStash)(nil), // 40: hybridcluster.v1.AdminRestoreStash
-	(*Sync)(nil),              // 41: hybridcluster.v1.Sync
-	(*SyncDone)(nil),          // 42: hybridcluster.v1.SyncDone
-	(*DatasetBoot)(nil),       // 43: hybridcluster.v1.DatasetBoot
-	(*NodeBoot)(nil),          // 44: hybridcluster.v1.NodeBoot
-	(*RouteTable)(nil),        // 45: hybridcluster.v1.RouteTable
-	(*BalancerRole)(nil),      // 46: hybridcluster.v1.BalancerRole
-	nil,                       // 47: hybridcluster.v1.SiteState.ReplicaCursorEntry
+	(AdminQueryKind)(0),       // 4: hybridcluster.v1.AdminQueryKind
+	(*Epoch)(nil),             // 5: hybridcluster.v1.Epoch
+	(*SnapshotRef)(nil),       // 6: hybridcluster.v1.SnapshotRef
+	(*FtpUser)(nil),           // 7: hybridcluster.v1.FtpUser
+	(*MysqlUser)(nil),         // 8: hybridcluster.v1.MysqlUser
+	(*SiteSpec)(nil),          // 9: hybridcluster.v1.SiteSpec
+	(*SiteState)(nil),         // 10: hybridcluster.v1.SiteState
+	(*SiteRequest)(nil),       // 11: hybridcluster.v1.SiteRequest
+	(*SiteResponse)(nil),      // 12: hybridcluster.v1.SiteResponse
+	(*RouteUpdate)(nil),       // 13: hybridcluster.v1.RouteUpdate
+	(*LeaseAcquire)(nil),      // 14: hybridcluster.v1.LeaseAcquire
+	(*LeaseRelease)(nil),      // 15: hybridcluster.v1.LeaseRelease
+	(*CreateSite)(nil),        // 16: hybridcluster.v1.CreateSite
+	(*Activate)(nil),          // 17: hybridcluster.v1.Activate
+	(*Activated)(nil),         // 18: hybridcluster.v1.Activated
+	(*Migrate)(nil),           // 19: hybridcluster.v1.Migrate
+	(*MigrateResult)(nil),     // 20: hybridcluster.v1.MigrateResult
+	(*AddReplica)(nil),        // 21: hybridcluster.v1.AddReplica
+	(*DropReplica)(nil),       // 22: hybridcluster.v1.DropReplica
+	(*Demote)(nil),            // 23: hybridcluster.v1.Demote
+	(*Probe)(nil),             // 24: hybridcluster.v1.Probe
+	(*ProbeAnswer)(nil),       // 25: hybridcluster.v1.ProbeAnswer
+	(*DatasetInfo)(nil),       // 26: hybridcluster.v1.DatasetInfo
+	(*StreamOffer)(nil),       // 27: hybridcluster.v1.StreamOffer
+	(*StreamAnswer)(nil),      // 28: hybridcluster.v1.StreamAnswer
+	(*StreamDone)(nil),        // 29: hybridcluster.v1.StreamDone
+	(*StorageRequest)(nil),    // 30: hybridcluster.v1.StorageRequest
+	(*StorageResult)(nil),     // 31: hybridcluster.v1.StorageResult
+	(*Received)(nil),          // 32: hybridcluster.v1.Received
+	(*ProcessRequest)(nil),    // 33: hybridcluster.v1.ProcessRequest
+	(*Heartbeat)(nil),         // 34: hybridcluster.v1.Heartbeat
+	(*MemberEvent)(nil),       // 35: hybridcluster.v1.MemberEvent
+	(*NodeReport)(nil),        // 36: hybridcluster.v1.NodeReport
+	(*DrainNode)(nil),         // 37: hybridcluster.v1.DrainNode
+	(*Timer)(nil),             // 38: hybridcluster.v1.Timer
+	(*AdminSnapshot)(nil),     // 39: hybridcluster.v1.AdminSnapshot
+	(*AdminRollback)(nil),     // 40: hybridcluster.v1.AdminRollback
+	(*AdminRestoreStash)(nil), // 41: hybridcluster.v1.AdminRestoreStash
+	(*AdminQuery)(nil),        // 42: hybridcluster.v1.AdminQuery
+	(*AdminView)(nil),         // 43: hybridcluster.v1.AdminView
+	(*Sync)(nil),              // 44: hybridcluster.v1.Sync
+	(*SyncDone)(nil),          // 45: hybridcluster.v1.SyncDone
+	(*DatasetBoot)(nil),       // 46: hybridcluster.v1.DatasetBoot
+	(*NodeBoot)(nil),          // 47: hybridcluster.v1.NodeBoot
+	(*RouteTable)(nil),        // 48: hybridcluster.v1.RouteTable
+	(*BalancerRole)(nil),      // 49: hybridcluster.v1.BalancerRole
+	nil,                       // 50: hybridcluster.v1.SiteState.ReplicaCursorEntry
 }
 var file_messages_hc_proto_depIdxs = []int32{
-	4,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
-	6,  // 1: hybridcluster.v1.SiteSpec.ftp_users:type_name -> hybridcluster.v1.FtpUser
-	7,  // 2: hybridcluster.v1.SiteSpec.mysql_users:type_name -> hybridcluster.v1.MysqlUser
-	8,  // 3: hybridcluster.v1.SiteState.spec:type_name -> hybridcluster.v1.SiteSpec
-	4,  // 4: hybridcluster.v1.SiteState.epoch:type_name -> hybridcluster.v1.Epoch
+	5,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
+	7,  // 1: hybridcluster.v1.SiteSpec.ftp_users:type_name -> hybridcluster.v1.FtpUser
+	8,  // 2: hybridcluster.v1.SiteSpec.mysql_users:type_name -> hybridcluster.v1.MysqlUser
+	9,  // 3: hybridcluster.v1.SiteState.spec:type_name -> hybridcluster.v1.SiteSpec
+	5,  // 4: hybridcluster.v1.SiteState.epoch:type_name -> hybridcluster.v1.Epoch
 	0,  // 5: hybridcluster.v1.SiteState.phase:type_name -> hybridcluster.v1.SitePhase
-	5,  // 6: hybridcluster.v1.SiteState.latest:type_name -> hybridcluster.v1.SnapshotRef
-	47, // 7: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
+	6,  // 6: hybridcluster.v1.SiteState.latest:type_name -> hybridcluster.v1.SnapshotRef
+	50, // 7: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
 	2,  // 8: hybridcluster.v1.SiteResponse.code:type_name -> hybridcluster.v1.Code
-	4,  // 9: hybridcluster.v1.SiteResponse.epoch:type_name -> hybridcluster.v1.Epoch
-	4,  // 10: hybridcluster.v1.RouteUpdate.epoch:type_name -> hybridcluster.v1.Epoch
+	5,  // 9: hybridcluster.v1.SiteResponse.epoch:type_name -> hybridcluster.v1.Epoch
+	5,  // 10: hybridcluster.v1.RouteUpdate.epoch:type_name -> hybridcluster.v1.Epoch
 	0,  // 11: hybridcluster.v1.RouteUpdate.phase:type_name -> hybridcluster.v1.SitePhase
-	8,  // 12: hybridcluster.v1.CreateSite.spec:type_name -> hybridcluster.v1.SiteSpec
-	8,  // 13: hybridcluster.v1.Activate.spec:type_name -> hybridcluster.v1.SiteSpec
-	4,  // 14: hybridcluster.v1.Activate.epoch:type_name -> hybridcluster.v1.Epoch
-	4,  // 15: hybridcluster.v1.Activated.epoch:type_name -> hybridcluster.v1.Epoch
+	9,  // 12: hybridcluster.v1.CreateSite.spec:type_name -> hybridcluster.v1.SiteSpec
+	9,  // 13: hybridcluster.v1.Activate.spec:type_name -> hybridcluster.v1.SiteSpec
+	5,  // 14: hybridcluster.v1.Activate.epoch:type_name -> hybridcluster.v1.Epoch
+	5,  // 15: hybridcluster.v1.Activated.epoch:type_name -> hybridcluster.v1.Epoch
 	2,  // 16: hybridcluster.v1.Activated.code:type_name -> hybridcluster.v1.Code
 	2,  // 17: hybridcluster.v1.MigrateResult.code:type_name -> hybridcluster.v1.Code
-	4,  // 18: hybridcluster.v1.Demote.epoch:type_name -> hybridcluster.v1.Epoch
-	25, // 19: hybridcluster.v1.ProbeAnswer.info:type_name -> hybridcluster.v1.DatasetInfo
+	5,  // 18: hybridcluster.v1.Demote.epoch:type_name -> hybridcluster.v1.Epoch
+	26, // 19: hybridcluster.v1.ProbeAnswer.info:type_name -> hybridcluster.v1.DatasetInfo
 	1,  // 20: hybridcluster.v1.DatasetInfo.role:type_name -> hybridcluster.v1.Role
-	4,  // 21: hybridcluster.v1.DatasetInfo.epoch:type_name -> hybridcluster.v1.Epoch
-	5,  // 22: hybridcluster.v1.DatasetInfo.latest:type_name -> hybridcluster.v1.SnapshotRef
-	8,  // 23: hybridcluster.v1.DatasetInfo.spec:type_name -> hybridcluster.v1.SiteSpec
+	5,  // 21: hybridcluster.v1.DatasetInfo.epoch:type_name -> hybridcluster.v1.Epoch
+	6,  // 22: hybridcluster.v1.DatasetInfo.latest:type_name -> hybridcluster.v1.SnapshotRef
+	9,  // 23: hybridcluster.v1.DatasetInfo.spec:type_name -> hybridcluster.v1.SiteSpec
 	0,  // 24: hybridcluster.v1.DatasetInfo.phase:type_name -> hybridcluster.v1.SitePhase
-	4,  // 25: hybridcluster.v1.StreamOffer.epoch:type_name -> hybridcluster.v1.Epoch
-	5,  // 26: hybridcluster.v1.StreamOffer.target:type_name -> hybridcluster.v1.SnapshotRef
-	8,  // 27: hybridcluster.v1.StreamOffer.spec:type_name -> hybridcluster.v1.SiteSpec
+	5,  // 25: hybridcluster.v1.StreamOffer.epoch:type_name -> hybridcluster.v1.Epoch
+	6,  // 26: hybridcluster.v1.StreamOffer.target:type_name -> hybridcluster.v1.SnapshotRef
+	9,  // 27: hybridcluster.v1.StreamOffer.spec:type_name -> hybridcluster.v1.SiteSpec
 	2,  // 28: hybridcluster.v1.StreamAnswer.code:type_name -> hybridcluster.v1.Code
-	4,  // 29: hybridcluster.v1.StreamAnswer.fence:type_name -> hybridcluster.v1.Epoch
-	5,  // 30: hybridcluster.v1.StreamDone.target:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 29: hybridcluster.v1.StreamAnswer.fence:type_name -> hybridcluster.v1.Epoch
+	6,  // 30: hybridcluster.v1.StreamDone.target:type_name -> hybridcluster.v1.SnapshotRef
 	2,  // 31: hybridcluster.v1.StreamDone.code:type_name -> hybridcluster.v1.Code
 	3,  // 32: hybridcluster.v1.StorageRequest.op:type_name -> hybridcluster.v1.StorageOp
-	5,  // 33: hybridcluster.v1.StorageRequest.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	4,  // 34: hybridcluster.v1.StorageRequest.epoch:type_name -> hybridcluster.v1.Epoch
+	6,  // 33: hybridcluster.v1.StorageRequest.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 34: hybridcluster.v1.StorageRequest.epoch:type_name -> hybridcluster.v1.Epoch
 	1,  // 35: hybridcluster.v1.StorageRequest.role:type_name -> hybridcluster.v1.Role
-	8,  // 36: hybridcluster.v1.StorageRequest.spec:type_name -> hybridcluster.v1.SiteSpec
+	9,  // 36: hybridcluster.v1.StorageRequest.spec:type_name -> hybridcluster.v1.SiteSpec
 	3,  // 37: hybridcluster.v1.StorageResult.op:type_name -> hybridcluster.v1.StorageOp
 	2,  // 38: hybridcluster.v1.StorageResult.code:type_name -> hybridcluster.v1.Code
-	5,  // 39: hybridcluster.v1.StorageResult.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	5,  // 40: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	4,  // 41: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
+	6,  // 39: hybridcluster.v1.StorageResult.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	6,  // 40: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 41: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
 	2,  // 42: hybridcluster.v1.Received.code:type_name -> hybridcluster.v1.Code
-	8,  // 43: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
-	8,  // 44: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
-	25, // 45: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
-	2,  // 46: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
-	5,  // 47: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	25, // 48: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
-	5,  // 49: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	43, // 50: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
-	12, // 51: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
-	52, // [52:52] is the sub-list for method output_type
-	52, // [52:52] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	9,  // 43: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
+	9,  // 44: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
+	26, // 45: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
+	4,  // 46: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
+	2,  // 47: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
+	36, // 48: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
+	9,  // 49: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
+	26, // 50: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 51: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	2,  // 52: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
+	6,  // 53: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	26, // 54: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 55: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	46, // 56: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	13, // 57: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_messages_hc_proto_init() }
@@ -3970,8 +4268,8 @@ func file_messages_hc_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_hc_proto_rawDesc), len(file_messages_hc_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   44,
+			NumEnums:      5,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

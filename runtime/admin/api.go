@@ -1,0 +1,127 @@
+// Package admin is the admin endpoint every node serves (JSON over HTTP,
+// bearer-token auth) and its client. Every handler is a message to an
+// actor: reads are AdminQuery answers (the balancer's cluster view, a
+// dataset actor's snapshots), writes are the actors' own admin messages.
+//
+// The API (all bodies JSON; errors are {"error":{"code":..,"message":..}}):
+//
+//	GET    /v1/sites                              {"sites":[Site]}
+//	POST   /v1/sites            CreateSite        202 {"site":Site}
+//	GET    /v1/sites/{site}                       Site
+//	POST   /v1/sites/{site}/migrate   {"to":node} 202 {"site":Site}
+//	GET    /v1/sites/{site}/snapshots             {"snapshots":[Snapshot],"node":n}
+//	POST   /v1/sites/{site}/snapshots             202 {}
+//	POST   /v1/sites/{site}/rollback {"snapshot":s} 202 {}
+//	GET    /v1/sites/{site}/stash                 {"stashes":[string],"node":n}
+//	POST   /v1/sites/{site}/stash/{stash}/restore 202 {}
+//	GET    /v1/nodes                              {"nodes":[Node]}
+//	POST   /v1/nodes/{node}/drain                 202 {}
+//	GET    /v1/events                             text/event-stream of Event
+//	GET    /v1/health                             {"node":n,"ok":true} (no auth)
+package admin
+
+import "time"
+
+// Error codes of the JSON errors.
+const (
+	CodeUnauthorized = "unauthorized" // 401: missing or wrong bearer token
+	CodeBadRequest   = "bad_request"  // 400: malformed body or invalid name
+	CodeNotFound     = "not_found"    // 404: no such site, node or route
+	CodeConflict     = "conflict"     // 409: e.g. the site exists already
+	CodeUnavailable  = "unavailable"  // 503: no balancer or master answered in time
+	CodeInternal     = "internal"     // 500
+	CodeNotAllowed   = "not_allowed"  // 405
+)
+
+// ErrorBody is the JSON of every error answer.
+type ErrorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// User is an FTP or MySQL account of a site.
+type User struct {
+	Name      string   `json:"name"`
+	Password  string   `json:"password,omitempty"`  // accepted on create, never returned
+	Databases []string `json:"databases,omitempty"` // MySQL only
+}
+
+// CreateSite is the body of POST /v1/sites.
+type CreateSite struct {
+	Name       string   `json:"name"`
+	Domains    []string `json:"domains"`
+	AppCommand string   `json:"app_command,omitempty"` // empty: static files from web/
+	QuotaBytes uint64   `json:"quota_bytes,omitempty"`
+	Redundancy uint32   `json:"redundancy,omitempty"` // copies including the master; 0: cluster default
+	FTPUsers   []User   `json:"ftp_users,omitempty"`
+	MySQLUsers []User   `json:"mysql_users,omitempty"`
+}
+
+// Snapshot is one snapshot of a site's dataset.
+type Snapshot struct {
+	Name    string    `json:"name"`
+	Epoch   string    `json:"epoch"`
+	Seq     uint64    `json:"seq"`
+	TakenAt time.Time `json:"taken_at"`
+}
+
+// Copy is one node's copy of a site.
+type Copy struct {
+	Node      string    `json:"node"`
+	Role      string    `json:"role"`  // master, replica
+	Phase     string    `json:"phase"` // active, paused, ... (master)
+	Epoch     string    `json:"epoch"`
+	Latest    *Snapshot `json:"latest,omitempty"`
+	LagS      float64   `json:"lag_s"` // replica: master's newest snapshot time minus this copy's
+	Bytes     uint64    `json:"bytes"`
+	Stashes   uint32    `json:"stashes"`
+	Snapshots uint32    `json:"snapshots"`
+}
+
+// Site is a site as the balancer's latest reports show it.
+type Site struct {
+	Name         string    `json:"name"`
+	Domains      []string  `json:"domains"`
+	AppCommand   string    `json:"app_command,omitempty"`
+	QuotaBytes   uint64    `json:"quota_bytes,omitempty"`
+	FTPUsers     []string  `json:"ftp_users,omitempty"`
+	MySQLUsers   []string  `json:"mysql_users,omitempty"`
+	Master       string    `json:"master"` // "" while placing or failing over
+	Phase        string    `json:"phase"`
+	Epoch        string    `json:"epoch"`
+	Replicas     []string  `json:"replicas"`
+	LastSnapshot *Snapshot `json:"last_snapshot,omitempty"`
+	LagS         float64   `json:"replication_lag_s"` // the largest lag of any replica
+	Copies       []Copy    `json:"copies"`
+	FTPLeases    uint32    `json:"ftp_leases"`
+	ReportedAt   time.Time `json:"reported_at"`
+}
+
+// Node is one member of the cluster.
+type Node struct {
+	Name       string    `json:"name"`
+	Live       bool      `json:"live"`
+	Draining   bool      `json:"draining"`
+	Load       uint64    `json:"load"` // requests served in the last report interval
+	FreeBytes  uint64    `json:"free_bytes"`
+	Masters    int       `json:"masters"`
+	Replicas   int       `json:"replicas"`
+	Balancer   bool      `json:"balancer"`
+	ReportedAt time.Time `json:"reported_at"`
+}
+
+// Event is one server-sent event of GET /v1/events (the SSE "event" field
+// is Type; "data" is this JSON).
+type Event struct {
+	Type   string    `json:"type"` // route, member, log
+	At     time.Time `json:"at"`
+	Site   string    `json:"site,omitempty"`
+	Node   string    `json:"node,omitempty"`
+	Master string    `json:"master,omitempty"`
+	Epoch  string    `json:"epoch,omitempty"`
+	Phase  string    `json:"phase,omitempty"`
+	Up     *bool     `json:"up,omitempty"`
+	Msg    string    `json:"msg,omitempty"`
+}

@@ -158,6 +158,11 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: msg})
 	case *m.AdminRollback:
 		fx = s.rollback(env, msg)
+	case *m.AdminQuery:
+		// Queries go to node actors, which route them; one that reached a
+		// site actor goes there too, without a report (the query may have
+		// spawned this actor).
+		return []core.Effect{core.Send{To: core.NodeAddr(s.node), Msg: msg}}
 	default:
 		panic(fmt.Sprintf("site %s: unexpected input %T", s.site, in))
 	}
@@ -466,9 +471,11 @@ func (s *Site) activated(env *core.Env, a *m.Activated) []core.Effect {
 		s.log("migration done", "target", mg.target, "paused_ms", env.NowMs()-mg.pausedMs, "took_ms", env.NowMs()-mg.startedMs),
 	}
 	fx = append(fx, s.forward(env)...)
+	// Processes stop before the dataset is told: its role change (a rename
+	// on ZFS) must not race a running app.
 	return append(fx,
-		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Demote{Site: s.site, Winner: mg.target, Epoch: mg.epoch, Clean: true}},
-		core.Process{Req: &m.ProcessRequest{Site: s.site, Start: false, Spec: s.spec}})
+		core.Process{Req: &m.ProcessRequest{Site: s.site, Start: false, Spec: s.spec}},
+		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Demote{Site: s.site, Winner: mg.target, Epoch: mg.epoch, Clean: true}})
 }
 
 // abort ends a migration that has not asked the target to activate: the site

@@ -190,6 +190,7 @@ func (a *adapter) step(in proto.Message) {
 		}()
 		fx = a.actor.Step(env, in)
 	}()
+	a.h.observe(a.self, a.actor, in)
 	for _, e := range fx {
 		a.execute(e)
 	}
@@ -201,6 +202,11 @@ func (a *adapter) execute(e core.Effect) {
 	case core.Send:
 		h.send(e.To, e.Msg)
 	case core.Broadcast:
+		if ru, ok := e.Msg.(*m.RouteUpdate); ok && a.self.Kind == core.KindSite {
+			// The gate follows the local site actor at once, before its
+			// next effect (a pause's Sync) is carried out.
+			h.gates.setRoute(ru.Site, ru.Master == h.node && (Route{Master: ru.Master, Phase: ru.Phase}).Serving(), ru.Epoch)
+		}
 		for _, n := range h.names {
 			h.send(core.NodeAddr(n), e.Msg)
 		}
@@ -228,8 +234,10 @@ func (a *adapter) execute(e core.Effect) {
 	case core.Storage:
 		h.store.submit(a.self, e.Req)
 	case core.Process:
-		// Site processes (app, mariadbd) are not carried out yet.
-		h.log.Info("process request not carried out (no process runner yet)", "site", e.Req.GetSite(), "node", h.node, "start", e.Req.GetStart())
+		if !e.Req.Start {
+			h.gates.setStarted(e.Req.Site, false)
+		}
+		h.store.submitProcess(e.Req)
 	case core.Serve:
 		// No backend yet: every request the master serves is answered OK.
 		h.send(core.NodeAddr(e.Req.EntryNode), &m.SiteResponse{Site: e.Req.Site, RequestId: e.Req.RequestId,

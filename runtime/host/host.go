@@ -100,6 +100,10 @@ type Options struct {
 	// ProtoactorLogger receives protoactor's own logs; nil discards them
 	// (the library's default is chatty).
 	ProtoactorLogger *slog.Logger
+	// Sites runs the sites' processes on this node while it is their
+	// master (runtime/sites); nil runs none and the internal serve
+	// endpoint answers 503.
+	Sites SiteRunner
 }
 
 // Host is one node's runtime.
@@ -129,6 +133,10 @@ type Host struct {
 
 	mu          sync.Mutex
 	waiters     map[uint64]chan *m.SiteResponse
+	queries     map[uint64]chan *m.AdminView
+	routes      *routeTable
+	gates       *gates
+	sites       SiteRunner
 	nextRequest atomic.Uint64
 
 	panics atomic.Int64
@@ -215,6 +223,7 @@ func newHost(opt Options) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
+		queries: map[uint64]chan *m.AdminView{}, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
 	// Request ids are unique per entry node; starting from the clock keeps
 	// them unique across restarts too.
@@ -242,7 +251,16 @@ func (h *Host) startStreams(opt Options) error {
 	h.streamLis = lis
 	mux := http.NewServeMux()
 	mux.Handle(stream.PathPrefix, srv)
-	h.streamSrv = &http.Server{Handler: mux, ReadHeaderTimeout: streamHeaderWait}
+	// The same listener is the node's internal port: requests that other
+	// nodes' front ends forward to this node as a site's master.
+	internal := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(HeaderSite) != "" {
+			h.serveInternal(w, r, opt.StreamToken)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	h.streamSrv = &http.Server{Handler: internal, ReadHeaderTimeout: streamHeaderWait}
 	go func() { _ = h.streamSrv.Serve(lis) }()
 	for _, name := range h.names {
 		if name == h.node {
@@ -339,6 +357,10 @@ func (h *Host) Request(ctx context.Context, req *m.SiteRequest) (*m.SiteResponse
 }
 
 func (h *Host) clientResponse(msg proto.Message) {
+	if v, ok := msg.(*m.AdminView); ok {
+		h.adminView(v)
+		return
+	}
 	resp, ok := msg.(*m.SiteResponse)
 	if !ok {
 		h.log.Error("client address got a non-response", "node", h.node, "type", string(proto.MessageName(msg)))

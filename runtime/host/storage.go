@@ -45,6 +45,7 @@ type ChangeDetector interface {
 type storageJob struct {
 	from core.Address
 	req  *m.StorageRequest
+	proc *m.ProcessRequest // instead of req: a Process effect, kept in the site's order
 }
 
 type siteQueue struct {
@@ -68,6 +69,35 @@ type storageExec struct {
 func newStorageExec(h *Host) *storageExec {
 	return &storageExec{h: h, sites: map[string]*siteQueue{},
 		slots: make(chan struct{}, storageOpsConcurrentMax), sends: make(chan struct{}, sendsConcurrentMax)}
+}
+
+// submitProcess queues a Process effect behind the site's storage work.
+// At the queue bound it is carried out at once, out of order, rather than
+// lost (a stop must never be skipped).
+func (s *storageExec) submitProcess(req *m.ProcessRequest) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	q := s.sites[req.Site]
+	if q == nil {
+		q = &siteQueue{}
+		s.sites[req.Site] = q
+	}
+	if len(q.jobs) >= siteOpsQueuedMax {
+		s.mu.Unlock()
+		s.h.log.Warn("storage queue full: process request run out of order", "site", req.Site, "node", s.h.node, "start", req.Start)
+		s.h.runProcess(s.h.ctx, req)
+		return
+	}
+	q.jobs = append(q.jobs, storageJob{proc: req})
+	if !q.running {
+		q.running = true
+		s.wg.Add(1)
+		go s.drain(req.Site, q)
+	}
+	s.mu.Unlock()
 }
 
 func (s *storageExec) submit(from core.Address, req *m.StorageRequest) {
@@ -116,6 +146,10 @@ func (s *storageExec) drain(site string, q *siteQueue) {
 }
 
 func (s *storageExec) run(job storageJob) {
+	if job.proc != nil {
+		s.h.runProcess(s.h.ctx, job.proc)
+		return
+	}
 	if job.req.Op == m.StorageOp_STORAGE_OP_SEND {
 		select {
 		case s.sends <- struct{}{}:
@@ -139,6 +173,9 @@ func (s *storageExec) run(job storageJob) {
 	defer func() { <-s.slots }()
 	started := time.Now()
 	ctx, cancel := context.WithTimeout(s.h.ctx, storageOpTimeout)
+	if job.req.Op == m.StorageOp_STORAGE_OP_SNAPSHOT && !job.req.IfChanged {
+		s.h.quiesce(ctx, job.req.Site)
+	}
 	res := s.h.storageLocal(ctx, job.req)
 	cancel()
 	res.TookMs = time.Since(started).Milliseconds()

@@ -1,0 +1,217 @@
+package host
+
+import (
+	"context"
+	"crypto/subtle"
+	"net/http"
+	"sync"
+	"time"
+
+	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+)
+
+// Headers of the internal port (node to node; never from clients: the front
+// ends strip them from client requests).
+const (
+	// HeaderSite names the site a forwarded request is for.
+	HeaderSite = "X-Hc-Site"
+	// HeaderToken carries the cluster's node secret.
+	HeaderToken = "X-Hc-Token"
+	// HeaderReason explains a 421 from the internal port.
+	HeaderReason = "X-Hc-Reason"
+)
+
+// quiesceWaitMax bounds how long a snapshot that must hold every
+// acknowledged write (a move's final delta, a demotion's last snapshot)
+// waits for the requests in flight at the master. At the bound the site's
+// processes are killed, so those requests fail instead of being
+// acknowledged after the snapshot.
+const quiesceWaitMax = 5 * time.Second
+
+// SiteRunner runs sites' processes on their master (runtime/sites).
+type SiteRunner interface {
+	// Start makes a site servable here from its dataset's directory
+	// (processes start lazily, on the first request).
+	Start(site string, spec *m.SiteSpec, dir string) error
+	// Stop stops the site's processes; later requests are refused.
+	Stop(site string)
+	// Serve serves one request of a started site.
+	Serve(site string, w http.ResponseWriter, r *http.Request)
+	// Quiesce waits up to max for the site's requests in flight to end,
+	// then kills its processes; it returns how many were still in flight.
+	Quiesce(ctx context.Context, site string, max time.Duration) (int, error)
+}
+
+// gate admits requests at a site's master: open while the local site
+// actor last announced itself master in a serving phase and its processes
+// are started. Closing it (a pause, a demotion) and then waiting for the
+// requests in flight is what lets a final snapshot hold every write that
+// was acknowledged.
+type gate struct {
+	routeOpen bool
+	started   bool
+	epoch     *m.Epoch
+	inflight  int
+	zero      chan struct{} // closed when inflight returns to 0
+}
+
+func (g *gate) open() bool { return g.routeOpen && g.started }
+
+type gates struct {
+	mu sync.Mutex
+	m  map[string]*gate
+}
+
+func newGates() *gates { return &gates{m: map[string]*gate{}} }
+
+func (gs *gates) get(site string) *gate {
+	g := gs.m[site]
+	if g == nil {
+		g = &gate{}
+		gs.m[site] = g
+	}
+	return g
+}
+
+func (gs *gates) setRoute(site string, open bool, epoch *m.Epoch) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	g := gs.get(site)
+	g.routeOpen, g.epoch = open, epoch
+}
+
+func (gs *gates) setStarted(site string, started bool) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	gs.get(site).started = started
+}
+
+func (gs *gates) isOpen(site string) bool {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	g := gs.m[site]
+	return g != nil && g.open()
+}
+
+// admit counts a request in if the gate is open.
+func (gs *gates) admit(site string) (release func(), ok bool) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	g := gs.m[site]
+	if g == nil || !g.open() {
+		return nil, false
+	}
+	if g.inflight == 0 {
+		g.zero = make(chan struct{})
+	}
+	g.inflight++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			gs.mu.Lock()
+			defer gs.mu.Unlock()
+			g.inflight--
+			if g.inflight == 0 {
+				close(g.zero)
+			}
+		})
+	}, true
+}
+
+// waitIdle waits up to max for site's requests in flight to end; it
+// returns how many remain.
+func (gs *gates) waitIdle(ctx context.Context, site string, max time.Duration) int {
+	gs.mu.Lock()
+	g := gs.m[site]
+	if g == nil || g.inflight == 0 {
+		gs.mu.Unlock()
+		return 0
+	}
+	zero := g.zero
+	gs.mu.Unlock()
+	t := time.NewTimer(max)
+	defer t.Stop()
+	select {
+	case <-zero:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	return g.inflight
+}
+
+// serveInternal is the internal port: a request another node's front end
+// (or this node's) forwards to this node as the site's master.
+func (h *Host) serveInternal(w http.ResponseWriter, r *http.Request, token string) {
+	if subtle.ConstantTimeCompare([]byte(r.Header.Get(HeaderToken)), []byte(token)) != 1 {
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
+	site := r.Header.Get(HeaderSite)
+	if _, err := storage.ParseSite(site); err != nil {
+		http.Error(w, "bad site name", http.StatusBadRequest)
+		return
+	}
+	// Decided before the body is read: a forwarder that sent
+	// "Expect: 100-continue" still has its body and may go elsewhere.
+	release, ok := h.gates.admit(site)
+	if !ok || h.sites == nil {
+		w.Header().Set(HeaderReason, "not-serving")
+		w.WriteHeader(http.StatusMisdirectedRequest)
+		return
+	}
+	defer release()
+	r.Header.Del(HeaderSite)
+	r.Header.Del(HeaderToken)
+	h.sites.Serve(site, w, r)
+}
+
+// quiesce: before a snapshot that must hold every acknowledged write of a
+// site whose gate is closed, wait for the requests still in flight (they
+// were admitted before the pause); at quiesceWaitMax kill the site's
+// processes so they fail rather than be acknowledged after the snapshot.
+// An open gate needs no wait: later snapshots take what is in flight.
+func (h *Host) quiesce(ctx context.Context, site string) {
+	if h.gates.isOpen(site) {
+		return
+	}
+	n := h.gates.waitIdle(ctx, site, quiesceWaitMax)
+	if n == 0 || h.sites == nil {
+		return
+	}
+	h.log.Warn("requests still in flight at the quiesce bound: killing the site's processes", "site", site, "node", h.node,
+		"in_flight", n, "bound", quiesceWaitMax)
+	_, _ = h.sites.Quiesce(ctx, site, 0)
+	if left := h.gates.waitIdle(ctx, site, quiesceWaitMax); left > 0 {
+		h.log.Error("requests still in flight after their processes were killed", "site", site, "node", h.node, "in_flight", left)
+	}
+}
+
+// runProcess carries out a Process effect, in the site's storage order (a
+// stop precedes the role change that renames the dataset).
+func (h *Host) runProcess(ctx context.Context, req *m.ProcessRequest) {
+	if h.sites == nil {
+		return
+	}
+	if !req.Start {
+		h.sites.Stop(req.Site)
+		return
+	}
+	site, err := storage.ParseSite(req.Site)
+	if err != nil {
+		h.log.Error("process request for a bad site name", "site", req.Site, "err", err)
+		return
+	}
+	dir, err := h.driver.Mountpoint(ctx, site)
+	if err != nil {
+		h.log.Error("site not started: no mountpoint", "site", req.Site, "node", h.node, "err", err)
+		return
+	}
+	if err := h.sites.Start(req.Site, req.Spec, dir); err != nil {
+		h.log.Error("site not started", "site", req.Site, "node", h.node, "err", err)
+		return
+	}
+	h.gates.setStarted(req.Site, true)
+}

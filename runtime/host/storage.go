@@ -403,6 +403,10 @@ func (h *Host) push(req *m.StorageRequest) *m.StorageResult {
 	res.StreamBase = pushed.Base.String()
 	res.Bytes = uint64(max(0, pushed.SentBytes))
 	receiver := core.DatasetAddr(req.ToNode, req.Site)
+	if err == nil {
+		h.log.Debug("snapshot sent", "site", req.Site, "to", req.ToNode, "snapshot", to.String(), "base", pushed.Base.String(),
+			"full", pushed.Base.IsZero(), "bytes", pushed.SentBytes, "took_ms", res.TookMs)
+	}
 	if err != nil {
 		res.Code, res.Detail = codeOf(err), err.Error()
 		h.log.Warn("stream failed", "site", req.Site, "node", h.node, "to", req.ToNode, "snapshot", to.String(),

@@ -181,6 +181,23 @@ func (h *Harness) Handle(t *testing.T, d *datadriven.TestData) string {
 	case "rollback":
 		s := a.str("site", "")
 		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminRollback{Site: s, Snapshot: a.str("to", "")})
+	case "query":
+		// query kind=cluster|site [site=s] (via=node | balancer=node | dataset=node) [reply=node]
+		kinds := map[string]m.AdminQueryKind{"cluster": m.AdminQueryKind_ADMIN_QUERY_CLUSTER,
+			"site": m.AdminQueryKind_ADMIN_QUERY_SITE, "unspecified": m.AdminQueryKind_ADMIN_QUERY_UNSPECIFIED}
+		kind, ok := kinds[a.str("kind", "")]
+		if !ok {
+			t.Fatalf("%s: query kind=%q: want cluster, site or unspecified", d.Pos, a.str("kind", ""))
+		}
+		s := a.str("site", "")
+		to := core.NodeAddr(a.str("via", h.nodes[0]))
+		if n := a.str("balancer", ""); n != "" {
+			to = core.BalancerAddr(n)
+		} else if n := a.str("dataset", ""); n != "" {
+			to = core.DatasetAddr(n, s)
+		}
+		h.queryID++
+		h.enqueue("", to, &m.AdminQuery{QueryId: h.queryID, ReplyNode: a.str("reply", to.Node), Kind: kind, Site: s})
 	case "drain":
 		n := first(d, 0)
 		h.enqueue("", core.NodeAddr(n), &m.DrainNode{Node: n})

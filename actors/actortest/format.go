@@ -126,3 +126,18 @@ func formatAttrs(self core.Address, attrs []any) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// formatView renders an AdminView on several lines: the view (snapshots by
+// name), then one indented line per node report and one for the dataset info.
+func formatView(v *m.AdminView) string {
+	top := proto.CloneOf(v)
+	top.Reports, top.Info = nil, nil
+	lines := []string{Format(top)}
+	for _, r := range v.Reports {
+		lines = append(lines, "      report "+fields(r.ProtoReflect(), false))
+	}
+	if v.Info != nil {
+		lines = append(lines, "      info "+fields(v.Info.ProtoReflect(), false))
+	}
+	return strings.Join(lines, "\n")
+}

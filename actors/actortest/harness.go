@@ -70,6 +70,8 @@ type Harness struct {
 	out        *strings.Builder
 	printedAt  time.Duration
 	Responses  []*m.SiteResponse // what clients were answered, in order
+	Views      []*m.AdminView    // what admin queries were answered, in order
+	queryID    uint64
 	Deliveries int
 }
 
@@ -312,9 +314,16 @@ func (h *Harness) step(to core.Address, msg proto.Message) {
 		switch e := e.(type) {
 		case core.Send:
 			if e.To.Kind == core.KindClient {
-				resp := e.Msg.(*m.SiteResponse)
-				h.Responses = append(h.Responses, resp)
-				lines = append(lines, fmt.Sprintf("  client@%s <- %s", e.To.Node, Format(resp)))
+				switch resp := e.Msg.(type) {
+				case *m.SiteResponse:
+					h.Responses = append(h.Responses, resp)
+					lines = append(lines, fmt.Sprintf("  client@%s <- %s", e.To.Node, Format(resp)))
+				case *m.AdminView:
+					h.Views = append(h.Views, resp)
+					lines = append(lines, fmt.Sprintf("  client@%s <- %s", e.To.Node, formatView(resp)))
+				default:
+					panic(fmt.Sprintf("%s sent %T to a client", to, e.Msg))
+				}
 				continue
 			}
 			later = append(later, func() { h.enqueue(to.Node, e.To, e.Msg) })

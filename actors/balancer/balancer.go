@@ -100,6 +100,8 @@ func (b *Balancer) Step(env *core.Env, in proto.Message) []core.Effect {
 	case *m.DrainNode:
 		b.draining[msg.Node] = true
 		return nil
+	case *m.AdminQuery:
+		return []core.Effect{core.Send{To: core.ClientAddr(msg.ReplyNode), Msg: b.view(env, msg)}}
 	case *m.ProbeAnswer:
 		if p := b.probes[msg.Site]; p != nil && p.id == msg.ProbeId && slices.Contains(p.asked, msg.Info.GetNode()) {
 			p.answers[msg.Info.GetNode()] = msg.Info
@@ -123,6 +125,47 @@ func (b *Balancer) Step(env *core.Env, in proto.Message) []core.Effect {
 		return nil
 	}
 	panic(fmt.Sprintf("balancer %s: unexpected input %T", b.node, in))
+}
+
+// view answers a query of the admin endpoint. Only the active balancer
+// answers a cluster query; another one says MOVED and names the balancer its
+// node believes active, and the asking host retries through its node actor.
+// The answer is a deep copy: the host may hand it, unmarshaled, to a local
+// client that reads (or changes) it while this actor goes on, and the
+// reports it holds share their entries with the reporting node actor.
+func (b *Balancer) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
+	v := &m.AdminView{QueryId: q.QueryId, Node: b.node, AtMs: env.NowMs()}
+	if len(b.live) > 0 {
+		v.Balancer = b.live[0]
+	}
+	switch {
+	case q.Kind != m.AdminQueryKind_ADMIN_QUERY_CLUSTER:
+		v.Code, v.Detail = m.Code_CODE_INVALID, "a balancer answers cluster queries only, not "+q.Kind.String()
+		return v
+	case !b.active:
+		v.Code, v.Detail = m.Code_CODE_MOVED, "not the active balancer"
+		return v
+	}
+	v.Balancer = b.node
+	v.Live = slices.Sorted(slices.Values(b.live))
+	for _, n := range v.Live {
+		if r := b.reports[n]; r != nil {
+			v.Reports = append(v.Reports, proto.CloneOf(r))
+		}
+	}
+	for n, d := range b.draining {
+		if d {
+			v.Draining = append(v.Draining, n)
+		}
+	}
+	slices.Sort(v.Draining)
+	for i, c := range b.creates {
+		// A create sent twice (a retry, a duplicated message) is one site.
+		if c.Spec != nil && !slices.ContainsFunc(b.creates[:i], func(o *m.CreateSite) bool { return o.Spec.GetName() == c.Spec.Name }) {
+			v.PendingCreates = append(v.PendingCreates, proto.CloneOf(c.Spec))
+		}
+	}
+	return v
 }
 
 // copyView is what the balancer knows of one site from reports.

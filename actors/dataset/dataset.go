@@ -20,6 +20,14 @@ import (
 // newest snapshot, so a short history costs one round trip at worst.
 const HistoryMax = 16
 
+// StashNamesMax bounds the stash names a copy keeps for the admin view. At
+// the bound the oldest name is forgotten when a new stash is made (or, at
+// boot, only the newest StashNamesMax of the names on disk are kept): the
+// stash itself stays on disk, the count a copy reports still counts it, and
+// an admin view that lists fewer names than the count says so in its
+// detail. Storage lists every stash (oldest first) when asked directly.
+const StashNamesMax = 64
+
 const (
 	timerSnapshot = "snapshot"
 	timerPrune    = "prune"
@@ -54,7 +62,8 @@ type Dataset struct {
 	fence      *m.Epoch // highest epoch ever accepted
 	seq        uint64
 	snaps      []*m.SnapshotRef // oldest first
-	stashes    []string
+	stashes    []string         // the newest StashNamesMax stash names, oldest first
+	stashCount int              // every stash of this copy, listed or not
 	replicas   []string
 	cursor     map[string]string // replica -> newest snapshot it holds from us
 	streams    map[string]*stream
@@ -100,7 +109,7 @@ func New(node, site string) *Dataset {
 func (d *Dataset) Info() *m.DatasetInfo {
 	info := &m.DatasetInfo{
 		Site: d.site, Node: d.node, Role: d.role, Epoch: d.fence, Latest: d.kept(),
-		Spec: d.spec, Snapshots: uint32(len(d.snaps)), Stashes: uint32(len(d.stashes)),
+		Spec: d.spec, Snapshots: uint32(len(d.snaps)), Stashes: uint32(d.stashCount),
 		Phase: m.SitePhase_SITE_PHASE_STOPPED,
 	}
 	switch {
@@ -199,10 +208,53 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = d.snapshotNow(env)
 	case *m.AdminRollback:
 		fx = d.rollback(env, msg)
+	case *m.AdminQuery:
+		// Read only, and no report: a query that spawned this actor (a site
+		// this node never held) leaves nothing behind.
+		return []core.Effect{core.Send{To: core.ClientAddr(msg.ReplyNode), Msg: d.view(env, msg)}}
 	default:
 		panic(fmt.Sprintf("dataset %s: unexpected input %T", d.site, in))
 	}
 	return append(fx, d.report()...)
+}
+
+// addStash records a stash this copy made, forgetting the oldest name at
+// StashNamesMax.
+func (d *Dataset) addStash(name string) {
+	d.stashCount++
+	if len(d.stashes) >= StashNamesMax {
+		d.stashes = slices.Delete(d.stashes, 0, len(d.stashes)-StashNamesMax+1)
+	}
+	d.stashes = append(d.stashes, name)
+}
+
+// view answers a site query of the admin endpoint: what this copy reports,
+// its snapshots and its stashes. A copy that does not exist (never booted
+// from disk, created or received) answers UNKNOWN_SITE. Everything in the
+// answer is a copy: the host may hand it unmarshaled to a local client.
+func (d *Dataset) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
+	v := &m.AdminView{QueryId: q.QueryId, Node: d.node, AtMs: env.NowMs()}
+	switch {
+	case q.Kind != m.AdminQueryKind_ADMIN_QUERY_SITE:
+		v.Code, v.Detail = m.Code_CODE_INVALID, "a dataset answers site queries only, not "+q.Kind.String()
+		return v
+	case q.Site != "" && q.Site != d.site:
+		v.Code, v.Detail = m.Code_CODE_INVALID, "query for site "+q.Site+" reached the dataset of "+d.site
+		return v
+	case !d.exists && d.activating == nil:
+		v.Code, v.Detail = m.Code_CODE_UNKNOWN_SITE, "no copy of site "+d.site+" on "+d.node
+		return v
+	}
+	v.Info = proto.CloneOf(d.Info())
+	v.Snapshots = make([]*m.SnapshotRef, len(d.snaps))
+	for i, s := range d.snaps {
+		v.Snapshots[i] = proto.CloneOf(s)
+	}
+	v.Stashes = slices.Clone(d.stashes)
+	if d.stashCount > len(d.stashes) {
+		v.Detail = fmt.Sprintf("the newest %d of %d stashes are listed", len(d.stashes), d.stashCount)
+	}
+	return v
 }
 
 // reportKey changes whenever Info would: messages held by the actor are
@@ -222,7 +274,7 @@ type reportKey struct {
 
 func (d *Dataset) key() reportKey {
 	k := reportKey{role: d.role, active: d.active, epoch: d.epoch, fence: d.fence, latest: d.kept(),
-		spec: d.spec, snaps: len(d.snaps), stash: len(d.stashes), replicas: len(d.replicas), activating: d.activating}
+		spec: d.spec, snaps: len(d.snaps), stash: d.stashCount, replicas: len(d.replicas), activating: d.activating}
 	if len(d.replicas) > 0 {
 		k.replicasFirst = &d.replicas[0]
 	}
@@ -246,7 +298,8 @@ func (d *Dataset) boot(env *core.Env, b *m.DatasetBoot) []core.Effect {
 	d.role = info.GetRole()
 	d.fence = info.GetEpoch()
 	d.snaps = slices.Clone(b.Snapshots)
-	d.stashes = slices.Clone(b.Stashes)
+	d.stashCount = max(len(b.Stashes), int(info.GetStashes()))
+	d.stashes = slices.Clone(b.Stashes[max(0, len(b.Stashes)-StashNamesMax):])
 	// A restarted master does not serve until the balancer activates it again:
 	// the site may have failed over while this node was away.
 	d.active = false
@@ -659,7 +712,7 @@ func (d *Dataset) stashed(env *core.Env, r *m.StorageResult) []core.Effect {
 	} else {
 		d.snaps = nil
 	}
-	d.stashes = append(d.stashes, d.incomingStash)
+	d.addStash(d.incomingStash)
 	d.dirty = false
 	d.role = m.Role_ROLE_REPLICA
 	return []core.Effect{core.Send{To: core.DatasetAddr(o.FromNode, d.site), Msg: &m.StreamAnswer{
@@ -710,7 +763,7 @@ func (d *Dataset) rolledBack(env *core.Env, r *m.StorageResult) []core.Effect {
 			Target: core.RollbackTarget, Code: r.Code, Detail: "rollback: " + r.Detail}}}
 	}
 	d.snaps = d.snaps[:d.find(rb.Snapshot)+1]
-	d.stashes = append(d.stashes, r.Detail)
+	d.addStash(r.Detail)
 	if !d.active {
 		// Demoted while storage rolled back (a newer master exists): the
 		// copy stays a replica; what was rolled away is in the stash.

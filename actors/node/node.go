@@ -121,8 +121,42 @@ func (n *Node) Step(env *core.Env, in proto.Message) []core.Effect {
 			n.draining = true
 		}
 		return []core.Effect{core.Send{To: core.BalancerAddr(n.leader), Msg: in}}
+	case *m.AdminQuery:
+		return n.adminQuery(msg)
 	}
 	panic(fmt.Sprintf("node %s: unexpected input %T", n.name, in))
+}
+
+// adminQuery routes a query of the admin endpoint: a cluster view is the
+// active balancer's (the leader's, in this node's view), a site view is the
+// local dataset actor's. What cannot be routed is answered here, to the
+// client address of the node that asked. A site query never reaches a
+// dataset actor this node has not heard from, so that it spawns none.
+func (n *Node) adminQuery(q *m.AdminQuery) []core.Effect {
+	if q.ReplyNode == "" {
+		q = proto.CloneOf(q)
+		q.ReplyNode = n.name
+	}
+	answer := func(code m.Code, detail string) []core.Effect {
+		return []core.Effect{core.Send{To: core.ClientAddr(q.ReplyNode), Msg: &m.AdminView{
+			QueryId: q.QueryId, Code: code, Detail: detail, Node: n.name, Balancer: n.leader}}}
+	}
+	switch q.Kind {
+	case m.AdminQueryKind_ADMIN_QUERY_CLUSTER:
+		if n.leader == "" {
+			return answer(m.Code_CODE_UNAVAILABLE, "no live member known: no active balancer")
+		}
+		return []core.Effect{core.Send{To: core.BalancerAddr(n.leader), Msg: q}}
+	case m.AdminQueryKind_ADMIN_QUERY_SITE:
+		if q.Site == "" {
+			return answer(m.Code_CODE_INVALID, "a site query names no site")
+		}
+		if n.datasets[q.Site] == nil {
+			return answer(m.Code_CODE_UNKNOWN_SITE, "no copy of site "+q.Site+" on "+n.name)
+		}
+		return []core.Effect{core.Send{To: core.DatasetAddr(n.name, q.Site), Msg: q}}
+	}
+	return answer(m.Code_CODE_INVALID, "unknown query kind "+q.Kind.String())
 }
 
 func (n *Node) boot(env *core.Env, b *m.NodeBoot) []core.Effect {

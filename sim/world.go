@@ -239,7 +239,12 @@ func (w *World) execute(h *host, from core.Address, fx []core.Effect) {
 // send carries a message across the simulated network.
 func (w *World) send(from string, to core.Address, msg proto.Message) {
 	if to.Kind == core.KindClient {
-		w.clientResponse(to.Node, msg.(*m.SiteResponse))
+		// Simulated clients only send site requests; anything else for a
+		// client address (an AdminView) has no one waiting and is ignored,
+		// leaving the trace as it was.
+		if resp, ok := msg.(*m.SiteResponse); ok {
+			w.clientResponse(to.Node, resp)
+		}
 		return
 	}
 	if to.Node == "" {

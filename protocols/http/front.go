@@ -189,7 +189,7 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		done, retry := f.forward(w, r, route.Site, target, body, idempotent || !hasBody)
+		done, retry := f.forward(w, r, route.Site, target, body, idempotent)
 		if done {
 			return
 		}
@@ -204,7 +204,7 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // forward sends r to the master's internal port. done: an answer went to
 // the client (or it went away). retry: nothing reached the client and the
 // request may go elsewhere.
-func (f *Front) forward(w http.ResponseWriter, r *http.Request, site, master string, body *trackedBody, mayResend bool) (done, retry bool) {
+func (f *Front) forward(w http.ResponseWriter, r *http.Request, site, master string, body *trackedBody, idempotent bool) (done, retry bool) {
 	base, ok := f.cfg.Internal(master)
 	if !ok {
 		return false, true
@@ -248,8 +248,13 @@ func (f *Front) forward(w http.ResponseWriter, r *http.Request, site, master str
 			return true, false
 		}
 		sent := body != nil && body.read
-		f.log.Debug("forward failed", "site", site, "master", master, "err", err, "body_sent", sent)
-		if !sent && mayResend {
+		// A refused connection never reached the master: any request may
+		// go elsewhere. Otherwise only an idempotent one whose body (if
+		// any) was not sent.
+		var op *net.OpError
+		refused := errors.As(err, &op) && op.Op == "dial"
+		f.log.Debug("forward failed", "site", site, "master", master, "err", err, "body_sent", sent, "refused", refused)
+		if refused || (!sent && idempotent) {
 			return false, true
 		}
 		http.Error(w, "bad gateway: the site's master failed during the request", http.StatusBadGateway)

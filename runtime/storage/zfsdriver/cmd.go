@@ -162,7 +162,10 @@ func (d *Driver) do(ctx context.Context, c call) error {
 		cerr := &CommandError{Argv: c.argv, Stderr: stderr, Kind: kind, Err: err}
 		retry := c.retryBusy && errors.Is(kind, storage.ErrBusy) && attempt < busyRetryMax
 		level := slog.LevelWarn
-		if c.op == opProbe || errors.Is(kind, errUnsupported) || strings.Contains(stderr, "not currently mounted") {
+		if c.op == opProbe || errors.Is(kind, errUnsupported) || strings.Contains(stderr, "not currently mounted") || retry {
+			// A busy dataset that will be retried is not yet a problem
+			// (zfs-fuse reports fresh mounts busy for a moment); the last
+			// attempt's failure is logged at Warn.
 			level = slog.LevelDebug // an answer the caller expects, not a problem
 		}
 		d.log.Log(ctx, level, "zfs failed", "op", c.op, "argv", strings.Join(c.argv, " "), "duration", elapsed,

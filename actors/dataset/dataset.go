@@ -30,6 +30,7 @@ const StashNamesMax = 64
 
 const (
 	timerSnapshot = "snapshot"
+	timerActivate = "activate-retry"
 	timerPrune    = "prune"
 	timerStream   = "stream/" // + replica node
 )
@@ -91,11 +92,16 @@ type Dataset struct {
 	// master): those changes are stashed before the next stream.
 	dirty bool
 	// activating is an Activate waiting for storage (create or role change).
-	activating   *m.Activate
-	activateOp   uint64
-	demoteEpoch  *m.Epoch
-	lastReported reportKey
-	reported     bool
+	activating *m.Activate
+	activateOp uint64
+	// retryActivate is a failover activation that storage found busy,
+	// tried again on timerActivate (activateRetries times so far, bounded by
+	// Config.ActivateAttemptsMax).
+	retryActivate   *m.Activate
+	activateRetries int
+	demoteEpoch     *m.Epoch
+	lastReported    reportKey
+	reported        bool
 }
 
 var _ core.Actor = (*Dataset)(nil)
@@ -363,12 +369,23 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 	d.activating = nil
 	if r.Code != m.Code_CODE_OK {
 		fx := []core.Effect{core.Warn("activation failed in storage", "site", d.site, "node", d.node, "detail", r.Detail)}
+		if a.FromNode == "" && r.Code == m.Code_CODE_BUSY && d.activateRetries < env.Config.ActivateAttemptsMax {
+			// A failover's promotion hit a busy dataset (zfs-fuse reports
+			// fresh mounts busy for a while): try again soon rather than
+			// wait for the balancer's next probe. At the bound the
+			// balancer's probe takes over.
+			d.activateRetries++
+			d.retryActivate = a
+			return append(fx, core.SetTimer{Key: timerActivate, After: 2 * env.Config.HeartbeatInterval})
+		}
+		d.activateRetries = 0
 		if a.FromNode != "" {
 			fx = append(fx, core.Send{To: core.SiteAddr(a.FromNode, d.site), Msg: &m.Activated{
 				Site: d.site, Node: d.node, Epoch: a.Epoch, Code: r.Code, Detail: r.Detail}})
 		}
 		return fx
 	}
+	d.activateRetries, d.retryActivate = 0, nil
 	wasActive := d.active
 	d.exists = true
 	d.spec = a.Spec
@@ -447,6 +464,13 @@ func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
 			return nil
 		}
 		return d.takeSnapshot(env)
+	case key == timerActivate:
+		a := d.retryActivate
+		d.retryActivate = nil
+		if a == nil || d.active || d.activating != nil {
+			return nil
+		}
+		return d.activate(env, a)
 	case key == timerPrune:
 		return append(d.prune(env), core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval})
 	case len(key) > len(timerStream) && key[:len(timerStream)] == timerStream:

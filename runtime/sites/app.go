@@ -286,8 +286,12 @@ func startProcess(log *slog.Logger, site, command, dir string) (*process, error)
 	cmd.Dir = dir
 	cmd.Env = appEnv(site, dir, port)
 	cmd.Stdout, cmd.Stderr = outW, errW
-	// Its own group: signals to -pid reach the shell and every child.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own group: signals to -pid reach the shell and every child. If
+	// the node dies (kill -9), the kernel kills the shell too (Linux
+	// parent-death signal), so an app does not outlive its supervisor and
+	// keep writing into a dataset that is no longer its master's; sh execs
+	// a simple command, which then is that process.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	err = cmd.Start()
 	outW.Close()
 	errW.Close()

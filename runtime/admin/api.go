@@ -31,6 +31,7 @@ const (
 	CodeUnavailable  = "unavailable"  // 503: no balancer or master answered in time
 	CodeInternal     = "internal"     // 500
 	CodeNotAllowed   = "not_allowed"  // 405
+	CodeTooLarge     = "too_large"    // 413: request body over MaxBodyBytes
 )
 
 // ErrorBody is the JSON of every error answer.
@@ -125,3 +126,44 @@ type Event struct {
 	Up     *bool     `json:"up,omitempty"`
 	Msg    string    `json:"msg,omitempty"`
 }
+
+// The bodies of requests and answers that wrap the types above.
+type (
+	// SiteList is the answer of GET /v1/sites.
+	SiteList struct {
+		Sites []Site `json:"sites"`
+	}
+	// SiteBody is the answer of POST /v1/sites and of a migrate.
+	SiteBody struct {
+		Site Site `json:"site"`
+	}
+	// MigrateRequest is the body of POST /v1/sites/{site}/migrate.
+	MigrateRequest struct {
+		To string `json:"to"`
+	}
+	// RollbackRequest is the body of POST /v1/sites/{site}/rollback.
+	RollbackRequest struct {
+		Snapshot string `json:"snapshot"`
+	}
+	// SnapshotList is the answer of GET /v1/sites/{site}/snapshots: the
+	// snapshots of the copy on Node (the master), oldest first.
+	SnapshotList struct {
+		Snapshots []Snapshot `json:"snapshots"`
+		Node      string     `json:"node"`
+	}
+	// StashList is the answer of GET /v1/sites/{site}/stash: the stashes of
+	// the copy on Node (the master).
+	StashList struct {
+		Stashes []string `json:"stashes"`
+		Node    string   `json:"node"`
+	}
+	// NodeList is the answer of GET /v1/nodes.
+	NodeList struct {
+		Nodes []Node `json:"nodes"`
+	}
+	// Health is the answer of GET /v1/health.
+	Health struct {
+		Node string `json:"node"`
+		OK   bool   `json:"ok"`
+	}
+)

@@ -359,6 +359,12 @@ func (n *Node) learn(r *m.RouteUpdate) bool {
 	if old != nil && old.Master == r.Master && old.Phase == r.Phase && core.CompareEpoch(old.Epoch, r.Epoch) == 0 {
 		return false
 	}
+	if len(r.Domains) == 0 && old != nil && len(old.Domains) > 0 {
+		// A route learnt from an answer, or from a balancer whose report
+		// lacked the spec, says nothing of domains: keep the known ones
+		// (the front ends route by them).
+		r = &m.RouteUpdate{Site: r.Site, Master: r.Master, Epoch: r.Epoch, Phase: r.Phase, Domains: old.Domains}
+	}
 	n.routes[r.Site] = r
 	return true
 }

@@ -42,3 +42,28 @@ func TestRouteCacheDeadMasterDoesNotHideLiveOne(t *testing.T) {
 		})
 	}
 }
+
+// A route learnt without domains (from a MOVED answer, or a balancer's
+// table built from a report that lacked the spec) keeps the domains the
+// cache knew: the front ends route by them. The message itself is not
+// modified (it may be shared).
+func TestRouteWithoutDomainsKeepsKnownOnes(t *testing.T) {
+	n := New("n2")
+	env := &core.Env{Self: core.NodeAddr("n2"), Now: time.Unix(1000, 0), Config: core.Default()}
+	n.Step(env, &m.NodeBoot{Node: "n2", Members: []string{"n1", "n2"}})
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n1", Epoch: &m.Epoch{Term: 1, Node: "n1"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: []string{"a.example"}})
+	bare := &m.RouteUpdate{Site: "a", Master: "n2", Epoch: &m.Epoch{Term: 2, Node: "n2"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE}
+	n.Step(env, &m.RouteTable{Routes: []*m.RouteUpdate{bare}})
+	r := n.Route("a")
+	if r.GetMaster() != "n2" || len(r.Domains) != 1 || r.Domains[0] != "a.example" {
+		t.Fatalf("route %v, want master n2 with domain a.example", r)
+	}
+	if len(bare.Domains) != 0 {
+		t.Fatalf("the incoming message was modified: %v", bare)
+	}
+	// New domains replace old ones.
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n2", Epoch: &m.Epoch{Term: 3, Node: "n2"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: []string{"b.example"}})
+	if d := n.Route("a").Domains; len(d) != 1 || d[0] != "b.example" {
+		t.Fatalf("domains %v, want [b.example]", d)
+	}
+}

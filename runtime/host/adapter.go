@@ -63,6 +63,12 @@ func (r *router) Receive(ctx actor.Context) {
 			r.h.log.Warn("bad envelope dropped", "node", r.h.node, "from", msg.FromNode, "err", err)
 			return
 		}
+		if d.to.Kind == core.KindClient {
+			// An answer for this node's client side (an admin query's
+			// view, sent by a balancer or dataset elsewhere).
+			r.h.clientResponse(d.msg)
+			return
+		}
 		r.forward(ctx, d)
 	case *actor.Terminated:
 		for a, pid := range r.children {
@@ -79,7 +85,7 @@ func (r *router) unwrap(e *hostpb.Envelope) (*delivery, error) {
 	}
 	kind := core.Kind(e.Kind)
 	switch kind {
-	case core.KindNode, core.KindBalancer:
+	case core.KindNode, core.KindBalancer, core.KindClient:
 	case core.KindSite, core.KindDataset:
 		if e.Site == "" {
 			return nil, fmt.Errorf("envelope for a %s without a site", kind)

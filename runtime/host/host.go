@@ -385,10 +385,8 @@ func (h *Host) send(to core.Address, msg proto.Message) {
 		return
 	}
 	switch {
-	case to.Kind == core.KindClient:
-		if to.Node == h.node {
-			h.clientResponse(msg)
-		}
+	case to.Kind == core.KindClient && to.Node == h.node:
+		h.clientResponse(msg)
 		return
 	case to.Node == "":
 		return // no master known: the actors decided to send nowhere

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is hcnode's configuration: a YAML file (-config) with flags on
+// top. Every field has an embedded default so that `hcnode -node n1` alone
+// runs a one-node cluster on 127.0.0.1.
+type Config struct {
+	// Node is this node's name: lower-case letters, digits, inner '-'.
+	Node string `yaml:"node"`
+	// DataDir holds the node's state (catalog, incarnation) and, with the
+	// portable driver, its datasets.
+	DataDir string `yaml:"data_dir"`
+	Storage struct {
+		// Driver: "auto" (ZFS when zfs_root is set and its pool answers,
+		// else portable), "zfs" or "portable".
+		Driver  string `yaml:"driver"`
+		ZFSRoot string `yaml:"zfs_root"` // e.g. tank/hc
+	} `yaml:"storage"`
+	Listen struct {
+		HTTP     string `yaml:"http"`     // the HTTP front end for every site
+		Admin    string `yaml:"admin"`    // the admin endpoint (hcctl)
+		Actor    string `yaml:"actor"`    // protoactor remote (node to node)
+		Internal string `yaml:"internal"` // snapshot streams and forwarded requests (node to node)
+	} `yaml:"listen"`
+	// Members are the cluster's nodes (the seed list): every node lists
+	// every member, itself included. Empty: a one-node cluster of this node.
+	Members []Member `yaml:"members"`
+	Secrets struct {
+		// NodeTokenFile holds the secret shared by all nodes (streams,
+		// forwarded requests). Env HC_NODE_TOKEN overrides.
+		NodeTokenFile string `yaml:"node_token_file"`
+		// AdminTokenFile holds the admin endpoint's bearer token. Env
+		// HC_ADMIN_TOKEN overrides.
+		AdminTokenFile string `yaml:"admin_token_file"`
+	} `yaml:"secrets"`
+	Log struct {
+		Level      string `yaml:"level"`  // debug, info, warn, error
+		Format     string `yaml:"format"` // text, json
+		Protoactor bool   `yaml:"protoactor"`
+	} `yaml:"log"`
+
+	nodeToken, adminToken string
+}
+
+// Member is one node of the cluster.
+type Member struct {
+	Name     string `yaml:"name"`
+	Actor    string `yaml:"actor"`    // host:port of its protoactor remote
+	Internal string `yaml:"internal"` // http://host:port of its internal port
+}
+
+func defaults() *Config {
+	c := &Config{}
+	c.Storage.Driver = "auto"
+	c.Listen.HTTP = "127.0.0.1:8080"
+	c.Listen.Admin = "127.0.0.1:7080"
+	c.Listen.Actor = "127.0.0.1:7946"
+	c.Listen.Internal = "127.0.0.1:7947"
+	c.Log.Level = "info"
+	c.Log.Format = "text"
+	return c
+}
+
+// memberFlags collects repeated -member name=actor,internal flags.
+type memberFlags []Member
+
+func (f *memberFlags) String() string { return fmt.Sprint(len(*f), " members") }
+func (f *memberFlags) Set(v string) error {
+	name, rest, ok := strings.Cut(v, "=")
+	actor, internal, ok2 := strings.Cut(rest, ",")
+	if !ok || !ok2 {
+		return fmt.Errorf("want name=actorhost:port,http://internalhost:port, got %q", v)
+	}
+	*f = append(*f, Member{Name: name, Actor: actor, Internal: internal})
+	return nil
+}
+
+// loadConfig reads the file named by -config (if any), then applies flags
+// that were given, then the environment's secrets, and validates.
+func loadConfig(args []string, getenv func(string) string) (*Config, error) {
+	fs := flag.NewFlagSet("hcnode", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `hcnode runs one node of a hybridcluster: the site, dataset, node and balancer
+actors on protoactor-go, the HTTP front end, the admin endpoint and the
+internal port for snapshot streams and forwarded requests.
+
+Usage: hcnode [-config FILE] [flags]
+
+Configuration comes from the YAML file, then the flags below override it.
+Secrets: HC_NODE_TOKEN and HC_ADMIN_TOKEN (environment) override the token
+files. Example file:
+
+  node: n1
+  data_dir: /var/lib/hybridcluster
+  storage: {driver: auto, zfs_root: tank/hc}
+  listen: {http: 0.0.0.0:80, admin: 10.0.0.1:7080, actor: 10.0.0.1:7946, internal: 10.0.0.1:7947}
+  members:
+    - {name: n1, actor: 10.0.0.1:7946, internal: http://10.0.0.1:7947}
+    - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
+  secrets: {node_token_file: /etc/hybridcluster/node.token, admin_token_file: /etc/hybridcluster/admin.token}
+  log: {level: info, format: text}
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	d := defaults()
+	configFile := fs.String("config", "", "YAML configuration file")
+	node := fs.String("node", "", "this node's name (default from the file)")
+	dataDir := fs.String("data-dir", "", "state and portable datasets directory (default ./hc-data/<node>)")
+	driver := fs.String("storage", "", "storage driver: auto, zfs or portable (default auto)")
+	zfsRoot := fs.String("zfs-root", "", "ZFS dataset under which site datasets live, e.g. tank/hc")
+	httpAddr := fs.String("http", "", "HTTP front end listen address (default "+d.Listen.HTTP+")")
+	adminAddr := fs.String("admin", "", "admin endpoint listen address (default "+d.Listen.Admin+")")
+	actorAddr := fs.String("actor", "", "protoactor remote listen address (default "+d.Listen.Actor+")")
+	internalAddr := fs.String("internal", "", "internal port listen address (default "+d.Listen.Internal+")")
+	var members memberFlags
+	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port (repeat for each; replaces the file's list)")
+	nodeTokenFile := fs.String("node-token-file", "", "file holding the secret shared by all nodes")
+	adminTokenFile := fs.String("admin-token-file", "", "file holding the admin endpoint's bearer token")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	logFormat := fs.String("log-format", "", "text or json (default text)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (see -h)", fs.Arg(0))
+	}
+	c := d
+	if *configFile != "" {
+		data, err := os.ReadFile(*configFile)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil {
+			return nil, fmt.Errorf("config %s: %w", *configFile, err)
+		}
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&c.Node, *node)
+	set(&c.DataDir, *dataDir)
+	set(&c.Storage.Driver, *driver)
+	set(&c.Storage.ZFSRoot, *zfsRoot)
+	set(&c.Listen.HTTP, *httpAddr)
+	set(&c.Listen.Admin, *adminAddr)
+	set(&c.Listen.Actor, *actorAddr)
+	set(&c.Listen.Internal, *internalAddr)
+	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
+	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
+	set(&c.Log.Level, *logLevel)
+	set(&c.Log.Format, *logFormat)
+	if len(members) > 0 {
+		c.Members = members
+	}
+	if c.DataDir == "" && c.Node != "" {
+		c.DataDir = filepath.Join("hc-data", c.Node)
+	}
+	if len(c.Members) == 0 && c.Node != "" {
+		c.Members = []Member{{Name: c.Node, Actor: c.Listen.Actor, Internal: "http://" + c.Listen.Internal}}
+	}
+	var err error
+	if c.nodeToken, err = secret(getenv("HC_NODE_TOKEN"), c.Secrets.NodeTokenFile, "node token"); err != nil {
+		return nil, err
+	}
+	if c.adminToken, err = secret(getenv("HC_ADMIN_TOKEN"), c.Secrets.AdminTokenFile, "admin token"); err != nil {
+		return nil, err
+	}
+	return c, c.validate()
+}
+
+// secret reads a token from the environment or a file; never logged.
+func secret(env, file, what string) (string, error) {
+	if env != "" {
+		return strings.TrimSpace(env), nil
+	}
+	if file == "" {
+		return "", fmt.Errorf("no %s: set its file in the config (secrets) or flags, or the environment", what)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("%s in %s is shorter than 16 characters", what, file)
+	}
+	return tok, nil
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Node == "" {
+		errs = append(errs, errors.New("no node name (-node or node:)"))
+	} else if !validName(c.Node) {
+		errs = append(errs, fmt.Errorf("node name %q: use lower-case letters, digits and inner '-' (at most 32)", c.Node))
+	}
+	switch c.Storage.Driver {
+	case "auto", "portable":
+	case "zfs":
+		if c.Storage.ZFSRoot == "" {
+			errs = append(errs, errors.New("storage driver zfs needs zfs_root"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("storage driver %q: want auto, zfs or portable", c.Storage.Driver))
+	}
+	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor, "internal": c.Listen.Internal} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))
+		}
+	}
+	seen := map[string]bool{}
+	self := false
+	for _, mb := range c.Members {
+		if !validName(mb.Name) || seen[mb.Name] {
+			errs = append(errs, fmt.Errorf("member %q: bad or repeated name", mb.Name))
+		}
+		seen[mb.Name] = true
+		if _, _, err := net.SplitHostPort(mb.Actor); err != nil {
+			errs = append(errs, fmt.Errorf("member %s: actor address %q: %v", mb.Name, mb.Actor, err))
+		}
+		if u, err := url.Parse(mb.Internal); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("member %s: internal URL %q: want http://host:port", mb.Name, mb.Internal))
+		}
+		if mb.Name == c.Node {
+			self = true
+			if mb.Actor != c.Listen.Actor {
+				errs = append(errs, fmt.Errorf("member %s: actor address %s differs from listen.actor %s", mb.Name, mb.Actor, c.Listen.Actor))
+			}
+		}
+	}
+	if c.Node != "" && !self {
+		errs = append(errs, fmt.Errorf("node %s is not in the member list", c.Node))
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		errs = append(errs, fmt.Errorf("log format %q: want text or json", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 32 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}

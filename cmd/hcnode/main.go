@@ -1,0 +1,220 @@
+// Command hcnode runs one node of a hybridcluster. See `hcnode -h`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+	fronthttp "github.com/hybridcluster/hybridcluster/protocols/http"
+	"github.com/hybridcluster/hybridcluster/runtime/admin"
+	"github.com/hybridcluster/hybridcluster/runtime/host"
+	"github.com/hybridcluster/hybridcluster/runtime/sites"
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/portable"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver"
+)
+
+// Bounds of the node's listeners.
+const (
+	// shutdownWait bounds the graceful stop of each listener on SIGINT or
+	// SIGTERM; connections still open then are closed.
+	shutdownWait = 5 * time.Second
+	// headerWait bounds how long the front end and the admin endpoint wait
+	// for a request's headers (slowloris).
+	headerWait = 10 * time.Second
+	// headerBytesMax bounds a request's headers.
+	headerBytesMax = 64 << 10
+)
+
+func main() {
+	cfg, err := loadConfig(os.Args[1:], os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hcnode:", err)
+		os.Exit(2)
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "hcnode:", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(c *Config) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Log.Level)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if c.Log.Format == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	return slog.New(h).With("node", c.Node)
+}
+
+// openStorage picks the driver: ZFS when asked (or on auto when a root is
+// configured and its pool answers), else the portable driver under
+// data_dir/datasets.
+func openStorage(ctx context.Context, c *Config, log *slog.Logger) (storage.Driver, error) {
+	useZFS := c.Storage.Driver == "zfs"
+	if c.Storage.Driver == "auto" && c.Storage.ZFSRoot != "" {
+		pools := zfsdriver.NewPools(log)
+		if ok, why := pools.Available(ctx); ok {
+			useZFS = true
+		} else {
+			log.Warn("ZFS not available: using the portable driver", "why", why)
+		}
+	}
+	if useZFS {
+		pools := zfsdriver.NewPools(log)
+		if _, err := pools.UseShimIfNeeded(ctx); err != nil {
+			return nil, err
+		}
+		d, err := zfsdriver.New(ctx, zfsdriver.Config{Root: c.Storage.ZFSRoot, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("storage: zfs", "root", c.Storage.ZFSRoot)
+		return d, nil
+	}
+	dir := filepath.Join(c.DataDir, "datasets")
+	d, err := portable.New(dir, log)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("storage: portable", "dir", dir)
+	return d, nil
+}
+
+func run(c *Config) error {
+	log := newLogger(c)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return err
+	}
+	driver, err := openStorage(ctx, c, log)
+	if err != nil {
+		return fmt.Errorf("storage: %w", err)
+	}
+	runner := sites.New(sites.Config{Logger: log.With("component", "sites")})
+	defer runner.Close()
+
+	internalLis, err := net.Listen("tcp", c.Listen.Internal)
+	if err != nil {
+		return fmt.Errorf("internal port: %w", err)
+	}
+	var members []host.Member
+	internal := map[string]string{}
+	for _, mb := range c.Members {
+		members = append(members, host.Member{Name: mb.Name, ActorAddr: mb.Actor, StreamURL: mb.Internal})
+		internal[mb.Name] = strings.TrimSuffix(mb.Internal, "/")
+	}
+	var plog *slog.Logger
+	if c.Log.Protoactor {
+		plog = log.With("component", "protoactor")
+	}
+	h, err := host.Start(host.Options{Node: c.Node, Members: members, Driver: driver,
+		StateDir: filepath.Join(c.DataDir, "state"), StreamToken: c.nodeToken, StreamListener: internalLis,
+		Logger: log, ProtoactorLogger: plog, Sites: runner})
+	if err != nil {
+		return err
+	}
+	defer h.Stop()
+
+	front, err := fronthttp.New(fronthttp.Config{Cluster: h, Token: c.nodeToken, Logger: log.With("component", "http"),
+		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }})
+	if err != nil {
+		return err
+	}
+	adm, err := admin.NewServer(admin.ServerConfig{Backend: backend{h}, Token: c.adminToken, Logger: log.With("component", "admin")})
+	if err != nil {
+		return err
+	}
+	servers := []*http.Server{
+		{Addr: c.Listen.HTTP, Handler: front, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
+		{Addr: c.Listen.Admin, Handler: adm.Handler(), ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
+	}
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		lis, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", s.Addr, err)
+		}
+		go func() {
+			if err := s.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	log.Info("node ready", "http", c.Listen.HTTP, "admin", c.Listen.Admin, "actor", c.Listen.Actor,
+		"internal", c.Listen.Internal, "members", len(members), "storage", driver.Kind())
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case err := <-errc:
+		log.Error("listener failed", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
+	defer cancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	return nil
+}
+
+// backend is the admin endpoint's view of the host.
+type backend struct{ h *host.Host }
+
+func (b backend) Node() string      { return b.h.Node() }
+func (b backend) Members() []string { return b.h.Members() }
+func (b backend) Query(ctx context.Context, to core.Address, q *m.AdminQuery) (*m.AdminView, error) {
+	return b.h.Query(ctx, to, q)
+}
+func (b backend) Send(to core.Address, msg proto.Message) { b.h.Send(to, msg) }
+
+// Subscribe converts the host's events into the admin API's.
+func (b backend) Subscribe() (<-chan admin.Event, func()) {
+	in, cancel := b.h.Subscribe()
+	out := make(chan admin.Event, 64)
+	go func() {
+		defer close(out)
+		for e := range in {
+			ev := admin.Event{Type: e.Type, At: e.At, Site: e.Site, Node: e.Node, Master: e.Master,
+				Epoch: core.EpochString(e.Epoch), Phase: phaseName(e.Phase)}
+			if e.Type == "member" {
+				up := e.Up
+				ev.Up = &up
+			}
+			select {
+			case out <- ev:
+			default: // a slow reader loses events rather than stall the node
+			}
+		}
+	}()
+	return out, cancel
+}
+
+func phaseName(p m.SitePhase) string {
+	if p == m.SitePhase_SITE_PHASE_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(p.String(), "SITE_PHASE_"))
+}

@@ -45,6 +45,7 @@ type Balancer struct {
 	creates     []*m.CreateSite
 	draining    map[string]bool
 	liveSince   map[string]int64 // when each live member (re)joined this view
+	heardAt     map[string]int64 // when each member's latest report arrived here
 	nextID      uint64
 	planArmed   bool
 }
@@ -55,7 +56,7 @@ var _ core.Actor = (*Balancer)(nil)
 func New(node string) *Balancer {
 	return &Balancer{node: node, reports: map[string]*m.NodeReport{}, probes: map[string]*probe{},
 		actions: map[string]int64{}, lastMove: map[string]int64{}, conflicts: map[string]int{}, draining: map[string]bool{},
-		liveSince: map[string]int64{}}
+		liveSince: map[string]int64{}, heardAt: map[string]int64{}}
 }
 
 // Active reports whether this balancer is the one that acts.
@@ -88,9 +89,17 @@ func (b *Balancer) Step(env *core.Env, in proto.Message) []core.Effect {
 		return nil
 	case *m.NodeReport:
 		if slices.Contains(b.live, msg.Node) {
+			warming := b.active && !b.warm(env)
 			b.reports[msg.Node] = msg
+			b.heardAt[msg.Node] = env.NowMs()
 			if msg.Draining {
 				b.draining[msg.Node] = true
+			}
+			if warming && b.warm(env) {
+				// The last report a new balancer waited for: act now
+				// rather than at the next plan tick (a failover whose
+				// master took the balancer with it).
+				return b.plan(env)
 			}
 		}
 		return nil
@@ -188,8 +197,23 @@ func (b *Balancer) busy(env *core.Env, site string) bool {
 	return ok && env.NowMs()-at < env.Config.ActionTimeout.Milliseconds() || b.probes[site] != nil
 }
 
+// warm reports whether a newly active balancer may act: once every live
+// member has reported to it since it became active, or after
+// Config.BalancerWarmup at the latest.
+func (b *Balancer) warm(env *core.Env) bool {
+	if env.NowMs()-b.activeSince >= env.Config.BalancerWarmup.Milliseconds() {
+		return true
+	}
+	for _, n := range b.live {
+		if at, ok := b.heardAt[n]; !ok || at < b.activeSince {
+			return false
+		}
+	}
+	return true
+}
+
 func (b *Balancer) plan(env *core.Env) []core.Effect {
-	if env.NowMs()-b.activeSince < env.Config.BalancerWarmup.Milliseconds() {
+	if !b.warm(env) {
 		return nil
 	}
 	copies := map[string][]copyView{}

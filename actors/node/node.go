@@ -218,8 +218,15 @@ func (n *Node) leadership(env *core.Env) []core.Effect {
 	if len(live) > 0 {
 		leader = live[0]
 	}
+	changed := leader != n.leader
 	n.leader = leader
-	return []core.Effect{core.Send{To: core.BalancerAddr(n.name), Msg: &m.BalancerRole{Active: leader == n.name, Live: live}}}
+	fx := []core.Effect{core.Send{To: core.BalancerAddr(n.name), Msg: &m.BalancerRole{Active: leader == n.name, Live: live}}}
+	if changed && leader != "" && n.booted {
+		// A new balancer waits for every live member's report before it
+		// acts: send ours now rather than at the next report tick.
+		fx = append(fx, core.Send{To: core.BalancerAddr(leader), Msg: n.report(env)})
+	}
+	return fx
 }
 
 func (n *Node) timer(env *core.Env, key string) []core.Effect {
@@ -325,7 +332,17 @@ func (n *Node) response(env *core.Env, resp *m.SiteResponse) []core.Effect {
 		return n.finish(resp.RequestId, resp)
 	}
 	if resp.Master != "" {
-		n.learn(&m.RouteUpdate{Site: resp.Site, Master: resp.Master, Epoch: resp.Epoch, Phase: m.SitePhase_SITE_PHASE_ACTIVE})
+		if r := n.routes[resp.Site]; r != nil && r.Master == p.tried && r.Master != resp.Master && core.EpochLess(resp.Epoch, r.Epoch) {
+			// The cached master itself disowns the site and names one at a
+			// lower epoch: the cached epoch was never (or is no longer) its
+			// own (e.g. learnt from an answer that named it heal winner
+			// before a fence demoted it). Its word about itself wins, or the
+			// cache would keep sending every request back to it.
+			n.routes[resp.Site] = &m.RouteUpdate{Site: resp.Site, Master: resp.Master, Epoch: resp.Epoch,
+				Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: r.Domains}
+		} else {
+			n.learn(&m.RouteUpdate{Site: resp.Site, Master: resp.Master, Epoch: resp.Epoch, Phase: m.SitePhase_SITE_PHASE_ACTIVE})
+		}
 	}
 	if int(p.req.Attempt) >= env.Config.RequestAttemptsMax {
 		resp.Code = m.Code_CODE_UNAVAILABLE

@@ -67,3 +67,34 @@ func TestRouteWithoutDomainsKeepsKnownOnes(t *testing.T) {
 		t.Fatalf("domains %v, want [b.example]", d)
 	}
 }
+
+// The cached master answering MOVED names a master at a lower epoch: it
+// disowns the site, so the cache follows it instead of sending every
+// request back (seed 141: an epoch learnt for a heal winner that a fence
+// demoted before it ever served).
+func TestCachedMasterDisowningTheSiteIsBelieved(t *testing.T) {
+	cfg := core.Default()
+	n := New("n1")
+	env := &core.Env{Self: core.NodeAddr("n1"), Now: time.Unix(1000, 0), Config: cfg}
+	n.Step(env, &m.NodeBoot{Node: "n1", Members: []string{"n1", "n4", "n5"}})
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n4", Epoch: &m.Epoch{Term: 469000, Node: "n4"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: []string{"a.example"}})
+	fx := n.Step(env, &m.SiteRequest{Site: "a", RequestId: 7, EntryNode: "n1"})
+	if s, ok := fx[len(fx)-1].(core.Send); !ok || s.To != core.SiteAddr("n4", "a") {
+		t.Fatalf("first try: %v", fx)
+	}
+	fx = n.Step(env, &m.SiteResponse{Site: "a", RequestId: 7, Code: m.Code_CODE_MOVED, Master: "n5", Epoch: &m.Epoch{Term: 445503, Node: "n5"}})
+	if s, ok := fx[len(fx)-1].(core.Send); !ok || s.To != core.SiteAddr("n5", "a") {
+		t.Fatalf("after n4 disowned the site: %v, want the request sent to n5", fx)
+	}
+	if r := n.Route("a"); r.GetMaster() != "n5" || len(r.Domains) != 1 {
+		t.Fatalf("route %v, want n5 with the known domains", r)
+	}
+	// A MOVED from a node that is no longer the cached master (the cache
+	// moved on meanwhile) does not lower the cache.
+	n.Step(env, &m.SiteRequest{Site: "a", RequestId: 8, EntryNode: "n1"}) // tried n5
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n4", Epoch: &m.Epoch{Term: 600000, Node: "n4"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE})
+	n.Step(env, &m.SiteResponse{Site: "a", RequestId: 8, Code: m.Code_CODE_MOVED, Master: "n5", Epoch: &m.Epoch{Term: 1, Node: "n5"}})
+	if r := n.Route("a"); r.GetMaster() != "n4" || r.GetEpoch().GetTerm() != 600000 {
+		t.Fatalf("route %v, want n4 at 600000 kept", r)
+	}
+}

@@ -54,6 +54,15 @@ type gate struct {
 	epoch     *m.Epoch
 	inflight  int
 	zero      chan struct{} // closed when inflight returns to 0
+	changed   chan struct{} // closed (and replaced) when routeOpen or started change
+}
+
+// notify wakes the requests waiting for this gate (gates.mu held).
+func (g *gate) notify() {
+	if g.changed != nil {
+		close(g.changed)
+		g.changed = nil
+	}
 }
 
 func (g *gate) open() bool { return g.routeOpen && g.started }
@@ -79,12 +88,15 @@ func (gs *gates) setRoute(site string, open bool, epoch *m.Epoch) {
 	defer gs.mu.Unlock()
 	g := gs.get(site)
 	g.routeOpen, g.epoch = open, epoch
+	g.notify()
 }
 
 func (gs *gates) setStarted(site string, started bool) {
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
-	gs.get(site).started = started
+	g := gs.get(site)
+	g.started = started
+	g.notify()
 }
 
 func (gs *gates) isOpen(site string) bool {
@@ -94,11 +106,39 @@ func (gs *gates) isOpen(site string) bool {
 	return g != nil && g.open()
 }
 
-// admit counts a request in if the gate is open.
-func (gs *gates) admit(site string) (release func(), ok bool) {
+// gateStartWaitMax bounds how long a request waits at a master whose site
+// actor is active but whose processes are still being started (the start
+// runs after the storage work queued before it). At the bound the request
+// is refused (421) and its front end asks the actors again.
+const gateStartWaitMax = 5 * time.Second
+
+// admit counts a request in if the gate is open, waiting (bounded by
+// gateStartWaitMax and ctx) while the site is active here but not yet
+// started.
+func (gs *gates) admit(ctx context.Context, site string) (release func(), ok bool) {
+	deadline := time.NewTimer(gateStartWaitMax)
+	defer deadline.Stop()
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
 	g := gs.m[site]
+	for g != nil && g.routeOpen && !g.started {
+		if g.changed == nil {
+			g.changed = make(chan struct{})
+		}
+		ch := g.changed
+		gs.mu.Unlock()
+		timedOut := false
+		select {
+		case <-ch:
+		case <-deadline.C:
+			timedOut = true
+		case <-ctx.Done():
+		}
+		gs.mu.Lock()
+		if ctx.Err() != nil || timedOut {
+			return nil, false
+		}
+	}
 	if g == nil || !g.open() {
 		return nil, false
 	}
@@ -156,7 +196,7 @@ func (h *Host) serveInternal(w http.ResponseWriter, r *http.Request, token strin
 	}
 	// Decided before the body is read: a forwarder that sent
 	// "Expect: 100-continue" still has its body and may go elsewhere.
-	release, ok := h.gates.admit(site)
+	release, ok := h.gates.admit(r.Context(), site)
 	if !ok || h.sites == nil {
 		w.Header().Set(HeaderReason, "not-serving")
 		w.WriteHeader(http.StatusMisdirectedRequest)

@@ -164,6 +164,9 @@ func (c *Cluster) NodeIndex(name string) int {
 // a second for the snapshot to reach a replica.
 const ReplicationBound = 3 * time.Second
 
+// failoverWarmup is how long Failover writes before the kill.
+const failoverWarmup = 6 * time.Second
+
 // FailoverResult is one measured kill -9 of a site's master.
 type FailoverResult struct {
 	Victim, NewMaster string
@@ -200,7 +203,9 @@ func Failover(ctx context.Context, c *Cluster, site, domain string, via []int) (
 	w := &Writer{Domain: domain, Nodes: via, Max: 1_000_000}
 	done := make(chan struct{})
 	go func() { w.Run(wctx, c); close(done) }()
-	time.Sleep(3 * time.Second)
+	// Write long enough that several snapshots reach the replicas: what is
+	// lost must then be at most ReplicationBound old.
+	time.Sleep(failoverWarmup)
 	c.Kill(victim)
 	killed := time.Now()
 	deadline := killed.Add(90 * time.Second)

@@ -40,6 +40,7 @@ type Balancer struct {
 	reports     map[string]*m.NodeReport
 	probes      map[string]*probe
 	actions     map[string]int64 // site -> when an action was taken
+	moves       map[string]bool  // site -> that action was a repair or a move (sent to the master)
 	lastMove    map[string]int64
 	conflicts   map[string]int
 	creates     []*m.CreateSite
@@ -55,7 +56,7 @@ var _ core.Actor = (*Balancer)(nil)
 // New returns the balancer of node.
 func New(node string) *Balancer {
 	return &Balancer{node: node, reports: map[string]*m.NodeReport{}, probes: map[string]*probe{},
-		actions: map[string]int64{}, lastMove: map[string]int64{}, conflicts: map[string]int{}, draining: map[string]bool{},
+		actions: map[string]int64{}, moves: map[string]bool{}, lastMove: map[string]int64{}, conflicts: map[string]int{}, draining: map[string]bool{},
 		liveSince: map[string]int64{}, heardAt: map[string]int64{}}
 }
 
@@ -252,7 +253,9 @@ func (b *Balancer) plan(env *core.Env) []core.Effect {
 			routes.Routes = append(routes.Routes, &m.RouteUpdate{Site: site, Master: masters[0].node,
 				Epoch: masters[0].info.Epoch, Phase: masters[0].info.Phase, Domains: masters[0].info.Spec.GetDomains()})
 		}
-		if b.busy(env, site) {
+		if b.busy(env, site) && !(len(masters) == 0 && b.probes[site] == nil && b.moves[site]) {
+			// A repair or a move was sent to the master; with no master
+			// left it is moot and must not hold up the failover.
 			continue
 		}
 		switch {
@@ -352,7 +355,7 @@ func (b *Balancer) place(env *core.Env, copies map[string][]copyView, load map[s
 		}
 		n := min(redundancy(env, c.Spec), len(nodes))
 		master, replicas := nodes[0], slices.Clone(nodes[1:n])
-		b.actions[site] = env.NowMs()
+		b.actions[site], b.moves[site] = env.NowMs(), false
 		copies[site] = []copyView{{node: master, info: &m.DatasetInfo{Site: site}}}
 		fx = append(fx, core.Info("placing site", "site", site, "master", master, "replicas", fmt.Sprint(replicas)),
 			core.Send{To: core.DatasetAddr(master, site), Msg: &m.Activate{Spec: c.Spec,
@@ -442,7 +445,7 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 			replicas = append(replicas, h)
 		}
 	}
-	b.actions[site] = env.NowMs()
+	b.actions[site], b.moves[site] = env.NowMs(), false
 	return append(fx, core.Info("failover: promoting newest copy", "site", site, "node", best.Node,
 		"snapshot", best.Latest.GetName(), "epoch", core.EpochString(epoch), "copies", strings.Join(seen, " ")),
 		core.Send{To: core.DatasetAddr(best.Node, site), Msg: &m.Activate{Spec: best.Spec, Epoch: epoch,
@@ -461,7 +464,7 @@ func (b *Balancer) heal(env *core.Env, site string, masters []copyView) []core.E
 		}
 	}
 	epoch := core.NextEpoch(fence, winner.node, env)
-	b.actions[site] = env.NowMs()
+	b.actions[site], b.moves[site] = env.NowMs(), false
 	fx := []core.Effect{core.Info("two masters: newest history wins", "site", site, "winner", winner.node, "epoch", core.EpochString(epoch))}
 	var replicas []string
 	for _, c := range masters {
@@ -516,13 +519,13 @@ func (b *Balancer) repair(env *core.Env, site string, master copyView, cs []copy
 	if b.draining[master.node] && master.info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
 		for _, r := range master.info.Replicas {
 			if slices.Contains(b.live, r) && !b.draining[r] {
-				b.actions[site] = env.NowMs()
+				b.actions[site], b.moves[site] = env.NowMs(), true
 				return append(fx, core.Send{To: core.SiteAddr(master.node, site), Msg: &m.Migrate{Site: site, Target: r, Reason: "drain"}})
 			}
 		}
 	}
 	if len(fx) > 0 {
-		b.actions[site] = env.NowMs()
+		b.actions[site], b.moves[site] = env.NowMs(), true
 	}
 	return fx
 }
@@ -585,7 +588,7 @@ func (b *Balancer) rebalance(env *core.Env, copies map[string][]copyView, load m
 			if master.Requests == 0 || load[r]+master.Requests >= load[hot] {
 				continue
 			}
-			b.actions[site] = now
+			b.actions[site], b.moves[site] = now, true
 			b.lastMove[site] = now
 			return []core.Effect{core.Info("moving site off a hot node", "site", site, "from", hot, "to", r,
 				"load_from", load[hot], "load_to", load[r], "site_load", master.Requests),

@@ -122,3 +122,48 @@ func TestFailoverWaitsForAJoinedMemberBounded(t *testing.T) {
 		t.Fatalf("failover still waiting after the bound: %d probes", n)
 	}
 }
+
+// A replica added (a repair) just before the master died does not hold up
+// the failover for ActionTimeout: the repair was sent to the dead master.
+func TestRepairInFlightDoesNotDelayFailover(t *testing.T) {
+	cfg := core.Default()
+	b := New("n1")
+	now := time.Unix(1000, 0)
+	env := func() *core.Env { return &core.Env{Self: core.BalancerAddr("n1"), Now: now, Config: cfg} }
+	spec := &m.SiteSpec{Name: "a"}
+	report := func(n string, ds ...*m.DatasetInfo) { b.Step(env(), &m.NodeReport{Node: n, Datasets: ds}) }
+	b.Step(env(), &m.BalancerRole{Active: true, Live: []string{"n1", "n2", "n3"}})
+	now = now.Add(cfg.BalancerWarmup)
+	master := &m.DatasetInfo{Site: "a", Node: "n2", Role: m.Role_ROLE_MASTER, Phase: m.SitePhase_SITE_PHASE_ACTIVE,
+		Epoch: &m.Epoch{Term: 5, Node: "n2"}, Latest: snapRef(5, "n2", 3), Spec: spec}
+	report("n1")
+	report("n2", master)
+	report("n3")
+	repaired := false
+	for _, fx := range b.Step(env(), &m.Timer{Key: timerPlan}) {
+		if s, ok := fx.(core.Send); ok {
+			if _, ok := s.Msg.(*m.AddReplica); ok {
+				repaired = true
+			}
+		}
+	}
+	if !repaired {
+		t.Fatal("no repair for a site without replicas")
+	}
+	// n2 dies at once; n3 got a copy meanwhile.
+	now = now.Add(2 * time.Second)
+	b.Step(env(), &m.BalancerRole{Active: true, Live: []string{"n1", "n3"}})
+	report("n1")
+	report("n3", &m.DatasetInfo{Site: "a", Node: "n3", Role: m.Role_ROLE_REPLICA, Epoch: master.Epoch, Latest: master.Latest, Spec: spec})
+	probed := false
+	for _, fx := range b.Step(env(), &m.Timer{Key: timerPlan}) {
+		if s, ok := fx.(core.Send); ok {
+			if _, ok := s.Msg.(*m.Probe); ok {
+				probed = true
+			}
+		}
+	}
+	if !probed {
+		t.Fatalf("failover held up by the repair sent to the dead master (ActionTimeout %v)", cfg.ActionTimeout)
+	}
+}

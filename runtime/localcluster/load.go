@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -143,10 +144,12 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
 		return 0
 	}
+	// Nearest rank: the smallest value with at least p% of the values at
+	// or below it (p99 of fewer than 100 runs is their maximum).
 	s := slices.Clone(ds)
 	slices.Sort(s)
-	i := int(float64(len(s)-1) * p / 100)
-	return s[i]
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
 }
 
 // NodeIndex returns the index of the node named name (-1 if none).

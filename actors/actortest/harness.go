@@ -85,9 +85,14 @@ type disk struct {
 	stashes []string
 }
 
-// New returns an empty harness with the default configuration.
+// New returns an empty harness with the default configuration, except a
+// snapshot interval of 2 s that the transcripts were written with (a boot
+// argument can change it), so that they follow behaviour rather than the
+// production default.
 func New() *Harness {
-	h := &Harness{Config: core.Default(), up: map[string]bool{}, inc: map[string]uint64{},
+	cfg := core.Default()
+	cfg.SnapshotInterval = 2 * time.Second
+	h := &Harness{Config: cfg, up: map[string]bool{}, inc: map[string]uint64{},
 		actors: map[core.Address]core.Actor{}, timers: map[timerKey]timer{}, blocked: map[[2]string]bool{},
 		disk: map[string]map[string]*disk{}, balancer: true, load: map[string]uint64{}, hidden: map[string]bool{}, drops: map[string]int{},
 		out: &strings.Builder{}, printedAt: -1}

@@ -92,7 +92,7 @@ type Retention struct {
 func Default() *Config {
 	return &Config{
 		Redundancy:          2,
-		SnapshotInterval:    2 * time.Second,
+		SnapshotInterval:    time.Second,
 		PruneInterval:       time.Minute,
 		Retention:           Retention{KeepAll: time.Hour, KeepHourly: 24 * time.Hour, KeepDaily: 7 * 24 * time.Hour},
 		HeldRequestsMax:     1024,

@@ -4,7 +4,7 @@ GO ?= go
 SEEDS_TEST ?= 50
 SEEDS_SIM ?= 10000
 
-.PHONY: build test test-go deps run sim proto bench bench-storage lint
+.PHONY: build test test-go deps run e2e sim proto bench bench-storage bench-failover lint
 
 build:
 	$(GO) build ./...
@@ -23,8 +23,20 @@ test-go:
 	$(GO) run ./cmd/hcsim -seeds $(SEEDS_TEST)
 	$(GO) run ./cmd/hcsim -seeds 20 -faults 0
 
-run: build
-	$(GO) run ./cmd/hcsim -seed 1 -v -nodes 3 -sites 3
+# The main job: a local 3-node cluster of real hcnode processes on
+# 127.0.0.1 with a demo site (scripts/run-local.sh; Ctrl-C stops it).
+run:
+	sh scripts/run-local.sh
+
+# Only the end-to-end tests: real hcnode processes, hcctl, curl.
+e2e:
+	$(GO) test -count=1 -timeout 20m -v -run 'TestE2E' ./runtime/localcluster/
+
+# Repeated kill -9 failovers under writes; last line:
+# failover_p99_s=X rpo_p99_s=Y runs=N
+RUNS ?= 20
+bench-failover:
+	$(GO) run ./cmd/hcbench failover -runs $(RUNS)
 
 sim:
 	$(GO) run ./cmd/hcsim -seeds $(SEEDS_SIM)

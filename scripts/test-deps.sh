@@ -8,6 +8,8 @@ log() { printf 'test-deps: %s\n' "$*" >&2; }
 need=""
 command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 command -v zfs-fuse >/dev/null 2>&1 || [ -x /usr/sbin/zfs-fuse ] || need="$need zfs-fuse"
+# The end-to-end tests use real clients.
+command -v curl >/dev/null 2>&1 || need="$need curl"
 if [ -n "$need" ]; then
 	log "installing:$need"
 	export DEBIAN_FRONTEND=noninteractive

@@ -99,7 +99,6 @@ func TestClientCalls(t *testing.T) {
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.Migrate{Site: "shop", Target: "n2", Reason: "admin"}},
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminSnapshot{Site: "shop"}},
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminRollback{Site: "shop", Snapshot: "e100-n1-s1"}},
-		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminRestoreStash{Site: "shop", Stash: "stash-e90-n4-1"}},
 		{To: core.NodeAddr("n3"), Msg: &m.DrainNode{Node: "n3"}},
 	}
 	sent := fx.f.Sent()

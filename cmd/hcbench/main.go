@@ -105,8 +105,16 @@ func failover(ctx context.Context, runs, nodes int, keep bool) error {
 		}
 		recoveries = append(recoveries, res.Recovery)
 		rpos = append(rpos, res.OldestLostAge)
-		fmt.Printf("run=%d killed=%s new_master=%s failover_s=%.2f rpo_s=%.2f acked=%d lost=%d\n", run, res.Victim,
-			res.NewMaster, res.Recovery.Seconds(), res.OldestLostAge.Seconds(), res.Acked, res.Lost)
+		// Soak figures of the nodes that lived through every run so far:
+		// goroutines and heap must not grow with each kill and rejoin.
+		var soak string
+		for _, i := range via {
+			if st, err := c.Client(i).Stats(ctx); err == nil {
+				soak += fmt.Sprintf(" %s_goroutines=%d %s_heap_mb=%.1f", st.Node, st.Goroutines, st.Node, float64(st.HeapBytes)/(1<<20))
+			}
+		}
+		fmt.Printf("run=%d killed=%s new_master=%s failover_s=%.2f rpo_s=%.2f acked=%d lost=%d%s\n", run, res.Victim,
+			res.NewMaster, res.Recovery.Seconds(), res.OldestLostAge.Seconds(), res.Acked, res.Lost, soak)
 		if err := c.StartNode(ctx, victim); err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@
 //	POST   /v1/nodes/{node}/drain                 202 {}
 //	GET    /v1/events                             text/event-stream of Event
 //	GET    /v1/health                             {"node":n,"ok":true} (no auth)
+//	GET    /v1/stats                              Stats (goroutines, memory)
 package admin
 
 import "time"
@@ -168,5 +169,13 @@ type (
 	Health struct {
 		Node string `json:"node"`
 		OK   bool   `json:"ok"`
+	}
+	// Stats is the answer of GET /v1/stats: the node process's own
+	// figures, for soak tests (goroutines and memory over failovers).
+	Stats struct {
+		Node       string `json:"node"`
+		Goroutines int    `json:"goroutines"`
+		HeapBytes  uint64 `json:"heap_bytes"` // live heap (HeapAlloc)
+		SysBytes   uint64 `json:"sys_bytes"`  // obtained from the OS
 	}
 )

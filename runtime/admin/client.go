@@ -223,6 +223,15 @@ func (c *Client) Health(ctx context.Context) (*Health, error) {
 	return &out, nil
 }
 
+// Stats returns the node process's goroutines and memory.
+func (c *Client) Stats(ctx context.Context) (*Stats, error) {
+	var out Stats
+	if err := c.do(ctx, http.MethodGet, "/v1/stats", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // maxEventBytes bounds one server-sent event line.
 const maxEventBytes = 1 << 20
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -109,6 +110,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("GET /v1/nodes", s.wrap(s.nodes))
 	mux.HandleFunc("POST /v1/nodes/{node}/drain", s.wrap(s.drain))
 	mux.HandleFunc("GET /v1/events", s.events)
+	mux.HandleFunc("GET /v1/stats", s.wrap(s.stats))
 	s.mux = mux
 	return s, nil
 }
@@ -369,6 +371,12 @@ func (s *Server) master(r *http.Request) (Site, error) {
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, Health{Node: s.b.Node(), OK: true})
+}
+
+func (s *Server) stats(r *http.Request) (int, any, error) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return http.StatusOK, Stats{Node: s.b.Node(), Goroutines: runtime.NumGoroutine(), HeapBytes: ms.HeapAlloc, SysBytes: ms.Sys}, nil
 }
 
 func (s *Server) listSites(r *http.Request) (int, any, error) {

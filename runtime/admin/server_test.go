@@ -719,3 +719,15 @@ func TestEventStreamBound(t *testing.T) {
 		t.Fatalf("after a stream ended: %d", r4.StatusCode)
 	}
 }
+
+// Stats (goroutines and memory of the node process) need the token.
+func TestStats(t *testing.T) {
+	fx := newFixture(t, admintest.Sample())
+	st, body := fx.doAuth("GET", "/v1/stats", "", "")
+	wantError(t, st, body, http.StatusUnauthorized, admin.CodeUnauthorized)
+	st, body = fx.do("GET", "/v1/stats", "")
+	s := decodeAs[admin.Stats](t, body)
+	if st != http.StatusOK || s.Node != "n1" || s.Goroutines < 1 || s.HeapBytes == 0 || s.SysBytes < s.HeapBytes {
+		t.Fatalf("stats: %d %+v", st, s)
+	}
+}

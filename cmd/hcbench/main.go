@@ -1,6 +1,7 @@
 // Command hcbench measures a local cluster of real hcnode processes.
 //
 //	hcbench failover [-runs N] [-nodes 3]
+//	hcbench sites [-n 1000] [-idle 10s]
 //
 // failover: repeated kill -9 of a site's master under continuous writes
 // (hcdemoapp, acknowledged after fsync) through the other nodes. Each run
@@ -34,8 +35,17 @@ const (
 )
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "sites" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+		defer stop()
+		if err := idleSites(ctx, os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "hcbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] != "failover" {
-		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]")
+		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]\n       hcbench sites [-n N] [-idle 10s]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("hcbench failover", flag.ExitOnError)

@@ -291,3 +291,11 @@ func tail(path string, lines int) string {
 	}
 	return strings.Join(ls, "\n")
 }
+
+// Pid returns node i's process id (0 when it is not running).
+func (c *Cluster) Pid(i int) int {
+	if c.Nodes[i].cmd == nil {
+		return 0
+	}
+	return c.Nodes[i].cmd.Process.Pid
+}

@@ -115,7 +115,7 @@ func (r *router) forward(ctx actor.Context, d *delivery) {
 			return
 		}
 		props := actor.PropsFromProducer(func() actor.Actor { return &adapter{h: r.h, self: d.to, actor: a, timers: map[string]*armedTimer{}} },
-			actor.WithMailbox(actor.BoundedDropping(mailboxMessagesMax)))
+			actor.WithMailbox(actor.BoundedDropping(mailboxSize(d.to))))
 		pid, err = ctx.SpawnNamed(props, actorName(d.to))
 		if err != nil {
 			r.h.drops.Add(1)
@@ -125,6 +125,14 @@ func (r *router) forward(ctx actor.Context, d *delivery) {
 		r.children[d.to] = pid
 	}
 	ctx.Send(pid, d)
+}
+
+// mailboxSize is the mailbox bound of the actor at a.
+func mailboxSize(a core.Address) int {
+	if a.Kind == core.KindSite || a.Kind == core.KindDataset {
+		return siteMailboxMessagesMax
+	}
+	return mailboxMessagesMax
 }
 
 func newActor(nodeName string, a core.Address) (core.Actor, error) {

@@ -145,6 +145,7 @@ type Host struct {
 	routes      *routeTable
 	gates       *gates
 	sites       SiteRunner
+	activity    activity
 	nextRequest atomic.Uint64
 
 	panics atomic.Int64

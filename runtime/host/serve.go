@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	m "github.com/hybridcluster/hybridcluster/messages"
@@ -41,6 +42,68 @@ type SiteRunner interface {
 	// Quiesce waits up to max for the site's requests in flight to end,
 	// then kills its processes; it returns how many were still in flight.
 	Quiesce(ctx context.Context, site string, max time.Duration) (int, error)
+	// IsRunning reports whether the site has a process running (one that
+	// may write without a request).
+	IsRunning(site string) bool
+}
+
+// changeFullCheckEvery bounds how long a site that served no request and
+// runs no process goes without its dataset being compared for changes
+// (writes that reach it some other way, e.g. an operator's shell, are
+// snapshotted within this time).
+const changeFullCheckEvery = 30 * time.Second
+
+// activity counts the requests admitted per site (the change test's
+// shortcut: an idle site needs no look at its dataset).
+type activity struct {
+	counts  sync.Map // site -> *atomic.Uint64
+	mu      sync.Mutex
+	checked map[string]checkMark
+}
+
+type checkMark struct {
+	count uint64
+	at    time.Time
+}
+
+func (a *activity) bump(site string) {
+	c, ok := a.counts.Load(site)
+	if !ok {
+		c, _ = a.counts.LoadOrStore(site, new(atomic.Uint64))
+	}
+	c.(*atomic.Uint64).Add(1)
+}
+
+func (a *activity) count(site string) uint64 {
+	if c, ok := a.counts.Load(site); ok {
+		return c.(*atomic.Uint64).Load()
+	}
+	return 0
+}
+
+// quiet reports whether site cannot have changed since its last full
+// check: no request admitted, no process running, and the check recent.
+func (h *Host) quiet(site string) bool {
+	if h.sites == nil || h.sites.IsRunning(site) {
+		return false
+	}
+	n := h.activity.count(site)
+	h.activity.mu.Lock()
+	defer h.activity.mu.Unlock()
+	mark, ok := h.activity.checked[site]
+	return ok && mark.count == n && time.Since(mark.at) < changeFullCheckEvery
+}
+
+// checkedAt records a full change check (or a snapshot) that saw every
+// request counted by then. The count is read before the check, so a
+// request admitted during it leads to another check.
+func (h *Host) checkedAt(site string, count uint64, at time.Time) {
+	h.activity.mu.Lock()
+	defer h.activity.mu.Unlock()
+	if h.activity.checked == nil {
+		h.activity.checked = map[string]checkMark{}
+	}
+	h.activity.checked[site] = checkMark{count: count, at: at}
 }
 
 // gate admits requests at a site's master: open while the local site
@@ -203,6 +266,7 @@ func (h *Host) serveInternal(w http.ResponseWriter, r *http.Request, token strin
 		return
 	}
 	defer release()
+	h.activity.bump(site)
 	r.Header.Del(HeaderSite)
 	r.Header.Del(HeaderToken)
 	h.sites.Serve(site, w, r)

@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"net/http"
 	"testing"
 	"time"
 
@@ -60,5 +61,41 @@ func TestGateWaitsForStartAndDrains(t *testing.T) {
 	go func() { time.Sleep(20 * time.Millisecond); cancel() }()
 	if _, ok := gs.admit(ctx, "b"); ok {
 		t.Fatal("cancelled request admitted")
+	}
+}
+
+type fakeRunner struct{ running bool }
+
+func (fakeRunner) Start(string, *m.SiteSpec, string) error                     { return nil }
+func (fakeRunner) Stop(string)                                                 {}
+func (fakeRunner) Serve(string, http.ResponseWriter, *http.Request)            {}
+func (fakeRunner) Quiesce(context.Context, string, time.Duration) (int, error) { return 0, nil }
+func (f *fakeRunner) IsRunning(string) bool                                    { return f.running }
+
+// An idle site (no request since the last check, no process, a recent
+// check) needs no look at its dataset; anything else does.
+func TestQuietSiteSkipsTheChangeCheck(t *testing.T) {
+	r := &fakeRunner{}
+	h := &Host{sites: r}
+	if h.quiet("a") {
+		t.Fatal("never checked: must be checked")
+	}
+	h.checkedAt("a", h.activity.count("a"), time.Now())
+	if !h.quiet("a") {
+		t.Fatal("checked, no request, no process: quiet")
+	}
+	h.activity.bump("a")
+	if h.quiet("a") {
+		t.Fatal("a request since the check: not quiet")
+	}
+	h.checkedAt("a", h.activity.count("a"), time.Now())
+	r.running = true
+	if h.quiet("a") {
+		t.Fatal("a running app may write: not quiet")
+	}
+	r.running = false
+	h.checkedAt("a", h.activity.count("a"), time.Now().Add(-changeFullCheckEvery))
+	if h.quiet("a") {
+		t.Fatal("the last full check is too old: not quiet")
 	}
 }

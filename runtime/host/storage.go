@@ -275,6 +275,11 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 			return fail(fmt.Errorf("set role of %s to %s: %w", site, req.Role, err))
 		}
 	case m.StorageOp_STORAGE_OP_SNAPSHOT:
+		checkCount, checkAt := h.activity.count(req.Site), time.Now()
+		if req.IfChanged && h.quiet(req.Site) {
+			res.Code = m.Code_CODE_UNCHANGED
+			return res
+		}
 		if req.IfChanged {
 			var changed bool
 			var err error
@@ -287,6 +292,7 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 				return fail(fmt.Errorf("snapshot %s: changed: %w", site, err))
 			}
 			if !changed {
+				h.checkedAt(req.Site, checkCount, checkAt)
 				res.Code = m.Code_CODE_UNCHANGED
 				return res
 			}
@@ -306,6 +312,7 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 		if err != nil {
 			return fail(fmt.Errorf("snapshot %s@%s: %w", site, name, err))
 		}
+		h.checkedAt(req.Site, checkCount, checkAt)
 		ref := proto.Clone(req.Snapshot).(*m.SnapshotRef)
 		ref.Bytes = uint64(max(0, snap.ReferencedBytes))
 		res.Snapshot = ref

@@ -336,6 +336,20 @@ func (s *Supervisor) Close() {
 
 // Running lists, sorted, the sites whose app process is running (started
 // and not yet exited, accepting connections or not).
+// IsRunning reports whether site's app process is running (a static
+// site never has one).
+func (s *Supervisor) IsRunning(site string) bool {
+	s.mu.Lock()
+	st := s.sites[site]
+	s.mu.Unlock()
+	if st == nil {
+		return false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.runner != nil && st.runner.proc != nil
+}
+
 func (s *Supervisor) Running() []string {
 	s.mu.Lock()
 	states := make([]*siteState, 0, len(s.sites))

@@ -54,6 +54,7 @@ type Node struct {
 	reported    map[string]*reportedSite
 	draining    bool
 	booted      bool
+	freeBytes   uint64 // from the host (NodeReport input)
 }
 
 var _ core.Actor = (*Node)(nil)
@@ -98,10 +99,22 @@ func (n *Node) Step(env *core.Env, in proto.Message) []core.Effect {
 	case *m.DatasetInfo:
 		if msg.Role != m.Role_ROLE_UNSPECIFIED || msg.Latest != nil {
 			n.datasets[msg.Site] = msg
+		} else if msg.Node == "" {
+			// The host's count of requests its front ends forwarded
+			// straight to this master (the hot path bypasses the actors):
+			// load only.
+			n.siteLoad[msg.Site] += msg.Requests
+			n.load += msg.Requests
 		} else {
 			n.siteLoad[msg.Site] += msg.Requests
 			n.load += msg.Requests
 			n.sites[msg.Site] = msg
+		}
+		return nil
+	case *m.NodeReport:
+		// The host's disk figure, passed on in our reports.
+		if msg.Node == n.name {
+			n.freeBytes = msg.FreeBytes
 		}
 		return nil
 	case *m.SiteRequest:
@@ -259,7 +272,7 @@ func (n *Node) timer(env *core.Env, key string) []core.Effect {
 }
 
 func (n *Node) report(env *core.Env) *m.NodeReport {
-	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs()}
+	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs(), FreeBytes: n.freeBytes}
 	n.load = 0
 	for _, site := range sortedKeys(n.datasets) {
 		d, s, load := n.datasets[site], n.sites[site], n.siteLoad[site]

@@ -98,3 +98,25 @@ func TestCachedMasterDisowningTheSiteIsBelieved(t *testing.T) {
 		t.Fatalf("route %v, want n4 at 600000 kept", r)
 	}
 }
+
+// The host's figures reach the balancer through the node's report: the
+// requests its front ends forwarded straight to a master (a DatasetInfo
+// without node) and its free space (a NodeReport of this node).
+func TestHostFiguresInReport(t *testing.T) {
+	n := New("n1")
+	env := &core.Env{Self: core.NodeAddr("n1"), Now: time.Unix(1000, 0), Config: core.Default()}
+	n.Step(env, &m.NodeBoot{Node: "n1", Members: []string{"n1"}})
+	n.Step(env, &m.DatasetInfo{Site: "a", Node: "n1", Role: m.Role_ROLE_MASTER, Phase: m.SitePhase_SITE_PHASE_ACTIVE})
+	n.Step(env, &m.DatasetInfo{Site: "a", Node: "n1", Phase: m.SitePhase_SITE_PHASE_ACTIVE, Requests: 2})
+	n.Step(env, &m.DatasetInfo{Site: "a", Requests: 40})
+	n.Step(env, &m.NodeReport{Node: "n1", FreeBytes: 7 << 30})
+	n.Step(env, &m.NodeReport{Node: "n9", FreeBytes: 1})
+	r := n.report(env)
+	if r.Load != 42 || r.FreeBytes != 7<<30 || len(r.Datasets) != 1 || r.Datasets[0].Requests != 42 ||
+		r.Datasets[0].Phase != m.SitePhase_SITE_PHASE_ACTIVE {
+		t.Fatalf("report %v", r)
+	}
+	if r2 := n.report(env); r2.Load != 0 || r2.Datasets[0].Requests != 0 || r2.FreeBytes != 7<<30 {
+		t.Fatalf("second report %v: load must restart from zero, free space stays", r2)
+	}
+}

@@ -153,6 +153,7 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Client-supplied internal headers never reach a master.
 	r.Header.Del(host.HeaderSite)
 	r.Header.Del(host.HeaderToken)
+	r.Header.Del(host.HeaderCounted)
 	idempotent := r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions
 	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 	body := &trackedBody{ReadCloser: r.Body}
@@ -181,6 +182,8 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			switch resp.Code {
 			case m.Code_CODE_OK:
 				target = resp.Master
+				// The site actor that admitted it counted it as load.
+				r.Header.Set(host.HeaderCounted, "1")
 			case m.Code_CODE_UNKNOWN_SITE:
 				notFound(w, domain)
 				return

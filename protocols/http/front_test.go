@@ -144,7 +144,7 @@ func TestForwardsToServingMaster(t *testing.T) {
 	fc := &fakeCluster{routes: map[string]host.Route{"shop.example": active("n2")}, live: map[string]bool{"n2": true}}
 	srv := newFront(t, fc, n2)
 	resp, body := do(t, "POST", srv.URL+"/a?b=c", "Shop.Example:8080", "payload",
-		host.HeaderToken, "forged", host.HeaderSite, "other", "X-Forwarded-For", "10.9.9.9")
+		host.HeaderToken, "forged", host.HeaderSite, "other", host.HeaderCounted, "1", "X-Forwarded-For", "10.9.9.9")
 	if resp.StatusCode != 200 || body != "n2:shop:payload" {
 		t.Fatalf("status %d body %q", resp.StatusCode, body)
 	}
@@ -155,6 +155,9 @@ func TestForwardsToServingMaster(t *testing.T) {
 		t.Fatalf("serving route went through the actors: %v", fc.requests)
 	}
 	got := n2.got[0]
+	if got.Header.Get(host.HeaderCounted) != "" {
+		t.Fatal("a client's X-Hc-Counted reached the master: its request would escape the load count")
+	}
 	if got.Host != "Shop.Example:8080" || got.URL.RequestURI() != "/a?b=c" || got.Header.Get("X-Forwarded-Host") != "Shop.Example:8080" ||
 		got.Header.Get("X-Forwarded-Proto") != "http" || !strings.HasPrefix(got.Header.Get("X-Forwarded-For"), "10.9.9.9, 127.0.0.1") {
 		t.Fatalf("forwarded request: host %q uri %q headers %v", got.Host, got.URL.RequestURI(), got.Header)
@@ -174,6 +177,9 @@ func TestRefusedForwardGoesThroughTheActorsWithItsBody(t *testing.T) {
 	}
 	if len(fc.requests) != 1 || !fc.requests[0].Write || fc.requests[0].Site != "shop" || fc.requests[0].BodyBytes != 1<<20 {
 		t.Fatalf("actor requests %+v", fc.requests)
+	}
+	if n3.got[0].Header.Get(host.HeaderCounted) != "1" {
+		t.Fatal("a request the site actor admitted (and counted) is not marked counted")
 	}
 }
 

@@ -150,6 +150,8 @@ type Host struct {
 
 	panics atomic.Int64
 	drops  atomic.Int64
+
+	figuresDone sync.WaitGroup
 }
 
 // Start brings up one node: the stream endpoint, the actor system with
@@ -179,6 +181,8 @@ func Start(opt Options) (_ *Host, err error) {
 		"actor_addr", h.members[h.node].ActorAddr, "stream_addr", h.streamLis.Addr().String())
 	h.deliverLocal(core.NodeAddr(h.node), &m.NodeBoot{Node: h.node, Members: slices.Clone(h.names),
 		Datasets: datasets, Incarnation: h.incarnation})
+	h.figuresDone.Add(1)
+	go h.reportFigures()
 	return h, nil
 }
 
@@ -431,6 +435,7 @@ func (h *Host) Stop() {
 	h.stopOnce.Do(func() {
 		h.stopped.Store(true)
 		h.cancel()
+		h.figuresDone.Wait()
 		h.store.close(shutdownWaitMax)
 		if h.router != nil {
 			_ = h.system.Root.StopFuture(h.router).Wait()

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hybridcluster/hybridcluster/actors/core"
 	m "github.com/hybridcluster/hybridcluster/messages"
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
 )
@@ -21,6 +22,9 @@ const (
 	HeaderToken = "X-Hc-Token"
 	// HeaderReason explains a 421 from the internal port.
 	HeaderReason = "X-Hc-Reason"
+	// HeaderCounted marks a forward whose request the actors already
+	// counted (it went through the site actor); others count as load here.
+	HeaderCounted = "X-Hc-Counted"
 )
 
 // quiesceWaitMax bounds how long a snapshot that must hold every
@@ -57,6 +61,7 @@ const changeFullCheckEvery = 30 * time.Second
 // shortcut: an idle site needs no look at its dataset).
 type activity struct {
 	counts  sync.Map // site -> *atomic.Uint64
+	load    sync.Map // site -> *atomic.Uint64: requests not counted by the actors, since the last report
 	mu      sync.Mutex
 	checked map[string]checkMark
 }
@@ -72,6 +77,26 @@ func (a *activity) bump(site string) {
 		c, _ = a.counts.LoadOrStore(site, new(atomic.Uint64))
 	}
 	c.(*atomic.Uint64).Add(1)
+}
+
+func (a *activity) bumpLoad(site string) {
+	c, ok := a.load.Load(site)
+	if !ok {
+		c, _ = a.load.LoadOrStore(site, new(atomic.Uint64))
+	}
+	c.(*atomic.Uint64).Add(1)
+}
+
+// drainLoad returns and resets the uncounted requests per site.
+func (a *activity) drainLoad() map[string]uint64 {
+	out := map[string]uint64{}
+	a.load.Range(func(k, v any) bool {
+		if n := v.(*atomic.Uint64).Swap(0); n > 0 {
+			out[k.(string)] = n
+		}
+		return true
+	})
+	return out
 }
 
 func (a *activity) count(site string) uint64 {
@@ -267,9 +292,40 @@ func (h *Host) serveInternal(w http.ResponseWriter, r *http.Request, token strin
 	}
 	defer release()
 	h.activity.bump(site)
+	if r.Header.Get(HeaderCounted) == "" {
+		h.activity.bumpLoad(site)
+	}
+	r.Header.Del(HeaderCounted)
 	r.Header.Del(HeaderSite)
 	r.Header.Del(HeaderToken)
 	h.sites.Serve(site, w, r)
+}
+
+// reportFigures passes, every report interval, what the actors cannot see
+// to the node actor: the requests forwarded straight to this node as master
+// (load for the balancer) and the storage's free space.
+func (h *Host) reportFigures() {
+	defer h.figuresDone.Done()
+	t := time.NewTicker(h.cfg.ReportInterval)
+	defer t.Stop()
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-h.ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		for site, n := range h.activity.drainLoad() {
+			h.deliverLocal(core.NodeAddr(h.node), &m.DatasetInfo{Site: site, Requests: n})
+		}
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.ReportInterval)
+		free, err := h.driver.Free(ctx)
+		cancel()
+		if err == nil && free >= 0 {
+			h.deliverLocal(core.NodeAddr(h.node), &m.NodeReport{Node: h.node, FreeBytes: uint64(free)})
+		}
+	}
 }
 
 // quiesce: before a snapshot that must hold every acknowledged write of a

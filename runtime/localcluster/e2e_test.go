@@ -149,6 +149,34 @@ func TestE2EServedByEveryNode(t *testing.T) {
 		t.Fatalf("unknown host: %s", code)
 	}
 
+	// The balancer sees the requests the front ends forwarded straight to
+	// the master (its load) and every node's free space.
+	loadSeen, freeSeen := false, false
+	for attempt := 0; attempt < 20 && !(loadSeen && freeSeen); attempt++ {
+		for range 20 {
+			if st, _, err := c.Do(ctx, 2, "GET", "shop.example", "/health", nil); err != nil || st != 200 {
+				t.Fatalf("GET /health: %d %v", st, err)
+			}
+		}
+		nodes, err := c.Client(0).Nodes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		freeSeen = true
+		for _, n := range nodes {
+			if !n.Live || n.FreeBytes == 0 {
+				freeSeen = false
+			}
+			if n.Name == s.Master && n.Load > 0 {
+				loadSeen = true
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if !loadSeen || !freeSeen {
+		t.Fatalf("the balancer's view lacks the master's load (%v) or a node's free space (%v)", loadSeen, freeSeen)
+	}
+
 	// hcctl's table and --json agree on the site.
 	out, err := c.HCCtl(ctx, 2, "sites", "--json")
 	if err != nil {

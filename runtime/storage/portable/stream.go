@@ -241,6 +241,9 @@ func writeRecord(w io.Writer, tree string, it planItem) error {
 	buf := make([]byte, blockBytes)
 	for _, b := range it.blocks {
 		n := min(blockBytes, e.Size-b*blockBytes)
+		if n <= 0 {
+			return fmt.Errorf("%s: block %d lies beyond the file's size %d in its manifest", e.Path, b, e.Size)
+		}
 		if _, err := f.ReadAt(buf[:n], b*blockBytes); err != nil && !(errors.Is(err, io.EOF)) {
 			return err
 		}

@@ -202,10 +202,14 @@ func captureTree(src, dst string, prev *manifest, prevTree string) ([]entry, int
 					break
 				}
 			}
-			n, hashes, err := copyFileOut(path, out)
+			// A file being written while the snapshot is taken (an app
+			// appending) is copied up to the size just seen, and the entry
+			// records what was copied, so size and block hashes agree.
+			n, hashes, err := copyFileOut(path, out, e.Size)
 			if err != nil {
 				return err
 			}
+			e.Size = n
 			copied += n
 			e.Hashes = hashes
 			if err := os.Chtimes(out, fi.ModTime(), fi.ModTime()); err != nil {
@@ -224,7 +228,9 @@ func captureTree(src, dst string, prev *manifest, prevTree string) ([]entry, int
 	return entries, copied, finishDirs(dst, entries)
 }
 
-func copyFileOut(src, dst string) (int64, []byte, error) {
+// copyFileOut copies at most limit bytes of src to a new read-only dst and
+// returns how many it copied and their block hashes.
+func copyFileOut(src, dst string, limit int64) (int64, []byte, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return 0, nil, err
@@ -234,7 +240,7 @@ func copyFileOut(src, dst string) (int64, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	n, hashes, err := hashingCopy(out, in)
+	n, hashes, err := hashingCopy(out, io.LimitReader(in, limit))
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -54,6 +55,7 @@ func Run(t *testing.T, h Harness) {
 		{"CutStreamLeavesPreviousSnapshot", testCutStream},
 		{"OutOfSpace", testOutOfSpace},
 		{"SnapshotAll", testSnapshotAll},
+		{"SnapshotWhileAppending", testSnapshotWhileAppending},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -921,4 +923,51 @@ func wantSnapsContain(t *testing.T, ctx context.Context, d storage.Driver, site 
 		}
 	}
 	t.Fatalf("%s has no snapshot %s", site, name)
+}
+
+// An app appends to a file while snapshots are taken and sent (hcdemoapp's
+// log): every snapshot is a consistent prefix, its incremental stream
+// applies, and the replica ends equal to the master's snapshot.
+func testSnapshotWhileAppending(t *testing.T, ctx context.Context, a, b storage.Driver) {
+	site := siteFor(t, "x")
+	must(t, a.Create(ctx, site, 0), "create")
+	mp, err := a.Mountpoint(ctx, site)
+	must(t, err, "mountpoint")
+	f, err := os.OpenFile(filepath.Join(mp, "log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	must(t, err, "open log")
+	const appendBytesMax = 64 << 20 // bounds the appender if the test hangs
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rec := make([]byte, 1000)
+		for written := 0; written < appendBytesMax; written += len(rec) {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := f.Write(rec); err != nil {
+				return
+			}
+		}
+	}()
+	var prev storage.SnapName
+	var last storage.SnapName
+	for i := 1; i <= 5; i++ {
+		time.Sleep(20 * time.Millisecond)
+		last = storage.MustSnap(fmt.Sprintf("s%d", i))
+		_, err := a.Snapshot(ctx, site, last)
+		must(t, err, "snapshot while appending")
+		_, err = Transfer(ctx, a, b, site, epoch1, prev, last)
+		must(t, err, "transfer while appending")
+		prev = last
+	}
+	close(stop)
+	<-done
+	must(t, f.Close(), "close log")
+	view, err := a.MountReadOnly(ctx, site, last)
+	must(t, err, "mount last snapshot")
+	defer func() { _ = a.Unmount(ctx, site, last) }()
+	sameTree(t, "replica after snapshots taken while appending", liveHash(t, ctx, b, site), HashTree(t, view))
 }

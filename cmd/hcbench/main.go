@@ -2,6 +2,7 @@
 //
 //	hcbench failover [-runs N] [-nodes 3]
 //	hcbench sites [-n 1000] [-idle 10s]
+//	hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]
 //
 // failover: repeated kill -9 of a site's master under continuous writes
 // (hcdemoapp, acknowledged after fsync) through the other nodes. Each run
@@ -35,17 +36,21 @@ const (
 )
 
 func main() {
-	if len(os.Args) >= 2 && os.Args[1] == "sites" {
+	if len(os.Args) >= 2 && (os.Args[1] == "sites" || os.Args[1] == "rpo") {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
-		if err := idleSites(ctx, os.Args[2:]); err != nil {
+		run := idleSites
+		if os.Args[1] == "rpo" {
+			run = rpo
+		}
+		if err := run(ctx, os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "hcbench:", err)
 			os.Exit(1)
 		}
 		return
 	}
 	if len(os.Args) < 2 || os.Args[1] != "failover" {
-		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]\n       hcbench sites [-n N] [-idle 10s]")
+		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]\n       hcbench sites [-n N] [-idle 10s]\n       hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("hcbench failover", flag.ExitOnError)

@@ -114,7 +114,7 @@ func run(c *Config) error {
 	if err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
-	runner := sites.New(sites.Config{Logger: log.With("component", "sites")})
+	runner := sites.New(sites.Config{Logger: log.With("component", "sites"), RunDir: filepath.Join(c.DataDir, "run")})
 	defer runner.Close()
 
 	internalLis, err := net.Listen("tcp", c.Listen.Internal)

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -105,7 +106,7 @@ func (s *Supervisor) run(st *siteState, rn *runner, after <-chan struct{}) {
 // reports whether the runner should start it again.
 func (s *Supervisor) runOnce(st *siteState, rn *runner) bool {
 	log := s.log.With("site", st.name)
-	p, err := startProcess(log, st.name, rn.command, rn.dir)
+	p, err := startProcess(log, st.name, rn.command, rn.dir, s.cfg.RunDir)
 	if err != nil {
 		log.Error("app start failed", "err", err)
 		return s.failed(st, rn)
@@ -267,7 +268,22 @@ type process struct {
 
 var errAppGone = errors.New("the site's app process has ended")
 
-func startProcess(log *slog.Logger, site, command, dir string) (*process, error) {
+// shellMeta are the characters that make a command need a shell.
+const shellMeta = "|&;<>()$`\\\"'*?[]#~=%{}!\n\t"
+
+// appArgv is how a command is started: directly when it is a plain list of
+// words (the app is then the supervised process itself, so the parent-death
+// signal reaches it), through /bin/sh -c otherwise.
+func appArgv(command string) []string {
+	if !strings.ContainsAny(command, shellMeta) {
+		if f := strings.Fields(command); len(f) > 0 && strings.HasPrefix(f[0], "/") {
+			return f
+		}
+	}
+	return []string{"/bin/sh", "-c", command}
+}
+
+func startProcess(log *slog.Logger, site, command, dir, runDir string) (*process, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -282,7 +298,8 @@ func startProcess(log *slog.Logger, site, command, dir string) (*process, error)
 		outW.Close()
 		return nil, fmt.Errorf("pipe: %w", err)
 	}
-	cmd := exec.Command("/bin/sh", "-c", command)
+	argv := appArgv(command)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = appEnv(site, dir, port)
 	cmd.Stdout, cmd.Stderr = outW, errW
@@ -314,8 +331,20 @@ func startProcess(log *slog.Logger, site, command, dir string) (*process, error)
 		logs.Wait()
 		close(p.logsDone)
 	}()
+	pidFile := ""
+	if runDir != "" {
+		// Recorded so that a node restarted after a crash kills what this
+		// one left (see killLeftovers).
+		pidFile = filepath.Join(runDir, site+".pid")
+		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(p.pid)), 0o600); err != nil {
+			log.Warn("app pid not recorded", "err", err)
+		}
+	}
 	go func() {
 		p.waitErr = cmd.Wait()
+		if pidFile != "" {
+			_ = os.Remove(pidFile)
+		}
 		close(p.exited)
 	}()
 	dialer := &net.Dialer{Timeout: 5 * time.Second}

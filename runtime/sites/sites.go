@@ -29,6 +29,7 @@
 package sites
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,7 +40,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	m "github.com/hybridcluster/hybridcluster/messages"
@@ -117,6 +120,10 @@ type Config struct {
 	// WaitingRequestsMax bounds the requests of one site waiting for its
 	// app to start. Beyond: 503 with Retry-After.
 	WaitingRequestsMax int
+	// RunDir, when set, records each running app's process group (one
+	// <site>.pid file); New kills the groups a crashed predecessor left
+	// there, if they still run an app of that site.
+	RunDir string
 }
 
 func (c Config) withDefaults() Config {
@@ -167,7 +174,42 @@ type Supervisor struct {
 // New returns a Supervisor serving no site yet.
 func New(cfg Config) *Supervisor {
 	cfg = cfg.withDefaults()
-	return &Supervisor{cfg: cfg, log: cfg.Logger, sites: make(map[string]*siteState)}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, sites: make(map[string]*siteState)}
+	if cfg.RunDir != "" {
+		if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+			s.log.Error("run directory", "dir", cfg.RunDir, "err", err)
+		} else {
+			s.killLeftovers()
+		}
+	}
+	return s
+}
+
+// killLeftovers kills the process groups of apps a crashed node left
+// running: a pid file whose process still carries HC_SITE=<site> in its
+// environment (a pid reused by anything else is left alone).
+func (s *Supervisor) killLeftovers() {
+	ents, err := os.ReadDir(s.cfg.RunDir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		site, ok := strings.CutSuffix(e.Name(), ".pid")
+		if !ok {
+			continue
+		}
+		file := filepath.Join(s.cfg.RunDir, e.Name())
+		data, err := os.ReadFile(file)
+		pid, perr := strconv.Atoi(strings.TrimSpace(string(data)))
+		if err == nil && perr == nil && pid > 1 {
+			env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			if err == nil && (bytes.Contains(env, []byte("\x00HC_SITE="+site+"\x00")) || bytes.HasPrefix(env, []byte("HC_SITE="+site+"\x00"))) {
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+				s.log.Warn("killed an app a previous run of this node left", "site", site, "pid", pid)
+			}
+		}
+		_ = os.Remove(file)
+	}
 }
 
 // siteState is one site. Lock order: Supervisor.mu before siteState.mu.

@@ -2332,9 +2332,12 @@ type StorageRequest struct {
 	Spec       *SiteSpec              `protobuf:"bytes,13,opt,name=spec,proto3" json:"spec,omitempty"`
 	// snapshot: take it only if the dataset changed since its newest snapshot
 	// (OpenZFS: the written property); otherwise answer CODE_UNCHANGED.
-	IfChanged     bool `protobuf:"varint,14,opt,name=if_changed,json=ifChanged,proto3" json:"if_changed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IfChanged bool `protobuf:"varint,14,opt,name=if_changed,json=ifChanged,proto3" json:"if_changed,omitempty"`
+	// restore_stash: the name under which what the site had after the
+	// restored stash's base is put aside (stash_name names the stash restored).
+	DisplacedStash string `protobuf:"bytes,15,opt,name=displaced_stash,json=displacedStash,proto3" json:"displaced_stash,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StorageRequest) Reset() {
@@ -2465,19 +2468,29 @@ func (x *StorageRequest) GetIfChanged() bool {
 	return false
 }
 
+func (x *StorageRequest) GetDisplacedStash() string {
+	if x != nil {
+		return x.DisplacedStash
+	}
+	return ""
+}
+
 type StorageResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Op            StorageOp              `protobuf:"varint,1,opt,name=op,proto3,enum=hybridcluster.v1.StorageOp" json:"op,omitempty"`
-	Site          string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
-	OpId          uint64                 `protobuf:"varint,3,opt,name=op_id,json=opId,proto3" json:"op_id,omitempty"`
-	Code          Code                   `protobuf:"varint,4,opt,name=code,proto3,enum=hybridcluster.v1.Code" json:"code,omitempty"`
-	Detail        string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
-	Snapshot      *SnapshotRef           `protobuf:"bytes,6,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	Bytes         uint64                 `protobuf:"varint,7,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	TookMs        int64                  `protobuf:"varint,8,opt,name=took_ms,json=tookMs,proto3" json:"took_ms,omitempty"`
-	StreamBase    string                 `protobuf:"bytes,9,opt,name=stream_base,json=streamBase,proto3" json:"stream_base,omitempty"`
-	StreamId      uint64                 `protobuf:"varint,10,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
-	ToNode        string                 `protobuf:"bytes,11,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Op         StorageOp              `protobuf:"varint,1,opt,name=op,proto3,enum=hybridcluster.v1.StorageOp" json:"op,omitempty"`
+	Site       string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	OpId       uint64                 `protobuf:"varint,3,opt,name=op_id,json=opId,proto3" json:"op_id,omitempty"`
+	Code       Code                   `protobuf:"varint,4,opt,name=code,proto3,enum=hybridcluster.v1.Code" json:"code,omitempty"`
+	Detail     string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	Snapshot   *SnapshotRef           `protobuf:"bytes,6,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	Bytes      uint64                 `protobuf:"varint,7,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	TookMs     int64                  `protobuf:"varint,8,opt,name=took_ms,json=tookMs,proto3" json:"took_ms,omitempty"`
+	StreamBase string                 `protobuf:"bytes,9,opt,name=stream_base,json=streamBase,proto3" json:"stream_base,omitempty"`
+	StreamId   uint64                 `protobuf:"varint,10,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	ToNode     string                 `protobuf:"bytes,11,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
+	// restore_stash: every snapshot the dataset holds afterwards, oldest
+	// first (the restored history replaces the actor's list).
+	Snapshots     []*SnapshotRef `protobuf:"bytes,12,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2587,6 +2600,13 @@ func (x *StorageResult) GetToNode() string {
 		return x.ToNode
 	}
 	return ""
+}
+
+func (x *StorageResult) GetSnapshots() []*SnapshotRef {
+	if x != nil {
+		return x.Snapshots
+	}
+	return nil
 }
 
 // Received is delivered to the receiving dataset actor when a stream was applied.
@@ -3123,6 +3143,9 @@ func (x *AdminRollback) GetSnapshot() string {
 	return ""
 }
 
+// AdminRestoreStash makes a stash the site's history again, like a rollback:
+// the site pauses, its master's dataset restores the stash at a new epoch
+// (what it had is itself stashed), and replicas resync from the new history.
 type AdminRestoreStash struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
@@ -3952,7 +3975,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x06target\x18\x05 \x01(\v2\x1d.hybridcluster.v1.SnapshotRefR\x06target\x12*\n" +
 	"\x04code\x18\x06 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x12\x16\n" +
 	"\x06detail\x18\a \x01(\tR\x06detail\x12\x14\n" +
-	"\x05bytes\x18\b \x01(\x04R\x05bytes\"\xeb\x03\n" +
+	"\x05bytes\x18\b \x01(\x04R\x05bytes\"\x94\x04\n" +
 	"\x0eStorageRequest\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.hybridcluster.v1.StorageOpR\x02op\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x13\n" +
@@ -3971,7 +3994,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"quotaBytes\x12.\n" +
 	"\x04spec\x18\r \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\x12\x1d\n" +
 	"\n" +
-	"if_changed\x18\x0e \x01(\bR\tifChanged\"\xea\x02\n" +
+	"if_changed\x18\x0e \x01(\bR\tifChanged\x12'\n" +
+	"\x0fdisplaced_stash\x18\x0f \x01(\tR\x0edisplacedStash\"\xa7\x03\n" +
 	"\rStorageResult\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.hybridcluster.v1.StorageOpR\x02op\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x13\n" +
@@ -3985,7 +4009,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"streamBase\x12\x1b\n" +
 	"\tstream_id\x18\n" +
 	" \x01(\x04R\bstreamId\x12\x17\n" +
-	"\ato_node\x18\v \x01(\tR\x06toNode\"\xb6\x02\n" +
+	"\ato_node\x18\v \x01(\tR\x06toNode\x12;\n" +
+	"\tsnapshots\x18\f \x03(\v2\x1d.hybridcluster.v1.SnapshotRefR\tsnapshots\"\xb6\x02\n" +
 	"\bReceived\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1b\n" +
 	"\tstream_id\x18\x02 \x01(\x04R\bstreamId\x12\x1b\n" +
@@ -4233,29 +4258,30 @@ var file_messages_hc_proto_depIdxs = []int32{
 	3,  // 37: hybridcluster.v1.StorageResult.op:type_name -> hybridcluster.v1.StorageOp
 	2,  // 38: hybridcluster.v1.StorageResult.code:type_name -> hybridcluster.v1.Code
 	6,  // 39: hybridcluster.v1.StorageResult.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	6,  // 40: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	5,  // 41: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
-	2,  // 42: hybridcluster.v1.Received.code:type_name -> hybridcluster.v1.Code
-	9,  // 43: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
-	9,  // 44: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
-	26, // 45: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
-	4,  // 46: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
-	2,  // 47: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
-	36, // 48: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
-	9,  // 49: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
-	26, // 50: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
-	6,  // 51: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	2,  // 52: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
-	6,  // 53: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	26, // 54: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
-	6,  // 55: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	46, // 56: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
-	13, // 57: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	6,  // 40: hybridcluster.v1.StorageResult.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	6,  // 41: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 42: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
+	2,  // 43: hybridcluster.v1.Received.code:type_name -> hybridcluster.v1.Code
+	9,  // 44: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
+	9,  // 45: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
+	26, // 46: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
+	4,  // 47: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
+	2,  // 48: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
+	36, // 49: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
+	9,  // 50: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
+	26, // 51: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 52: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	2,  // 53: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
+	6,  // 54: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	26, // 55: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 56: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	46, // 57: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	13, // 58: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
+	59, // [59:59] is the sub-list for method output_type
+	59, // [59:59] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_messages_hc_proto_init() }

@@ -41,6 +41,7 @@ type checker struct {
 	probes        []*clientReq
 	probeFailed   map[uint64]string
 	rollbacks     map[string]string // dataset address -> snapshot asked for
+	restores      map[string]*restoreAsk
 	stats         Stats
 	bytesStreamed uint64
 }
@@ -48,7 +49,8 @@ type checker struct {
 func newChecker(w *World) *checker {
 	return &checker{w: w, writes: map[uint64]*writeInfo{}, epochWriter: map[string]string{},
 		expected: map[string]map[uint64]bool{}, crashes: map[string][]int64{}, moves: map[string][]*window{},
-		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, rollbacks: map[string]string{}, probeID: map[string]string{}}
+		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, rollbacks: map[string]string{}, probeID: map[string]string{},
+		restores: map[string]*restoreAsk{}}
 }
 
 func (c *checker) fault() { c.faultTimes = append(c.faultTimes, c.w.now) }
@@ -146,6 +148,10 @@ func (c *checker) delivered(h *host, addr core.Address, msg any) {
 		if addr.Kind == core.KindDataset {
 			c.rollbacks[addr.String()] = msg.Snapshot
 		}
+	case *m.AdminRestoreStash:
+		if addr.Kind == core.KindDataset {
+			c.restoreAsked(h, addr, msg)
+		}
 	case *m.Sync:
 		// A move starts with its pre-copy (a Migrate the site refuses is no move).
 		if msg.Final {
@@ -206,8 +212,64 @@ func (c *checker) activated(h *host, a *m.Activate) {
 	case "rollback":
 		c.stats.Rollbacks++
 		c.rolledBack(h, site, d, have)
+	case "restore":
+		c.stats.Restores++
+		c.restored(h, site, d, have)
 	}
-	c.lossCheck(site, have, false)
+	// A rollback or a restore sets writes aside in a stash on purpose:
+	// they are not lost.
+	c.lossCheck(site, have, false, a.Reason == "rollback" || a.Reason == "restore")
+}
+
+// restoreAsk is what a copy held when its dataset actor was asked to
+// restore a stash: the stash's live data, and every write anywhere on it.
+type restoreAsk struct {
+	stash  string
+	want   map[uint64]bool
+	before map[uint64]bool
+}
+
+func (c *checker) restoreAsked(h *host, addr core.Address, r *m.AdminRestoreStash) {
+	d := h.store.get(r.Site)
+	for i := range d.stashes {
+		if st := &d.stashes[i]; st.name == r.Stash {
+			c.restores[addr.String()] = &restoreAsk{stash: r.Stash, want: st.live(), before: d.everything()}
+			return
+		}
+	}
+	// No such stash (any more: a duplicate of a request being carried
+	// out): the dataset refuses it, and the ask recorded stands.
+}
+
+// restored: after a restore the live data is exactly the stash's, and
+// nothing the copy held before (its displaced history included) is gone.
+func (c *checker) restored(h *host, site string, d *simDataset, have map[uint64]bool) {
+	key := core.DatasetAddr(h.name, site).String()
+	ask := c.restores[key]
+	delete(c.restores, key)
+	if ask == nil {
+		c.w.violate("RESTORE", "site %s on %s: activated for a restore that was never asked of a stash it held", site, h.name)
+		return
+	}
+	for _, wid := range sortedIDs(have) {
+		if !ask.want[wid] {
+			c.w.violate("RESTORE", "site %s on %s: write %d is live after restoring stash %s, which does not hold it", site, h.name, wid, ask.stash)
+			return
+		}
+	}
+	for _, wid := range sortedIDs(ask.want) {
+		if !have[wid] {
+			c.w.violate("RESTORE", "site %s on %s: write %d of stash %s is not live after restoring it", site, h.name, wid, ask.stash)
+			return
+		}
+	}
+	after := d.everything()
+	for _, wid := range sortedIDs(ask.before) {
+		if !after[wid] {
+			c.w.violate("RESTORE", "site %s on %s: write %d was destroyed by restoring stash %s", site, h.name, wid, ask.stash)
+			return
+		}
+	}
 }
 
 // rolledBack: after a rollback the live data is exactly the snapshot asked
@@ -301,9 +363,9 @@ func refName(s *snap) string {
 // with a crashed master is allowed only within the RPO (or when the network
 // was impaired around it); otherwise it must still be somewhere (a diverged
 // copy about to be stashed) and the final check decides.
-func (c *checker) lossCheck(site string, have map[uint64]bool, final bool) {
+func (c *checker) lossCheck(site string, have map[uint64]bool, final, withStashes bool) {
 	stashed := map[uint64]bool{}
-	if final {
+	if final || withStashes {
 		for _, n := range c.w.names {
 			if d := c.w.hosts[n].store.ds[site]; d != nil {
 				d.stashContents(stashed)
@@ -401,7 +463,7 @@ func (c *checker) finish() {
 		default:
 			w.violate("I5", "site %s has %d masters after the liveness phase: %v", s, len(masters), masters)
 		}
-		c.lossCheck(s, w.hosts[masters[0]].store.ds[s].contents(), true)
+		c.lossCheck(s, w.hosts[masters[0]].store.ds[s].contents(), true, true)
 	}
 }
 

@@ -73,6 +73,7 @@ func (w *World) clientsStart() {
 	w.at(clientsFrom, tick)
 	w.migrationsStart()
 	w.rollbacksStart()
+	w.restoresStart()
 }
 
 func (w *World) siteExists(name string) bool {
@@ -197,6 +198,38 @@ func (w *World) rollbacksStart() {
 		w.send(from, core.SiteAddr(masters[0], s), &m.AdminRollback{Site: s, Snapshot: target})
 	}
 	w.at(clientsFrom+10*time.Second, tick)
+}
+
+// restoresStart asks for restores of random stashes of random sites (one of
+// the newest the master's dataset actor lists), as an operator bringing back
+// a losing side's writes, or undoing a rollback, would. As often as rollbacks.
+func (w *World) restoresStart() {
+	if w.opt.RollbackEvery <= 0 {
+		return
+	}
+	stopUs := int64((w.opt.Safety + w.opt.Liveness - 30*time.Second) / time.Microsecond)
+	var tick func()
+	tick = func() {
+		if w.now > stopUs {
+			return
+		}
+		defer w.at(time.Duration(w.rng.ExpFloat64()*float64(w.opt.RollbackEvery)), tick)
+		s := siteName(w.rng.IntN(w.opt.Sites))
+		masters := w.activeMasters(s)
+		if len(masters) != 1 {
+			return
+		}
+		stashes := w.hosts[masters[0]].store.get(s).stashes
+		if len(stashes) == 0 {
+			return
+		}
+		stash := stashes[len(stashes)-1-w.rng.IntN(min(8, len(stashes)))].name
+		live := w.liveHosts()
+		from := live[w.rng.IntN(len(live))]
+		w.tracef("admin: restore stash %s of %s on %s", stash, s, masters[0])
+		w.send(from, core.SiteAddr(masters[0], s), &m.AdminRestoreStash{Site: s, Stash: stash})
+	}
+	w.at(clientsFrom+15*time.Second, tick)
 }
 
 // migrationsStart asks for planned moves of random sites, as an operator would.

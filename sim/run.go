@@ -76,7 +76,7 @@ type Result struct {
 type Stats struct {
 	Requests, OK, Failed, Writes, Acked   int
 	Migrations, Failovers, Heals, Stashes int
-	Rollbacks                             int
+	Rollbacks, Restores                   int
 	Crashes, Partitions                   int
 	MaxPauseMs                            int64
 	BytesStreamed                         uint64

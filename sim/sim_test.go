@@ -128,6 +128,29 @@ func TestMutationScenariosPassUnmutated(t *testing.T) {
 	}
 }
 
+// The admin client's history changes reach the checkers: a few seeds of the
+// default scenario carry out rollbacks and stash restores (their checkers
+// ran on each, and found nothing).
+func TestHistoryChangesExercised(t *testing.T) {
+	var total Stats
+	for seed := uint64(1); seed <= 3; seed++ {
+		o := DefaultOptions()
+		o.Seed = seed
+		res, err := Run(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range res.Violations {
+			t.Errorf("seed %d: %s", seed, v)
+		}
+		total.Rollbacks += res.Stats.Rollbacks
+		total.Restores += res.Stats.Restores
+	}
+	if total.Rollbacks == 0 || total.Restores == 0 {
+		t.Errorf("rollbacks=%d restores=%d over 3 seeds: the admin client's history changes are not exercised", total.Rollbacks, total.Restores)
+	}
+}
+
 func TestOptionsValidated(t *testing.T) {
 	for _, o := range []Options{{Nodes: 2}, {Nodes: 101}, {Sites: 10001}, {RequestRate: -1}} {
 		if _, err := Run(o); err == nil {

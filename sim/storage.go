@@ -41,9 +41,28 @@ type snap struct {
 }
 
 type stash struct {
-	name    string
-	snaps   []snap
-	pending []uint64
+	name string
+	// base is the snapshot the copy was left at ("" and nil: none, a stash
+	// of everything); the stash's snapshots come after it.
+	base     string
+	baseBlob *blob
+	snaps    []snap
+	pending  []uint64
+}
+
+// live is the content the stash's live data had: its newest snapshot (or
+// its base) plus its unsnapshotted writes.
+func (st *stash) live() map[uint64]bool {
+	set := map[uint64]bool{}
+	b := st.baseBlob
+	if len(st.snaps) > 0 {
+		b = st.snaps[len(st.snaps)-1].b
+	}
+	b.each(func(w uint64) { set[w] = true })
+	for _, w := range st.pending {
+		set[w] = true
+	}
+	return set
 }
 
 // simDataset is one copy on one simulated disk. A crash loses pending (the
@@ -84,6 +103,47 @@ func (d *simDataset) contents() map[uint64]bool {
 	d.head.each(func(w uint64) { set[w] = true })
 	for _, w := range d.pending {
 		set[w] = true
+	}
+	return set
+}
+
+// stashAbove puts everything after snapshot index i (-1: everything) and
+// the live writes into a new stash, leaving the copy at snapshot i.
+func (d *simDataset) stashAbove(name string, i int) {
+	st := stash{name: name, snaps: slices.Clone(d.snaps[i+1:]), pending: d.pending}
+	if i >= 0 {
+		st.base, st.baseBlob = d.snaps[i].ref.Name, d.snaps[i].b
+	}
+	d.stashes = append(d.stashes, st)
+	d.snaps = d.snaps[:i+1]
+	d.pending = nil
+	d.head = st.baseBlob
+}
+
+// everything is every write the copy holds anywhere: live, in a snapshot
+// or in a stash.
+func (d *simDataset) everything() map[uint64]bool {
+	set := d.contents()
+	seen := map[*blob]bool{}
+	add := func(b *blob) {
+		for ; b != nil && !seen[b]; b = b.parent {
+			seen[b] = true
+			for _, w := range b.writes {
+				set[w] = true
+			}
+		}
+	}
+	for _, sn := range d.snaps {
+		add(sn.b)
+	}
+	for _, st := range d.stashes {
+		add(st.baseBlob)
+		for _, sn := range st.snaps {
+			add(sn.b)
+		}
+		for _, w := range st.pending {
+			set[w] = true
+		}
 	}
 	return set
 }
@@ -204,14 +264,7 @@ func (w *World) storageLocal(h *host, req *m.StorageRequest) *m.StorageResult {
 				return res
 			}
 		}
-		st := stash{name: req.StashName, snaps: slices.Clone(d.snaps[i+1:]), pending: d.pending}
-		d.stashes = append(d.stashes, st)
-		d.snaps = d.snaps[:i+1]
-		d.pending = nil
-		d.head = nil
-		if i >= 0 {
-			d.head = d.snaps[i].b
-		}
+		d.stashAbove(req.StashName, i)
 		d.role = m.Role_ROLE_REPLICA
 		res.Snapshot = req.Snapshot
 		res.Detail = req.StashName
@@ -224,13 +277,40 @@ func (w *World) storageLocal(h *host, req *m.StorageRequest) *m.StorageResult {
 		}
 		// What is rolled away, later snapshots and the live changes (the
 		// safety snapshot), goes to a stash.
-		st := stash{name: req.StashName, snaps: slices.Clone(d.snaps[i+1:]), pending: d.pending}
-		d.stashes = append(d.stashes, st)
-		d.snaps = d.snaps[:i+1]
-		d.head, d.pending = d.snaps[i].b, nil
+		d.stashAbove(req.StashName, i)
 		d.fence = core.MaxEpoch(d.fence, req.Epoch)
 		w.noteEpoch(h, req.Site, d, req.Epoch, "rollback")
 		res.Detail = req.StashName
+		w.stashes++
+	case m.StorageOp_STORAGE_OP_RESTORE_STASH:
+		// The stash becomes the history again; what the copy has after the
+		// stash's base is itself stashed (nothing destroyed).
+		si := slices.IndexFunc(d.stashes, func(st stash) bool { return st.name == req.StashName })
+		if si < 0 {
+			res.Code, res.Detail = m.Code_CODE_FAILED, "no stash "+req.StashName
+			return res
+		}
+		st := d.stashes[si]
+		i := -1
+		if st.base != "" {
+			if i = d.find(st.base); i < 0 {
+				res.Code, res.Detail = m.Code_CODE_NO_COMMON_SNAPSHOT, "base "+st.base+" of stash "+st.name+" not here"
+				return res
+			}
+		}
+		d.stashes = slices.Delete(d.stashes, si, si+1)
+		d.stashAbove(req.DisplacedStash, i)
+		d.snaps = append(d.snaps, st.snaps...)
+		if len(st.snaps) > 0 {
+			d.head = st.snaps[len(st.snaps)-1].b
+		}
+		d.pending = slices.Clone(st.pending)
+		d.fence = core.MaxEpoch(d.fence, req.Epoch)
+		w.noteEpoch(h, req.Site, d, req.Epoch, "restore")
+		for _, sn := range d.snaps {
+			res.Snapshots = append(res.Snapshots, sn.ref)
+		}
+		res.Detail = req.DisplacedStash
 		w.stashes++
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		d.snaps = slices.DeleteFunc(d.snaps, func(s snap) bool {

@@ -181,6 +181,9 @@ func (h *Harness) Handle(t *testing.T, d *datadriven.TestData) string {
 	case "rollback":
 		s := a.str("site", "")
 		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminRollback{Site: s, Snapshot: a.str("to", "")})
+	case "restore":
+		s := a.str("site", "")
+		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminRestoreStash{Site: s, Stash: a.str("stash", "")})
 	case "query":
 		// query kind=cluster|site [site=s] (via=node | balancer=node | dataset=node) [reply=node]
 		kinds := map[string]m.AdminQueryKind{"cluster": m.AdminQueryKind_ADMIN_QUERY_CLUSTER,

@@ -83,6 +83,28 @@ type disk struct {
 	spec    *m.SiteSpec
 	snaps   []*m.SnapshotRef
 	stashes []string
+	// stashed is what each stash holds: the snapshot it was taken above
+	// ("" for everything) and the snapshots after it.
+	stashed map[string]stashRec
+}
+
+type stashRec struct {
+	base  string
+	snaps []*m.SnapshotRef
+}
+
+// stash puts the snapshots after index i (and the live data) aside as name.
+func (d *disk) stash(name string, i int) {
+	if d.stashed == nil {
+		d.stashed = map[string]stashRec{}
+	}
+	rec := stashRec{snaps: slices.Clone(d.snaps[i+1:])}
+	if i >= 0 {
+		rec.base = d.snaps[i].Name
+	}
+	d.stashed[name] = rec
+	d.stashes = append(d.stashes, name)
+	d.snaps = d.snaps[:i+1]
 }
 
 // New returns an empty harness with the default configuration, except a
@@ -399,8 +421,7 @@ func (h *Harness) storage(from core.Address, req *m.StorageRequest) {
 			fail(m.Code_CODE_NO_COMMON_SNAPSHOT, "base not here")
 			break
 		}
-		d.stashes = append(d.stashes, req.StashName)
-		d.snaps = d.snaps[:i+1]
+		d.stash(req.StashName, i)
 		d.role = m.Role_ROLE_REPLICA
 		res.Snapshot, res.Detail = req.Snapshot, req.StashName
 	case m.StorageOp_STORAGE_OP_ROLLBACK:
@@ -409,10 +430,25 @@ func (h *Harness) storage(from core.Address, req *m.StorageRequest) {
 			fail(m.Code_CODE_INVALID, "no snapshot "+req.Snapshot.GetName())
 			break
 		}
-		d.stashes = append(d.stashes, req.StashName)
-		d.snaps = d.snaps[:i+1]
+		d.stash(req.StashName, i)
 		d.fence = core.MaxEpoch(d.fence, req.Epoch)
 		res.Detail = req.StashName
+	case m.StorageOp_STORAGE_OP_RESTORE_STASH:
+		rec, ok := d.stashed[req.StashName]
+		i := slices.IndexFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == rec.base })
+		switch {
+		case !ok:
+			fail(m.Code_CODE_FAILED, "no stash "+req.StashName)
+		case rec.base != "" && i < 0:
+			fail(m.Code_CODE_NO_COMMON_SNAPSHOT, "base "+rec.base+" not here")
+		default:
+			d.stash(req.DisplacedStash, i)
+			d.snaps = append(d.snaps, rec.snaps...)
+			delete(d.stashed, req.StashName)
+			d.stashes = slices.DeleteFunc(d.stashes, func(n string) bool { return n == req.StashName })
+			d.fence = core.MaxEpoch(d.fence, req.Epoch)
+			res.Snapshots = slices.Clone(d.snaps)
+		}
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		latest := d.snaps[len(d.snaps)-1].Name
 		d.snaps = slices.DeleteFunc(d.snaps, func(s *m.SnapshotRef) bool {

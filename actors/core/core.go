@@ -141,7 +141,7 @@ func (Serve) effect()       {}
 func (Log) effect()         {}
 
 // RollbackTarget is the Target of the SyncDone by which a dataset tells its
-// site actor that a rollback failed.
+// site actor that a rollback or a stash restore failed (the site resumes).
 const RollbackTarget = "rollback"
 
 // Info is a convenience for a Log effect at Info level.

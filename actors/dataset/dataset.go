@@ -84,6 +84,12 @@ type Dataset struct {
 	rollingBack   *m.AdminRollback
 	rollbackOp    uint64
 	rollbackEpoch *m.Epoch
+	// restoring is the stash restore waiting for storage, at restoreEpoch;
+	// what the copy had goes aside as restoreDisplaced.
+	restoring        *m.AdminRestoreStash
+	restoreOp        uint64
+	restoreEpoch     *m.Epoch
+	restoreDisplaced string
 	// readOnlyPending: demoted while a snapshot was being taken; the role
 	// change waits for it, or storage would refuse the last snapshot.
 	readOnlyPending bool
@@ -214,6 +220,8 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = d.snapshotNow(env)
 	case *m.AdminRollback:
 		fx = d.rollback(env, msg)
+	case *m.AdminRestoreStash:
+		fx = d.restoreStash(env, msg)
 	case *m.AdminQuery:
 		// Read only, and no report: a query that spawned this actor (a site
 		// this node never held) leaves nothing behind.
@@ -500,6 +508,12 @@ func (d *Dataset) snapshotNow(env *core.Env) []core.Effect { return d.snapshot(e
 // skipped by storage when nothing changed, and skipped here while another is
 // being taken; a forced one follows the one being taken.
 func (d *Dataset) snapshot(env *core.Env, ifChanged bool) []core.Effect {
+	if d.restoring != nil {
+		// The site is paused and its history about to change: a snapshot
+		// now would name the restored data in the old epoch. The restore
+		// takes one at the new epoch when it is done.
+		return nil
+	}
 	if d.snapTaking {
 		d.snapAgain = d.snapAgain || !ifChanged
 		return nil
@@ -524,6 +538,9 @@ func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect
 	}
 	if d.rollingBack != nil && r.OpId == d.rollbackOp {
 		return d.rolledBack(env, r)
+	}
+	if d.restoring != nil && r.OpId == d.restoreOp {
+		return d.restored(env, r)
 	}
 	switch r.Op {
 	case m.StorageOp_STORAGE_OP_SNAPSHOT:
@@ -668,7 +685,7 @@ func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
 		return append(reply(m.Code_CODE_FENCED, "", "stream epoch "+core.EpochString(o.Epoch)+" is older than "+core.EpochString(d.fence)),
 			core.Info("stream refused: fenced", "site", d.site, "node", d.node, "from", o.FromNode, "epoch", core.EpochString(o.Epoch)))
 	}
-	if d.incoming != nil || d.activating != nil || d.snapTaking || d.rollingBack != nil {
+	if d.incoming != nil || d.activating != nil || d.snapTaking || d.rollingBack != nil || d.restoring != nil {
 		return reply(m.Code_CODE_BUSY, "", "copy is busy")
 	}
 	if d.active {
@@ -757,7 +774,7 @@ func (d *Dataset) rollback(env *core.Env, r *m.AdminRollback) []core.Effect {
 	switch {
 	case !d.active:
 		return fail(m.Code_CODE_INVALID, "copy is not master")
-	case d.rollingBack != nil || d.incoming != nil || d.activating != nil:
+	case d.rollingBack != nil || d.restoring != nil || d.incoming != nil || d.activating != nil:
 		return fail(m.Code_CODE_BUSY, "copy is busy")
 	case d.find(r.Snapshot) < 0:
 		return fail(m.Code_CODE_INVALID, "no snapshot "+r.Snapshot)
@@ -805,6 +822,86 @@ func (d *Dataset) rolledBack(env *core.Env, r *m.StorageResult) []core.Effect {
 	fx := []core.Effect{
 		core.Info("rolled back", "site", d.site, "node", d.node, "snapshot", rb.Snapshot, "epoch", core.EpochString(epoch)),
 		core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: d.replicas, Reason: "rollback"}},
+	}
+	return append(fx, d.snapshotNow(env)...)
+}
+
+// restoreStash makes one of this master copy's stashes the site's history
+// again. Like a rollback it changes the history: what the copy has after the
+// stash's base (snapshots and live data) is itself stashed, as
+// restoreDisplaced, never destroyed, and the copy goes on at a new epoch, so
+// that replicas holding the displaced snapshots stash them on the next offer.
+func (d *Dataset) restoreStash(env *core.Env, r *m.AdminRestoreStash) []core.Effect {
+	fail := func(code m.Code, detail string) []core.Effect {
+		return []core.Effect{
+			core.Warn("stash restore refused", "site", d.site, "node", d.node, "stash", r.Stash, "reason", detail),
+			core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{Site: d.site, Target: core.RollbackTarget, Code: code, Detail: "restore: " + detail}},
+		}
+	}
+	switch {
+	case !d.active:
+		return fail(m.Code_CODE_INVALID, "copy is not master")
+	case d.rollingBack != nil || d.restoring != nil || d.incoming != nil || d.activating != nil:
+		return fail(m.Code_CODE_BUSY, "copy is busy")
+	case r.Stash == "":
+		return fail(m.Code_CODE_INVALID, "no stash named")
+	case !slices.Contains(d.stashes, r.Stash) && d.stashCount <= len(d.stashes):
+		// Every stash of this copy is listed, and not this one. (Past
+		// StashNamesMax the oldest names are forgotten here but kept on
+		// disk: storage decides.)
+		return fail(m.Code_CODE_INVALID, "no stash "+r.Stash+" on this copy")
+	}
+	d.restoring = r
+	d.restoreOp = d.id()
+	d.restoreEpoch = core.NextEpoch(core.MaxEpoch(d.fence, d.epoch), d.node, env)
+	// Unique across restarts too: the new epoch is this decision's own.
+	d.restoreDisplaced = fmt.Sprintf("displaced-e%d-%s-%d", d.restoreEpoch.Term, d.restoreEpoch.Node, d.restoreOp)
+	return []core.Effect{
+		core.Info("restoring stash", "site", d.site, "node", d.node, "stash", r.Stash, "displaced", d.restoreDisplaced,
+			"new_epoch", core.EpochString(d.restoreEpoch)),
+		core.Storage{Req: &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_RESTORE_STASH, Site: d.site, OpId: d.restoreOp,
+			StashName: r.Stash, DisplacedStash: d.restoreDisplaced, Epoch: d.restoreEpoch}},
+	}
+}
+
+func (d *Dataset) restored(env *core.Env, r *m.StorageResult) []core.Effect {
+	rs, epoch, displaced := d.restoring, d.restoreEpoch, d.restoreDisplaced
+	d.restoring, d.restoreEpoch, d.restoreDisplaced = nil, nil, ""
+	if r.Code != m.Code_CODE_OK {
+		return []core.Effect{
+			core.Warn("stash restore failed in storage", "site", d.site, "node", d.node, "stash", rs.Stash, "detail", r.Detail),
+			core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{Site: d.site,
+				Target: core.RollbackTarget, Code: r.Code, Detail: "restore: " + r.Detail}}}
+	}
+	// Storage's list is the truth: the snapshots up to the stash's base,
+	// then the stash's own.
+	d.snaps = slices.Clone(r.Snapshots)
+	for _, s := range d.snaps {
+		d.seq = max(d.seq, s.Seq)
+	}
+	if i := slices.Index(d.stashes, rs.Stash); i >= 0 {
+		d.stashes = slices.Delete(d.stashes, i, i+1)
+	}
+	d.stashCount = max(0, d.stashCount-1)
+	d.addStash(displaced)
+	d.dirty = false
+	d.fence = core.MaxEpoch(d.fence, epoch) // storage fenced the dataset at it
+	if !d.active {
+		// Demoted while storage restored (a newer master exists): the copy
+		// stays a replica, and the next offer stashes what diverges.
+		return []core.Effect{core.Warn("restored a stash after losing mastership: staying replica", "site", d.site,
+			"node", d.node, "stash", rs.Stash)}
+	}
+	d.epoch = epoch
+	for rep := range d.cursor {
+		if d.find(d.cursor[rep]) < 0 {
+			delete(d.cursor, rep)
+		}
+	}
+	fx := []core.Effect{
+		core.Info("stash restored", "site", d.site, "node", d.node, "stash", rs.Stash, "displaced", displaced,
+			"snapshots", len(d.snaps), "epoch", core.EpochString(epoch)),
+		core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: d.replicas, Reason: "restore"}},
 	}
 	return append(fx, d.snapshotNow(env)...)
 }

@@ -50,7 +50,8 @@ type Site struct {
 	heldBytes  uint64
 	leases     map[string]int
 	mig        *migration
-	// rollingBack: paused while the dataset rolls back.
+	// rollingBack: paused while the dataset rolls back or restores a stash
+	// (both change the site's history and end the same way).
 	rollingBack bool
 	nextID      uint64
 	// successor is where requests go once this node stopped being master.
@@ -158,6 +159,8 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: msg})
 	case *m.AdminRollback:
 		fx = s.rollback(env, msg)
+	case *m.AdminRestoreStash:
+		fx = s.restoreStash(env, msg)
 	case *m.AdminQuery:
 		// Queries go to node actors, which route them; one that reached a
 		// site actor goes there too, without a report (the query may have
@@ -335,7 +338,7 @@ func (s *Site) timer(env *core.Env, key string) []core.Effect {
 			// Storage has not answered: the dataset may be rolled back or
 			// not, so neither resume nor give up; held requests meet their
 			// deadline meanwhile.
-			return []core.Effect{core.Warn("rollback is slow: still waiting for storage", "site", s.site, "node", s.node),
+			return []core.Effect{core.Warn("rollback or restore is slow: still waiting for storage", "site", s.site, "node", s.node),
 				core.SetTimer{Key: timerStep, After: env.Config.StepTimeout}}
 		}
 		if s.mig == nil {
@@ -373,6 +376,23 @@ func (s *Site) rollback(env *core.Env, r *m.AdminRollback) []core.Effect {
 	}
 }
 
+// restoreStash pauses the site, as a rollback does, while its dataset makes
+// a stash the site's history again; the dataset answers with an Activate at
+// the new epoch, or a SyncDone to core.RollbackTarget if it refused.
+func (s *Site) restoreStash(env *core.Env, r *m.AdminRestoreStash) []core.Effect {
+	if s.phase != m.SitePhase_SITE_PHASE_ACTIVE {
+		return []core.Effect{s.log("stash restore refused: site is not active here", "stash", r.Stash, "phase", s.phase.String())}
+	}
+	s.rollingBack = true
+	s.phase = m.SitePhase_SITE_PHASE_PAUSED
+	return []core.Effect{
+		s.log("stash restore: paused", "stash", r.Stash),
+		core.Broadcast{Msg: s.route()},
+		core.Send{To: core.DatasetAddr(s.node, s.site), Msg: r},
+		core.SetTimer{Key: timerStep, After: env.Config.StepTimeout},
+	}
+}
+
 // migrate starts a planned move: pre-copy while the site stays live.
 func (s *Site) migrate(env *core.Env, mg *m.Migrate) []core.Effect {
 	switch {
@@ -399,7 +419,7 @@ func (s *Site) syncDone(env *core.Env, d *m.SyncDone) []core.Effect {
 			return nil
 		}
 		s.rollingBack = false
-		fx := []core.Effect{core.CancelTimer{Key: timerStep}, core.Warn("rollback failed", "site", s.site, "node", s.node, "detail", d.Detail)}
+		fx := []core.Effect{core.CancelTimer{Key: timerStep}, core.Warn("history change failed: resuming", "site", s.site, "node", s.node, "detail", d.Detail)}
 		s.phase = m.SitePhase_SITE_PHASE_ACTIVE
 		return append(append(fx, core.Broadcast{Msg: s.route()}), s.release(env)...)
 	}

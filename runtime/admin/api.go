@@ -13,7 +13,7 @@
 //	POST   /v1/sites/{site}/snapshots             202 {}
 //	POST   /v1/sites/{site}/rollback {"snapshot":s} 202 {}
 //	GET    /v1/sites/{site}/stash                 {"stashes":[string],"node":n}
-//	POST   /v1/sites/{site}/stash/{stash}/restore 501 (not carried out yet)
+//	POST   /v1/sites/{site}/stash/{stash}/restore 202 {}
 //	GET    /v1/nodes                              {"nodes":[Node]}
 //	POST   /v1/nodes/{node}/drain                 202 {}
 //	GET    /v1/events                             text/event-stream of Event
@@ -34,7 +34,7 @@ const (
 	CodeNotAllowed   = "not_allowed"  // 405
 	CodeTooLarge     = "too_large"    // 413: request body over MaxBodyBytes
 	// CodeNotImplemented (501): a route the endpoint knows but the cluster
-	// does not carry out yet (restoring a stash).
+	// does not carry out (none at present).
 	CodeNotImplemented = "not_implemented"
 )
 

@@ -78,8 +78,9 @@ func TestClientCalls(t *testing.T) {
 	if err != nil || len(st.Stashes) != 1 {
 		t.Fatalf("stash %+v %v", st, err)
 	}
-	// Restoring is refused as not carried out yet (nothing would do it).
-	wantAPIError(t, c.RestoreStash(ctx, "shop", st.Stashes[0]), 501, admin.CodeNotImplemented)
+	if err := c.RestoreStash(ctx, "shop", st.Stashes[0]); err != nil {
+		t.Fatal(err)
+	}
 	// A name that would escape the path is escaped, and not found.
 	wantAPIError(t, c.RestoreStash(ctx, "shop", "../../nodes/n1/drain"), 404, admin.CodeNotFound)
 	nodes, err := c.Nodes(ctx)
@@ -99,6 +100,7 @@ func TestClientCalls(t *testing.T) {
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.Migrate{Site: "shop", Target: "n2", Reason: "admin"}},
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminSnapshot{Site: "shop"}},
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminRollback{Site: "shop", Snapshot: "e100-n1-s1"}},
+		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminRestoreStash{Site: "shop", Stash: "stash-e90-n4-1"}},
 		{To: core.NodeAddr("n3"), Msg: &m.DrainNode{Node: "n3"}},
 	}
 	sent := fx.f.Sent()

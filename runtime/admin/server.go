@@ -528,11 +528,11 @@ func (s *Server) restoreStash(r *http.Request) (int, any, error) {
 	if !slices.Contains(v.GetStashes(), stash) {
 		return 0, nil, errNotFound("no stash %s of site %s on %s", quote(stash), site.Name, site.Master)
 	}
-	// No actor carries out AdminRestoreStash yet (a restore changes the
-	// site's history like a rollback and needs the same care): say so
-	// rather than accept a request that nothing would do.
-	return 0, nil, &httpError{http.StatusNotImplemented, CodeNotImplemented,
-		fmt.Sprintf("restoring a stash is not carried out yet; stash %s of site %s is kept intact on %s", stash, site.Name, site.Master)}
+	// The master's site actor pauses the site like a rollback, its dataset
+	// restores the stash at a new epoch (what the site had is stashed in
+	// turn) and the site resumes; a refusal is logged there.
+	s.b.Send(core.SiteAddr(site.Master, site.Name), &m.AdminRestoreStash{Site: site.Name, Stash: stash})
+	return http.StatusAccepted, struct{}{}, nil
 }
 
 func (s *Server) nodes(r *http.Request) (int, any, error) {

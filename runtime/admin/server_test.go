@@ -530,8 +530,8 @@ func TestSnapshotsRollbackStash(t *testing.T) {
 		t.Fatalf("%d %s", st, body)
 	}
 	st, body = fx.do("POST", "/v1/sites/shop/stash/stash-e90-n4-1/restore", "")
-	if st != http.StatusNotImplemented || !strings.Contains(string(body), admin.CodeNotImplemented) {
-		t.Fatalf("restore: %d %s, want 501 until an actor carries it out", st, body)
+	if st != http.StatusAccepted {
+		t.Fatalf("restore: %d %s", st, body)
 	}
 	st, body = fx.do("POST", "/v1/sites/shop/snapshots", "")
 	if st != http.StatusAccepted {
@@ -540,6 +540,7 @@ func TestSnapshotsRollbackStash(t *testing.T) {
 	sent := fx.f.Sent()
 	want := []admintest.Sent{
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminRollback{Site: "shop", Snapshot: "e100-n1-s2"}},
+		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminRestoreStash{Site: "shop", Stash: "stash-e90-n4-1"}},
 		{To: core.SiteAddr("n1", "shop"), Msg: &m.AdminSnapshot{Site: "shop"}},
 	}
 	if len(sent) != len(want) {

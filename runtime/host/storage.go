@@ -353,6 +353,31 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 			return fail(fmt.Errorf("rollback %s to %s: %w", site, to, err))
 		}
 		res.Detail = req.StashName
+	case m.StorageOp_STORAGE_OP_RESTORE_STASH:
+		stash, err := storage.ParseStashName(req.StashName)
+		if err != nil {
+			return fail(err)
+		}
+		displaced, err := storage.ParseStashName(req.DisplacedStash)
+		if err != nil {
+			return fail(err)
+		}
+		err = d.RestoreStash(ctx, site, stash, displaced)
+		if err == nil {
+			err = h.fence(ctx, site, req.Epoch)
+		}
+		var snaps []storage.Snapshot
+		if err == nil {
+			snaps, err = d.ListSnapshots(ctx, site)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("restore stash %s of %s: %w", stash, site, err))
+		}
+		// The restored history as the actors name it (as at boot): a
+		// snapshot whose name is not one of theirs (a rollback's safety
+		// snapshot) stays on disk but out of the list.
+		res.Snapshots = snapshotRefs(snaps)
+		res.Detail = req.DisplacedStash
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		// The actor chose what goes; the driver's retention with nothing
 		// kept by age, everything else protected, destroys exactly that
@@ -475,11 +500,7 @@ func (h *Host) bootDatasets(ctx context.Context) ([]*m.DatasetBoot, error) {
 			return nil, err
 		}
 		b := &m.DatasetBoot{Info: &m.DatasetInfo{Site: name, Node: h.node, Role: rec.role, Epoch: toMsgEpoch(epoch), Spec: rec.spec}}
-		for _, s := range snaps {
-			if ref := snapshotRef(s); ref.Epoch != nil {
-				b.Snapshots = append(b.Snapshots, ref)
-			}
-		}
+		b.Snapshots = snapshotRefs(snaps)
 		if n := len(b.Snapshots); n > 0 {
 			b.Info.Latest = b.Snapshots[n-1]
 			b.Info.Bytes = b.Info.Latest.Bytes
@@ -503,6 +524,18 @@ func toMsgEpoch(e storage.Epoch) *m.Epoch {
 		return nil
 	}
 	return &m.Epoch{Term: e.Term, Node: e.Node}
+}
+
+// snapshotRefs lists the snapshots on disk that the actors named (those
+// whose name is "e<term>-<node>-s<seq>"), in the driver's order.
+func snapshotRefs(snaps []storage.Snapshot) []*m.SnapshotRef {
+	var out []*m.SnapshotRef
+	for _, s := range snaps {
+		if ref := snapshotRef(s); ref.Epoch != nil {
+			out = append(out, ref)
+		}
+	}
+	return out
 }
 
 // snapshotRef describes a snapshot on disk as the actors name it; a name

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hybridcluster/hybridcluster/runtime/admin"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver/zfstest"
 )
 
 // End-to-end tests: real hcnode processes on 127.0.0.1, the real hcctl,
@@ -46,7 +47,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func newCluster(t *testing.T, nodes int) *Cluster {
+// storages are the storage drivers the end-to-end tests run on: the
+// portable driver always, real ZFS (zfs-fuse here) when it works, which CI
+// demands (zfstest.Required).
+func storages(t *testing.T) []string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if ok, why := ZFSAvailable(ctx); ok {
+		return []string{"portable", "zfs"}
+	} else if zfstest.Required() {
+		t.Fatalf("ZFS is required here (CI) but not available: %s", why)
+	}
+	return []string{"portable"}
+}
+
+func newCluster(t *testing.T, nodes int, storage ...string) *Cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test (real processes)")
@@ -58,7 +73,16 @@ func newCluster(t *testing.T, nodes int) *Cluster {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := Start(ctx, Options{Nodes: nodes, Dir: dir, Bin: bins, Args: []string{"-log-level", "debug"}})
+	opt := Options{Nodes: nodes, Dir: dir, Bin: bins, Args: []string{"-log-level", "debug"}}
+	if len(storage) > 0 && storage[0] == "zfs" {
+		pool, env, destroy, err := CreatePool(ctx, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(destroy) // runs after the nodes stop (cleanups run last-in first-out)
+		opt.ZFSPool, opt.Env = pool, env
+	}
+	c, err := Start(ctx, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +222,13 @@ func TestE2EServedByEveryNode(t *testing.T) {
 // A planned migration under continuous writes loses no acknowledged write
 // and fails none; the pause (the longest write during the move) is reported.
 func TestE2EMigrationUnderWrites(t *testing.T) {
-	c := newCluster(t, 3)
+	for _, st := range storages(t) {
+		t.Run(st, func(t *testing.T) { testMigrationUnderWrites(t, st) })
+	}
+}
+
+func testMigrationUnderWrites(t *testing.T, storage string) {
+	c := newCluster(t, 3, storage)
 	ctx := context.Background()
 	s := createSite(t, ctx, c, "blog", "blog.example")
 	target := ""
@@ -269,7 +299,13 @@ func TestE2EMigrationUnderWrites(t *testing.T) {
 // replica; every write acknowledged more than the replication bound before
 // the kill survives; the killed node rejoins and catches up incrementally.
 func TestE2EFailoverAndRejoin(t *testing.T) {
-	c := newCluster(t, 3)
+	for _, st := range storages(t) {
+		t.Run(st, func(t *testing.T) { testFailoverAndRejoin(t, st) })
+	}
+}
+
+func testFailoverAndRejoin(t *testing.T, storage string) {
+	c := newCluster(t, 3, storage)
 	ctx := context.Background()
 	s := createSite(t, ctx, c, "news", "news.example")
 	victim := c.NodeIndex(s.Master)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hybridcluster/hybridcluster/runtime/admin"
+	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver"
 )
 
 // Bounds.
@@ -71,6 +72,9 @@ type Options struct {
 	Env []string
 	// Args are added to every node's command line.
 	Args []string
+	// ZFSPool, when set, puts node n's datasets under <ZFSPool>/<n> on ZFS
+	// (see CreatePool); otherwise the portable driver under its data dir.
+	ZFSPool string
 }
 
 // Node is one hcnode process.
@@ -151,9 +155,14 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 }
 
 func (c *Cluster) args(n *Node) []string {
-	args := []string{"-node", n.Name, "-data-dir", n.DataDir, "-storage", "portable",
+	storageArgs := []string{"-storage", "portable"}
+	if c.opt.ZFSPool != "" {
+		storageArgs = []string{"-storage", "zfs", "-zfs-root", c.opt.ZFSPool + "/" + n.Name}
+	}
+	args := append([]string{"-node", n.Name, "-data-dir", n.DataDir}, storageArgs...)
+	args = append(args,
 		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal,
-		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile}
+		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
 	for _, mb := range c.Nodes {
 		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal)
 	}
@@ -298,4 +307,50 @@ func (c *Cluster) Pid(i int) int {
 		return 0
 	}
 	return c.Nodes[i].cmd.Process.Pid
+}
+
+// poolBytes is the size of CreatePool's file-backed pool.
+const poolBytes = 2 << 30
+
+// ZFSAvailable reports whether zfs works here (tools, daemon or module).
+func ZFSAvailable(ctx context.Context) (bool, string) {
+	if _, err := exec.LookPath("zpool"); err != nil {
+		return false, "no zpool command"
+	}
+	return zfsdriver.NewPools(nil).Available(ctx)
+}
+
+// CreatePool creates a file-backed pool in dir for a ZFS cluster and
+// returns its name, the environment the nodes need (the zfs-fuse shim, when
+// this zfs is zfs-fuse; production runs stock OpenZFS), and a destroy func.
+func CreatePool(ctx context.Context, dir string) (name string, env []string, destroy func(), err error) {
+	pools := zfsdriver.NewPools(nil)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name = "hcl" + hex.EncodeToString(b[:])
+	file := filepath.Join(dir, "pool.img")
+	f, err := os.Create(file)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	if err := f.Truncate(poolBytes); err != nil {
+		f.Close()
+		return "", nil, nil, err
+	}
+	f.Close()
+	if pools.NeedsShim(ctx) {
+		shim, err := zfsdriver.ShimDir()
+		if err != nil {
+			return "", nil, nil, err
+		}
+		env = append(env, "HC_ZFS_SHIM_DIR="+shim)
+	}
+	if err := pools.CreateFilePool(ctx, name, file, filepath.Join(dir, "zfs")); err != nil {
+		return "", nil, nil, err
+	}
+	return name, env, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = pools.DestroyPool(ctx, name)
+	}, nil
 }

@@ -57,6 +57,7 @@ func main() {
 	runs := fs.Int("runs", 10, "failovers to measure (1.."+fmt.Sprint(runsMax)+")")
 	nodes := fs.Int("nodes", 3, "cluster size (3..9)")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
+	useZFS := fs.Bool("zfs", false, "put the nodes' datasets on a file-backed ZFS pool (needs root and zfs)")
 	_ = fs.Parse(os.Args[2:])
 	if *runs < 1 || *runs > runsMax || *nodes < 3 || *nodes > 9 {
 		fmt.Fprintln(os.Stderr, "hcbench: -runs 1..200, -nodes 3..9")
@@ -64,13 +65,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := failover(ctx, *runs, *nodes, *keep); err != nil {
+	if err := failover(ctx, *runs, *nodes, *keep, *useZFS); err != nil {
 		fmt.Fprintln(os.Stderr, "hcbench:", err)
 		os.Exit(1)
 	}
 }
 
-func failover(ctx context.Context, runs, nodes int, keep bool) error {
+func failover(ctx context.Context, runs, nodes int, keep, useZFS bool) error {
 	dir, err := os.MkdirTemp("", "hcbench-")
 	if err != nil {
 		return err
@@ -84,7 +85,7 @@ func failover(ctx context.Context, runs, nodes int, keep bool) error {
 	if err != nil {
 		return err
 	}
-	c, err := localcluster.Start(ctx, localcluster.Options{Nodes: nodes, Dir: dir, Bin: bin, Args: []string{"-log-level", "debug"}})
+	c, err := startCluster(ctx, localcluster.Options{Nodes: nodes, Dir: dir, Bin: bin, Args: []string{"-log-level", "debug"}}, useZFS)
 	if err != nil {
 		return err
 	}
@@ -103,7 +104,7 @@ func failover(ctx context.Context, runs, nodes int, keep bool) error {
 	}
 	var recoveries, rpos []time.Duration
 	for run := 1; run <= runs; run++ {
-		s, err := waitReplicated(ctx, c, 0, site)
+		s, err := waitReplicated(ctx, c.Cluster, 0, site)
 		if err != nil {
 			return err
 		}
@@ -114,7 +115,7 @@ func failover(ctx context.Context, runs, nodes int, keep bool) error {
 				via = append(via, i)
 			}
 		}
-		res, err := localcluster.Failover(ctx, c, site, domain, via)
+		res, err := localcluster.Failover(ctx, c.Cluster, site, domain, via)
 		if err != nil {
 			return fmt.Errorf("run %d: %w\n%s", run, err, c.Logs(30))
 		}
@@ -133,7 +134,7 @@ func failover(ctx context.Context, runs, nodes int, keep bool) error {
 		if err := c.StartNode(ctx, victim); err != nil {
 			return err
 		}
-		if _, err := waitReplicated(ctx, c, via[0], site); err != nil {
+		if _, err := waitReplicated(ctx, c.Cluster, via[0], site); err != nil {
 			return fmt.Errorf("run %d: the restarted node did not catch up: %w", run, err)
 		}
 	}
@@ -170,4 +171,38 @@ func waitReplicated(ctx context.Context, c *localcluster.Cluster, via int, site 
 		}
 		return false
 	})
+}
+
+// startCluster starts a local cluster, on a fresh file-backed ZFS pool in
+// opt.Dir when useZFS (the pool is destroyed when the cluster closes).
+func startCluster(ctx context.Context, opt localcluster.Options, useZFS bool) (*closingCluster, error) {
+	var destroy func()
+	if useZFS {
+		pool, env, d, err := localcluster.CreatePool(ctx, opt.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("zfs pool: %w", err)
+		}
+		opt.ZFSPool, opt.Env, destroy = pool, append(opt.Env, env...), d
+	}
+	c, err := localcluster.Start(ctx, opt)
+	if err != nil {
+		if destroy != nil {
+			destroy()
+		}
+		return nil, err
+	}
+	return &closingCluster{Cluster: c, destroy: destroy}, nil
+}
+
+// closingCluster destroys its pool after its nodes stop.
+type closingCluster struct {
+	*localcluster.Cluster
+	destroy func()
+}
+
+func (c *closingCluster) Close() {
+	c.Cluster.Close()
+	if c.destroy != nil {
+		c.destroy()
+	}
 }

@@ -34,6 +34,7 @@ func rpo(ctx context.Context, args []string) error {
 	perNode := fs.Int("sites-per-node", 50, "sites per node (1.."+strconv.Itoa(rpoSitesPerNodeMax)+")")
 	rate := fs.Int("rate-kib", 1024, "write rate per site in KiB/s (1.."+strconv.Itoa(rpoRateKiBMax)+")")
 	dur := fs.Duration("duration", 30*time.Second, "how long to write and measure")
+	useZFS := fs.Bool("zfs", false, "put the nodes' datasets on a file-backed ZFS pool (needs root and zfs)")
 	_ = fs.Parse(args)
 	if *perNode < 1 || *perNode > rpoSitesPerNodeMax || *rate < 1 || *rate > rpoRateKiBMax || *dur <= 0 || *dur > rpoDurationMax {
 		return fmt.Errorf("-sites-per-node 1..%d, -rate-kib 1..%d, -duration up to %v", rpoSitesPerNodeMax, rpoRateKiBMax, rpoDurationMax)
@@ -51,7 +52,7 @@ func rpo(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := localcluster.Start(ctx, localcluster.Options{Nodes: 3, Dir: dir, Bin: bin})
+	c, err := startCluster(ctx, localcluster.Options{Nodes: 3, Dir: dir, Bin: bin}, *useZFS)
 	if err != nil {
 		return err
 	}

@@ -239,7 +239,8 @@ const (
 	StorageOp_STORAGE_OP_DESTROY       StorageOp = 7
 	StorageOp_STORAGE_OP_SET_ROLE      StorageOp = 8
 	StorageOp_STORAGE_OP_RESTORE_STASH StorageOp = 9
-	StorageOp_STORAGE_OP_MOUNT         StorageOp = 10
+	StorageOp_STORAGE_OP_MOUNT         StorageOp = 10 // snapshot: make its files readable (read-only) at mount_path
+	StorageOp_STORAGE_OP_UNMOUNT       StorageOp = 11 // snapshot: end a mount
 )
 
 // Enum value maps for StorageOp.
@@ -256,6 +257,7 @@ var (
 		8:  "STORAGE_OP_SET_ROLE",
 		9:  "STORAGE_OP_RESTORE_STASH",
 		10: "STORAGE_OP_MOUNT",
+		11: "STORAGE_OP_UNMOUNT",
 	}
 	StorageOp_value = map[string]int32{
 		"STORAGE_OP_UNSPECIFIED":   0,
@@ -269,6 +271,7 @@ var (
 		"STORAGE_OP_SET_ROLE":      8,
 		"STORAGE_OP_RESTORE_STASH": 9,
 		"STORAGE_OP_MOUNT":         10,
+		"STORAGE_OP_UNMOUNT":       11,
 	}
 )
 
@@ -301,14 +304,19 @@ func (StorageOp) EnumDescriptor() ([]byte, []int) {
 
 // AdminQuery asks an actor for a view for the admin endpoint. CLUSTER goes
 // to the active balancer (every live node's last report); SITE goes to the
-// dataset actor of a copy (its snapshots and stashes). The answer is an
-// AdminView sent to the client address of reply_node.
+// dataset actor of a copy (its snapshots and stashes). MOUNT and UNMOUNT go
+// to the dataset actor of the site's master: it mounts (unmounts) one of its
+// snapshots read-only and answers once storage is done, with the path in
+// mount_path. The answer is an AdminView sent to the client address of
+// reply_node.
 type AdminQueryKind int32
 
 const (
 	AdminQueryKind_ADMIN_QUERY_UNSPECIFIED AdminQueryKind = 0
 	AdminQueryKind_ADMIN_QUERY_CLUSTER     AdminQueryKind = 1
 	AdminQueryKind_ADMIN_QUERY_SITE        AdminQueryKind = 2
+	AdminQueryKind_ADMIN_QUERY_MOUNT       AdminQueryKind = 3
+	AdminQueryKind_ADMIN_QUERY_UNMOUNT     AdminQueryKind = 4
 )
 
 // Enum value maps for AdminQueryKind.
@@ -317,11 +325,15 @@ var (
 		0: "ADMIN_QUERY_UNSPECIFIED",
 		1: "ADMIN_QUERY_CLUSTER",
 		2: "ADMIN_QUERY_SITE",
+		3: "ADMIN_QUERY_MOUNT",
+		4: "ADMIN_QUERY_UNMOUNT",
 	}
 	AdminQueryKind_value = map[string]int32{
 		"ADMIN_QUERY_UNSPECIFIED": 0,
 		"ADMIN_QUERY_CLUSTER":     1,
 		"ADMIN_QUERY_SITE":        2,
+		"ADMIN_QUERY_MOUNT":       3,
+		"ADMIN_QUERY_UNMOUNT":     4,
 	}
 )
 
@@ -2490,7 +2502,9 @@ type StorageResult struct {
 	ToNode     string                 `protobuf:"bytes,11,opt,name=to_node,json=toNode,proto3" json:"to_node,omitempty"`
 	// restore_stash: every snapshot the dataset holds afterwards, oldest
 	// first (the restored history replaces the actor's list).
-	Snapshots     []*SnapshotRef `protobuf:"bytes,12,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Snapshots []*SnapshotRef `protobuf:"bytes,12,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	// mount: the directory where the snapshot's files can be read.
+	MountPath     string `protobuf:"bytes,13,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2607,6 +2621,13 @@ func (x *StorageResult) GetSnapshots() []*SnapshotRef {
 		return x.Snapshots
 	}
 	return nil
+}
+
+func (x *StorageResult) GetMountPath() string {
+	if x != nil {
+		return x.MountPath
+	}
+	return ""
 }
 
 // Received is delivered to the receiving dataset actor when a stream was applied.
@@ -3204,6 +3225,7 @@ type AdminQuery struct {
 	ReplyNode     string                 `protobuf:"bytes,2,opt,name=reply_node,json=replyNode,proto3" json:"reply_node,omitempty"`
 	Kind          AdminQueryKind         `protobuf:"varint,3,opt,name=kind,proto3,enum=hybridcluster.v1.AdminQueryKind" json:"kind,omitempty"`
 	Site          string                 `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
+	Snapshot      string                 `protobuf:"bytes,5,opt,name=snapshot,proto3" json:"snapshot,omitempty"` // MOUNT, UNMOUNT
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3266,10 +3288,17 @@ func (x *AdminQuery) GetSite() string {
 	return ""
 }
 
+func (x *AdminQuery) GetSnapshot() string {
+	if x != nil {
+		return x.Snapshot
+	}
+	return ""
+}
+
 type AdminView struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	QueryId  uint64                 `protobuf:"varint,1,opt,name=query_id,json=queryId,proto3" json:"query_id,omitempty"`
-	Code     Code                   `protobuf:"varint,2,opt,name=code,proto3,enum=hybridcluster.v1.Code" json:"code,omitempty"` // CODE_OK, CODE_UNKNOWN_SITE, CODE_MOVED (not the active balancer; see balancer)
+	Code     Code                   `protobuf:"varint,2,opt,name=code,proto3,enum=hybridcluster.v1.Code" json:"code,omitempty"` // CODE_OK, CODE_UNKNOWN_SITE, CODE_MOVED (not the active balancer, or not the site's master), CODE_INVALID, CODE_BUSY, or storage's code
 	Detail   string                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
 	Node     string                 `protobuf:"bytes,4,opt,name=node,proto3" json:"node,omitempty"`         // who answered
 	Balancer string                 `protobuf:"bytes,5,opt,name=balancer,proto3" json:"balancer,omitempty"` // the active balancer as the answering node sees it
@@ -3280,9 +3309,11 @@ type AdminView struct {
 	Draining       []string      `protobuf:"bytes,9,rep,name=draining,proto3" json:"draining,omitempty"`
 	PendingCreates []*SiteSpec   `protobuf:"bytes,10,rep,name=pending_creates,json=pendingCreates,proto3" json:"pending_creates,omitempty"`
 	// SITE
-	Info          *DatasetInfo   `protobuf:"bytes,11,opt,name=info,proto3" json:"info,omitempty"`
-	Snapshots     []*SnapshotRef `protobuf:"bytes,12,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
-	Stashes       []string       `protobuf:"bytes,13,rep,name=stashes,proto3" json:"stashes,omitempty"`
+	Info      *DatasetInfo   `protobuf:"bytes,11,opt,name=info,proto3" json:"info,omitempty"`
+	Snapshots []*SnapshotRef `protobuf:"bytes,12,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Stashes   []string       `protobuf:"bytes,13,rep,name=stashes,proto3" json:"stashes,omitempty"`
+	// MOUNT: where the snapshot's files can be read on node (read-only)
+	MountPath     string `protobuf:"bytes,14,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3406,6 +3437,13 @@ func (x *AdminView) GetStashes() []string {
 		return x.Stashes
 	}
 	return nil
+}
+
+func (x *AdminView) GetMountPath() string {
+	if x != nil {
+		return x.MountPath
+	}
+	return ""
 }
 
 // Sync asks the master's dataset actor to bring one replica up to date now
@@ -3995,7 +4033,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x04spec\x18\r \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\x12\x1d\n" +
 	"\n" +
 	"if_changed\x18\x0e \x01(\bR\tifChanged\x12'\n" +
-	"\x0fdisplaced_stash\x18\x0f \x01(\tR\x0edisplacedStash\"\xa7\x03\n" +
+	"\x0fdisplaced_stash\x18\x0f \x01(\tR\x0edisplacedStash\"\xc6\x03\n" +
 	"\rStorageResult\x12+\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x1b.hybridcluster.v1.StorageOpR\x02op\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x13\n" +
@@ -4010,7 +4048,9 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\tstream_id\x18\n" +
 	" \x01(\x04R\bstreamId\x12\x17\n" +
 	"\ato_node\x18\v \x01(\tR\x06toNode\x12;\n" +
-	"\tsnapshots\x18\f \x03(\v2\x1d.hybridcluster.v1.SnapshotRefR\tsnapshots\"\xb6\x02\n" +
+	"\tsnapshots\x18\f \x03(\v2\x1d.hybridcluster.v1.SnapshotRefR\tsnapshots\x12\x1d\n" +
+	"\n" +
+	"mount_path\x18\r \x01(\tR\tmountPath\"\xb6\x02\n" +
 	"\bReceived\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1b\n" +
 	"\tstream_id\x18\x02 \x01(\x04R\bstreamId\x12\x1b\n" +
@@ -4050,14 +4090,15 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\bsnapshot\x18\x02 \x01(\tR\bsnapshot\"=\n" +
 	"\x11AdminRestoreStash\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x14\n" +
-	"\x05stash\x18\x02 \x01(\tR\x05stash\"\x90\x01\n" +
+	"\x05stash\x18\x02 \x01(\tR\x05stash\"\xac\x01\n" +
 	"\n" +
 	"AdminQuery\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12\x1d\n" +
 	"\n" +
 	"reply_node\x18\x02 \x01(\tR\treplyNode\x124\n" +
 	"\x04kind\x18\x03 \x01(\x0e2 .hybridcluster.v1.AdminQueryKindR\x04kind\x12\x12\n" +
-	"\x04site\x18\x04 \x01(\tR\x04site\"\xe6\x03\n" +
+	"\x04site\x18\x04 \x01(\tR\x04site\x12\x1a\n" +
+	"\bsnapshot\x18\x05 \x01(\tR\bsnapshot\"\x85\x04\n" +
 	"\tAdminView\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12*\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x12\x16\n" +
@@ -4072,7 +4113,9 @@ const file_messages_hc_proto_rawDesc = "" +
 	" \x03(\v2\x1a.hybridcluster.v1.SiteSpecR\x0ependingCreates\x121\n" +
 	"\x04info\x18\v \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\x12;\n" +
 	"\tsnapshots\x18\f \x03(\v2\x1d.hybridcluster.v1.SnapshotRefR\tsnapshots\x12\x18\n" +
-	"\astashes\x18\r \x03(\tR\astashes\"a\n" +
+	"\astashes\x18\r \x03(\tR\astashes\x12\x1d\n" +
+	"\n" +
+	"mount_path\x18\x0e \x01(\tR\tmountPath\"a\n" +
 	"\x04Sync\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x14\n" +
@@ -4131,7 +4174,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x12\r\n" +
 	"\tCODE_BUSY\x10\v\x12\x0f\n" +
 	"\vCODE_FAILED\x10\f\x12\x12\n" +
-	"\x0eCODE_UNCHANGED\x10\r*\x96\x02\n" +
+	"\x0eCODE_UNCHANGED\x10\r*\xae\x02\n" +
 	"\tStorageOp\x12\x1a\n" +
 	"\x16STORAGE_OP_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STORAGE_OP_CREATE\x10\x01\x12\x17\n" +
@@ -4144,11 +4187,14 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x13STORAGE_OP_SET_ROLE\x10\b\x12\x1c\n" +
 	"\x18STORAGE_OP_RESTORE_STASH\x10\t\x12\x14\n" +
 	"\x10STORAGE_OP_MOUNT\x10\n" +
-	"*\\\n" +
+	"\x12\x16\n" +
+	"\x12STORAGE_OP_UNMOUNT\x10\v*\x8c\x01\n" +
 	"\x0eAdminQueryKind\x12\x1b\n" +
 	"\x17ADMIN_QUERY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13ADMIN_QUERY_CLUSTER\x10\x01\x12\x14\n" +
-	"\x10ADMIN_QUERY_SITE\x10\x02B1Z/github.com/hybridcluster/hybridcluster/messagesb\x06proto3"
+	"\x10ADMIN_QUERY_SITE\x10\x02\x12\x15\n" +
+	"\x11ADMIN_QUERY_MOUNT\x10\x03\x12\x17\n" +
+	"\x13ADMIN_QUERY_UNMOUNT\x10\x04B1Z/github.com/hybridcluster/hybridcluster/messagesb\x06proto3"
 
 var (
 	file_messages_hc_proto_rawDescOnce sync.Once

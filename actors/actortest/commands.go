@@ -185,12 +185,13 @@ func (h *Harness) Handle(t *testing.T, d *datadriven.TestData) string {
 		s := a.str("site", "")
 		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminRestoreStash{Site: s, Stash: a.str("stash", "")})
 	case "query":
-		// query kind=cluster|site [site=s] (via=node | balancer=node | dataset=node) [reply=node]
+		// query kind=cluster|site|mount|unmount [site=s] [snapshot=name] (via=node | balancer=node | dataset=node) [reply=node]
 		kinds := map[string]m.AdminQueryKind{"cluster": m.AdminQueryKind_ADMIN_QUERY_CLUSTER,
-			"site": m.AdminQueryKind_ADMIN_QUERY_SITE, "unspecified": m.AdminQueryKind_ADMIN_QUERY_UNSPECIFIED}
+			"site": m.AdminQueryKind_ADMIN_QUERY_SITE, "unspecified": m.AdminQueryKind_ADMIN_QUERY_UNSPECIFIED,
+			"mount": m.AdminQueryKind_ADMIN_QUERY_MOUNT, "unmount": m.AdminQueryKind_ADMIN_QUERY_UNMOUNT}
 		kind, ok := kinds[a.str("kind", "")]
 		if !ok {
-			t.Fatalf("%s: query kind=%q: want cluster, site or unspecified", d.Pos, a.str("kind", ""))
+			t.Fatalf("%s: query kind=%q: want cluster, site, mount, unmount or unspecified", d.Pos, a.str("kind", ""))
 		}
 		s := a.str("site", "")
 		to := core.NodeAddr(a.str("via", h.nodes[0]))
@@ -200,7 +201,8 @@ func (h *Harness) Handle(t *testing.T, d *datadriven.TestData) string {
 			to = core.DatasetAddr(n, s)
 		}
 		h.queryID++
-		h.enqueue("", to, &m.AdminQuery{QueryId: h.queryID, ReplyNode: a.str("reply", to.Node), Kind: kind, Site: s})
+		h.enqueue("", to, &m.AdminQuery{QueryId: h.queryID, ReplyNode: a.str("reply", to.Node), Kind: kind, Site: s,
+			Snapshot: a.str("snapshot", "")})
 	case "drain":
 		n := first(d, 0)
 		h.enqueue("", core.NodeAddr(n), &m.DrainNode{Node: n})

@@ -86,6 +86,7 @@ type disk struct {
 	// stashed is what each stash holds: the snapshot it was taken above
 	// ("" for everything) and the snapshots after it.
 	stashed map[string]stashRec
+	mounts  map[string]bool // snapshots mounted read-only
 }
 
 type stashRec struct {
@@ -448,6 +449,23 @@ func (h *Harness) storage(from core.Address, req *m.StorageRequest) {
 			d.stashes = slices.DeleteFunc(d.stashes, func(n string) bool { return n == req.StashName })
 			d.fence = core.MaxEpoch(d.fence, req.Epoch)
 			res.Snapshots = slices.Clone(d.snaps)
+		}
+	case m.StorageOp_STORAGE_OP_MOUNT, m.StorageOp_STORAGE_OP_UNMOUNT:
+		name := req.Snapshot.GetName()
+		has := slices.ContainsFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == name })
+		switch {
+		case req.Op == m.StorageOp_STORAGE_OP_UNMOUNT && !d.mounts[name]:
+			fail(m.Code_CODE_FAILED, "not mounted")
+		case req.Op == m.StorageOp_STORAGE_OP_UNMOUNT:
+			delete(d.mounts, name)
+		case !has:
+			fail(m.Code_CODE_FAILED, "no snapshot "+name)
+		default:
+			if d.mounts == nil {
+				d.mounts = map[string]bool{}
+			}
+			d.mounts[name] = true
+			res.MountPath = "/views/" + from.Node + "/" + req.Site + "/" + name
 		}
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		latest := d.snaps[len(d.snaps)-1].Name

@@ -28,6 +28,10 @@ const HistoryMax = 16
 // detail. Storage lists every stash (oldest first) when asked directly.
 const StashNamesMax = 64
 
+// MountsPendingMax bounds the admin mounts and unmounts a copy waits on
+// storage for; past it a new one is answered CODE_BUSY at once.
+const MountsPendingMax = 16
+
 const (
 	timerSnapshot = "snapshot"
 	timerActivate = "activate-retry"
@@ -108,6 +112,11 @@ type Dataset struct {
 	demoteEpoch     *m.Epoch
 	lastReported    reportKey
 	reported        bool
+	// mountWaits are admin mount and unmount queries waiting for storage,
+	// by op id (bounded by MountsPendingMax); mounted are the snapshots
+	// mounted read-only here (name -> path): retention keeps them.
+	mountWaits map[uint64]*m.AdminQuery
+	mounted    map[string]string
 }
 
 var _ core.Actor = (*Dataset)(nil)
@@ -223,6 +232,9 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 	case *m.AdminRestoreStash:
 		fx = d.restoreStash(env, msg)
 	case *m.AdminQuery:
+		if msg.Kind == m.AdminQueryKind_ADMIN_QUERY_MOUNT || msg.Kind == m.AdminQueryKind_ADMIN_QUERY_UNMOUNT {
+			return d.mount(env, msg)
+		}
 		// Read only, and no report: a query that spawned this actor (a site
 		// this node never held) leaves nothing behind.
 		return []core.Effect{core.Send{To: core.ClientAddr(msg.ReplyNode), Msg: d.view(env, msg)}}
@@ -269,6 +281,75 @@ func (d *Dataset) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
 		v.Detail = fmt.Sprintf("the newest %d of %d stashes are listed", len(d.stashes), d.stashCount)
 	}
 	return v
+}
+
+// mount mounts (or unmounts) one of the master copy's snapshots read-only,
+// for an admin to browse an old version of the site; the answer waits for
+// storage. A snapshot mounted already is answered at once (mounting is
+// idempotent here whatever the driver does). No report: nothing reported
+// changes.
+func (d *Dataset) mount(env *core.Env, q *m.AdminQuery) []core.Effect {
+	unmount := q.Kind == m.AdminQueryKind_ADMIN_QUERY_UNMOUNT
+	answer := func(code m.Code, detail, path string) []core.Effect {
+		return []core.Effect{core.Send{To: core.ClientAddr(q.ReplyNode), Msg: &m.AdminView{QueryId: q.QueryId, Code: code,
+			Detail: detail, Node: d.node, AtMs: env.NowMs(), MountPath: path}}}
+	}
+	switch {
+	case q.Site != "" && q.Site != d.site:
+		return answer(m.Code_CODE_INVALID, "query for site "+q.Site+" reached the dataset of "+d.site, "")
+	case !d.exists:
+		return answer(m.Code_CODE_UNKNOWN_SITE, "no copy of site "+d.site+" on "+d.node, "")
+	case !d.active:
+		return answer(m.Code_CODE_MOVED, "the copy on "+d.node+" is not the site's master", "")
+	case q.Snapshot == "":
+		return answer(m.Code_CODE_INVALID, "no snapshot named", "")
+	case !unmount && d.find(q.Snapshot) < 0:
+		return answer(m.Code_CODE_INVALID, "no snapshot "+q.Snapshot+" on "+d.node, "")
+	case !unmount && d.mounted[q.Snapshot] != "":
+		return answer(m.Code_CODE_OK, "mounted already", d.mounted[q.Snapshot])
+	case len(d.mountWaits) >= MountsPendingMax:
+		return answer(m.Code_CODE_BUSY, fmt.Sprintf("%d mounts are under way already", len(d.mountWaits)), "")
+	}
+	if d.mountWaits == nil {
+		d.mountWaits = map[uint64]*m.AdminQuery{}
+	}
+	op := d.id()
+	d.mountWaits[op] = q
+	req := &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_MOUNT, Site: d.site, OpId: op, Snapshot: &m.SnapshotRef{Name: q.Snapshot}}
+	if i := d.find(q.Snapshot); i >= 0 {
+		req.Snapshot = d.snaps[i]
+	}
+	if unmount {
+		req.Op = m.StorageOp_STORAGE_OP_UNMOUNT
+	}
+	return []core.Effect{core.Storage{Req: req}}
+}
+
+// mountDone answers the query a mount or unmount waited for.
+func (d *Dataset) mountDone(env *core.Env, r *m.StorageResult) []core.Effect {
+	q := d.mountWaits[r.OpId]
+	if q == nil {
+		return nil
+	}
+	delete(d.mountWaits, r.OpId)
+	name := q.Snapshot
+	fx := []core.Effect{}
+	switch {
+	case r.Code != m.Code_CODE_OK:
+		fx = append(fx, core.Warn("snapshot mount failed", "site", d.site, "node", d.node, "snapshot", name,
+			"unmount", r.Op == m.StorageOp_STORAGE_OP_UNMOUNT, "detail", r.Detail))
+	case r.Op == m.StorageOp_STORAGE_OP_MOUNT:
+		if d.mounted == nil {
+			d.mounted = map[string]string{}
+		}
+		d.mounted[name] = r.MountPath
+		fx = append(fx, core.Info("snapshot mounted read-only", "site", d.site, "node", d.node, "snapshot", name, "path", r.MountPath))
+	default:
+		delete(d.mounted, name)
+		fx = append(fx, core.Info("snapshot unmounted", "site", d.site, "node", d.node, "snapshot", name))
+	}
+	return append(fx, core.Send{To: core.ClientAddr(q.ReplyNode), Msg: &m.AdminView{QueryId: q.QueryId, Code: r.Code,
+		Detail: r.Detail, Node: d.node, AtMs: env.NowMs(), MountPath: r.MountPath}})
 }
 
 // reportKey changes whenever Info would: messages held by the actor are
@@ -579,6 +660,8 @@ func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		d.pruning = false
 		return nil
+	case m.StorageOp_STORAGE_OP_MOUNT, m.StorageOp_STORAGE_OP_UNMOUNT:
+		return d.mountDone(env, r)
 	}
 	return nil
 }
@@ -989,6 +1072,9 @@ func (d *Dataset) prune(env *core.Env) []core.Effect {
 	protected := map[string]bool{}
 	for _, c := range d.cursor {
 		protected[c] = true
+	}
+	for name := range d.mounted {
+		protected[name] = true
 	}
 	drop := Prune(env.Config.Retention, env.NowMs(), d.snaps, protected)
 	if len(drop) == 0 {

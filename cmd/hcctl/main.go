@@ -155,6 +155,12 @@ func init() {
 				"to stderr and the final site to stdout."},
 		{name: "snapshots", args: []string{"SITE"}, summary: "list the snapshots of the site's master copy", run: (*cli).snapshots},
 		{name: "snapshot", args: []string{"SITE"}, summary: "take a snapshot of the site now", run: (*cli).snapshot},
+		{name: "mount", args: []string{"SITE", "SNAPSHOT"}, summary: "mount one of the site's snapshots read-only and print its directory", run: (*cli).mount,
+			details: "The site's master mounts the snapshot (see hcctl snapshots SITE) read-only to\n" +
+				"browse an old version of the site; stdout is the directory on the master's node\n" +
+				"(stderr names the node). Retention keeps a mounted snapshot until it is unmounted.\n" +
+				"Mounting a snapshot mounted already answers the same directory."},
+		{name: "unmount", args: []string{"SITE", "SNAPSHOT"}, summary: "end the read-only mount of one of the site's snapshots", run: (*cli).unmount},
 		{name: "rollback", args: []string{"SITE", "SNAPSHOT"}, summary: "roll the site back to SNAPSHOT (later history is stashed, not destroyed)", run: (*cli).rollback},
 		{name: "stash", args: []string{"SITE"}, summary: "list the stashes of the site's master copy", run: (*cli).stash},
 		{name: "restore", args: []string{"SITE", "STASH"}, summary: "restore one of the site's stashes", run: (*cli).restore},
@@ -825,6 +831,32 @@ func (c *cli) snapshot(o *opts, args []string) error {
 		return fmt.Errorf("site %q: %w", site, err)
 	}
 	return c.done("site %s: snapshot asked for (see hcctl snapshots %s)", site, site)
+}
+
+func (c *cli) mount(o *opts, args []string) error {
+	site, snap := args[0], args[1]
+	mt, err := call(c, func(ctx context.Context) (*admin.Mount, error) { return c.client.Mount(ctx, site, snap) })
+	if err != nil {
+		return fmt.Errorf("site %q: mount %q: %w", site, snap, err)
+	}
+	if c.g.json {
+		return c.printJSON(mt)
+	}
+	fmt.Fprintf(c.errw, "hcctl: %s of %s is mounted read-only on node %s (hcctl unmount %s %s ends it)\n", snap, site, mt.Node, site, snap)
+	fmt.Fprintln(c.out, mt.Path)
+	return nil
+}
+
+func (c *cli) unmount(o *opts, args []string) error {
+	site, snap := args[0], args[1]
+	if err := call0(c, func(ctx context.Context) error { return c.client.Unmount(ctx, site, snap) }); err != nil {
+		return fmt.Errorf("site %q: unmount %q: %w", site, snap, err)
+	}
+	if c.g.json {
+		return c.printJSON(map[string]bool{"unmounted": true})
+	}
+	fmt.Fprintf(c.out, "site %s: snapshot %s unmounted\n", site, snap)
+	return nil
 }
 
 func (c *cli) rollback(o *opts, args []string) error {

@@ -11,6 +11,8 @@
 //	POST   /v1/sites/{site}/migrate   {"to":node} 202 {"site":Site}
 //	GET    /v1/sites/{site}/snapshots             {"snapshots":[Snapshot],"node":n}
 //	POST   /v1/sites/{site}/snapshots             202 {}
+//	POST   /v1/sites/{site}/snapshots/{snap}/mount Mount (read-only view, path on the master)
+//	DELETE /v1/sites/{site}/snapshots/{snap}/mount Mount (without path)
 //	POST   /v1/sites/{site}/rollback {"snapshot":s} 202 {}
 //	GET    /v1/sites/{site}/stash                 {"stashes":[string],"node":n}
 //	POST   /v1/sites/{site}/stash/{stash}/restore 202 {}
@@ -154,6 +156,16 @@ type (
 	SnapshotList struct {
 		Snapshots []Snapshot `json:"snapshots"`
 		Node      string     `json:"node"`
+	}
+	// Mount is the answer of POST and DELETE
+	// /v1/sites/{site}/snapshots/{snap}/mount: the snapshot's files are
+	// readable (read-only) in directory Path on node Node (the master),
+	// until unmounted.
+	Mount struct {
+		Site     string `json:"site"`
+		Snapshot string `json:"snapshot"`
+		Node     string `json:"node"`
+		Path     string `json:"path,omitempty"`
 	}
 	// StashList is the answer of GET /v1/sites/{site}/stash: the stashes of
 	// the copy on Node (the master).

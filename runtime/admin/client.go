@@ -183,6 +183,21 @@ func (c *Client) TakeSnapshot(ctx context.Context, site string) error {
 	return c.do(ctx, http.MethodPost, sitePath(site, "snapshots"), nil, nil)
 }
 
+// Mount asks the site's master to mount one of its snapshots read-only; the
+// answer names the node and the directory holding the snapshot's files.
+func (c *Client) Mount(ctx context.Context, site, snapshot string) (*Mount, error) {
+	var out Mount
+	if err := c.do(ctx, http.MethodPost, sitePath(site, "snapshots", url.PathEscape(snapshot), "mount"), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Unmount asks the site's master to end the read-only mount of a snapshot.
+func (c *Client) Unmount(ctx context.Context, site, snapshot string) error {
+	return c.do(ctx, http.MethodDelete, sitePath(site, "snapshots", url.PathEscape(snapshot), "mount"), nil, nil)
+}
+
 // Rollback asks the site's master to roll the site back to snapshot.
 func (c *Client) Rollback(ctx context.Context, site, snapshot string) error {
 	return c.do(ctx, http.MethodPost, sitePath(site, "rollback"), RollbackRequest{Snapshot: snapshot}, nil)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hybridcluster/hybridcluster/actors/core"
 	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
 )
 
 // Backend is how the admin endpoint reaches the actors of its node. The
@@ -43,6 +44,10 @@ type Backend interface {
 const (
 	// DefaultQueryTimeout bounds each AdminQuery when ServerConfig leaves it 0.
 	DefaultQueryTimeout = 3 * time.Second
+	// DefaultMountTimeout bounds a mount or unmount (it waits for the
+	// master's storage, behind the site's other storage work) when
+	// ServerConfig leaves it 0.
+	DefaultMountTimeout = 30 * time.Second
 	// MaxBodyBytes bounds a request body (413 beyond).
 	MaxBodyBytes = 1 << 20
 	// MaxEventStreams bounds concurrent GET /v1/events streams (503 beyond).
@@ -63,6 +68,8 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// QueryTimeout bounds each AdminQuery (0: DefaultQueryTimeout).
 	QueryTimeout time.Duration
+	// MountTimeout bounds a mount or unmount (0: DefaultMountTimeout).
+	MountTimeout time.Duration
 }
 
 // Server is the admin endpoint of one node.
@@ -71,6 +78,7 @@ type Server struct {
 	tokenSum [sha256.Size]byte
 	log      *slog.Logger
 	timeout  time.Duration
+	mountTO  time.Duration
 	mux      *http.ServeMux
 
 	streams    atomic.Int64 // event streams open
@@ -88,7 +96,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{
 		b: cfg.Backend, tokenSum: sha256.Sum256([]byte(cfg.Token)), log: cfg.Logger,
-		timeout: cfg.QueryTimeout, maxStreams: MaxEventStreams, ping: EventPingInterval,
+		timeout: cfg.QueryTimeout, mountTO: cfg.MountTimeout, maxStreams: MaxEventStreams, ping: EventPingInterval,
+	}
+	if s.mountTO <= 0 {
+		s.mountTO = DefaultMountTimeout
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -104,6 +115,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("POST /v1/sites/{site}/migrate", s.wrap(s.migrate))
 	mux.HandleFunc("GET /v1/sites/{site}/snapshots", s.wrap(s.snapshots))
 	mux.HandleFunc("POST /v1/sites/{site}/snapshots", s.wrap(s.takeSnapshot))
+	mux.HandleFunc("POST /v1/sites/{site}/snapshots/{snap}/mount", s.wrap(s.mount))
+	mux.HandleFunc("DELETE /v1/sites/{site}/snapshots/{snap}/mount", s.wrap(s.unmount))
 	mux.HandleFunc("POST /v1/sites/{site}/rollback", s.wrap(s.rollback))
 	mux.HandleFunc("GET /v1/sites/{site}/stash", s.wrap(s.stashes))
 	mux.HandleFunc("POST /v1/sites/{site}/stash/{stash}/restore", s.wrap(s.restoreStash))
@@ -477,6 +490,54 @@ func (s *Server) takeSnapshot(r *http.Request) (int, any, error) {
 	}
 	s.b.Send(core.SiteAddr(site.Master, site.Name), &m.AdminSnapshot{Site: site.Name})
 	return http.StatusAccepted, struct{}{}, nil
+}
+
+func (s *Server) mount(r *http.Request) (int, any, error) {
+	return s.mountQuery(r, m.AdminQueryKind_ADMIN_QUERY_MOUNT)
+}
+
+func (s *Server) unmount(r *http.Request) (int, any, error) {
+	return s.mountQuery(r, m.AdminQueryKind_ADMIN_QUERY_UNMOUNT)
+}
+
+// mountQuery asks the dataset actor of the site's master to mount (or
+// unmount) one of its snapshots read-only, and waits for storage to be done.
+func (s *Server) mountQuery(r *http.Request, kind m.AdminQueryKind) (int, any, error) {
+	snap := r.PathValue("snap")
+	if _, err := storage.ParseSnapName(snap); err != nil {
+		return 0, nil, errBadRequest("%v", err)
+	}
+	site, err := s.master(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	verb := "mount"
+	if kind == m.AdminQueryKind_ADMIN_QUERY_UNMOUNT {
+		verb = "unmount"
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.mountTO)
+	defer cancel()
+	v, err := s.b.Query(ctx, core.DatasetAddr(site.Master, site.Name), &m.AdminQuery{Kind: kind, Site: site.Name, Snapshot: snap})
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return 0, nil, errUnavailable("the master %s did not %s %s within %v; it may still do so (check, and unmount it if it did)",
+			site.Master, verb, snap, s.mountTO)
+	case err != nil:
+		return 0, nil, errUnavailable("%s on %s: %v", verb, site.Master, err)
+	}
+	switch v.GetCode() {
+	case m.Code_CODE_OK:
+		return http.StatusOK, Mount{Site: site.Name, Snapshot: snap, Node: cmpOr(v.GetNode(), site.Master), Path: v.GetMountPath()}, nil
+	case m.Code_CODE_UNKNOWN_SITE:
+		return 0, nil, errNotFound("no such site")
+	case m.Code_CODE_INVALID:
+		return 0, nil, errNotFound("%s of site %s on %s: %s", verb, site.Name, site.Master, v.GetDetail())
+	case m.Code_CODE_MOVED, m.Code_CODE_BUSY:
+		return 0, nil, errUnavailable("%s of site %s on %s: %s; retry shortly", verb, site.Name, site.Master, v.GetDetail())
+	case m.Code_CODE_FAILED:
+		return 0, nil, errConflict("%s of %s of site %s on %s: %s", verb, snap, site.Name, site.Master, v.GetDetail())
+	}
+	return 0, nil, errUnavailable("%s of site %s on %s: %s %s", verb, site.Name, site.Master, v.GetCode(), v.GetDetail())
 }
 
 func (s *Server) rollback(r *http.Request) (int, any, error) {

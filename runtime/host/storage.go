@@ -378,6 +378,22 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 		// snapshot) stays on disk but out of the list.
 		res.Snapshots = snapshotRefs(snaps)
 		res.Detail = req.DisplacedStash
+	case m.StorageOp_STORAGE_OP_MOUNT, m.StorageOp_STORAGE_OP_UNMOUNT:
+		snap, err := storage.ParseSnapName(req.Snapshot.GetName())
+		if err != nil {
+			return fail(err)
+		}
+		if req.Op == m.StorageOp_STORAGE_OP_UNMOUNT {
+			if err := d.Unmount(ctx, site, snap); err != nil {
+				return fail(fmt.Errorf("unmount %s@%s: %w", site, snap, err))
+			}
+			break
+		}
+		path, err := d.MountReadOnly(ctx, site, snap)
+		if err != nil {
+			return fail(fmt.Errorf("mount %s@%s: %w", site, snap, err))
+		}
+		res.MountPath = path
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		// The actor chose what goes; the driver's retention with nothing
 		// kept by age, everything else protected, destroys exactly that

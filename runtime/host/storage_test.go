@@ -131,3 +131,48 @@ func TestStorageRestoreStash(t *testing.T) {
 		t.Errorf("file two live after restoring the rolled-back state")
 	}
 }
+
+// Mount answers the read-only view's directory, which holds the snapshot's
+// files; unmount ends it; bad names never reach the driver.
+func TestStorageMountUnmount(t *testing.T) {
+	ctx := context.Background()
+	h, drv := storageHost(t)
+	site := storage.MustSite("beta")
+	do := func(req *m.StorageRequest) *m.StorageResult {
+		t.Helper()
+		req.Site = "beta"
+		return h.storageLocal(ctx, req)
+	}
+	e1 := &m.Epoch{Term: 1, Node: "n1"}
+	if r := do(&m.StorageRequest{Op: m.StorageOp_STORAGE_OP_CREATE, Role: m.Role_ROLE_MASTER, Epoch: e1}); r.Code != m.Code_CODE_OK {
+		t.Fatalf("create: %v", r)
+	}
+	storagetest.WriteFile(t, ctx, drv, site, "index.html", []byte("old version"))
+	ref := &m.SnapshotRef{Name: core.SnapshotName(e1, 1), Epoch: e1, Seq: 1}
+	if r := do(&m.StorageRequest{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Snapshot: ref, Epoch: e1}); r.Code != m.Code_CODE_OK {
+		t.Fatalf("snapshot: %v", r)
+	}
+	storagetest.WriteFile(t, ctx, drv, site, "index.html", []byte("new version"))
+
+	r := do(&m.StorageRequest{Op: m.StorageOp_STORAGE_OP_MOUNT, Snapshot: ref})
+	if r.Code != m.Code_CODE_OK || r.MountPath == "" {
+		t.Fatalf("mount: %v", r)
+	}
+	if got, err := os.ReadFile(filepath.Join(r.MountPath, "index.html")); err != nil || string(got) != "old version" {
+		t.Fatalf("mounted index.html = %q, %v; want the old version", got, err)
+	}
+	if r := do(&m.StorageRequest{Op: m.StorageOp_STORAGE_OP_UNMOUNT, Snapshot: ref}); r.Code != m.Code_CODE_OK {
+		t.Fatalf("unmount: %v", r)
+	}
+	if r := do(&m.StorageRequest{Op: m.StorageOp_STORAGE_OP_UNMOUNT, Snapshot: ref}); r.Code == m.Code_CODE_OK {
+		t.Errorf("second unmount answered OK")
+	}
+	for _, bad := range []string{"", "../x", "hc:safety", "-rf"} {
+		if r := do(&m.StorageRequest{Op: m.StorageOp_STORAGE_OP_MOUNT, Snapshot: &m.SnapshotRef{Name: bad}}); r.Code != m.Code_CODE_INVALID {
+			t.Errorf("mount %q answered %v, want INVALID", bad, r)
+		}
+	}
+	if r := do(&m.StorageRequest{Op: m.StorageOp_STORAGE_OP_MOUNT, Snapshot: &m.SnapshotRef{Name: "e1-n1-s9"}}); r.Code == m.Code_CODE_OK {
+		t.Errorf("mount of a missing snapshot answered OK")
+	}
+}

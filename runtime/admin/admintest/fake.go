@@ -29,6 +29,8 @@ type Query struct {
 // Fake is an admin.Backend answering from views set by the test. CLUSTER
 // queries sent to the node actor of NodeName get Cluster (nil: no answer
 // until the context ends); SITE queries get Sites[site] (absent: CODE_UNKNOWN_SITE).
+// MOUNT and UNMOUNT queries act on the snapshots of Sites[site] as its node
+// would: mounted at MountPath(site, snapshot).
 type Fake struct {
 	NodeName   string
 	MemberList []string
@@ -36,6 +38,7 @@ type Fake struct {
 	mu      sync.Mutex
 	cluster *m.AdminView
 	sites   map[string]*m.AdminView
+	mounts  map[string]bool // site@snapshot mounted
 	sent    []Sent
 	queries []Query
 	nextID  uint64
@@ -109,6 +112,8 @@ func (f *Fake) Query(ctx context.Context, to core.Address, q *m.AdminQuery) (*m.
 		} else {
 			v = &m.AdminView{Code: m.Code_CODE_UNKNOWN_SITE, Node: to.Node}
 		}
+	case m.AdminQueryKind_ADMIN_QUERY_MOUNT, m.AdminQueryKind_ADMIN_QUERY_UNMOUNT:
+		v = f.mountLocked(to, q)
 	}
 	f.mu.Unlock()
 	if v == nil {
@@ -117,6 +122,33 @@ func (f *Fake) Query(ctx context.Context, to core.Address, q *m.AdminQuery) (*m.
 	}
 	v.QueryId = q.QueryId
 	return v, nil
+}
+
+// MountPath is where the fake mounts a snapshot.
+func MountPath(site, snapshot string) string { return "/views/" + site + "/" + snapshot }
+
+func (f *Fake) mountLocked(to core.Address, q *m.AdminQuery) *m.AdminView {
+	sv, ok := f.sites[q.GetSite()]
+	if !ok || to != core.DatasetAddr(sv.GetNode(), q.GetSite()) {
+		return &m.AdminView{Code: m.Code_CODE_UNKNOWN_SITE, Node: to.Node}
+	}
+	key := q.GetSite() + "@" + q.GetSnapshot()
+	v := &m.AdminView{Code: m.Code_CODE_OK, Node: to.Node}
+	switch {
+	case q.GetKind() == m.AdminQueryKind_ADMIN_QUERY_UNMOUNT && !f.mounts[key]:
+		v.Code, v.Detail = m.Code_CODE_FAILED, "not mounted"
+	case q.GetKind() == m.AdminQueryKind_ADMIN_QUERY_UNMOUNT:
+		delete(f.mounts, key)
+	case !slices.ContainsFunc(sv.GetSnapshots(), func(r *m.SnapshotRef) bool { return r.GetName() == q.GetSnapshot() }):
+		v.Code, v.Detail = m.Code_CODE_INVALID, "no snapshot "+q.GetSnapshot()+" on "+to.Node
+	default:
+		if f.mounts == nil {
+			f.mounts = map[string]bool{}
+		}
+		f.mounts[key] = true
+		v.MountPath = MountPath(q.GetSite(), q.GetSnapshot())
+	}
+	return v
 }
 
 func (f *Fake) Send(to core.Address, msg proto.Message) {

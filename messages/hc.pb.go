@@ -101,6 +101,10 @@ const (
 	Role_ROLE_UNSPECIFIED Role = 0
 	Role_ROLE_MASTER      Role = 1
 	Role_ROLE_REPLICA     Role = 2
+	// ROLE_DELETED: the site was deleted. What the copy held (if it held
+	// anything) is stashed whole; its epoch is the tombstone (the epoch of the
+	// deletion), which the balancer remembers through every node's reports.
+	Role_ROLE_DELETED Role = 3
 )
 
 // Enum value maps for Role.
@@ -109,11 +113,13 @@ var (
 		0: "ROLE_UNSPECIFIED",
 		1: "ROLE_MASTER",
 		2: "ROLE_REPLICA",
+		3: "ROLE_DELETED",
 	}
 	Role_value = map[string]int32{
 		"ROLE_UNSPECIFIED": 0,
 		"ROLE_MASTER":      1,
 		"ROLE_REPLICA":     2,
+		"ROLE_DELETED":     3,
 	}
 )
 
@@ -241,6 +247,10 @@ const (
 	StorageOp_STORAGE_OP_RESTORE_STASH StorageOp = 9
 	StorageOp_STORAGE_OP_MOUNT         StorageOp = 10 // snapshot: make its files readable (read-only) at mount_path
 	StorageOp_STORAGE_OP_UNMOUNT       StorageOp = 11 // snapshot: end a mount
+	// delete: stash everything the copy holds (if the dataset exists) as
+	// stash_name, make it read-only, fence it at epoch (the tombstone) and
+	// record the tombstone (role DELETED) on disk. Nothing is destroyed.
+	StorageOp_STORAGE_OP_DELETE StorageOp = 12
 )
 
 // Enum value maps for StorageOp.
@@ -258,6 +268,7 @@ var (
 		9:  "STORAGE_OP_RESTORE_STASH",
 		10: "STORAGE_OP_MOUNT",
 		11: "STORAGE_OP_UNMOUNT",
+		12: "STORAGE_OP_DELETE",
 	}
 	StorageOp_value = map[string]int32{
 		"STORAGE_OP_UNSPECIFIED":   0,
@@ -272,6 +283,7 @@ var (
 		"STORAGE_OP_RESTORE_STASH": 9,
 		"STORAGE_OP_MOUNT":         10,
 		"STORAGE_OP_UNMOUNT":       11,
+		"STORAGE_OP_DELETE":        12,
 	}
 )
 
@@ -610,14 +622,18 @@ func (x *MysqlUser) GetDatabases() []string {
 }
 
 type SiteSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Domains       []string               `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
-	FtpUsers      []*FtpUser             `protobuf:"bytes,3,rep,name=ftp_users,json=ftpUsers,proto3" json:"ftp_users,omitempty"`
-	MysqlUsers    []*MysqlUser           `protobuf:"bytes,4,rep,name=mysql_users,json=mysqlUsers,proto3" json:"mysql_users,omitempty"`
-	AppCommand    string                 `protobuf:"bytes,5,opt,name=app_command,json=appCommand,proto3" json:"app_command,omitempty"`
-	QuotaBytes    uint64                 `protobuf:"varint,6,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
-	Redundancy    uint32                 `protobuf:"varint,7,opt,name=redundancy,proto3" json:"redundancy,omitempty"` // copies including the master; 0 means the cluster default
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Domains    []string               `protobuf:"bytes,2,rep,name=domains,proto3" json:"domains,omitempty"`
+	FtpUsers   []*FtpUser             `protobuf:"bytes,3,rep,name=ftp_users,json=ftpUsers,proto3" json:"ftp_users,omitempty"`
+	MysqlUsers []*MysqlUser           `protobuf:"bytes,4,rep,name=mysql_users,json=mysqlUsers,proto3" json:"mysql_users,omitempty"`
+	AppCommand string                 `protobuf:"bytes,5,opt,name=app_command,json=appCommand,proto3" json:"app_command,omitempty"`
+	QuotaBytes uint64                 `protobuf:"varint,6,opt,name=quota_bytes,json=quotaBytes,proto3" json:"quota_bytes,omitempty"`
+	Redundancy uint32                 `protobuf:"varint,7,opt,name=redundancy,proto3" json:"redundancy,omitempty"` // copies including the master; 0 means the cluster default
+	// created is the epoch of the placement that created the site (the
+	// balancer sets it). A copy whose spec was created at or before a
+	// tombstone of the site holds history from before its deletion.
+	Created       *Epoch `protobuf:"bytes,8,opt,name=created,proto3" json:"created,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,6 +715,13 @@ func (x *SiteSpec) GetRedundancy() uint32 {
 		return x.Redundancy
 	}
 	return 0
+}
+
+func (x *SiteSpec) GetCreated() *Epoch {
+	if x != nil {
+		return x.Created
+	}
+	return nil
 }
 
 // SiteState is what the site actor on the master knows, for admin and reports.
@@ -1380,6 +1403,7 @@ type Activated struct {
 	Epoch         *Epoch                 `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Code          Code                   `protobuf:"varint,4,opt,name=code,proto3,enum=hybridcluster.v1.Code" json:"code,omitempty"`
 	Detail        string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	Fence         *Epoch                 `protobuf:"bytes,6,opt,name=fence,proto3" json:"fence,omitempty"` // a refusal: the copy's fence (a tombstone: the site was deleted)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1447,6 +1471,13 @@ func (x *Activated) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *Activated) GetFence() *Epoch {
+	if x != nil {
+		return x.Fence
+	}
+	return nil
 }
 
 type Migrate struct {
@@ -3219,6 +3250,126 @@ func (x *AdminRestoreStash) GetStash() string {
 	return ""
 }
 
+// AdminDeleteSite asks the active balancer to delete a site: it mints a
+// tombstone epoch and tells every live node (DeleteSite). A balancer that is
+// not active forwards it once to the one its node believes active.
+type AdminDeleteSite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Forwarded     bool                   `protobuf:"varint,2,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminDeleteSite) Reset() {
+	*x = AdminDeleteSite{}
+	mi := &file_messages_hc_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminDeleteSite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminDeleteSite) ProtoMessage() {}
+
+func (x *AdminDeleteSite) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_hc_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminDeleteSite.ProtoReflect.Descriptor instead.
+func (*AdminDeleteSite) Descriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *AdminDeleteSite) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *AdminDeleteSite) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+// DeleteSite tells a node's site actor that the site was deleted at epoch
+// (the tombstone): it stops serving (requests are answered UNKNOWN_SITE)
+// and passes it on to its dataset actor, which stashes the copy whole and
+// records the tombstone. recorded: sent by a dataset that holds the
+// tombstone already (at boot), not to be passed back.
+type DeleteSite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Epoch         *Epoch                 `protobuf:"bytes,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Recorded      bool                   `protobuf:"varint,3,opt,name=recorded,proto3" json:"recorded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSite) Reset() {
+	*x = DeleteSite{}
+	mi := &file_messages_hc_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSite) ProtoMessage() {}
+
+func (x *DeleteSite) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_hc_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSite.ProtoReflect.Descriptor instead.
+func (*DeleteSite) Descriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *DeleteSite) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *DeleteSite) GetEpoch() *Epoch {
+	if x != nil {
+		return x.Epoch
+	}
+	return nil
+}
+
+func (x *DeleteSite) GetRecorded() bool {
+	if x != nil {
+		return x.Recorded
+	}
+	return false
+}
+
 type AdminQuery struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	QueryId       uint64                 `protobuf:"varint,1,opt,name=query_id,json=queryId,proto3" json:"query_id,omitempty"`
@@ -3232,7 +3383,7 @@ type AdminQuery struct {
 
 func (x *AdminQuery) Reset() {
 	*x = AdminQuery{}
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3244,7 +3395,7 @@ func (x *AdminQuery) String() string {
 func (*AdminQuery) ProtoMessage() {}
 
 func (x *AdminQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3257,7 +3408,7 @@ func (x *AdminQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminQuery.ProtoReflect.Descriptor instead.
 func (*AdminQuery) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{37}
+	return file_messages_hc_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AdminQuery) GetQueryId() uint64 {
@@ -3320,7 +3471,7 @@ type AdminView struct {
 
 func (x *AdminView) Reset() {
 	*x = AdminView{}
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3332,7 +3483,7 @@ func (x *AdminView) String() string {
 func (*AdminView) ProtoMessage() {}
 
 func (x *AdminView) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3345,7 +3496,7 @@ func (x *AdminView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminView.ProtoReflect.Descriptor instead.
 func (*AdminView) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{38}
+	return file_messages_hc_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AdminView) GetQueryId() uint64 {
@@ -3460,7 +3611,7 @@ type Sync struct {
 
 func (x *Sync) Reset() {
 	*x = Sync{}
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3472,7 +3623,7 @@ func (x *Sync) String() string {
 func (*Sync) ProtoMessage() {}
 
 func (x *Sync) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3485,7 +3636,7 @@ func (x *Sync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sync.ProtoReflect.Descriptor instead.
 func (*Sync) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{39}
+	return file_messages_hc_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Sync) GetSite() string {
@@ -3530,7 +3681,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3542,7 +3693,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3555,7 +3706,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{40}
+	return file_messages_hc_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SyncDone) GetSite() string {
@@ -3612,7 +3763,7 @@ type DatasetBoot struct {
 
 func (x *DatasetBoot) Reset() {
 	*x = DatasetBoot{}
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +3775,7 @@ func (x *DatasetBoot) String() string {
 func (*DatasetBoot) ProtoMessage() {}
 
 func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +3788,7 @@ func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatasetBoot.ProtoReflect.Descriptor instead.
 func (*DatasetBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{41}
+	return file_messages_hc_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DatasetBoot) GetInfo() *DatasetInfo {
@@ -3673,7 +3824,7 @@ type NodeBoot struct {
 
 func (x *NodeBoot) Reset() {
 	*x = NodeBoot{}
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3685,7 +3836,7 @@ func (x *NodeBoot) String() string {
 func (*NodeBoot) ProtoMessage() {}
 
 func (x *NodeBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3698,7 +3849,7 @@ func (x *NodeBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeBoot.ProtoReflect.Descriptor instead.
 func (*NodeBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{42}
+	return file_messages_hc_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *NodeBoot) GetNode() string {
@@ -3740,7 +3891,7 @@ type RouteTable struct {
 
 func (x *RouteTable) Reset() {
 	*x = RouteTable{}
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3752,7 +3903,7 @@ func (x *RouteTable) String() string {
 func (*RouteTable) ProtoMessage() {}
 
 func (x *RouteTable) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3765,7 +3916,7 @@ func (x *RouteTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTable.ProtoReflect.Descriptor instead.
 func (*RouteTable) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{43}
+	return file_messages_hc_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RouteTable) GetRoutes() []*RouteUpdate {
@@ -3787,7 +3938,7 @@ type BalancerRole struct {
 
 func (x *BalancerRole) Reset() {
 	*x = BalancerRole{}
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3799,7 +3950,7 @@ func (x *BalancerRole) String() string {
 func (*BalancerRole) ProtoMessage() {}
 
 func (x *BalancerRole) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3812,7 +3963,7 @@ func (x *BalancerRole) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerRole.ProtoReflect.Descriptor instead.
 func (*BalancerRole) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{44}
+	return file_messages_hc_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *BalancerRole) GetActive() bool {
@@ -3849,7 +4000,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\tMysqlUser\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\rpassword_hash\x18\x02 \x01(\tR\fpasswordHash\x12\x1c\n" +
-	"\tdatabases\x18\x03 \x03(\tR\tdatabases\"\x90\x02\n" +
+	"\tdatabases\x18\x03 \x03(\tR\tdatabases\"\xc3\x02\n" +
 	"\bSiteSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x126\n" +
@@ -3862,7 +4013,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"quotaBytes\x12\x1e\n" +
 	"\n" +
 	"redundancy\x18\a \x01(\rR\n" +
-	"redundancy\"\x90\x04\n" +
+	"redundancy\x121\n" +
+	"\acreated\x18\b \x01(\v2\x17.hybridcluster.v1.EpochR\acreated\"\x90\x04\n" +
 	"\tSiteState\x12.\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\x12-\n" +
 	"\x05epoch\x18\x02 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x12\x16\n" +
@@ -3932,13 +4084,14 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x06create\x18\x04 \x01(\bR\x06create\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12'\n" +
 	"\x0fexpect_snapshot\x18\x06 \x01(\tR\x0eexpectSnapshot\x12\x1b\n" +
-	"\tfrom_node\x18\a \x01(\tR\bfromNode\"\xa6\x01\n" +
+	"\tfrom_node\x18\a \x01(\tR\bfromNode\"\xd5\x01\n" +
 	"\tActivated\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12-\n" +
 	"\x05epoch\x18\x03 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x12*\n" +
 	"\x04code\x18\x04 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"M\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12-\n" +
+	"\x05fence\x18\x06 \x01(\v2\x17.hybridcluster.v1.EpochR\x05fence\"M\n" +
 	"\aMigrate\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x16\n" +
@@ -4090,7 +4243,15 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\bsnapshot\x18\x02 \x01(\tR\bsnapshot\"=\n" +
 	"\x11AdminRestoreStash\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x14\n" +
-	"\x05stash\x18\x02 \x01(\tR\x05stash\"\xac\x01\n" +
+	"\x05stash\x18\x02 \x01(\tR\x05stash\"C\n" +
+	"\x0fAdminDeleteSite\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1c\n" +
+	"\tforwarded\x18\x02 \x01(\bR\tforwarded\"k\n" +
+	"\n" +
+	"DeleteSite\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12-\n" +
+	"\x05epoch\x18\x02 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x12\x1a\n" +
+	"\brecorded\x18\x03 \x01(\bR\brecorded\"\xac\x01\n" +
 	"\n" +
 	"AdminQuery\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12\x1d\n" +
@@ -4153,11 +4314,12 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x14SITE_PHASE_PROMOTING\x10\x06\x12\x1b\n" +
 	"\x17SITE_PHASE_FAILING_OVER\x10\a\x12\x16\n" +
 	"\x12SITE_PHASE_STOPPED\x10\b\x12\x16\n" +
-	"\x12SITE_PHASE_DEMOTED\x10\t*?\n" +
+	"\x12SITE_PHASE_DEMOTED\x10\t*Q\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_MASTER\x10\x01\x12\x10\n" +
-	"\fROLE_REPLICA\x10\x02*\x95\x02\n" +
+	"\fROLE_REPLICA\x10\x02\x12\x10\n" +
+	"\fROLE_DELETED\x10\x03*\x95\x02\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x15\n" +
 	"\x11CODE_UNKNOWN_SITE\x10\x01\x12\x0e\n" +
@@ -4174,7 +4336,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x12\r\n" +
 	"\tCODE_BUSY\x10\v\x12\x0f\n" +
 	"\vCODE_FAILED\x10\f\x12\x12\n" +
-	"\x0eCODE_UNCHANGED\x10\r*\xae\x02\n" +
+	"\x0eCODE_UNCHANGED\x10\r*\xc5\x02\n" +
 	"\tStorageOp\x12\x1a\n" +
 	"\x16STORAGE_OP_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STORAGE_OP_CREATE\x10\x01\x12\x17\n" +
@@ -4188,7 +4350,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x18STORAGE_OP_RESTORE_STASH\x10\t\x12\x14\n" +
 	"\x10STORAGE_OP_MOUNT\x10\n" +
 	"\x12\x16\n" +
-	"\x12STORAGE_OP_UNMOUNT\x10\v*\x8c\x01\n" +
+	"\x12STORAGE_OP_UNMOUNT\x10\v\x12\x15\n" +
+	"\x11STORAGE_OP_DELETE\x10\f*\x8c\x01\n" +
 	"\x0eAdminQueryKind\x12\x1b\n" +
 	"\x17ADMIN_QUERY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13ADMIN_QUERY_CLUSTER\x10\x01\x12\x14\n" +
@@ -4209,7 +4372,7 @@ func file_messages_hc_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_messages_hc_proto_goTypes = []any{
 	(SitePhase)(0),            // 0: hybridcluster.v1.SitePhase
 	(Role)(0),                 // 1: hybridcluster.v1.Role
@@ -4253,81 +4416,86 @@ var file_messages_hc_proto_goTypes = []any{
 	(*AdminSnapshot)(nil),     // 39: hybridcluster.v1.AdminSnapshot
 	(*AdminRollback)(nil),     // 40: hybridcluster.v1.AdminRollback
 	(*AdminRestoreStash)(nil), // 41: hybridcluster.v1.AdminRestoreStash
-	(*AdminQuery)(nil),        // 42: hybridcluster.v1.AdminQuery
-	(*AdminView)(nil),         // 43: hybridcluster.v1.AdminView
-	(*Sync)(nil),              // 44: hybridcluster.v1.Sync
-	(*SyncDone)(nil),          // 45: hybridcluster.v1.SyncDone
-	(*DatasetBoot)(nil),       // 46: hybridcluster.v1.DatasetBoot
-	(*NodeBoot)(nil),          // 47: hybridcluster.v1.NodeBoot
-	(*RouteTable)(nil),        // 48: hybridcluster.v1.RouteTable
-	(*BalancerRole)(nil),      // 49: hybridcluster.v1.BalancerRole
-	nil,                       // 50: hybridcluster.v1.SiteState.ReplicaCursorEntry
+	(*AdminDeleteSite)(nil),   // 42: hybridcluster.v1.AdminDeleteSite
+	(*DeleteSite)(nil),        // 43: hybridcluster.v1.DeleteSite
+	(*AdminQuery)(nil),        // 44: hybridcluster.v1.AdminQuery
+	(*AdminView)(nil),         // 45: hybridcluster.v1.AdminView
+	(*Sync)(nil),              // 46: hybridcluster.v1.Sync
+	(*SyncDone)(nil),          // 47: hybridcluster.v1.SyncDone
+	(*DatasetBoot)(nil),       // 48: hybridcluster.v1.DatasetBoot
+	(*NodeBoot)(nil),          // 49: hybridcluster.v1.NodeBoot
+	(*RouteTable)(nil),        // 50: hybridcluster.v1.RouteTable
+	(*BalancerRole)(nil),      // 51: hybridcluster.v1.BalancerRole
+	nil,                       // 52: hybridcluster.v1.SiteState.ReplicaCursorEntry
 }
 var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
 	7,  // 1: hybridcluster.v1.SiteSpec.ftp_users:type_name -> hybridcluster.v1.FtpUser
 	8,  // 2: hybridcluster.v1.SiteSpec.mysql_users:type_name -> hybridcluster.v1.MysqlUser
-	9,  // 3: hybridcluster.v1.SiteState.spec:type_name -> hybridcluster.v1.SiteSpec
-	5,  // 4: hybridcluster.v1.SiteState.epoch:type_name -> hybridcluster.v1.Epoch
-	0,  // 5: hybridcluster.v1.SiteState.phase:type_name -> hybridcluster.v1.SitePhase
-	6,  // 6: hybridcluster.v1.SiteState.latest:type_name -> hybridcluster.v1.SnapshotRef
-	50, // 7: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
-	2,  // 8: hybridcluster.v1.SiteResponse.code:type_name -> hybridcluster.v1.Code
-	5,  // 9: hybridcluster.v1.SiteResponse.epoch:type_name -> hybridcluster.v1.Epoch
-	5,  // 10: hybridcluster.v1.RouteUpdate.epoch:type_name -> hybridcluster.v1.Epoch
-	0,  // 11: hybridcluster.v1.RouteUpdate.phase:type_name -> hybridcluster.v1.SitePhase
-	9,  // 12: hybridcluster.v1.CreateSite.spec:type_name -> hybridcluster.v1.SiteSpec
-	9,  // 13: hybridcluster.v1.Activate.spec:type_name -> hybridcluster.v1.SiteSpec
-	5,  // 14: hybridcluster.v1.Activate.epoch:type_name -> hybridcluster.v1.Epoch
-	5,  // 15: hybridcluster.v1.Activated.epoch:type_name -> hybridcluster.v1.Epoch
-	2,  // 16: hybridcluster.v1.Activated.code:type_name -> hybridcluster.v1.Code
-	2,  // 17: hybridcluster.v1.MigrateResult.code:type_name -> hybridcluster.v1.Code
-	5,  // 18: hybridcluster.v1.Demote.epoch:type_name -> hybridcluster.v1.Epoch
-	26, // 19: hybridcluster.v1.ProbeAnswer.info:type_name -> hybridcluster.v1.DatasetInfo
-	1,  // 20: hybridcluster.v1.DatasetInfo.role:type_name -> hybridcluster.v1.Role
-	5,  // 21: hybridcluster.v1.DatasetInfo.epoch:type_name -> hybridcluster.v1.Epoch
-	6,  // 22: hybridcluster.v1.DatasetInfo.latest:type_name -> hybridcluster.v1.SnapshotRef
-	9,  // 23: hybridcluster.v1.DatasetInfo.spec:type_name -> hybridcluster.v1.SiteSpec
-	0,  // 24: hybridcluster.v1.DatasetInfo.phase:type_name -> hybridcluster.v1.SitePhase
-	5,  // 25: hybridcluster.v1.StreamOffer.epoch:type_name -> hybridcluster.v1.Epoch
-	6,  // 26: hybridcluster.v1.StreamOffer.target:type_name -> hybridcluster.v1.SnapshotRef
-	9,  // 27: hybridcluster.v1.StreamOffer.spec:type_name -> hybridcluster.v1.SiteSpec
-	2,  // 28: hybridcluster.v1.StreamAnswer.code:type_name -> hybridcluster.v1.Code
-	5,  // 29: hybridcluster.v1.StreamAnswer.fence:type_name -> hybridcluster.v1.Epoch
-	6,  // 30: hybridcluster.v1.StreamDone.target:type_name -> hybridcluster.v1.SnapshotRef
-	2,  // 31: hybridcluster.v1.StreamDone.code:type_name -> hybridcluster.v1.Code
-	3,  // 32: hybridcluster.v1.StorageRequest.op:type_name -> hybridcluster.v1.StorageOp
-	6,  // 33: hybridcluster.v1.StorageRequest.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	5,  // 34: hybridcluster.v1.StorageRequest.epoch:type_name -> hybridcluster.v1.Epoch
-	1,  // 35: hybridcluster.v1.StorageRequest.role:type_name -> hybridcluster.v1.Role
-	9,  // 36: hybridcluster.v1.StorageRequest.spec:type_name -> hybridcluster.v1.SiteSpec
-	3,  // 37: hybridcluster.v1.StorageResult.op:type_name -> hybridcluster.v1.StorageOp
-	2,  // 38: hybridcluster.v1.StorageResult.code:type_name -> hybridcluster.v1.Code
-	6,  // 39: hybridcluster.v1.StorageResult.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	6,  // 40: hybridcluster.v1.StorageResult.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	6,  // 41: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	5,  // 42: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
-	2,  // 43: hybridcluster.v1.Received.code:type_name -> hybridcluster.v1.Code
-	9,  // 44: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
-	9,  // 45: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
-	26, // 46: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
-	4,  // 47: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
-	2,  // 48: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
-	36, // 49: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
-	9,  // 50: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
-	26, // 51: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
-	6,  // 52: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	2,  // 53: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
-	6,  // 54: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	26, // 55: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
-	6,  // 56: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	46, // 57: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
-	13, // 58: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
-	59, // [59:59] is the sub-list for method output_type
-	59, // [59:59] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	5,  // 3: hybridcluster.v1.SiteSpec.created:type_name -> hybridcluster.v1.Epoch
+	9,  // 4: hybridcluster.v1.SiteState.spec:type_name -> hybridcluster.v1.SiteSpec
+	5,  // 5: hybridcluster.v1.SiteState.epoch:type_name -> hybridcluster.v1.Epoch
+	0,  // 6: hybridcluster.v1.SiteState.phase:type_name -> hybridcluster.v1.SitePhase
+	6,  // 7: hybridcluster.v1.SiteState.latest:type_name -> hybridcluster.v1.SnapshotRef
+	52, // 8: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
+	2,  // 9: hybridcluster.v1.SiteResponse.code:type_name -> hybridcluster.v1.Code
+	5,  // 10: hybridcluster.v1.SiteResponse.epoch:type_name -> hybridcluster.v1.Epoch
+	5,  // 11: hybridcluster.v1.RouteUpdate.epoch:type_name -> hybridcluster.v1.Epoch
+	0,  // 12: hybridcluster.v1.RouteUpdate.phase:type_name -> hybridcluster.v1.SitePhase
+	9,  // 13: hybridcluster.v1.CreateSite.spec:type_name -> hybridcluster.v1.SiteSpec
+	9,  // 14: hybridcluster.v1.Activate.spec:type_name -> hybridcluster.v1.SiteSpec
+	5,  // 15: hybridcluster.v1.Activate.epoch:type_name -> hybridcluster.v1.Epoch
+	5,  // 16: hybridcluster.v1.Activated.epoch:type_name -> hybridcluster.v1.Epoch
+	2,  // 17: hybridcluster.v1.Activated.code:type_name -> hybridcluster.v1.Code
+	5,  // 18: hybridcluster.v1.Activated.fence:type_name -> hybridcluster.v1.Epoch
+	2,  // 19: hybridcluster.v1.MigrateResult.code:type_name -> hybridcluster.v1.Code
+	5,  // 20: hybridcluster.v1.Demote.epoch:type_name -> hybridcluster.v1.Epoch
+	26, // 21: hybridcluster.v1.ProbeAnswer.info:type_name -> hybridcluster.v1.DatasetInfo
+	1,  // 22: hybridcluster.v1.DatasetInfo.role:type_name -> hybridcluster.v1.Role
+	5,  // 23: hybridcluster.v1.DatasetInfo.epoch:type_name -> hybridcluster.v1.Epoch
+	6,  // 24: hybridcluster.v1.DatasetInfo.latest:type_name -> hybridcluster.v1.SnapshotRef
+	9,  // 25: hybridcluster.v1.DatasetInfo.spec:type_name -> hybridcluster.v1.SiteSpec
+	0,  // 26: hybridcluster.v1.DatasetInfo.phase:type_name -> hybridcluster.v1.SitePhase
+	5,  // 27: hybridcluster.v1.StreamOffer.epoch:type_name -> hybridcluster.v1.Epoch
+	6,  // 28: hybridcluster.v1.StreamOffer.target:type_name -> hybridcluster.v1.SnapshotRef
+	9,  // 29: hybridcluster.v1.StreamOffer.spec:type_name -> hybridcluster.v1.SiteSpec
+	2,  // 30: hybridcluster.v1.StreamAnswer.code:type_name -> hybridcluster.v1.Code
+	5,  // 31: hybridcluster.v1.StreamAnswer.fence:type_name -> hybridcluster.v1.Epoch
+	6,  // 32: hybridcluster.v1.StreamDone.target:type_name -> hybridcluster.v1.SnapshotRef
+	2,  // 33: hybridcluster.v1.StreamDone.code:type_name -> hybridcluster.v1.Code
+	3,  // 34: hybridcluster.v1.StorageRequest.op:type_name -> hybridcluster.v1.StorageOp
+	6,  // 35: hybridcluster.v1.StorageRequest.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 36: hybridcluster.v1.StorageRequest.epoch:type_name -> hybridcluster.v1.Epoch
+	1,  // 37: hybridcluster.v1.StorageRequest.role:type_name -> hybridcluster.v1.Role
+	9,  // 38: hybridcluster.v1.StorageRequest.spec:type_name -> hybridcluster.v1.SiteSpec
+	3,  // 39: hybridcluster.v1.StorageResult.op:type_name -> hybridcluster.v1.StorageOp
+	2,  // 40: hybridcluster.v1.StorageResult.code:type_name -> hybridcluster.v1.Code
+	6,  // 41: hybridcluster.v1.StorageResult.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	6,  // 42: hybridcluster.v1.StorageResult.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	6,  // 43: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 44: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
+	2,  // 45: hybridcluster.v1.Received.code:type_name -> hybridcluster.v1.Code
+	9,  // 46: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
+	9,  // 47: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
+	26, // 48: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
+	5,  // 49: hybridcluster.v1.DeleteSite.epoch:type_name -> hybridcluster.v1.Epoch
+	4,  // 50: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
+	2,  // 51: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
+	36, // 52: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
+	9,  // 53: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
+	26, // 54: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 55: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	2,  // 56: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
+	6,  // 57: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	26, // 58: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 59: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	48, // 60: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	13, // 61: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
+	62, // [62:62] is the sub-list for method output_type
+	62, // [62:62] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_messages_hc_proto_init() }
@@ -4341,7 +4509,7 @@ func file_messages_hc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_hc_proto_rawDesc), len(file_messages_hc_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -18,6 +18,7 @@ type writeInfo struct {
 	site      string
 	node      string
 	epoch     *m.Epoch
+	created   *m.Epoch // the creation epoch of the copy's site (its incarnation)
 	appliedUs int64
 	ackedUs   int64
 }
@@ -42,6 +43,11 @@ type checker struct {
 	probeFailed   map[uint64]string
 	rollbacks     map[string]string // dataset address -> snapshot asked for
 	restores      map[string]*restoreAsk
+	// tombs are the deleted sites (the newest tombstone a dataset was told
+	// of), deletedAt when, recreated whether a create after it activated.
+	tombs         map[string]*m.Epoch
+	deletedAt     map[string]int64
+	recreated     map[string]bool
 	stats         Stats
 	bytesStreamed uint64
 }
@@ -50,7 +56,7 @@ func newChecker(w *World) *checker {
 	return &checker{w: w, writes: map[uint64]*writeInfo{}, epochWriter: map[string]string{},
 		expected: map[string]map[uint64]bool{}, crashes: map[string][]int64{}, moves: map[string][]*window{},
 		probed: map[string]map[string]bool{}, probeFailed: map[uint64]string{}, rollbacks: map[string]string{}, probeID: map[string]string{},
-		restores: map[string]*restoreAsk{}}
+		restores: map[string]*restoreAsk{}, tombs: map[string]*m.Epoch{}, deletedAt: map[string]int64{}, recreated: map[string]bool{}}
 }
 
 func (c *checker) fault() { c.faultTimes = append(c.faultTimes, c.w.now) }
@@ -103,7 +109,23 @@ func (c *checker) applied(h *host, req *m.SiteRequest, epoch *m.Epoch, d *simDat
 	if !d.exists {
 		c.w.violate("I1", "site %s: write accepted on %s which holds no copy", req.Site, h.name)
 	}
-	c.writes[req.WriteId] = &writeInfo{site: req.Site, node: h.name, epoch: epoch, appliedUs: c.w.now}
+	if d.role == m.Role_ROLE_DELETED {
+		c.w.violate("DELETE", "site %s: write %d accepted on %s whose copy is deleted", req.Site, req.WriteId, h.name)
+	}
+	if tomb := c.tombs[req.Site]; tomb != nil && !core.CreatedAfter(d.spec, tomb) && core.EpochLess(tomb, epoch) {
+		// A copy of the deleted history serves again, at an epoch decided
+		// after the deletion. Messages lost or nodes down may make it
+		// happen for a while (the balancer deletes that copy again, and
+		// the final check sees to it); on a quiet cluster it is a bug.
+		c.stats.Resurrections++
+		c.w.tracef("resurrection: site %s write %d on %s at %s above its tombstone %s", req.Site, req.WriteId, h.name,
+			core.EpochString(epoch), core.EpochString(tomb))
+		if c.clean(c.deletedAt[req.Site]) {
+			c.w.violate("DELETE", "site %s resurrected: write %d accepted on %s at epoch %s above its tombstone %s",
+				req.Site, req.WriteId, h.name, core.EpochString(epoch), core.EpochString(tomb))
+		}
+	}
+	c.writes[req.WriteId] = &writeInfo{site: req.Site, node: h.name, epoch: epoch, created: d.spec.GetCreated(), appliedUs: c.w.now}
 }
 
 func (c *checker) acked(r *clientReq) {
@@ -152,6 +174,10 @@ func (c *checker) delivered(h *host, addr core.Address, msg any) {
 		if addr.Kind == core.KindDataset {
 			c.restoreAsked(h, addr, msg)
 		}
+	case *m.DeleteSite:
+		if addr.Kind == core.KindDataset {
+			c.siteDeleted(msg)
+		}
 	case *m.Sync:
 		// A move starts with its pre-copy (a Migrate the site refuses is no move).
 		if msg.Final {
@@ -183,7 +209,23 @@ func (c *checker) activated(h *host, a *m.Activate) {
 	site := a.Spec.GetName()
 	d := h.store.get(site)
 	have := d.contents()
+	if tomb := c.tombs[site]; tomb != nil && core.CreatedAfter(a.Spec, tomb) && !c.recreated[site] {
+		// The first master of a history created after the deletion (its
+		// create's activation may have been cut short by a crash, and a
+		// failover bring it up).
+		c.recreated[site] = true
+		c.stats.Recreates++
+	}
 	switch a.Reason {
+	case "create":
+		if tomb := c.tombs[site]; tomb != nil && core.CreatedAfter(a.Spec, tomb) {
+			for _, wid := range sortedIDs(have) {
+				if wi := c.writes[wid]; wi != nil && !core.CreatedAfter(&m.SiteSpec{Created: wi.created}, tomb) {
+					c.w.violate("DELETE", "site %s created again on %s holding write %d of its deleted history", site, h.name, wid)
+					break
+				}
+			}
+		}
 	case "migrate":
 		c.stats.Migrations++
 		for _, mv := range c.moves[site] {
@@ -220,6 +262,27 @@ func (c *checker) activated(h *host, a *m.Activate) {
 	// they are not lost.
 	c.lossCheck(site, have, false, a.Reason == "rollback" || a.Reason == "restore")
 }
+
+// siteDeleted: a dataset actor is told the site was deleted. From here the
+// site's requests may be answered UNKNOWN_SITE, a move under way is over,
+// and the writes of its history must end up stashed (the final check).
+func (c *checker) siteDeleted(d *m.DeleteSite) {
+	if tomb := c.tombs[d.Site]; tomb != nil && !core.EpochLess(tomb, d.Epoch) {
+		return
+	}
+	c.tombs[d.Site] = d.Epoch
+	c.deletedAt[d.Site] = c.w.now
+	c.recreated[d.Site] = false
+	c.stats.Deletes++
+	for _, mv := range c.moves[d.Site] {
+		if mv.endUs == 0 {
+			mv.endUs = c.w.now
+		}
+	}
+}
+
+// deleted: the site was deleted and not created again since.
+func (c *checker) deleted(site string) bool { return c.tombs[site] != nil && !c.recreated[site] }
 
 // restoreAsk is what a copy held when its dataset actor was asked to
 // restore a stash: the stash's live data, and every write anywhere on it.
@@ -372,11 +435,17 @@ func (c *checker) lossCheck(site string, have map[uint64]bool, final, withStashe
 			}
 		}
 	}
+	tomb := c.tombs[site]
 	for _, wid := range sortedIDs(c.expected[site]) {
 		if have[wid] || stashed[wid] {
 			continue
 		}
 		wi := c.writes[wid]
+		if !final && tomb != nil && !core.CreatedAfter(&m.SiteSpec{Created: wi.created}, tomb) {
+			// A write of a deleted history: it is in the stashes, not on
+			// the master of the site created again (the final check).
+			continue
+		}
 		// The write lives on its master's disk from when it was applied; its
 		// acknowledgement may still be on the wire when the master dies.
 		crash := c.crashAfter(wi.node, wi.appliedUs)
@@ -418,7 +487,7 @@ func (c *checker) probeAll() {
 	next := 0
 	for i := 0; i < w.opt.Sites; i++ {
 		s := siteName(i)
-		if !w.siteExists(s) {
+		if !w.siteExists(s) || c.deleted(s) {
 			continue
 		}
 		for range min(probesPerSite, len(live)) {
@@ -448,10 +517,23 @@ func (c *checker) finish() {
 	// I4 and I5: one master per site, holding every acknowledged write or a stash of it.
 	for i := 0; i < w.opt.Sites; i++ {
 		s := siteName(i)
-		if !w.siteExists(s) {
-			if len(c.expected[s]) > 0 {
-				w.violate("I4", "site %s has acknowledged writes but no copy left", s)
+		if c.deleted(s) {
+			// Deleted: no copy serves, every copy is stashed whole, and
+			// every acknowledged write is in a stash.
+			for _, n := range w.names {
+				if d := w.hosts[n].store.ds[s]; d != nil && d.exists && d.role != m.Role_ROLE_DELETED {
+					w.violate("DELETE", "site %s deleted at %s: the copy on %s is not stashed after the liveness phase",
+						s, core.EpochString(c.tombs[s]), n)
+				}
 			}
+			if masters := w.activeMasters(s); len(masters) > 0 {
+				w.violate("DELETE", "site %s deleted at %s is served by %v after the liveness phase", s, core.EpochString(c.tombs[s]), masters)
+			}
+			c.lossCheck(s, nil, true, true)
+			continue
+		}
+		if !w.siteExists(s) {
+			c.lossCheck(s, nil, true, true)
 			continue
 		}
 		masters := w.activeMasters(s)
@@ -463,14 +545,19 @@ func (c *checker) finish() {
 		default:
 			w.violate("I5", "site %s has %d masters after the liveness phase: %v", s, len(masters), masters)
 		}
-		c.lossCheck(s, w.hosts[masters[0]].store.ds[s].contents(), true, true)
+		md := w.hosts[masters[0]].store.ds[s]
+		if tomb := c.tombs[s]; tomb != nil && !core.CreatedAfter(md.spec, tomb) {
+			w.violate("DELETE", "site %s created again after %s is served by %s from a copy of its deleted history",
+				s, core.EpochString(tomb), masters[0])
+		}
+		c.lossCheck(s, md.contents(), true, true)
 	}
 }
 
 func (c *checker) summary() string {
 	s := c.stats
-	return fmt.Sprintf("requests=%d ok=%d failed=%d acked_writes=%d migrations=%d failovers=%d heals=%d crashes=%d partitions=%d",
-		s.Requests, s.OK, s.Failed, s.Acked, s.Migrations, s.Failovers, s.Heals, s.Crashes, s.Partitions)
+	return fmt.Sprintf("requests=%d ok=%d failed=%d acked_writes=%d migrations=%d failovers=%d heals=%d crashes=%d partitions=%d deletes=%d recreates=%d",
+		s.Requests, s.OK, s.Failed, s.Acked, s.Migrations, s.Failovers, s.Heals, s.Crashes, s.Partitions, s.Deletes, s.Recreates)
 }
 
 func sortedIDs(set map[uint64]bool) []uint64 {

@@ -74,15 +74,53 @@ func (w *World) clientsStart() {
 	w.migrationsStart()
 	w.rollbacksStart()
 	w.restoresStart()
+	w.deletesStart()
 }
 
+// siteExists: some disk holds a copy of the site that is not deleted.
 func (w *World) siteExists(name string) bool {
 	for _, n := range w.names {
-		if d := w.hosts[n].store.ds[name]; d != nil && d.exists {
+		if d := w.hosts[n].store.ds[name]; d != nil && d.exists && d.role != m.Role_ROLE_DELETED {
 			return true
 		}
 	}
 	return false
+}
+
+// deletesStart asks, now and then in the safety phase, for the deletion of
+// a random site (through the balancer of a random live node, which
+// forwards it to the active one), and a while later for a create of the
+// same name (a new, empty site).
+func (w *World) deletesStart() {
+	if w.opt.DeleteEvery <= 0 {
+		return
+	}
+	stopUs := int64(w.opt.Safety / time.Microsecond)
+	var tick func()
+	tick = func() {
+		if w.now > stopUs {
+			return
+		}
+		defer w.at(time.Duration(w.rng.ExpFloat64()*float64(w.opt.DeleteEvery)), tick)
+		s := siteName(w.rng.IntN(w.opt.Sites))
+		live := w.liveHosts()
+		if len(live) == 0 || !w.siteExists(s) {
+			return
+		}
+		from := live[w.rng.IntN(len(live))]
+		w.tracef("admin: delete %s via the balancer of %s", s, from)
+		w.send(from, core.BalancerAddr(from), &m.AdminDeleteSite{Site: s})
+		w.at(20*time.Second+time.Duration(w.rng.Int64N(int64(40*time.Second))), func() {
+			live := w.liveHosts()
+			if len(live) == 0 || w.now > stopUs || w.siteExists(s) {
+				return
+			}
+			entry := live[w.rng.IntN(len(live))]
+			w.tracef("admin: create %s again via %s", s, entry)
+			w.deliver(core.NodeAddr(entry), &m.CreateSite{Spec: &m.SiteSpec{Name: s, Domains: []string{s + ".example"}}})
+		})
+	}
+	w.at(clientsFrom+20*time.Second, tick)
 }
 
 func (w *World) liveHosts() []string {
@@ -131,6 +169,11 @@ func (w *World) clientResponse(entry string, resp *m.SiteResponse) {
 		if r.write {
 			w.chk.acked(r)
 		}
+		return
+	}
+	if resp.Code == m.Code_CODE_UNKNOWN_SITE && w.chk.tombs[r.site] != nil {
+		// The right answer for a deleted site, not a failure.
+		w.chk.stats.UnknownSite++
 		return
 	}
 	w.chk.stats.Failed++

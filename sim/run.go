@@ -31,6 +31,10 @@ type Options struct {
 	MigrationEvery time.Duration
 	// RollbackEvery is the mean time between user-requested rollbacks (<0: none).
 	RollbackEvery time.Duration
+	// DeleteEvery is the mean time between admin-requested site deletions
+	// during the safety phase, each followed later by a create of the same
+	// name (<0: none).
+	DeleteEvery time.Duration
 	// RPO is the recovery-point bound I3 checks after a crash.
 	RPO time.Duration
 	// RecoveryBound is how long after the heal every site must serve again (I5).
@@ -49,7 +53,8 @@ func DefaultOptions() Options {
 	return Options{
 		Nodes: 5, Sites: 50, Safety: 8 * time.Minute, Liveness: 2 * time.Minute,
 		RequestRate: 0.5, WriteFraction: 0.5, FaultRate: 1, MigrationEvery: 20 * time.Second, RollbackEvery: time.Minute,
-		RPO: 10 * time.Second, RecoveryBound: 45 * time.Second,
+		DeleteEvery: 2 * time.Minute,
+		RPO:         10 * time.Second, RecoveryBound: 45 * time.Second,
 		LatencyMin: 100 * time.Microsecond, LatencyMax: 2 * time.Millisecond, BandwidthBytesPerS: 100 << 20,
 	}
 }
@@ -77,6 +82,8 @@ type Stats struct {
 	Requests, OK, Failed, Writes, Acked   int
 	Migrations, Failovers, Heals, Stashes int
 	Rollbacks, Restores                   int
+	Deletes, Recreates, UnknownSite       int
+	Resurrections                         int // transient, under faults (violations otherwise)
 	Crashes, Partitions                   int
 	MaxPauseMs                            int64
 	BytesStreamed                         uint64
@@ -105,6 +112,7 @@ func (o *Options) fill() error {
 	orDefault(&o.WriteFraction, d.WriteFraction)
 	orDefault(&o.MigrationEvery, d.MigrationEvery)
 	orDefault(&o.RollbackEvery, d.RollbackEvery)
+	orDefault(&o.DeleteEvery, d.DeleteEvery)
 	orDefault(&o.RPO, d.RPO)
 	orDefault(&o.RecoveryBound, d.RecoveryBound)
 	if o.LatencyMax == 0 {

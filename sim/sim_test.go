@@ -79,6 +79,14 @@ func TestMutationsAreCaught(t *testing.T) {
 			o.Config.Redundancy = 3
 			o.Config.Mutations.PromoteOldest = true
 		}},
+		{"forget-tombstones", "DELETE", func(o *Options) {
+			// Copies that miss a deletion: nodes down often and long.
+			o.FaultKinds = []string{"crash"}
+			o.FaultRate = 3
+			o.DeleteEvery = 15 * time.Second
+			o.Config.Redundancy = 3
+			o.Config.Mutations.ForgetTombstones = true
+		}},
 		{"skip-fencing", "I1", func(o *Options) {
 			o.FaultKinds = []string{"partition", "crash-mid-migration"}
 			o.FaultRate = 3
@@ -129,8 +137,8 @@ func TestMutationScenariosPassUnmutated(t *testing.T) {
 }
 
 // The admin client's history changes reach the checkers: a few seeds of the
-// default scenario carry out rollbacks and stash restores (their checkers
-// ran on each, and found nothing).
+// default scenario carry out rollbacks, stash restores, site deletions and
+// creates of deleted names (their checkers ran on each, and found nothing).
 func TestHistoryChangesExercised(t *testing.T) {
 	var total Stats
 	for seed := uint64(1); seed <= 3; seed++ {
@@ -145,9 +153,12 @@ func TestHistoryChangesExercised(t *testing.T) {
 		}
 		total.Rollbacks += res.Stats.Rollbacks
 		total.Restores += res.Stats.Restores
+		total.Deletes += res.Stats.Deletes
+		total.Recreates += res.Stats.Recreates
+		total.UnknownSite += res.Stats.UnknownSite
 	}
-	if total.Rollbacks == 0 || total.Restores == 0 {
-		t.Errorf("rollbacks=%d restores=%d over 3 seeds: the admin client's history changes are not exercised", total.Rollbacks, total.Restores)
+	if total.Rollbacks == 0 || total.Restores == 0 || total.Deletes == 0 || total.Recreates == 0 || total.UnknownSite == 0 {
+		t.Errorf("%+v over 3 seeds: the admin client's history changes are not all exercised", total)
 	}
 }
 

@@ -76,6 +76,9 @@ type simDataset struct {
 	head    *blob // content the live dataset starts from
 	pending []uint64
 	stashes []stash
+	// tombstone is the epoch of the site's deletion (role DELETED), kept
+	// apart from the fence as the runtime's catalog does.
+	tombstone *m.Epoch
 	// maxEpoch is the checker's record of the highest epoch this copy ever
 	// took writes or streams at; applying anything older breaks fencing.
 	maxEpoch *m.Epoch
@@ -187,10 +190,13 @@ func (s *simStore) boot(node string) []*m.DatasetBoot {
 	var out []*m.DatasetBoot
 	for _, site := range sortedKeys(s.ds) {
 		d := s.ds[site]
-		if !d.exists {
+		if !d.exists && d.role != m.Role_ROLE_DELETED {
 			continue
 		}
 		b := &m.DatasetBoot{Info: &m.DatasetInfo{Site: site, Node: node, Role: d.role, Epoch: d.fence, Spec: d.spec}}
+		if d.role == m.Role_ROLE_DELETED {
+			b.Info.Epoch = d.tombstone
+		}
 		for _, sn := range d.snaps {
 			b.Snapshots = append(b.Snapshots, sn.ref)
 		}
@@ -312,6 +318,16 @@ func (w *World) storageLocal(h *host, req *m.StorageRequest) *m.StorageResult {
 		}
 		res.Detail = req.DisplacedStash
 		w.stashes++
+	case m.StorageOp_STORAGE_OP_DELETE:
+		// The site was deleted: the copy, if any, is stashed whole and the
+		// tombstone recorded (also on a node without a copy).
+		if d.exists {
+			d.stashAbove(req.StashName, -1)
+			res.Detail = req.StashName
+			w.stashes++
+		}
+		d.role, d.tombstone = m.Role_ROLE_DELETED, req.Epoch
+		d.fence = core.MaxEpoch(d.fence, req.Epoch)
 	case m.StorageOp_STORAGE_OP_PRUNE:
 		d.snaps = slices.DeleteFunc(d.snaps, func(s snap) bool {
 			return slices.Contains(req.Names, s.ref.Name) && s.ref.Name != d.latest().ref.Name

@@ -377,7 +377,7 @@ func (w *World) stream(h *host, from core.Address, req *m.StorageRequest) {
 			w.violate("I1", "site %s: stream %s onto %s which is not its ancestor", req.Site, target.ref.Name, rh.name)
 		}
 		w.noteEpoch(rh, req.Site, rd, epoch, "stream "+target.ref.Name+" from "+h.name)
-		if !rd.exists {
+		if !rd.exists || rd.role == m.Role_ROLE_DELETED {
 			rd.exists = true
 			rd.role = m.Role_ROLE_REPLICA
 		}

@@ -181,6 +181,9 @@ func (h *Harness) Handle(t *testing.T, d *datadriven.TestData) string {
 	case "rollback":
 		s := a.str("site", "")
 		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminRollback{Site: s, Snapshot: a.str("to", "")})
+	case "delete":
+		// delete site=s [via=node]: the admin's delete, to the balancer of via
+		h.enqueue("", core.BalancerAddr(a.str("via", h.nodes[0])), &m.AdminDeleteSite{Site: a.str("site", "")})
 	case "restore":
 		s := a.str("site", "")
 		h.enqueue("", core.SiteAddr(a.str("on", h.master(s)), s), &m.AdminRestoreStash{Site: s, Stash: a.str("stash", "")})
@@ -282,7 +285,7 @@ func (h *Harness) state(a args) {
 				info.Latest, info.Spec = nil, nil
 				w("%s: dataset %s names=%s", n, Format(info), names(ds.Snapshots()))
 			}
-			if dk := h.disk[n][s]; dk != nil && dk.exists {
+			if dk := h.disk[n][s]; dk != nil && (dk.exists || dk.role == m.Role_ROLE_DELETED) {
 				w("%s: disk role=%s fence=%s snaps=%s stashes=[%s]", n, strings.TrimPrefix(dk.role.String(), "ROLE_"),
 					core.EpochString(dk.fence), names(dk.snaps), strings.Join(dk.stashes, ","))
 			}

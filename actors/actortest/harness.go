@@ -87,6 +87,9 @@ type disk struct {
 	// ("" for everything) and the snapshots after it.
 	stashed map[string]stashRec
 	mounts  map[string]bool // snapshots mounted read-only
+	// tombstone: the epoch of the site's deletion (role DELETED), kept
+	// apart from the fence as the runtime's catalog does.
+	tombstone *m.Epoch
 }
 
 type stashRec struct {
@@ -160,11 +163,14 @@ func (h *Harness) start(n string) {
 	b := &m.NodeBoot{Node: n, Members: h.nodes, Incarnation: h.inc[n]}
 	for _, s := range sortedKeys(h.disk[n]) {
 		d := h.disk[n][s]
-		if !d.exists {
+		if !d.exists && d.role != m.Role_ROLE_DELETED {
 			continue
 		}
 		db := &m.DatasetBoot{Info: &m.DatasetInfo{Site: s, Node: n, Role: d.role, Epoch: d.fence, Spec: d.spec},
 			Snapshots: slices.Clone(d.snaps), Stashes: slices.Clone(d.stashes)}
+		if d.role == m.Role_ROLE_DELETED {
+			db.Info.Epoch = d.tombstone
+		}
 		if len(d.snaps) > 0 {
 			db.Info.Latest = d.snaps[len(d.snaps)-1]
 		}
@@ -450,6 +456,12 @@ func (h *Harness) storage(from core.Address, req *m.StorageRequest) {
 			d.fence = core.MaxEpoch(d.fence, req.Epoch)
 			res.Snapshots = slices.Clone(d.snaps)
 		}
+	case m.StorageOp_STORAGE_OP_DELETE:
+		if d.exists {
+			d.stash(req.StashName, -1)
+			res.Detail = req.StashName
+		}
+		d.role, d.tombstone, d.fence = m.Role_ROLE_DELETED, req.Epoch, core.MaxEpoch(d.fence, req.Epoch)
 	case m.StorageOp_STORAGE_OP_MOUNT, m.StorageOp_STORAGE_OP_UNMOUNT:
 		name := req.Snapshot.GetName()
 		has := slices.ContainsFunc(d.snaps, func(s *m.SnapshotRef) bool { return s.Name == name })
@@ -497,7 +509,7 @@ func (h *Harness) send(from core.Address, req *m.StorageRequest, res *m.StorageR
 				FromNode: from.Node, Snapshot: rd.snaps[len(rd.snaps)-1], Code: m.Code_CODE_DIVERGED, Detail: res.Detail})
 		}
 	default:
-		if !rd.exists {
+		if !rd.exists || rd.role == m.Role_ROLE_DELETED {
 			rd.exists, rd.role = true, m.Role_ROLE_REPLICA
 		}
 		rd.spec, rd.fence = req.Spec, core.MaxEpoch(rd.fence, req.Epoch)

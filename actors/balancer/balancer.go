@@ -8,6 +8,7 @@ package balancer
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -49,6 +50,15 @@ type Balancer struct {
 	heardAt     map[string]int64 // when each member's latest report arrived here
 	nextID      uint64
 	planArmed   bool
+	// tombstones are the deleted sites and the epochs of their deletion:
+	// from an admin's delete here, and from every report of a deleted copy
+	// (every node records the tombstone on disk), so that a new balancer
+	// knows them too. A site is never placed, repaired or failed over from
+	// a copy created at or before its tombstone.
+	tombstones map[string]*m.Epoch
+	// recreated: sites this balancer placed again after their tombstone
+	// (until reports show the new copies).
+	recreated map[string]bool
 }
 
 var _ core.Actor = (*Balancer)(nil)
@@ -57,7 +67,8 @@ var _ core.Actor = (*Balancer)(nil)
 func New(node string) *Balancer {
 	return &Balancer{node: node, reports: map[string]*m.NodeReport{}, probes: map[string]*probe{},
 		actions: map[string]int64{}, moves: map[string]bool{}, lastMove: map[string]int64{}, conflicts: map[string]int{}, draining: map[string]bool{},
-		liveSince: map[string]int64{}, heardAt: map[string]int64{}}
+		liveSince: map[string]int64{}, heardAt: map[string]int64{}, tombstones: map[string]*m.Epoch{},
+		recreated: map[string]bool{}}
 }
 
 // Active reports whether this balancer is the one that acts.
@@ -110,6 +121,8 @@ func (b *Balancer) Step(env *core.Env, in proto.Message) []core.Effect {
 	case *m.DrainNode:
 		b.draining[msg.Node] = true
 		return nil
+	case *m.AdminDeleteSite:
+		return b.deleteSite(env, msg)
 	case *m.AdminQuery:
 		return []core.Effect{core.Send{To: core.ClientAddr(msg.ReplyNode), Msg: b.view(env, msg)}}
 	case *m.ProbeAnswer:
@@ -232,9 +245,9 @@ func (b *Balancer) plan(env *core.Env) []core.Effect {
 			}
 		}
 	}
-	var fx []core.Effect
-	fx = append(fx, b.place(env, copies, load)...)
 	routes := &m.RouteTable{}
+	fx := b.tombstoned(env, copies, routes)
+	fx = append(fx, b.place(env, copies, load)...)
 	var order []string // nodes by load for repairs, computed once per plan
 	sites := make([]string, 0, len(copies))
 	for s := range copies {
@@ -345,21 +358,46 @@ func (b *Balancer) place(env *core.Env, copies map[string][]copyView, load map[s
 	var keep []*m.CreateSite
 	for _, c := range b.creates {
 		site := c.Spec.GetName()
-		if len(copies[site]) > 0 || b.busy(env, site) {
+		if len(copies[site]) > 0 {
 			continue // exists already (a duplicate create)
 		}
+		tomb := b.tombstones[site]
+		if b.busy(env, site) {
+			if tomb != nil {
+				keep = append(keep, c) // deleted just now: created again once that settles
+			}
+			continue
+		}
 		nodes := b.byLoad(load, copies)
+		if tomb != nil {
+			// Never on a node whose copy of the old history is not
+			// stashed yet: the new site must start empty.
+			nodes = slices.DeleteFunc(nodes, func(n string) bool {
+				return slices.ContainsFunc(b.reports[n].GetDatasets(), func(d *m.DatasetInfo) bool {
+					return d.Site == site && d.Role != m.Role_ROLE_DELETED
+				})
+			})
+		}
 		if len(nodes) == 0 {
 			keep = append(keep, c)
 			continue
 		}
 		n := min(redundancy(env, c.Spec), len(nodes))
 		master, replicas := nodes[0], slices.Clone(nodes[1:n])
+		epoch := &m.Epoch{Term: 1, Node: master}
+		if tomb != nil {
+			// Created again after its deletion: above the tombstone, so
+			// that every copy tells the new history from the old.
+			epoch = core.NextEpoch(tomb, master, env)
+			b.recreated[site] = true
+		}
+		spec := proto.CloneOf(c.Spec)
+		spec.Created = epoch
 		b.actions[site], b.moves[site] = env.NowMs(), false
 		copies[site] = []copyView{{node: master, info: &m.DatasetInfo{Site: site}}}
 		fx = append(fx, core.Info("placing site", "site", site, "master", master, "replicas", fmt.Sprint(replicas)),
-			core.Send{To: core.DatasetAddr(master, site), Msg: &m.Activate{Spec: c.Spec,
-				Epoch: &m.Epoch{Term: 1, Node: master}, Replicas: replicas, Create: true, Reason: "create"}})
+			core.Send{To: core.DatasetAddr(master, site), Msg: &m.Activate{Spec: spec,
+				Epoch: epoch, Replicas: replicas, Create: true, Reason: "create"}})
 	}
 	b.creates = keep
 	return fx
@@ -596,4 +634,130 @@ func (b *Balancer) rebalance(env *core.Env, copies map[string][]copyView, load m
 		}
 	}
 	return nil
+}
+
+// deleteSite deletes a site: a tombstone epoch above everything known of it
+// (or the one it has already), told to the site actor of every live node,
+// which stops serving and has its dataset stash the copy whole and record
+// the tombstone; a node down now is told when it reports again
+// (tombstoned). Pending creates of the site are forgotten, and the route
+// names this node at the tombstone (its site actor answers UNKNOWN_SITE).
+func (b *Balancer) deleteSite(env *core.Env, d *m.AdminDeleteSite) []core.Effect {
+	if !b.active {
+		if d.Forwarded || len(b.live) == 0 || b.live[0] == b.node {
+			return []core.Effect{core.Warn("delete dropped: not the active balancer", "site", d.Site, "node", b.node)}
+		}
+		return []core.Effect{core.Send{To: core.BalancerAddr(b.live[0]), Msg: &m.AdminDeleteSite{Site: d.Site, Forwarded: true}}}
+	}
+	site := d.Site
+	tomb := b.tombstones[site]
+	var top *m.Epoch
+	known, alive := tomb != nil, false
+	for _, n := range b.live {
+		for _, c := range b.reports[n].GetDatasets() {
+			if c.Site != site {
+				continue
+			}
+			known = true
+			top = core.MaxEpoch(core.MaxEpoch(top, c.Epoch), c.Spec.GetCreated())
+			if c.Role != m.Role_ROLE_DELETED && (tomb == nil || core.CreatedAfter(c.Spec, tomb)) {
+				alive = true
+			}
+		}
+	}
+	pending := slices.ContainsFunc(b.creates, func(c *m.CreateSite) bool { return c.Spec.GetName() == site })
+	if _, acted := b.actions[site]; acted && !known {
+		known = true // placed here, not reported yet
+	}
+	alive = alive || b.recreated[site]
+	if !known && !pending {
+		return []core.Effect{core.Warn("delete of an unknown site ignored", "site", site, "node", b.node)}
+	}
+	if tomb == nil || alive || pending {
+		// A first deletion, or of a site created again since the last.
+		tomb = core.TombstoneEpoch(core.MaxEpoch(top, tomb), b.node, env)
+	}
+	b.tombstones[site] = tomb
+	delete(b.recreated, site)
+	b.creates = slices.DeleteFunc(b.creates, func(c *m.CreateSite) bool { return c.Spec.GetName() == site })
+	fx := []core.Effect{core.Info("deleting site", "site", site, "tombstone", core.EpochString(tomb), "live", len(b.live))}
+	if b.probes[site] != nil {
+		delete(b.probes, site)
+		fx = append(fx, core.CancelTimer{Key: timerProbe + site})
+	}
+	delete(b.conflicts, site)
+	delete(b.lastMove, site)
+	b.actions[site], b.moves[site] = env.NowMs(), false
+	for _, n := range b.live {
+		fx = append(fx, core.Send{To: core.SiteAddr(n, site), Msg: &m.DeleteSite{Site: site, Epoch: tomb}})
+	}
+	return append(fx, core.Broadcast{Msg: &m.RouteUpdate{Site: site, Master: b.node, Epoch: tomb, Phase: m.SitePhase_SITE_PHASE_STOPPED}})
+}
+
+// tombstoned learns tombstones from the reports of deleted copies and, for
+// every deleted site, keeps in copies only the copies of a history created
+// after its tombstone (none unless the site was created again): the rest
+// are never placed, repaired, failed over or routed to. A copy of the old
+// history (its node was away at the deletion, or missed it) is told to
+// delete, and while the site is not created again every live node that
+// has not recorded the tombstone is told too (so that whichever becomes
+// balancer next knows it), at most once per ActionTimeout; its route names
+// a live node that holds the tombstone, whose site actor answers
+// UNKNOWN_SITE.
+func (b *Balancer) tombstoned(env *core.Env, copies map[string][]copyView, routes *m.RouteTable) []core.Effect {
+	if env.Config.Mutations.ForgetTombstones {
+		return nil
+	}
+	for site, cs := range copies {
+		for _, c := range cs {
+			if c.info.Role == m.Role_ROLE_DELETED {
+				b.tombstones[site] = core.MaxEpoch(b.tombstones[site], c.info.Epoch)
+			}
+		}
+	}
+	var fx []core.Effect
+	for _, site := range slices.Sorted(maps.Keys(b.tombstones)) {
+		tomb := b.tombstones[site]
+		var alive []copyView
+		holders := map[string]bool{}
+		var stale []string
+		for _, c := range copies[site] {
+			switch {
+			case c.info.Role == m.Role_ROLE_DELETED && !core.EpochLess(c.info.Epoch, tomb):
+				holders[c.node] = true
+			case c.info.Role != m.Role_ROLE_DELETED && core.CreatedAfter(c.info.Spec, tomb):
+				alive = append(alive, c)
+			default:
+				stale = append(stale, c.node)
+			}
+		}
+		if len(alive) > 0 {
+			copies[site] = alive
+		} else {
+			delete(copies, site)
+			for _, n := range b.live {
+				if b.reports[n] != nil && !holders[n] && !slices.Contains(stale, n) {
+					stale = append(stale, n)
+				}
+			}
+			for _, n := range b.live {
+				if holders[n] {
+					routes.Routes = append(routes.Routes, &m.RouteUpdate{Site: site, Master: n, Epoch: tomb,
+						Phase: m.SitePhase_SITE_PHASE_STOPPED})
+					break
+				}
+			}
+		}
+		if len(stale) == 0 || b.busy(env, site) {
+			continue
+		}
+		slices.Sort(stale)
+		b.actions[site], b.moves[site] = env.NowMs(), false
+		fx = append(fx, core.Info("deleted site: telling copies and nodes without its tombstone", "site", site,
+			"tombstone", core.EpochString(tomb), "nodes", fmt.Sprint(stale)))
+		for _, n := range stale {
+			fx = append(fx, core.Send{To: core.SiteAddr(n, site), Msg: &m.DeleteSite{Site: site, Epoch: tomb}})
+		}
+	}
+	return fx
 }

@@ -78,6 +78,9 @@ type Mutations struct {
 	SkipFencing    bool // a copy accepts streams and activations from older epochs
 	SkipFinalDelta bool // a migration promotes the target without the final delta
 	PromoteOldest  bool // failover promotes the copy with the oldest snapshot
+	// ForgetTombstones: the balancer plans a deleted site from whatever
+	// copies are reported (a copy that missed the deletion is failed over).
+	ForgetTombstones bool
 }
 
 // Retention keeps every snapshot younger than KeepAll, one per hour for

@@ -44,6 +44,29 @@ func NextEpoch(seen *messages.Epoch, node string, env *Env) *messages.Epoch {
 	return &messages.Epoch{Term: term, Node: node}
 }
 
+// TombstoneMark ends the node part of a tombstone epoch (the epoch of a
+// site's deletion). Node names never contain '~', so no copy takes a
+// tombstone for an epoch minted for itself, and any copy that meets one as
+// a fence knows the site was deleted.
+const TombstoneMark = "~deleted"
+
+// TombstoneEpoch is the epoch of a site's deletion decided on node after
+// seen: ordered like NextEpoch, marked as a tombstone.
+func TombstoneEpoch(seen *messages.Epoch, node string, env *Env) *messages.Epoch {
+	e := NextEpoch(seen, node, env)
+	e.Node += TombstoneMark
+	return e
+}
+
+// IsTombstone reports whether e is the epoch of a site's deletion.
+func IsTombstone(e *messages.Epoch) bool { return strings.HasSuffix(e.GetNode(), TombstoneMark) }
+
+// CreatedAfter reports whether a copy with this spec belongs to a history
+// created after the tombstone (a site re-created after its deletion).
+func CreatedAfter(spec *messages.SiteSpec, tombstone *messages.Epoch) bool {
+	return EpochLess(tombstone, spec.GetCreated())
+}
+
 // MaxEpoch returns the larger of a and b.
 func MaxEpoch(a, b *messages.Epoch) *messages.Epoch {
 	if EpochLess(a, b) {

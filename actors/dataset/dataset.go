@@ -5,7 +5,9 @@ package dataset
 
 import (
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -35,6 +37,7 @@ const MountsPendingMax = 16
 const (
 	timerSnapshot = "snapshot"
 	timerActivate = "activate-retry"
+	timerDelete   = "delete-retry"
 	timerPrune    = "prune"
 	timerStream   = "stream/" // + replica node
 )
@@ -117,6 +120,17 @@ type Dataset struct {
 	// mounted read-only here (name -> path): retention keeps them.
 	mountWaits map[uint64]*m.AdminQuery
 	mounted    map[string]string
+	// deleting is the deletion waiting for storage (deleteOp); a deletion
+	// asked for while the copy was busy waits in pendingDelete, and one
+	// storage found busy is tried again on timerDelete (deleteRetries
+	// times so far, bounded by Config.ActivateAttemptsMax; the balancer
+	// asks again later).
+	deleting      *m.DeleteSite
+	deleteOp      uint64
+	tombstone     *m.Epoch // role ROLE_DELETED: the epoch of the deletion (what Info reports)
+	pendingDelete *m.DeleteSite
+	retryDelete   *m.DeleteSite
+	deleteRetries int
 }
 
 var _ core.Actor = (*Dataset)(nil)
@@ -134,6 +148,10 @@ func (d *Dataset) Info() *m.DatasetInfo {
 		Phase: m.SitePhase_SITE_PHASE_STOPPED,
 	}
 	switch {
+	case d.role == m.Role_ROLE_DELETED:
+		// The tombstone, even if the fence went past it since (a refused
+		// activation): it is what every balancer learns the deletion by.
+		info.Epoch = d.tombstone
 	case d.active:
 		info.Phase = m.SitePhase_SITE_PHASE_ACTIVE
 		info.Replicas = slices.Clone(d.replicas)
@@ -196,6 +214,8 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = d.activate(env, msg)
 	case *m.Demote:
 		fx = d.demote(env, msg)
+	case *m.DeleteSite:
+		fx = d.deleteSite(env, msg)
 	case *m.Timer:
 		fx = d.timer(env, msg.Key)
 	case *m.StorageResult:
@@ -401,7 +421,14 @@ func (d *Dataset) boot(env *core.Env, b *m.DatasetBoot) []core.Effect {
 	for _, s := range d.snaps {
 		d.seq = max(d.seq, s.Seq)
 	}
-	return []core.Effect{core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval}}
+	fx := []core.Effect{core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval}}
+	if d.role == m.Role_ROLE_DELETED {
+		d.tombstone = d.fence
+		// The local site actor answers for a deleted site (UNKNOWN_SITE):
+		// tell it, now that it has restarted knowing nothing.
+		fx = append(fx, core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.DeleteSite{Site: d.site, Epoch: d.tombstone, Recorded: true}})
+	}
+	return fx
 }
 
 // activate makes this copy the master at msg.Epoch (create, migrate, failover,
@@ -416,8 +443,12 @@ func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
 		fx := []core.Effect{core.Warn("activation refused", "site", d.site, "node", d.node,
 			"epoch", core.EpochString(a.Epoch), "reason", detail)}
 		if a.FromNode != "" {
+			fence := d.fence
+			if d.role == m.Role_ROLE_DELETED {
+				fence = d.tombstone // the source learns the site was deleted
+			}
 			fx = append(fx, core.Send{To: core.SiteAddr(a.FromNode, d.site), Msg: &m.Activated{
-				Site: d.site, Node: d.node, Epoch: a.Epoch, Code: code, Detail: detail}})
+				Site: d.site, Node: d.node, Epoch: a.Epoch, Code: code, Detail: detail, Fence: fence}})
 		}
 		return fx
 	}
@@ -433,11 +464,14 @@ func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
 	if !env.Config.Mutations.SkipFencing && !core.EpochLess(d.fence, a.Epoch) {
 		return refuse(m.Code_CODE_FENCED, fmt.Sprintf("epoch %s is not newer than %s", core.EpochString(a.Epoch), core.EpochString(d.fence)))
 	}
-	if d.activating != nil || d.incoming != nil {
+	if d.activating != nil || d.incoming != nil || d.deleting != nil {
 		return refuse(m.Code_CODE_BUSY, "copy is busy")
 	}
 	if !a.Create && !d.exists {
 		return refuse(m.Code_CODE_FAILED, "no copy of the site here")
+	}
+	if d.role == m.Role_ROLE_DELETED && !a.Create {
+		return refuse(m.Code_CODE_FAILED, "the site was deleted here: only a create brings it back")
 	}
 	if a.ExpectSnapshot != "" && (d.latest() == nil || d.latest().Name != a.ExpectSnapshot) {
 		return refuse(m.Code_CODE_FAILED, "copy does not hold "+a.ExpectSnapshot)
@@ -445,7 +479,9 @@ func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
 	d.activating = a
 	d.activateOp = d.id()
 	op := m.StorageOp_STORAGE_OP_SET_ROLE
-	if a.Create && !d.exists {
+	if a.Create && (!d.exists || d.role == m.Role_ROLE_DELETED) {
+		// A deleted copy may hold an empty dataset or none (a node that
+		// only recorded the tombstone): storage's create takes both.
 		op = m.StorageOp_STORAGE_OP_CREATE
 	}
 	return []core.Effect{core.Storage{Req: &m.StorageRequest{
@@ -560,6 +596,13 @@ func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
 			return nil
 		}
 		return d.activate(env, a)
+	case key == timerDelete:
+		del := d.retryDelete
+		d.retryDelete = nil
+		if del == nil {
+			return nil
+		}
+		return d.deleteSite(env, del)
 	case key == timerPrune:
 		return append(d.prune(env), core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval})
 	case len(key) > len(timerStream) && key[:len(timerStream)] == timerStream:
@@ -589,6 +632,9 @@ func (d *Dataset) snapshotNow(env *core.Env) []core.Effect { return d.snapshot(e
 // skipped by storage when nothing changed, and skipped here while another is
 // being taken; a forced one follows the one being taken.
 func (d *Dataset) snapshot(env *core.Env, ifChanged bool) []core.Effect {
+	if d.deleting != nil || d.role == m.Role_ROLE_DELETED {
+		return nil
+	}
 	if d.restoring != nil {
 		// The site is paused and its history about to change: a snapshot
 		// now would name the restored data in the old epoch. The restore
@@ -610,7 +656,25 @@ func (d *Dataset) snapshot(env *core.Env, ifChanged bool) []core.Effect {
 		Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: d.site, OpId: d.id(), Snapshot: ref, Epoch: epoch, IfChanged: ifChanged}}}
 }
 
+// busy reports whether the copy waits for storage on a change of its role
+// or history (a deletion waits for it to end).
+func (d *Dataset) busy() bool {
+	return d.activating != nil || d.incoming != nil || d.rollingBack != nil || d.restoring != nil || d.deleting != nil
+}
+
 func (d *Dataset) storageResult(env *core.Env, r *m.StorageResult) []core.Effect {
+	fx := d.storageDone(env, r)
+	if del := d.pendingDelete; del != nil && !d.busy() {
+		d.pendingDelete = nil
+		fx = append(fx, d.deleteSite(env, del)...)
+	}
+	return fx
+}
+
+func (d *Dataset) storageDone(env *core.Env, r *m.StorageResult) []core.Effect {
+	if d.deleting != nil && r.OpId == d.deleteOp {
+		return d.deleted(env, r)
+	}
 	if d.activating != nil && r.OpId == d.activateOp {
 		return d.activated(env, r)
 	}
@@ -720,6 +784,15 @@ func (d *Dataset) answer(env *core.Env, a *m.StreamAnswer) []core.Effect {
 		return []core.Effect{d.offerTo(a.Node, s, true)}
 	case m.Code_CODE_FENCED:
 		delete(d.streams, a.Node)
+		if core.IsTombstone(a.Fence) {
+			// The replica knows the site was deleted; this copy missed it.
+			// The site actor stops serving first, then tells us back.
+			return []core.Effect{
+				core.Warn("fenced by a tombstone: the site was deleted", "site", d.site, "node", d.node,
+					"replica", a.Node, "tombstone", core.EpochString(a.Fence)),
+				core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.DeleteSite{Site: d.site, Epoch: a.Fence}},
+			}
+		}
 		if a.Fence.GetNode() == d.node {
 			// The newer epoch was minted for this very node (a heal that chose
 			// it, whose activation got lost or refused here): take an epoch
@@ -768,7 +841,14 @@ func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
 		return append(reply(m.Code_CODE_FENCED, "", "stream epoch "+core.EpochString(o.Epoch)+" is older than "+core.EpochString(d.fence)),
 			core.Info("stream refused: fenced", "site", d.site, "node", d.node, "from", o.FromNode, "epoch", core.EpochString(o.Epoch)))
 	}
-	if d.incoming != nil || d.activating != nil || d.snapTaking || d.rollingBack != nil || d.restoring != nil {
+	if d.role == m.Role_ROLE_DELETED && !core.CreatedAfter(o.Spec, d.tombstone) {
+		// The sender holds history from before the site's deletion (it
+		// missed it): the tombstone as fence tells it.
+		return []core.Effect{core.Send{To: core.DatasetAddr(o.FromNode, d.site), Msg: &m.StreamAnswer{
+			Site: d.site, StreamId: o.StreamId, Code: m.Code_CODE_FENCED, Node: d.node, Fence: d.tombstone,
+			Detail: "the site was deleted at " + core.EpochString(d.tombstone)}}}
+	}
+	if d.incoming != nil || d.activating != nil || d.snapTaking || d.rollingBack != nil || d.restoring != nil || d.deleting != nil {
 		return reply(m.Code_CODE_BUSY, "", "copy is busy")
 	}
 	if d.active {
@@ -987,6 +1067,77 @@ func (d *Dataset) restored(env *core.Env, r *m.StorageResult) []core.Effect {
 		core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: d.replicas, Reason: "restore"}},
 	}
 	return append(fx, d.snapshotNow(env)...)
+}
+
+// deleteSite stashes the whole copy and records the site's tombstone: the
+// site was deleted at del.Epoch. Its site actor stopped serving first (it
+// passed the message on). A copy of a site created again after the
+// tombstone ignores it; one waiting for storage deletes when that is done.
+func (d *Dataset) deleteSite(env *core.Env, del *m.DeleteSite) []core.Effect {
+	switch {
+	case d.role == m.Role_ROLE_DELETED && !core.EpochLess(d.tombstone, del.Epoch):
+		return nil // recorded already
+	case d.deleting != nil && !core.EpochLess(d.deleting.Epoch, del.Epoch):
+		return nil // under way
+	case d.role != m.Role_ROLE_DELETED && core.CreatedAfter(d.spec, del.Epoch):
+		return []core.Effect{core.Info("delete ignored: the site was created again after it", "site", d.site, "node", d.node,
+			"tombstone", core.EpochString(del.Epoch))}
+	case d.busy():
+		d.pendingDelete = del
+		return []core.Effect{core.Info("delete waits for storage", "site", d.site, "node", d.node, "tombstone", core.EpochString(del.Epoch))}
+	}
+	fx := []core.Effect{core.CancelTimer{Key: timerSnapshot}, core.CancelTimer{Key: timerActivate}}
+	d.active = false
+	for _, r := range slices.Sorted(maps.Keys(d.streams)) {
+		fx = append(fx, core.CancelTimer{Key: timerStream + r})
+	}
+	d.streams, d.syncs, d.replicas = map[string]*stream{}, nil, nil
+	d.cursor = map[string]string{}
+	d.retryActivate, d.readOnlyPending = nil, false
+	// A mounted snapshot would keep storage from stashing it.
+	for _, name := range slices.Sorted(maps.Keys(d.mounted)) {
+		fx = append(fx, core.Storage{Req: &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_UNMOUNT, Site: d.site, OpId: d.id(),
+			Snapshot: &m.SnapshotRef{Name: name}}})
+	}
+	d.mounted = nil
+	names := make([]string, len(d.snaps))
+	for i, s := range d.snaps {
+		names[i] = s.Name
+	}
+	d.deleting = del
+	d.deleteOp = d.id()
+	stash := fmt.Sprintf("deleted-e%d-%s", del.Epoch.GetTerm(), strings.TrimSuffix(del.Epoch.GetNode(), core.TombstoneMark))
+	return append(fx,
+		core.Info("deleting copy: stashing it whole", "site", d.site, "node", d.node, "tombstone", core.EpochString(del.Epoch),
+			"snapshots", len(names), "stash", stash),
+		core.Storage{Req: &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_DELETE, Site: d.site, OpId: d.deleteOp,
+			Names: names, StashName: stash, Epoch: del.Epoch}})
+}
+
+func (d *Dataset) deleted(env *core.Env, r *m.StorageResult) []core.Effect {
+	del := d.deleting
+	d.deleting = nil
+	if r.Code != m.Code_CODE_OK {
+		fx := []core.Effect{core.Warn("delete failed in storage", "site", d.site, "node", d.node, "detail", r.Detail)}
+		if r.Code == m.Code_CODE_BUSY && d.deleteRetries < env.Config.ActivateAttemptsMax {
+			// E.g. a snapshot being sent: try again soon. Past the bound
+			// the balancer asks again (this copy does not report the
+			// tombstone).
+			d.deleteRetries++
+			d.retryDelete = del
+			fx = append(fx, core.SetTimer{Key: timerDelete, After: 2 * env.Config.HeartbeatInterval})
+		}
+		return fx
+	}
+	d.deleteRetries, d.retryDelete = 0, nil
+	if r.Detail != "" {
+		d.addStash(r.Detail) // storage stashed what the copy held
+	}
+	d.role, d.tombstone = m.Role_ROLE_DELETED, del.Epoch
+	d.fence = core.MaxEpoch(d.fence, del.Epoch)
+	d.snaps, d.epoch, d.dirty = nil, nil, false
+	return []core.Effect{core.Info("copy deleted: stashed whole, tombstone recorded", "site", d.site, "node", d.node,
+		"tombstone", core.EpochString(del.Epoch), "stash", r.Detail)}
 }
 
 // later orders snapshots of one history: epoch, then sequence.

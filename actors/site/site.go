@@ -59,6 +59,9 @@ type Site struct {
 	successorEpoch *m.Epoch
 	served         uint64
 	lastReported   *m.DatasetInfo
+	// deleted is the tombstone of the site once it was deleted: requests
+	// are answered UNKNOWN_SITE until a create after it activates here.
+	deleted *m.Epoch
 }
 
 var _ core.Actor = (*Site)(nil)
@@ -130,6 +133,8 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = s.activated(env, msg)
 	case *m.Demote:
 		fx = s.demote(env, msg)
+	case *m.DeleteSite:
+		fx = s.deleteSite(env, msg)
 	case *m.MemberEvent:
 		if !msg.Up && s.mig != nil && s.mig.target == msg.Node {
 			fx = s.targetLost(env, "target "+msg.Node+" is down")
@@ -186,7 +191,10 @@ func (s *Site) report() []core.Effect {
 func (s *Site) route() *m.RouteUpdate {
 	master := s.node
 	epoch := s.epoch
-	if s.phase == m.SitePhase_SITE_PHASE_DEMOTED {
+	switch {
+	case s.deleted != nil:
+		epoch = s.deleted
+	case s.phase == m.SitePhase_SITE_PHASE_DEMOTED:
 		master, epoch = s.successor, s.successorEpoch
 	}
 	return &m.RouteUpdate{Site: s.site, Master: master, Epoch: epoch, Phase: s.phase, Domains: s.spec.GetDomains()}
@@ -194,6 +202,15 @@ func (s *Site) route() *m.RouteUpdate {
 
 // activate: the local dataset became master (or bumped its epoch).
 func (s *Site) activate(env *core.Env, a *m.Activate) []core.Effect {
+	if s.deleted != nil && !core.CreatedAfter(a.Spec, s.deleted) {
+		// A decision made without knowing of the deletion (a resume, a
+		// late activation) made the local copy master: it holds history
+		// from before the deletion. It does not serve; its dataset is
+		// told again.
+		return []core.Effect{core.Warn("activation of a deleted site ignored", "site", s.site, "node", s.node,
+			"epoch", core.EpochString(a.Epoch), "tombstone", core.EpochString(s.deleted), "reason", a.Reason),
+			core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.DeleteSite{Site: s.site, Epoch: s.deleted}}}
+	}
 	if s.epoch != nil && !core.EpochLess(s.epoch, a.Epoch) {
 		if core.CompareEpoch(s.epoch, a.Epoch) == 0 && a.FromNode != "" {
 			// Re-sent activation: the old master missed our answer.
@@ -213,6 +230,7 @@ func (s *Site) activate(env *core.Env, a *m.Activate) []core.Effect {
 	}
 	slices.Sort(s.replicas)
 	s.successor, s.successorEpoch = "", nil
+	s.deleted = nil // created again after its deletion
 	fx := []core.Effect{s.log("site active", "reason", a.Reason, "replicas", fmt.Sprint(s.replicas))}
 	if s.mig != nil || s.rollingBack {
 		// Resumed after a migration gave up on its target, or rolled back.
@@ -244,6 +262,8 @@ func (s *Site) respond(req *m.SiteRequest, code m.Code, detail string, env *core
 
 func (s *Site) request(env *core.Env, req *m.SiteRequest) []core.Effect {
 	switch {
+	case s.deleted != nil:
+		return []core.Effect{s.respond(req, m.Code_CODE_UNKNOWN_SITE, "site deleted", env)}
 	case s.serving():
 		return append(s.count(env), core.Serve{Req: req, Epoch: s.epoch})
 	case s.holding():
@@ -478,6 +498,11 @@ func (s *Site) activated(env *core.Env, a *m.Activated) []core.Effect {
 		return nil
 	}
 	if a.Code != m.Code_CODE_OK {
+		if core.IsTombstone(a.Fence) {
+			// The target knows the site was deleted (this node missed
+			// it): resuming here would bring it back.
+			return s.deleteSite(env, &m.DeleteSite{Site: s.site, Epoch: a.Fence})
+		}
 		// A copy of our Activate may still be on the wire: resume above its
 		// epoch (the target also fences it), so it can never win later.
 		return s.targetLost(env, "target refused: "+a.Detail)
@@ -527,7 +552,9 @@ func (s *Site) targetLost(env *core.Env, why string) []core.Effect {
 
 // demote: a newer master exists (fencing, or a heal chose another history).
 func (s *Site) demote(env *core.Env, d *m.Demote) []core.Effect {
-	if s.epoch != nil && !core.EpochLess(s.epoch, d.Epoch) {
+	if s.epoch != nil && !core.EpochLess(s.epoch, d.Epoch) || s.deleted != nil {
+		// Older news, or the site was deleted here (this node serves no
+		// later incarnation of it).
 		return nil
 	}
 	if s.phase == m.SitePhase_SITE_PHASE_DEMOTED && !core.EpochLess(s.successorEpoch, d.Epoch) {
@@ -546,4 +573,44 @@ func (s *Site) demote(env *core.Env, d *m.Demote) []core.Effect {
 	// The dataset snapshots the last writes and becomes a replica (it ignores
 	// this if it already did).
 	return append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: d})
+}
+
+// deleteSite: the site was deleted at d.Epoch (its tombstone). It stops
+// being served here at once: held requests and later ones are answered
+// UNKNOWN_SITE, its processes stop, and the route names this node at the
+// tombstone so that every entry node asks here and gets that answer. Then
+// the dataset stashes the copy whole and records the tombstone (unless it
+// is the one that told us). A site created again after the tombstone
+// ignores it.
+func (s *Site) deleteSite(env *core.Env, d *m.DeleteSite) []core.Effect {
+	if s.deleted == nil && s.spec != nil && core.CreatedAfter(s.spec, d.Epoch) {
+		return []core.Effect{s.log("delete ignored: the site was created again after it", "tombstone", core.EpochString(d.Epoch))}
+	}
+	var fx []core.Effect
+	if s.deleted == nil || core.EpochLess(s.deleted, d.Epoch) {
+		wasServing := s.serving() || s.holding()
+		s.deleted = d.Epoch
+		s.mig, s.rollingBack = nil, false
+		s.successor, s.successorEpoch = "", nil
+		s.phase = m.SitePhase_SITE_PHASE_STOPPED
+		fx = append(fx, s.log("site deleted: not served any more", "tombstone", core.EpochString(d.Epoch), "held", len(s.held)),
+			core.CancelTimer{Key: timerStep})
+		if len(s.held) > 0 {
+			fx = append(fx, core.CancelTimer{Key: timerHold})
+			for _, h := range s.held {
+				fx = append(fx, s.respond(h.req, m.Code_CODE_UNKNOWN_SITE, "site deleted", env))
+			}
+			s.held, s.heldBytes = nil, 0
+		}
+		if wasServing {
+			// Processes stop before the dataset is told: the stash must
+			// not race a running app.
+			fx = append(fx, core.Broadcast{Msg: s.route()},
+				core.Process{Req: &m.ProcessRequest{Site: s.site, Start: false, Spec: s.spec}})
+		}
+	}
+	if !d.Recorded {
+		fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.DeleteSite{Site: s.site, Epoch: d.Epoch}})
+	}
+	return fx
 }

@@ -99,6 +99,7 @@ type opts struct {
 	wait        bool
 	waitTimeout time.Duration
 	count       int
+	yes         bool
 }
 
 type stringList []string
@@ -142,6 +143,16 @@ func init() {
 				"The answer comes before the site is placed: follow it with `hcctl site show NAME`.\n\n" +
 				"Example:\n  hcctl site create shop --domain shop.example --domain www.shop.example \\\n" +
 				"      --quota 10G --ftp-user alice:s3cret --mysql-user shop:pw:shop_db"},
+		{name: "site delete", args: []string{"NAME"}, summary: "delete a site: it stops being served everywhere, every copy is stashed whole", run: (*cli).siteDelete,
+			setup: func(fs *flag.FlagSet, o *opts) {
+				fs.BoolVar(&o.yes, "yes", false, "confirm the deletion (required)")
+			},
+			details: "The site stops being served on every node at once (requests for its domains are\n" +
+				"answered 404), its processes stop, and every copy of its dataset is stashed whole:\n" +
+				"nothing is destroyed, the stashes stay on the nodes. The cluster remembers the\n" +
+				"deletion (a node that was down brings no copy back). The name can be created again\n" +
+				"afterwards, as a new, empty site; the old data is in the stashes named deleted-...\n" +
+				"on the nodes that held it (hcctl stash NAME once it exists again, hcctl restore)."},
 		{name: "migrate", args: []string{"SITE", "NODE"}, summary: "move a site to NODE and follow the move", run: (*cli).migrate,
 			setup: func(fs *flag.FlagSet, o *opts) {
 				fs.BoolVar(&o.wait, "wait", true, "follow the move until the site is active on NODE (--wait=false: return at once)")
@@ -822,6 +833,22 @@ func (c *cli) done(format string, args ...any) error {
 		return c.printJSON(map[string]bool{"accepted": true})
 	}
 	fmt.Fprintf(c.out, format+"\n", args...)
+	return nil
+}
+
+func (c *cli) siteDelete(o *opts, args []string) error {
+	name := args[0]
+	if !o.yes {
+		return usagef("deleting site %s stops it everywhere and stashes every copy of it: give --yes to confirm", name)
+	}
+	s, err := call(c, func(ctx context.Context) (*admin.Site, error) { return c.client.DeleteSite(ctx, name) })
+	if err != nil {
+		return fmt.Errorf("site %q: delete: %w", name, err)
+	}
+	if c.g.json {
+		return c.printJSON(admin.SiteBody{Site: *s})
+	}
+	fmt.Fprintf(c.out, "site %s: delete asked for; it stops being served everywhere and every copy is stashed whole (stashes deleted-...)\n", name)
 	return nil
 }
 

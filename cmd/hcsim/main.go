@@ -86,8 +86,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		st := res.Stats
 		fmt.Fprintf(stdout, "faults: %s\n", st.Faults)
-		fmt.Fprintf(stdout, "requests=%d ok=%d failed=%d acked_writes=%d migrations=%d failovers=%d heals=%d rollbacks=%d restores=%d stashes=%d crashes=%d partitions=%d streamed_bytes=%d events=%d wall_s=%.2f\n",
-			st.Requests, st.OK, st.Failed, st.Acked, st.Migrations, st.Failovers, st.Heals, st.Rollbacks, st.Restores, st.Stashes, st.Crashes, st.Partitions,
+		fmt.Fprintf(stdout, "requests=%d ok=%d failed=%d acked_writes=%d migrations=%d failovers=%d heals=%d rollbacks=%d restores=%d deletes=%d recreates=%d unknown_site=%d resurrections=%d stashes=%d crashes=%d partitions=%d streamed_bytes=%d events=%d wall_s=%.2f\n",
+			st.Requests, st.OK, st.Failed, st.Acked, st.Migrations, st.Failovers, st.Heals, st.Rollbacks, st.Restores, st.Deletes, st.Recreates, st.UnknownSite, st.Resurrections, st.Stashes, st.Crashes, st.Partitions,
 			st.BytesStreamed, res.Events, time.Since(t0).Seconds())
 		for _, v := range res.Violations {
 			fmt.Fprintf(stdout, "violation: %s\n", v)

@@ -8,6 +8,7 @@
 //	GET    /v1/sites                              {"sites":[Site]}
 //	POST   /v1/sites            CreateSite        202 {"site":Site}
 //	GET    /v1/sites/{site}                       Site
+//	DELETE /v1/sites/{site}                       202 {"site":Site} (stops it everywhere, stashes every copy whole)
 //	POST   /v1/sites/{site}/migrate   {"to":node} 202 {"site":Site}
 //	GET    /v1/sites/{site}/snapshots             {"snapshots":[Snapshot],"node":n}
 //	POST   /v1/sites/{site}/snapshots             202 {}
@@ -139,7 +140,8 @@ type (
 	SiteList struct {
 		Sites []Site `json:"sites"`
 	}
-	// SiteBody is the answer of POST /v1/sites and of a migrate.
+	// SiteBody is the answer of POST /v1/sites, of a migrate and of a
+	// delete (the site as it was when asked).
 	SiteBody struct {
 		Site Site `json:"site"`
 	}

@@ -159,6 +159,17 @@ func (c *Client) CreateSite(ctx context.Context, req CreateSite) (*Site, error) 
 	return &out.Site, nil
 }
 
+// DeleteSite asks the cluster to delete a site: it stops being served
+// everywhere and every copy is stashed whole (nothing is destroyed). The
+// answer is the site as it was when asked.
+func (c *Client) DeleteSite(ctx context.Context, name string) (*Site, error) {
+	var out SiteBody
+	if err := c.do(ctx, http.MethodDelete, sitePath(name), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out.Site, nil
+}
+
 // Migrate asks the site's master to move the site to node; the answer is
 // the site as it was when asked.
 func (c *Client) Migrate(ctx context.Context, site, node string) (*Site, error) {

@@ -112,6 +112,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("GET /v1/sites", s.wrap(s.listSites))
 	mux.HandleFunc("POST /v1/sites", s.wrap(s.createSite))
 	mux.HandleFunc("GET /v1/sites/{site}", s.wrap(s.getSite))
+	mux.HandleFunc("DELETE /v1/sites/{site}", s.wrap(s.deleteSite))
 	mux.HandleFunc("POST /v1/sites/{site}/migrate", s.wrap(s.migrate))
 	mux.HandleFunc("GET /v1/sites/{site}/snapshots", s.wrap(s.snapshots))
 	mux.HandleFunc("POST /v1/sites/{site}/snapshots", s.wrap(s.takeSnapshot))
@@ -437,6 +438,21 @@ func (s *Server) createSite(r *http.Request) (int, any, error) {
 	}
 	s.b.Send(core.NodeAddr(s.b.Node()), &m.CreateSite{Spec: spec})
 	return http.StatusAccepted, SiteBody{Site: pendingSite(spec, v.GetAtMs())}, nil
+}
+
+// deleteSite asks the active balancer to delete the site: it stops being
+// served everywhere and every copy is stashed whole (nothing is destroyed;
+// the stashes stay on the nodes). The answer is the site as it was.
+func (s *Server) deleteSite(r *http.Request) (int, any, error) {
+	site, v, err := s.site(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	if v.GetBalancer() == "" {
+		return 0, nil, errUnavailable("no active balancer to delete %s; retry shortly", site.Name)
+	}
+	s.b.Send(core.BalancerAddr(v.GetBalancer()), &m.AdminDeleteSite{Site: site.Name})
+	return http.StatusAccepted, SiteBody{Site: site}, nil
 }
 
 func (s *Server) migrate(r *http.Request) (int, any, error) {

@@ -210,12 +210,27 @@ func buildSite(name string, copies []reportedCopy) Site {
 }
 
 // buildSites is every site of the cluster view, sorted by name: those with
-// reported copies, then the pending creates not placed yet.
+// reported copies, then the pending creates not placed yet. A deleted site
+// is left out: the copies that record its tombstone, and copies of its
+// history from before the tombstone (a node that missed the deletion),
+// are not copies of any site (a site created again after it shows with its
+// new copies only).
 func buildSites(v *m.AdminView) []Site {
+	tombs := map[string]*m.Epoch{}
+	for _, r := range v.GetReports() {
+		for _, d := range r.GetDatasets() {
+			if d.GetRole() == m.Role_ROLE_DELETED {
+				tombs[d.GetSite()] = core.MaxEpoch(tombs[d.GetSite()], d.GetEpoch())
+			}
+		}
+	}
 	bySite := map[string][]reportedCopy{}
 	for _, r := range v.GetReports() {
 		for _, d := range r.GetDatasets() {
-			if d.GetSite() == "" {
+			if d.GetSite() == "" || d.GetRole() == m.Role_ROLE_DELETED {
+				continue
+			}
+			if t := tombs[d.GetSite()]; t != nil && !core.CreatedAfter(d.GetSpec(), t) {
 				continue
 			}
 			node := d.GetNode()

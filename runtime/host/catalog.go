@@ -20,8 +20,11 @@ import (
 )
 
 // catalog keeps, per site, what a storage.Driver does not: the dataset's
-// role and the site's spec; and the node's incarnation counter. One small
-// JSON file per site under <dir>/sites, written atomically.
+// role and the site's spec, and for a deleted site its tombstone (the epoch
+// of the deletion, kept even where no dataset exists: every node records
+// it, so that whichever becomes balancer knows the site was deleted); and
+// the node's incarnation counter. One small JSON file per site under
+// <dir>/sites, written atomically.
 type catalog struct {
 	dir  string
 	mu   sync.Mutex
@@ -31,11 +34,19 @@ type catalog struct {
 type siteRecord struct {
 	role m.Role
 	spec *m.SiteSpec
+	// tombstone is the epoch of the site's deletion (role ROLE_DELETED).
+	tombstone *m.Epoch
 }
 
 type siteRecordJSON struct {
-	Role string          `json:"role"`
-	Spec json.RawMessage `json:"spec,omitempty"`
+	Role      string          `json:"role"`
+	Spec      json.RawMessage `json:"spec,omitempty"`
+	Tombstone *epochJSON      `json:"tombstone,omitempty"`
+}
+
+type epochJSON struct {
+	Term uint64 `json:"term"`
+	Node string `json:"node"`
 }
 
 func openCatalog(dir string) (*catalog, error) {
@@ -64,6 +75,9 @@ func openCatalog(dir string) (*catalog, error) {
 			return nil, fmt.Errorf("catalog %s: site %s: %w", dir, name, err)
 		}
 		rec := &siteRecord{role: m.Role(m.Role_value[j.Role])}
+		if j.Tombstone != nil {
+			rec.tombstone = &m.Epoch{Term: j.Tombstone.Term, Node: j.Tombstone.Node}
+		}
 		if len(j.Spec) > 0 {
 			rec.spec = &m.SiteSpec{}
 			if err := protojson.Unmarshal(j.Spec, rec.spec); err != nil {
@@ -116,7 +130,8 @@ func (c *catalog) get(site string) siteRecord {
 	return siteRecord{}
 }
 
-// put records role and, when not nil, spec.
+// put records role and, when not nil, spec (any other role than deleted
+// ends a tombstone: the site was created again).
 func (c *catalog) put(site string, role m.Role, spec *m.SiteSpec) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -128,6 +143,20 @@ func (c *catalog) put(site string, role m.Role, spec *m.SiteSpec) error {
 	next.role = role
 	if spec != nil {
 		next.spec = spec
+	}
+	if role != m.Role_ROLE_DELETED {
+		next.tombstone = nil
+	}
+	return c.writeLocked(site, &next)
+}
+
+// putTombstone records that the site was deleted at epoch.
+func (c *catalog) putTombstone(site string, epoch *m.Epoch) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next := siteRecord{role: m.Role_ROLE_DELETED, tombstone: epoch}
+	if r := c.recs[site]; r != nil {
+		next.spec = r.spec
 	}
 	return c.writeLocked(site, &next)
 }
@@ -142,6 +171,18 @@ func (c *catalog) ensure(site string, role m.Role) error {
 	return c.writeLocked(site, &siteRecord{role: role})
 }
 
+// ensureReplica records site as a replica unless it is recorded already as
+// a live copy: a copy that was deleted becomes a replica again when a
+// stream of a history created since arrives.
+func (c *catalog) ensureReplica(site string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.recs[site]; r != nil && r.role != m.Role_ROLE_DELETED {
+		return nil
+	}
+	return c.writeLocked(site, &siteRecord{role: m.Role_ROLE_REPLICA})
+}
+
 // setSpec records spec if it differs from the recorded one.
 func (c *catalog) setSpec(site string, spec *m.SiteSpec) error {
 	c.mu.Lock()
@@ -151,7 +192,7 @@ func (c *catalog) setSpec(site string, spec *m.SiteSpec) error {
 		return nil
 	}
 	next := siteRecord{role: m.Role_ROLE_REPLICA, spec: spec}
-	if r != nil {
+	if r != nil && r.role != m.Role_ROLE_DELETED {
 		next.role = r.role
 	}
 	return c.writeLocked(site, &next)
@@ -162,6 +203,9 @@ func (c *catalog) writeLocked(site string, r *siteRecord) error {
 		return err
 	}
 	j := siteRecordJSON{Role: r.role.String()}
+	if r.tombstone != nil {
+		j.Tombstone = &epochJSON{Term: r.tombstone.Term, Node: r.tombstone.Node}
+	}
 	if r.spec != nil {
 		spec, err := protojson.Marshal(r.spec)
 		if err != nil {

@@ -378,6 +378,14 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 		// snapshot) stays on disk but out of the list.
 		res.Snapshots = snapshotRefs(snaps)
 		res.Detail = req.DisplacedStash
+	case m.StorageOp_STORAGE_OP_DELETE:
+		stashed, err := h.deleteCopy(ctx, site, req)
+		if err != nil {
+			return fail(fmt.Errorf("delete %s: %w", site, err))
+		}
+		if stashed {
+			res.Detail = req.StashName
+		}
 	case m.StorageOp_STORAGE_OP_MOUNT, m.StorageOp_STORAGE_OP_UNMOUNT:
 		snap, err := storage.ParseSnapName(req.Snapshot.GetName())
 		if err != nil {
@@ -415,6 +423,42 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 		res.Code, res.Detail = m.Code_CODE_INVALID, "unsupported op "+req.Op.String()
 	}
 	return res
+}
+
+// deleteCopy carries out STORAGE_OP_DELETE: the copy (if the dataset
+// exists) is stashed whole, made read-only and fenced at the tombstone, and
+// the tombstone is recorded in the catalog (also where no dataset exists).
+// It reports whether it stashed a dataset. A stash of that name made by an
+// attempt that stopped short (a crash before the catalog was written) is
+// taken as done when the dataset holds no snapshot.
+func (h *Host) deleteCopy(ctx context.Context, site storage.Site, req *m.StorageRequest) (bool, error) {
+	stash, err := storage.ParseStashName(req.StashName)
+	if err != nil {
+		return false, err
+	}
+	d := h.driver
+	exists, err := d.Exists(ctx, site)
+	if err != nil {
+		return false, err
+	}
+	if exists {
+		err = d.Stash(ctx, site, storage.SnapName{}, stash)
+		if errors.Is(err, storage.ErrExists) {
+			if snaps, lerr := d.ListSnapshots(ctx, site); lerr == nil && len(snaps) == 0 {
+				err = nil
+			}
+		}
+		if err == nil {
+			err = d.SetReadOnly(ctx, site, true)
+		}
+		if err == nil {
+			err = h.fence(ctx, site, req.Epoch)
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return exists, h.catalog.putTombstone(site.String(), req.Epoch)
 }
 
 func (h *Host) fence(ctx context.Context, site storage.Site, e *m.Epoch) error {
@@ -499,10 +543,16 @@ func (h *Host) bootDatasets(ctx context.Context) ([]*m.DatasetBoot, error) {
 		if err != nil {
 			return nil, err
 		}
+		rec := h.catalog.get(name)
+		if !ok && rec.role == m.Role_ROLE_DELETED {
+			// A tombstone without a dataset (this node held no copy).
+			out = append(out, &m.DatasetBoot{Info: &m.DatasetInfo{Site: name, Node: h.node, Role: rec.role,
+				Epoch: rec.tombstone, Spec: rec.spec}})
+			continue
+		}
 		if !ok {
 			continue
 		}
-		rec := h.catalog.get(name)
 		epoch, err := h.driver.Epoch(ctx, site)
 		if err != nil {
 			return nil, err
@@ -516,6 +566,9 @@ func (h *Host) bootDatasets(ctx context.Context) ([]*m.DatasetBoot, error) {
 			return nil, err
 		}
 		b := &m.DatasetBoot{Info: &m.DatasetInfo{Site: name, Node: h.node, Role: rec.role, Epoch: toMsgEpoch(epoch), Spec: rec.spec}}
+		if rec.role == m.Role_ROLE_DELETED && rec.tombstone != nil {
+			b.Info.Epoch = rec.tombstone // what the copy reports (storage keeps the fence)
+		}
 		b.Snapshots = snapshotRefs(snaps)
 		if n := len(b.Snapshots); n > 0 {
 			b.Info.Latest = b.Snapshots[n-1]
@@ -595,7 +648,7 @@ type receivingDriver struct {
 }
 
 func (r *receivingDriver) Receive(ctx context.Context, site storage.Site, epoch storage.Epoch, base storage.SnapName, in io.Reader) (storage.Snapshot, error) {
-	if err := r.catalog.ensure(site.String(), m.Role_ROLE_REPLICA); err != nil {
+	if err := r.catalog.ensureReplica(site.String()); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("receive %s: catalog: %w", site, err)
 	}
 	return r.Driver.Receive(ctx, site, epoch, base, in)

@@ -176,3 +176,122 @@ func TestStorageMountUnmount(t *testing.T) {
 		t.Errorf("mount of a missing snapshot answered OK")
 	}
 }
+
+// Delete stashes the copy whole, leaves it read-only and fenced at the
+// tombstone, and records the tombstone, which a restart boots (also on a
+// node that held no copy); a create afterwards takes the emptied dataset
+// and ends the tombstone.
+func TestStorageDeleteAndBoot(t *testing.T) {
+	ctx := context.Background()
+	h, drv := storageHost(t)
+	site := storage.MustSite("gone")
+	do := func(name string, req *m.StorageRequest) *m.StorageResult {
+		t.Helper()
+		req.Site = name
+		return h.storageLocal(ctx, req)
+	}
+	e1 := &m.Epoch{Term: 1, Node: "n1"}
+	spec := &m.SiteSpec{Name: "gone", Created: e1}
+	if r := do("gone", &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_CREATE, Role: m.Role_ROLE_MASTER, Epoch: e1, Spec: spec}); r.Code != m.Code_CODE_OK {
+		t.Fatalf("create: %v", r)
+	}
+	storagetest.WriteFile(t, ctx, drv, site, "index.html", []byte("content"))
+	ref := &m.SnapshotRef{Name: core.SnapshotName(e1, 1), Epoch: e1, Seq: 1}
+	if r := do("gone", &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Snapshot: ref, Epoch: e1}); r.Code != m.Code_CODE_OK {
+		t.Fatalf("snapshot: %v", r)
+	}
+	storagetest.WriteFile(t, ctx, drv, site, "live.txt", []byte("not snapshotted"))
+
+	tomb := &m.Epoch{Term: 9, Node: "n2" + core.TombstoneMark}
+	r := do("gone", &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_DELETE, StashName: "deleted-e9-n2", Epoch: tomb})
+	if r.Code != m.Code_CODE_OK || r.Detail != "deleted-e9-n2" {
+		t.Fatalf("delete: %v", r)
+	}
+	if snaps, _ := drv.ListSnapshots(ctx, site); len(snaps) != 0 {
+		t.Errorf("snapshots after delete: %v", snaps)
+	}
+	if fileExists(t, ctx, drv, site, "live.txt") {
+		t.Errorf("live data still live after delete")
+	}
+	stashes, _ := drv.ListStash(ctx, site)
+	if len(stashes) != 1 || stashes[0].Name.String() != "deleted-e9-n2" || len(stashes[0].Snapshots) != 1 {
+		t.Fatalf("stashes after delete: %+v", stashes)
+	}
+	if e, _ := drv.Epoch(ctx, site); e != toStorageEpoch(tomb) {
+		t.Errorf("fence after delete %v", e)
+	}
+	// Again (a retry after a crash, or a duplicate): no harm.
+	if r := do("gone", &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_DELETE, StashName: "deleted-e9-n2", Epoch: tomb}); r.Code != m.Code_CODE_OK {
+		t.Fatalf("delete again: %v", r)
+	}
+	// A node without a copy records the tombstone only.
+	if r := do("never", &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_DELETE, StashName: "deleted-e9-n2", Epoch: tomb}); r.Code != m.Code_CODE_OK || r.Detail != "" {
+		t.Fatalf("delete without a copy: %v", r)
+	}
+
+	// A restart (a new catalog from disk) boots both tombstones.
+	cat, err := openCatalog(h.catalog.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.catalog = cat
+	boot, err := h.bootDatasets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*m.DatasetBoot{}
+	for _, b := range boot {
+		got[b.Info.Site] = b
+	}
+	for _, name := range []string{"gone", "never"} {
+		b := got[name]
+		if b == nil || b.Info.Role != m.Role_ROLE_DELETED || core.CompareEpoch(b.Info.Epoch, tomb) != 0 || len(b.Snapshots) != 0 {
+			t.Errorf("boot of %s: %v", name, b)
+		}
+	}
+	if b := got["gone"]; b == nil || len(b.Stashes) != 1 {
+		t.Errorf("boot of gone: %v", b)
+	}
+
+	// Created again: the emptied dataset becomes the new master's; the
+	// tombstone ends (also where there was no copy).
+	e10 := &m.Epoch{Term: 10, Node: "n1"}
+	for _, name := range []string{"gone", "never"} {
+		if r := do(name, &m.StorageRequest{Op: m.StorageOp_STORAGE_OP_CREATE, Role: m.Role_ROLE_MASTER, Epoch: e10,
+			Spec: &m.SiteSpec{Name: name, Created: e10}}); r.Code != m.Code_CODE_OK {
+			t.Fatalf("create %s again: %v", name, r)
+		}
+		if rec := h.catalog.get(name); rec.role != m.Role_ROLE_MASTER || rec.tombstone != nil {
+			t.Errorf("catalog of %s after the create: %+v", name, rec)
+		}
+	}
+	// Writable again (WriteFile fails the test otherwise).
+	storagetest.WriteFile(t, ctx, drv, site, "new.txt", []byte("the new site"))
+}
+
+// A stream of a history created after a deletion makes the deleted copy a
+// replica again in the catalog (a restart must not boot it deleted).
+func TestCatalogReplicaAfterTombstone(t *testing.T) {
+	cat, err := openCatalog(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.putTombstone("s", &m.Epoch{Term: 3, Node: "n1~deleted"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.ensureReplica("s"); err != nil {
+		t.Fatal(err)
+	}
+	if rec := cat.get("s"); rec.role != m.Role_ROLE_REPLICA || rec.tombstone != nil {
+		t.Fatalf("after a receive: %+v", rec)
+	}
+	if err := cat.putTombstone("t", &m.Epoch{Term: 3, Node: "n1~deleted"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.setSpec("t", &m.SiteSpec{Name: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if rec := cat.get("t"); rec.role != m.Role_ROLE_REPLICA {
+		t.Fatalf("after a spec from a stream: %+v", rec)
+	}
+}

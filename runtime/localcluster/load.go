@@ -162,11 +162,6 @@ func (c *Cluster) NodeIndex(name string) int {
 	return -1
 }
 
-// ReplicationBound is how old an acknowledged write may be at a master's
-// crash and still be lost: the snapshot interval (core.Default: 2 s) plus
-// a second for the snapshot to reach a replica.
-const ReplicationBound = 3 * time.Second
-
 // failoverWarmup is how long Failover writes before the kill.
 const failoverWarmup = 6 * time.Second
 
@@ -184,6 +179,11 @@ type FailoverResult struct {
 	// LostAfterKill counts writes acknowledged after the kill and lost:
 	// never acceptable.
 	LostAfterKill int
+	// OldEpoch is the killed master's epoch; Writes and Stored are what
+	// was sent and what the new master holds, for finer checks.
+	OldEpoch string
+	Writes   []Write
+	Stored   map[int]bool
 }
 
 // Failover writes to a site through the nodes `via` (which must not
@@ -200,14 +200,13 @@ func Failover(ctx context.Context, c *Cluster, site, domain string, via []int) (
 	if victim < 0 || slices.Contains(via, victim) {
 		return res, fmt.Errorf("master %q of %s is not a node to kill", s.Master, site)
 	}
-	res.Victim = s.Master
+	res.Victim, res.OldEpoch = s.Master, s.Epoch
 	wctx, stop := context.WithTimeout(ctx, 2*time.Minute)
 	defer stop()
 	w := &Writer{Domain: domain, Nodes: via, Max: 1_000_000}
 	done := make(chan struct{})
 	go func() { w.Run(wctx, c); close(done) }()
-	// Write long enough that several snapshots reach the replicas: what is
-	// lost must then be at most ReplicationBound old.
+	// Write long enough that several snapshots reach the replicas.
 	time.Sleep(failoverWarmup)
 	c.Kill(victim)
 	killed := time.Now()
@@ -237,7 +236,8 @@ func Failover(ctx context.Context, c *Cluster, site, domain string, via []int) (
 	if after, err := c.Client(via[0]).Site(ctx, site); err == nil {
 		res.NewMaster = after.Master
 	}
-	for _, wr := range w.Writes() {
+	res.Writes, res.Stored = w.Writes(), stored
+	for _, wr := range res.Writes {
 		if !wr.Acked {
 			continue
 		}

@@ -176,7 +176,7 @@ func TestE2EServedByEveryNode(t *testing.T) {
 	// The balancer sees the requests the front ends forwarded straight to
 	// the master (its load) and every node's free space.
 	loadSeen, freeSeen := false, false
-	for attempt := 0; attempt < 20 && !(loadSeen && freeSeen); attempt++ {
+	for attempt := 0; attempt < 60 && !(loadSeen && freeSeen); attempt++ {
 		for range 20 {
 			if st, _, err := c.Do(ctx, 2, "GET", "shop.example", "/health", nil); err != nil || st != 200 {
 				t.Fatalf("GET /health: %d %v", st, err)

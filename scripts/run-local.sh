@@ -107,6 +107,14 @@ until curl -fsS -o /dev/null -H 'Host: demo.localhost' http://127.0.0.1:8081/hea
 	sleep 0.2
 done
 
+# The admin view follows the nodes' reports (one a second): wait (bounded)
+# until it shows the demo site before printing it.
+n=0
+until "$HCCTL" site show demo 2>/dev/null | grep -q active || [ "$n" -ge 50 ]; do
+	n=$((n + 1))
+	sleep 0.2
+done
+
 cat <<EOF
 
 hybridcluster: $NODES nodes on 127.0.0.1 (storage: $STORAGE), demo site served by every node:

@@ -310,6 +310,9 @@ func (c *checker) restored(h *host, site string, d *simDataset, have map[uint64]
 	key := core.DatasetAddr(h.name, site).String()
 	ask := c.restores[key]
 	delete(c.restores, key)
+	if ask != nil && c.deleted(site) {
+		return // deleted while it restored: stashed whole, as a rollback is
+	}
 	if ask == nil {
 		c.w.violate("RESTORE", "site %s on %s: activated for a restore that was never asked of a stash it held", site, h.name)
 		return
@@ -341,6 +344,11 @@ func (c *checker) rolledBack(h *host, site string, d *simDataset, have map[uint6
 	key := core.DatasetAddr(h.name, site).String()
 	target := c.rollbacks[key]
 	delete(c.rollbacks, key)
+	if c.deleted(site) {
+		// Deleted while it rolled back (seed 5154): the copy is being
+		// stashed whole, which the deletion checks cover.
+		return
+	}
 	i := d.find(target)
 	if i < 0 {
 		c.w.violate("ROLLBACK", "site %s on %s: rolled back to %q, which the disk does not hold", site, h.name, target)

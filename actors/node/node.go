@@ -389,7 +389,14 @@ func (n *Node) learn(r *m.RouteUpdate) bool {
 	if old != nil && old.Master == r.Master && old.Phase == r.Phase && core.CompareEpoch(old.Epoch, r.Epoch) == 0 {
 		return false
 	}
-	if len(r.Domains) == 0 && old != nil && len(old.Domains) > 0 {
+	if core.IsTombstone(r.Epoch) {
+		// A deleted site: the route stays (it outranks stale updates of
+		// the old history) but claims no domain, so the front ends answer
+		// "no such site" themselves and a domain can go to another site.
+		if len(r.Domains) > 0 {
+			r = &m.RouteUpdate{Site: r.Site, Master: r.Master, Epoch: r.Epoch, Phase: r.Phase}
+		}
+	} else if len(r.Domains) == 0 && old != nil && len(old.Domains) > 0 {
 		// A route learnt from an answer, or from a balancer whose report
 		// lacked the spec, says nothing of domains: keep the known ones
 		// (the front ends route by them).

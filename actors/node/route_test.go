@@ -120,3 +120,25 @@ func TestHostFiguresInReport(t *testing.T) {
 		t.Fatalf("second report %v: load must restart from zero, free space stays", r2)
 	}
 }
+
+// A deleted site's route (STOPPED at a tombstone) keeps outranking the old
+// history but claims no domain; a re-created site takes its domains again.
+func TestTombstoneRouteClaimsNoDomain(t *testing.T) {
+	n := New("n1")
+	env := &core.Env{Self: core.NodeAddr("n1"), Now: time.Unix(1000, 0), Config: core.Default()}
+	n.Step(env, &m.NodeBoot{Node: "n1", Members: []string{"n1", "n2"}})
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n2", Epoch: &m.Epoch{Term: 5, Node: "n2"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: []string{"a.example"}})
+	tomb := &m.Epoch{Term: 9, Node: "n2" + core.TombstoneMark}
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n2", Epoch: tomb, Phase: m.SitePhase_SITE_PHASE_STOPPED, Domains: []string{"a.example"}})
+	if r := n.Route("a"); len(r.GetDomains()) != 0 || r.GetPhase() != m.SitePhase_SITE_PHASE_STOPPED {
+		t.Fatalf("route after the delete: %v, want STOPPED without domains", r)
+	}
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n2", Epoch: &m.Epoch{Term: 6, Node: "n2"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: []string{"a.example"}})
+	if r := n.Route("a"); len(r.GetDomains()) != 0 {
+		t.Fatalf("a stale update of the deleted history brought its domain back: %v", r)
+	}
+	n.Step(env, &m.RouteUpdate{Site: "a", Master: "n1", Epoch: &m.Epoch{Term: 12, Node: "n1"}, Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: []string{"a.example"}})
+	if r := n.Route("a"); r.GetMaster() != "n1" || len(r.GetDomains()) != 1 {
+		t.Fatalf("re-created site: %v", r)
+	}
+}

@@ -75,55 +75,43 @@ func newStorageExec(h *Host) *storageExec {
 // At the queue bound it is carried out at once, out of order, rather than
 // lost (a stop must never be skipped).
 func (s *storageExec) submitProcess(req *m.ProcessRequest) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return
-	}
-	q := s.sites[req.Site]
-	if q == nil {
-		q = &siteQueue{}
-		s.sites[req.Site] = q
-	}
-	if len(q.jobs) >= siteOpsQueuedMax {
-		s.mu.Unlock()
+	if full := s.enqueue(req.Site, storageJob{proc: req}); full {
 		s.h.log.Warn("storage queue full: process request run out of order", "site", req.Site, "node", s.h.node, "start", req.Start)
 		s.h.runProcess(s.h.ctx, req)
-		return
 	}
-	q.jobs = append(q.jobs, storageJob{proc: req})
-	if !q.running {
-		q.running = true
-		s.wg.Add(1)
-		go s.drain(req.Site, q)
-	}
-	s.mu.Unlock()
 }
 
 func (s *storageExec) submit(from core.Address, req *m.StorageRequest) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return
-	}
-	q := s.sites[req.Site]
-	if q == nil {
-		q = &siteQueue{}
-		s.sites[req.Site] = q
-	}
-	if len(q.jobs) >= siteOpsQueuedMax {
-		s.mu.Unlock()
+	if full := s.enqueue(req.Site, storageJob{from: from, req: req}); full {
 		s.h.log.Warn("storage queue full: request refused", "site", req.Site, "node", s.h.node, "op", req.Op.String(), "bound", siteOpsQueuedMax)
 		s.reply(from, result(req, m.Code_CODE_BUSY, "storage queue of the site is full"))
-		return
 	}
-	q.jobs = append(q.jobs, storageJob{from: from, req: req})
+}
+
+// enqueue appends a job to its site's FIFO (starting the site's drain if
+// idle); it reports full, without queueing, at siteOpsQueuedMax. After
+// close it drops the job.
+func (s *storageExec) enqueue(site string, job storageJob) (full bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	q := s.sites[site]
+	if q == nil {
+		q = &siteQueue{}
+		s.sites[site] = q
+	}
+	if len(q.jobs) >= siteOpsQueuedMax {
+		return true
+	}
+	q.jobs = append(q.jobs, job)
 	if !q.running {
 		q.running = true
 		s.wg.Add(1)
-		go s.drain(req.Site, q)
+		go s.drain(site, q)
 	}
-	s.mu.Unlock()
+	return false
 }
 
 func (s *storageExec) drain(site string, q *siteQueue) {

@@ -215,38 +215,40 @@ func (w *World) activeMasters(name string) []string {
 // rollbacksStart asks for rollbacks of random sites to one of their ten
 // newest snapshots, as a user undoing a mistake would.
 func (w *World) rollbacksStart() {
-	if w.opt.RollbackEvery <= 0 {
-		return
-	}
-	stopUs := int64((w.opt.Safety + w.opt.Liveness - 30*time.Second) / time.Microsecond)
-	var tick func()
-	tick = func() {
-		if w.now > stopUs {
-			return
-		}
-		defer w.at(time.Duration(w.rng.ExpFloat64()*float64(w.opt.RollbackEvery)), tick)
-		s := siteName(w.rng.IntN(w.opt.Sites))
-		masters := w.activeMasters(s)
-		if len(masters) != 1 {
-			return
-		}
-		snaps := w.hosts[masters[0]].store.get(s).snaps
+	w.adminTicks(clientsFrom+10*time.Second, func(s, master string) {
+		snaps := w.hosts[master].store.get(s).snaps
 		if len(snaps) < 2 {
 			return
 		}
 		target := snaps[len(snaps)-1-w.rng.IntN(min(10, len(snaps)))].ref.Name
 		live := w.liveHosts()
 		from := live[w.rng.IntN(len(live))]
-		w.tracef("admin: roll %s on %s back to %s", s, masters[0], target)
-		w.send(from, core.SiteAddr(masters[0], s), &m.AdminRollback{Site: s, Snapshot: target})
-	}
-	w.at(clientsFrom+10*time.Second, tick)
+		w.tracef("admin: roll %s on %s back to %s", s, master, target)
+		w.send(from, core.SiteAddr(master, s), &m.AdminRollback{Site: s, Snapshot: target})
+	})
 }
 
 // restoresStart asks for restores of random stashes of random sites (one of
 // the newest the master's dataset actor lists), as an operator bringing back
 // a losing side's writes, or undoing a rollback, would. As often as rollbacks.
 func (w *World) restoresStart() {
+	w.adminTicks(clientsFrom+15*time.Second, func(s, master string) {
+		stashes := w.hosts[master].store.get(s).stashes
+		if len(stashes) == 0 {
+			return
+		}
+		stash := stashes[len(stashes)-1-w.rng.IntN(min(8, len(stashes)))].name
+		live := w.liveHosts()
+		from := live[w.rng.IntN(len(live))]
+		w.tracef("admin: restore stash %s of %s on %s", stash, s, master)
+		w.send(from, core.SiteAddr(master, s), &m.AdminRestoreStash{Site: s, Stash: stash})
+	})
+}
+
+// adminTicks calls act, from first until 30 s before the run ends, at
+// random intervals of mean Options.RollbackEvery (none if it is not
+// positive), for a random site that has exactly one active master.
+func (w *World) adminTicks(first time.Duration, act func(site, master string)) {
 	if w.opt.RollbackEvery <= 0 {
 		return
 	}
@@ -262,17 +264,9 @@ func (w *World) restoresStart() {
 		if len(masters) != 1 {
 			return
 		}
-		stashes := w.hosts[masters[0]].store.get(s).stashes
-		if len(stashes) == 0 {
-			return
-		}
-		stash := stashes[len(stashes)-1-w.rng.IntN(min(8, len(stashes)))].name
-		live := w.liveHosts()
-		from := live[w.rng.IntN(len(live))]
-		w.tracef("admin: restore stash %s of %s on %s", stash, s, masters[0])
-		w.send(from, core.SiteAddr(masters[0], s), &m.AdminRestoreStash{Site: s, Stash: stash})
+		act(s, masters[0])
 	}
-	w.at(clientsFrom+15*time.Second, tick)
+	w.at(first, tick)
 }
 
 // migrationsStart asks for planned moves of random sites, as an operator would.

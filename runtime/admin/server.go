@@ -381,6 +381,20 @@ func (s *Server) master(r *http.Request) (Site, error) {
 	return site, nil
 }
 
+// masterView is the site of the request's path and its master dataset
+// actor's view (snapshots, stashes).
+func (s *Server) masterView(r *http.Request) (Site, *m.AdminView, error) {
+	site, err := s.master(r)
+	if err != nil {
+		return Site{}, nil, err
+	}
+	v, err := s.siteView(r.Context(), site.Master, site.Name)
+	if err != nil {
+		return Site{}, nil, err
+	}
+	return site, v, nil
+}
+
 // ---------------------------------------------------------------- routes
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
@@ -484,11 +498,7 @@ func (s *Server) migrate(r *http.Request) (int, any, error) {
 }
 
 func (s *Server) snapshots(r *http.Request) (int, any, error) {
-	site, err := s.master(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	v, err := s.siteView(r.Context(), site.Master, site.Name)
+	site, v, err := s.masterView(r)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -564,11 +574,7 @@ func (s *Server) rollback(r *http.Request) (int, any, error) {
 	if req.Snapshot == "" {
 		return 0, nil, errBadRequest(`"snapshot" names no snapshot`)
 	}
-	site, err := s.master(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	v, err := s.siteView(r.Context(), site.Master, site.Name)
+	site, v, err := s.masterView(r)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -580,11 +586,7 @@ func (s *Server) rollback(r *http.Request) (int, any, error) {
 }
 
 func (s *Server) stashes(r *http.Request) (int, any, error) {
-	site, err := s.master(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	v, err := s.siteView(r.Context(), site.Master, site.Name)
+	site, v, err := s.masterView(r)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -594,11 +596,7 @@ func (s *Server) stashes(r *http.Request) (int, any, error) {
 
 func (s *Server) restoreStash(r *http.Request) (int, any, error) {
 	stash := r.PathValue("stash")
-	site, err := s.master(r)
-	if err != nil {
-		return 0, nil, err
-	}
-	v, err := s.siteView(r.Context(), site.Master, site.Name)
+	site, v, err := s.masterView(r)
 	if err != nil {
 		return 0, nil, err
 	}

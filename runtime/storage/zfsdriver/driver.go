@@ -882,11 +882,7 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 // the swap leaves the empty dataset as it was; a leftover swap holds only a
 // copy of what the sender still has.
 func (d *Driver) receiveReplacing(ctx context.Context, site storage.Site, ds string, epoch storage.Epoch, snapName string, r io.Reader) (storage.Snapshot, error) {
-	quota, err := d.getProp(ctx, ds, "quota")
-	if err != nil {
-		return storage.Snapshot{}, err
-	}
-	seen, err := d.epochOf(ctx, ds)
+	quota, seen, err := d.siteSettings(ctx, ds)
 	if err != nil {
 		return storage.Snapshot{}, err
 	}

@@ -141,11 +141,7 @@ func (d *Driver) stashAllLocked(ctx context.Context, site storage.Site, stash st
 	} else if ok {
 		return fmt.Errorf("stash %s/%s: %w", site, stash, storage.ErrExists)
 	}
-	quota, err := d.getProp(ctx, ds, "quota")
-	if err != nil {
-		return err
-	}
-	epoch, err := d.epochOf(ctx, ds)
+	quota, epoch, err := d.siteSettings(ctx, ds)
 	if err != nil {
 		return err
 	}
@@ -177,11 +173,7 @@ func (d *Driver) stashAllLocked(ctx context.Context, site storage.Site, stash st
 // to stashDS; newDS is then promoted so it owns the shared snapshots, and
 // the settings that belong to the site (quota, epoch, read-only) follow it.
 func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bool, newDS, stashDS string) error {
-	quota, err := d.getProp(ctx, ds, "quota")
-	if err != nil {
-		return err
-	}
-	epoch, err := d.epochOf(ctx, ds)
+	quota, epoch, err := d.siteSettings(ctx, ds)
 	if err != nil {
 		return err
 	}
@@ -219,6 +211,20 @@ func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bo
 		}
 	}
 	return nil
+}
+
+// siteSettings reads what belongs to the site rather than to its history:
+// its quota (as zfs prints it) and its epoch (the fence).
+func (d *Driver) siteSettings(ctx context.Context, ds string) (string, storage.Epoch, error) {
+	quota, err := d.getProp(ctx, ds, "quota")
+	if err != nil {
+		return "", storage.Epoch{}, err
+	}
+	epoch, err := d.epochOf(ctx, ds)
+	if err != nil {
+		return "", storage.Epoch{}, err
+	}
+	return quota, epoch, nil
 }
 
 func quotaValueString(v string) string {
@@ -403,11 +409,7 @@ func (d *Driver) restoreWholeLocked(ctx context.Context, site storage.Site, ds s
 	if err := d.checkNotBusy(ctx, site, ds); err != nil {
 		return err
 	}
-	quota, err := d.getProp(ctx, ds, "quota")
-	if err != nil {
-		return err
-	}
-	epoch, err := d.epochOf(ctx, ds)
+	quota, epoch, err := d.siteSettings(ctx, ds)
 	if err != nil {
 		return err
 	}

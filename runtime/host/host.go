@@ -130,8 +130,10 @@ type Host struct {
 	remote *remote.Remote
 	router *actor.PID
 
-	streamSrv *http.Server
-	streamLis net.Listener
+	streamSrv     *http.Server
+	streamLis     net.Listener
+	internalMux   *http.ServeMux
+	internalToken string
 
 	incarnation uint64
 	ctx         context.Context
@@ -264,6 +266,8 @@ func (h *Host) startStreams(opt Options) error {
 	h.streamLis = lis
 	mux := http.NewServeMux()
 	mux.Handle(stream.PathPrefix, srv)
+	h.internalMux = mux
+	h.internalToken = opt.StreamToken
 	// The same listener is the node's internal port: requests that other
 	// nodes' front ends forward to this node as a site's master.
 	internal := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,210 @@
+package mysql
+
+import (
+	"context"
+	"crypto/sha1"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	driver "github.com/go-sql-driver/mysql"
+
+	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/host"
+	"github.com/hybridcluster/hybridcluster/runtime/sites"
+)
+
+func nativeHash(pw string) string {
+	h1 := sha1.Sum([]byte(pw))
+	h2 := sha1.Sum(h1[:])
+	return "*" + strings.ToUpper(hex.EncodeToString(h2[:]))
+}
+
+// fakeCluster routes every user of its table to one master (an in-process
+// stand-in for the route mirror: unit tests only).
+type fakeCluster struct {
+	node  string
+	mu    sync.Mutex
+	users map[string]host.Route
+}
+
+func (c *fakeCluster) Node() string      { return c.node }
+func (c *fakeCluster) Live(string) bool { return true }
+func (c *fakeCluster) RouteByMysqlUser(u string) (host.Route, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.users[u]
+	return r, ok
+}
+
+// gate is an in-process stand-in for host.Host.Admit.
+type gate struct {
+	mu       sync.Mutex
+	open     bool
+	inflight int
+}
+
+func (g *gate) admit(context.Context, string) (func(), bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.open {
+		return nil, false
+	}
+	g.inflight++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.inflight--
+			g.mu.Unlock()
+		})
+	}, true
+}
+
+type testNodes struct {
+	master, entry string // client addresses of the front ends
+	gate          *gate
+	sup           *sites.Supervisor
+}
+
+// startNodes runs a master (site processes, front end, tunnel endpoint)
+// and an entry node whose front end reaches the master by the tunnel.
+func startNodes(t *testing.T) *testNodes {
+	t.Helper()
+	sup := sites.New(sites.Config{})
+	t.Cleanup(sup.Close)
+	spec := &m.SiteSpec{Name: "shop", Domains: []string{"shop.example"}, MysqlUsers: []*m.MysqlUser{
+		{Name: "shop", PasswordHash: nativeHash("shop-pw"), Databases: []string{"shop_db"}},
+	}}
+	if err := sup.Start("shop", spec, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{open: true}
+	routes := map[string]host.Route{
+		"shop": {Site: "shop", Master: "n1", Phase: m.SitePhase_SITE_PHASE_ACTIVE},
+		// A user the route mirror knows from another site whose master
+		// does not have it: refused like an unknown user.
+		"ghost": {Site: "shop", Master: "n1", Phase: m.SitePhase_SITE_PHASE_ACTIVE},
+	}
+	var tunnelURL string
+	internal := func(n string) (string, bool) { return tunnelURL, n == "n1" }
+	master, err := New(Config{Cluster: &fakeCluster{node: "n1", users: routes}, Internal: internal, Token: "t",
+		Sites: sup, Admit: g.admit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(TunnelPath, master.TunnelHandler())
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	tunnelURL = ts.URL
+	entry, err := New(Config{Cluster: &fakeCluster{node: "n2", users: routes}, Internal: internal, Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(f *Front) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go f.Serve(l)
+		t.Cleanup(f.Close)
+		return l.Addr().String()
+	}
+	return &testNodes{master: serve(master), entry: serve(entry), gate: g, sup: sup}
+}
+
+func openDB(t *testing.T, addr, user, pw, db string, params string) *sql.DB {
+	t.Helper()
+	d, err := sql.Open("mysql", user+":"+pw+"@tcp("+addr+")/"+db+"?"+params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func wantCode(t *testing.T, what string, err error, code uint16) {
+	t.Helper()
+	var me *driver.MySQLError
+	if !errors.As(err, &me) || me.Number != code {
+		t.Fatalf("%s: %v, want MySQL error %d", what, err, code)
+	}
+}
+
+// TestFrontRelaysToSiteServer: through the master's own front end and
+// through another node's (tunnel), text and prepared statements, multi
+// statements, transactions and the server's error codes reach the client.
+func TestFrontRelaysToSiteServer(t *testing.T) {
+	n := startNodes(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	direct := openDB(t, n.master, "shop", "shop-pw", "shop_db", "multiStatements=true")
+	if _, err := direct.ExecContext(ctx, "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(64)); INSERT INTO items VALUES (1, 'one')"); err != nil {
+		t.Fatalf("multi statement: %v", err)
+	}
+	if _, err := direct.ExecContext(ctx, "CREATE PROCEDURE names() SELECT name FROM items"); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{n.master, n.entry} {
+		db := openDB(t, addr, "shop", "shop-pw", "shop_db", "")
+		var name string
+		// A procedure that returns rows needs CLIENT_MULTI_RESULTS.
+		if err := db.QueryRowContext(ctx, "CALL names()").Scan(&name); err != nil || name != "one" {
+			t.Fatalf("%s: call: %q %v", addr, name, err)
+		}
+		if err := db.QueryRowContext(ctx, "SELECT name FROM items WHERE id = ?", 1).Scan(&name); err != nil || name != "one" {
+			t.Fatalf("%s: prepared select: %q %v", addr, name, err)
+		}
+		_, err := db.ExecContext(ctx, "INSERT INTO items VALUES (?, ?)", 1, "dup")
+		wantCode(t, addr+": duplicate key through a prepared statement", err, 1062)
+
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO items VALUES (100, 'rolled back')"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		var c int
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM items WHERE id = 100").Scan(&c); err != nil || c != 0 {
+			t.Fatalf("%s: rolled back row: %d %v", addr, c, err)
+		}
+
+		wantCode(t, addr+": wrong password", openDB(t, addr, "shop", "nope", "", "").PingContext(ctx), 1045)
+		wantCode(t, addr+": unknown user", openDB(t, addr, "nobody", "nope", "", "").PingContext(ctx), 1045)
+		wantCode(t, addr+": user not in the master's spec", openDB(t, addr, "ghost", "x", "", "").PingContext(ctx), 1045)
+		wantCode(t, addr+": another database", openDB(t, addr, "shop", "shop-pw", "other_db", "").PingContext(ctx), 1044)
+	}
+	n.gate.mu.Lock()
+	inflight := n.gate.inflight
+	n.gate.mu.Unlock()
+	if inflight != 0 {
+		t.Fatalf("%d admissions still held with every session idle", inflight)
+	}
+
+	// The real command-line client, over TLS (it asks for it) and not.
+	for _, args := range [][]string{{"--ssl"}, {"--skip-ssl"}} {
+		host, port, _ := net.SplitHostPort(n.entry)
+		cmd := exec.CommandContext(ctx, "mariadb", append([]string{"--no-defaults", "-h", host, "-P", port, "-ushop", "-pshop-pw",
+			"--ssl-verify-server-cert=0", "shop_db", "--batch", "--skip-column-names", "-e", "SELECT name FROM items; status; CALL nothing_here()"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		t.Logf("mariadb %v: %s", args, out)
+		tlsUsed := strings.Contains(string(out), "Cipher in use")
+		if !strings.Contains(string(out), "one") || !strings.Contains(string(out), "1305") || tlsUsed != (args[0] == "--ssl") {
+			t.Fatalf("mariadb %v: %v\n%s", args, err, out)
+		}
+	}
+}

@@ -34,6 +34,7 @@ type Config struct {
 		Admin    string `yaml:"admin"`    // the admin endpoint (hcctl)
 		Actor    string `yaml:"actor"`    // protoactor remote (node to node)
 		Internal string `yaml:"internal"` // snapshot streams and forwarded requests (node to node)
+		MySQL    string `yaml:"mysql"`    // the MySQL front end for every site
 	} `yaml:"listen"`
 	// Members are the cluster's nodes (the seed list): every node lists
 	// every member, itself included. Empty: a one-node cluster of this node.
@@ -69,6 +70,7 @@ func defaults() *Config {
 	c.Listen.Admin = "127.0.0.1:7080"
 	c.Listen.Actor = "127.0.0.1:7946"
 	c.Listen.Internal = "127.0.0.1:7947"
+	c.Listen.MySQL = "127.0.0.1:3306"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	return c
@@ -106,7 +108,7 @@ files. Example file:
   node: n1
   data_dir: /var/lib/hybridcluster
   storage: {driver: auto, zfs_root: tank/hc}
-  listen: {http: 0.0.0.0:80, admin: 10.0.0.1:7080, actor: 10.0.0.1:7946, internal: 10.0.0.1:7947}
+  listen: {http: 0.0.0.0:80, admin: 10.0.0.1:7080, actor: 10.0.0.1:7946, internal: 10.0.0.1:7947, mysql: 0.0.0.0:3306}
   members:
     - {name: n1, actor: 10.0.0.1:7946, internal: http://10.0.0.1:7947}
     - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
@@ -127,6 +129,7 @@ Flags:
 	adminAddr := fs.String("admin", "", "admin endpoint listen address (default "+d.Listen.Admin+")")
 	actorAddr := fs.String("actor", "", "protoactor remote listen address (default "+d.Listen.Actor+")")
 	internalAddr := fs.String("internal", "", "internal port listen address (default "+d.Listen.Internal+")")
+	mysqlAddr := fs.String("mysql", "", "MySQL front end listen address (default "+d.Listen.MySQL+")")
 	var members memberFlags
 	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port (repeat for each; replaces the file's list)")
 	nodeTokenFile := fs.String("node-token-file", "", "file holding the secret shared by all nodes")
@@ -164,6 +167,7 @@ Flags:
 	set(&c.Listen.Admin, *adminAddr)
 	set(&c.Listen.Actor, *actorAddr)
 	set(&c.Listen.Internal, *internalAddr)
+	set(&c.Listen.MySQL, *mysqlAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
 	set(&c.Log.Level, *logLevel)
@@ -222,7 +226,7 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("storage driver %q: want auto, zfs or portable", c.Storage.Driver))
 	}
-	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor, "internal": c.Listen.Internal} {
+	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor, "internal": c.Listen.Internal, "mysql": c.Listen.MySQL} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))
 		}

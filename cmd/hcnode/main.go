@@ -148,6 +148,11 @@ func run(c *Config) error {
 	if err != nil {
 		return err
 	}
+	stopMySQL, err := startMySQL(c, h, runner, internal, log)
+	if err != nil {
+		return err
+	}
+	defer stopMySQL()
 	servers := []*http.Server{
 		{Addr: c.Listen.HTTP, Handler: front, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
 		{Addr: c.Listen.Admin, Handler: adm.Handler(), ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},

@@ -48,6 +48,11 @@ const (
 	// connectRetryEvery is how often a waiting login looks at the route
 	// again.
 	connectRetryEvery = 50 * time.Millisecond
+	// unknownUserWait is how long a login whose user no route names waits
+	// for one before it is refused: a site just created may not have
+	// reached this node's route mirror yet, and a refusal that comes no
+	// faster for an unknown user tells no one which names exist.
+	unknownUserWait = time.Second
 	// connectionsMax bounds the client connections of one node. Beyond,
 	// a new connection gets error 1040 (too many connections) at once.
 	connectionsMax = 4096
@@ -197,6 +202,10 @@ func (f *Front) serveConn(c net.Conn) {
 	}
 	tl := tunnelLogin{login: a.l, ClientHost: clientHost}
 	route, ok := f.cfg.Cluster.RouteByMysqlUser(a.l.User)
+	for deadline := time.Now().Add(unknownUserWait); !ok && time.Now().Before(deadline); {
+		time.Sleep(connectRetryEvery)
+		route, ok = f.cfg.Cluster.RouteByMysqlUser(a.l.User)
+	}
 	if !ok {
 		_ = a.reply(errPayload(accessDenied(a.l.User, clientHost, len(a.l.Answer) > 0)))
 		return

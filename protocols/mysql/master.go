@@ -24,7 +24,10 @@ const TunnelPath = host.InternalPrefix + "mysql/connect"
 
 // Tunnel headers.
 const (
-	headerLogin      = "X-Hc-Mysql-Login"
+	headerLogin = "X-Hc-Mysql-Login"
+	// headerSite names the site (not host.HeaderSite: the internal port
+	// hands every request carrying that one to the HTTP forward path).
+	headerSite       = "X-Hc-Mysql-Site"
 	tunnelProtocol   = "hc-mysql"
 	loginHeaderMax   = 4 << 10
 	masterLoginMax   = 2 * time.Minute // a first start creates the data directory
@@ -110,7 +113,7 @@ func masterLogin(ctx context.Context, sites Sites, site string, tl tunnelLogin) 
 // the site's server and then relays, counting each command (and each
 // transaction) in with Admit.
 func (f *Front) tunnelHandler(w http.ResponseWriter, r *http.Request) {
-	site := r.Header.Get(host.HeaderSite)
+	site := r.Header.Get(headerSite)
 	if _, err := storage.ParseSite(site); err != nil {
 		http.Error(w, "bad site name", http.StatusBadRequest)
 		return
@@ -206,7 +209,7 @@ func (f *Front) dialTunnel(ctx context.Context, master, site string, tl tunnelLo
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", tunnelProtocol)
 	req.Header.Set(host.HeaderToken, f.cfg.Token)
-	req.Header.Set(host.HeaderSite, site)
+	req.Header.Set(headerSite, site)
 	req.Header.Set(headerLogin, base64.RawURLEncoding.EncodeToString(data))
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, tunnelHandshake)

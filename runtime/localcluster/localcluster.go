@@ -81,6 +81,7 @@ type Options struct {
 type Node struct {
 	Name                         string
 	HTTP, Admin, Actor, Internal string // host:port
+	MySQL                        string // host:port of its MySQL front end
 	DataDir, LogPath             string
 	cmd                          *exec.Cmd
 	done                         chan struct{}
@@ -129,6 +130,10 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	mysqlPorts, err := freePorts(opt.Nodes)
+	if err != nil {
+		return nil, err
+	}
 	c := &Cluster{opt: opt, NodeToken: token(), AdminToken: token()}
 	c.AdminTokenFile = filepath.Join(opt.Dir, "admin.token")
 	if err := os.WriteFile(c.AdminTokenFile, []byte(c.AdminToken), 0o600); err != nil {
@@ -143,7 +148,8 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 		c.Nodes = append(c.Nodes, &Node{Name: name,
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
-			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log")})
+			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log"),
+			MySQL: fmt.Sprintf("127.0.0.1:%d", mysqlPorts[i])})
 	}
 	for i := range c.Nodes {
 		if err := c.StartNode(ctx, i); err != nil {
@@ -163,6 +169,7 @@ func (c *Cluster) args(n *Node) []string {
 	args = append(args,
 		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal,
 		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
+	args = append(args, "-mysql", n.MySQL)
 	for _, mb := range c.Nodes {
 		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal)
 	}

@@ -36,7 +36,7 @@ type fakeCluster struct {
 	users map[string]host.Route
 }
 
-func (c *fakeCluster) Node() string      { return c.node }
+func (c *fakeCluster) Node() string     { return c.node }
 func (c *fakeCluster) Live(string) bool { return true }
 func (c *fakeCluster) RouteByMysqlUser(u string) (host.Route, bool) {
 	c.mu.Lock()

@@ -64,7 +64,7 @@ type routeTable struct {
 	// mysqlUsers: MySQL user name -> the sites that name it (more than one
 	// is ambiguous: such a user is routed nowhere).
 	mysqlUsers map[string][]string
-	live    map[string]bool
+	live       map[string]bool
 
 	subMu   sync.Mutex
 	subs    map[int]chan Event

@@ -61,10 +61,11 @@ type routeTable struct {
 	mu      sync.RWMutex
 	routes  map[string]Route  // by site
 	domains map[string]string // domain -> site
+	live    map[string]bool
+
 	// mysqlUsers: MySQL user name -> the sites that name it (more than one
 	// is ambiguous: such a user is routed nowhere).
 	mysqlUsers map[string][]string
-	live       map[string]bool
 
 	subMu   sync.Mutex
 	subs    map[int]chan Event

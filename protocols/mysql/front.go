@@ -228,23 +228,106 @@ func (f *Front) serveConn(c net.Conn) {
 		be.conn.Close()
 		return
 	}
-	rl := &relay{cr: a.r, cw: a.w, be: be, tunnel: !local}
+	rl := &relay{cr: a.r, cw: a.w}
+	rl.session.db = a.l.DB
+	f.attach(rl, be, local, site)
 	if st, ok := okStatus(okp); ok {
 		rl.status = st
 	}
+	defer func() { rl.be.conn.Close() }()
+	err = rl.run()
+	for {
+		switch {
+		case errors.Is(err, errQuit), errors.As(err, new(errClient)):
+			return
+		case errors.Is(err, errNotAdmitted):
+			// A planned move (or the site's server restarted): the held
+			// command did not run.
+		case errors.As(err, new(errServer)) && !rl.forwarded && rl.held != nil && !rl.inTransaction():
+			// The master is gone (failover) with the session between
+			// transactions and nothing of the answer sent: the command
+			// goes to the next master. It may have run on the old one
+			// (at least once), whose writes since its last replicated
+			// snapshot are lost with it anyway.
+		default:
+			f.log.Info("mysql session ended by the server side", "site", site, "user", a.l.User, "err", err)
+			f.fail(rl, &gm.MyError{Code: erConnectionKilled, State: "70100",
+				Message: "connection to the site's server lost; an open transaction was rolled back"})
+			return
+		}
+		begun := time.Now()
+		if myErr := f.reconnect(rl, site, tl); myErr != nil {
+			f.log.Info("mysql session not moved", "site", site, "user", a.l.User, "err", myErr.Message)
+			f.fail(rl, myErr)
+			return
+		}
+		f.log.Debug("mysql session moved", "site", site, "user", a.l.User, "took", time.Since(begun).Round(time.Millisecond))
+		err = rl.resend()
+		if err == nil {
+			err = rl.run()
+		}
+	}
+}
+
+// fail answers the command in flight with e (the session then ends).
+func (f *Front) fail(rl *relay, e *gm.MyError) {
+	if rl.forwarded {
+		return // part of an answer went out: closing is all that is left
+	}
+	_ = writePacket(rl.cw, rl.heldSeq+1, errPayload(e))
+	_ = rl.cw.Flush()
+}
+
+// attach makes be the relay's server side.
+func (f *Front) attach(rl *relay, be *backend, local bool, site string) {
+	rl.be, rl.tunnel, rl.admit, rl.stale = be, !local, nil, nil
 	if local {
 		rl.admit = func() (func(), bool) { return f.cfg.Admit(context.Background(), site) }
 	}
-	err = rl.run()
-	be.conn.Close()
-	switch {
-	case errors.Is(err, errQuit):
-	case errors.As(err, new(errClient)):
-	default:
-		f.log.Info("mysql session ended by the server side", "site", site, "user", a.l.User, "err", err)
-		_ = writePacket(a.w, rl.heldSeq+1, errPayload(&gm.MyError{Code: erConnectionKilled, State: "70100", Message: "connection to the site's server lost"}))
-		_ = a.w.Flush()
+	if s, ok := be.conn.(interface{ Stale() bool }); ok {
+		rl.stale = s.Stale
 	}
+}
+
+// reconnect logs the session in to the site's (next) server, waiting up
+// to connectWaitMax for the site to be served, and restores the session's
+// state there. The error is for the client.
+func (f *Front) reconnect(rl *relay, site string, tl tunnelLogin) *gm.MyError {
+	rl.releaseAdmission()
+	rl.be.conn.Close()
+	switch {
+	case rl.inTransaction():
+		return &gm.MyError{Code: erConnectionKilled, State: "70100",
+			Message: "the site's server went away inside a transaction; the transaction was rolled back"}
+	case rl.session.broken:
+		return &gm.MyError{Code: erConnectionKilled, State: "70100",
+			Message: "the site moved and this session's state is too large to restore"}
+	case rl.held == nil:
+		return &gm.MyError{Code: erConnectionKilled, State: "70100",
+			Message: "the site moved and this command is too long to hold"}
+	}
+	tl.DB = rl.session.db
+	ctx, cancel := context.WithTimeout(context.Background(), connectWaitMax)
+	be, okp, local, err := f.connect(ctx, site, tl)
+	cancel()
+	if err != nil {
+		var myErr *gm.MyError
+		if errors.As(err, &myErr) {
+			return myErr
+		}
+		f.log.Warn("mysql reconnect failed", "site", site, "user", tl.User, "err", err)
+		return unavailable(site)
+	}
+	autocommit := rl.status & gm.SERVER_STATUS_AUTOCOMMIT
+	f.attach(rl, be, local, site)
+	if st, ok := okStatus(okp); ok {
+		rl.status = st
+	}
+	if err := rl.restore(autocommit != 0); err != nil {
+		f.log.Warn("mysql session state not restored", "site", site, "user", tl.User, "err", err)
+		return &gm.MyError{Code: erConnectionKilled, State: "70100", Message: "the site moved and this session could not be restored: " + err.Error()}
+	}
+	return nil
 }
 
 // unavailable is the error of a login whose site could not be reached

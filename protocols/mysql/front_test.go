@@ -208,3 +208,88 @@ func TestFrontRelaysToSiteServer(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionSurvivesServerRestart: while the gate is closed (a move's
+// pause) and the site's server shuts down, a session between transactions
+// holds its next command, reconnects when the site is served again, and
+// finds its database, variables and prepared statements as they were. A
+// session inside a transaction gets error 1927 instead.
+func TestSessionSurvivesServerRestart(t *testing.T) {
+	n := startNodes(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	setup := openDB(t, n.master, "shop", "shop-pw", "shop_db", "")
+	if _, err := setup.ExecContext(ctx, "CREATE TABLE t (id INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	type sess struct {
+		name string
+		conn *sql.Conn
+		stmt *sql.Stmt
+		tx   *sql.Tx
+	}
+	var sessions []*sess
+	for _, addr := range []string{n.master, n.entry} {
+		db := openDB(t, addr, "shop", "shop-pw", "", "")
+		for _, inTx := range []bool{false, true} {
+			c, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &sess{name: addr, conn: c}
+			for _, q := range []string{"USE shop_db", "SET @v = 42", "SET NAMES latin1"} {
+				if _, err := c.ExecContext(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			if s.stmt, err = c.PrepareContext(ctx, "SELECT ? + @v, DATABASE(), @@character_set_client"); err != nil {
+				t.Fatal(err)
+			}
+			if inTx {
+				s.name += " in a transaction"
+				if s.tx, err = c.BeginTx(ctx, nil); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.tx.ExecContext(ctx, "INSERT INTO t VALUES (?)", len(sessions)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sessions = append(sessions, s)
+		}
+	}
+
+	n.gate.mu.Lock()
+	n.gate.open = false
+	n.gate.mu.Unlock()
+	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
+		t.Fatal(err)
+	}
+	if n.sup.IsRunning("shop") {
+		t.Fatal("server still running after the quiesce")
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		n.gate.mu.Lock()
+		n.gate.open = true
+		n.gate.mu.Unlock()
+	}()
+	for _, s := range sessions {
+		if s.tx != nil {
+			_, err := s.tx.ExecContext(ctx, "INSERT INTO t VALUES (100)")
+			wantCode(t, s.name+": statement after the server went away", err, 1927)
+			continue
+		}
+		var sum int
+		var db, cs string
+		if err := s.stmt.QueryRowContext(ctx, 1).Scan(&sum, &db, &cs); err != nil {
+			t.Fatalf("%s: prepared statement after the restart: %v", s.name, err)
+		}
+		if sum != 43 || db != "shop_db" || cs != "latin1" {
+			t.Fatalf("%s: session after the restart: sum %d db %q charset %q, want 43 shop_db latin1", s.name, sum, db, cs)
+		}
+		var c int
+		if err := s.conn.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&c); err != nil || c != 0 {
+			t.Fatalf("%s: rows of the rolled back transaction: %d %v", s.name, c, err)
+		}
+	}
+}

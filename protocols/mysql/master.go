@@ -179,6 +179,9 @@ func (f *Front) tunnelHandler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rl := &relay{cr: brw.Reader, cw: cw, be: be, admit: func() (func(), bool) { return f.cfg.Admit(context.Background(), site) }}
+	if s, ok := be.conn.(interface{ Stale() bool }); ok {
+		rl.stale = s.Stale
+	}
 	err = rl.run()
 	if errors.Is(err, errNotAdmitted) {
 		// The command did not run: the entry node sends it to the new

@@ -59,6 +59,15 @@ type relay struct {
 	// tunnel: the server side is a master's tunnel end, whose
 	// codeNotServing answers mean errNotAdmitted.
 	tunnel bool
+	// stale, when set, reports that the server side is gone (its server
+	// exited): a command is not sent there (errNotAdmitted).
+	stale func() bool
+	// forwarded: part of the current command's response reached the client.
+	forwarded bool
+	// failed: the current command's response was an error.
+	failed bool
+	// session is what a reconnect restores (session.go).
+	session session
 
 	status uint16
 	// held is the command not sent when run returned errNotAdmitted (a
@@ -68,6 +77,9 @@ type relay struct {
 	heldSeq byte
 
 	cbuf, sbuf []byte
+	// rewrite, when set, may change the next server packet before it is
+	// forwarded (a prepared statement's id).
+	rewrite func([]byte)
 }
 
 // releaseAdmission ends the admission held, if any.
@@ -122,24 +134,30 @@ func (r *relay) command(p packet) error {
 		}
 		return nil
 	}
+	// Kept until its response ends: a command the server side refuses
+	// unsent goes to the site's next server.
+	r.hold(p)
 	if r.release == nil && r.admit != nil {
 		release, ok := r.admit()
 		if !ok {
-			r.hold(p)
 			return errNotAdmitted
 		}
 		r.release = release
 	}
+	if r.stale != nil && r.stale() {
+		return errNotAdmitted
+	}
+	r.session.before(p.payload)
+	r.session.toServer(p.payload)
+	r.forwarded, r.failed = false, false
 	if err := r.send(p); err != nil {
 		return err
-	}
-	if r.tunnel {
-		r.hold(p) // needed again if the master's end refuses it
 	}
 	if err := r.response(cmd); err != nil {
 		return err
 	}
 	r.held = nil
+	r.session.after(!r.failed)
 	if !r.inTransaction() {
 		r.releaseAdmission()
 	}
@@ -191,6 +209,11 @@ func (r *relay) next() ([]byte, error) {
 	if err != nil {
 		return nil, errServer{err, true}
 	}
+	if r.rewrite != nil {
+		r.rewrite(p.payload)
+		r.rewrite = nil
+	}
+	r.forwarded = true
 	if err := writePacket(r.cw, p.seq, p.payload); err != nil {
 		return nil, errClient{err}
 	}
@@ -261,6 +284,8 @@ func (r *relay) response(cmd byte) error {
 		r.statusFromOK(p)
 	case isEOF(p):
 		r.statusFromEOF(p)
+	case p[0] == 0xff:
+		r.failed = true
 	}
 	return nil
 }
@@ -292,6 +317,7 @@ func (r *relay) results(binaryRows bool) error {
 				return nil
 			}
 		case p[0] == 0xff:
+			r.failed = true
 			return nil
 		case p[0] == 0xfb:
 			if err := r.localInfile(); err != nil {
@@ -334,6 +360,7 @@ func (r *relay) resultSet(p []byte, binaryRows bool) (more bool, err error) {
 			return false, err
 		}
 		if p[0] == 0xff {
+			r.failed = true
 			return false, nil
 		}
 		if isEOF(p) {
@@ -345,9 +372,15 @@ func (r *relay) resultSet(p []byte, binaryRows bool) (more bool, err error) {
 
 // prepared relays the answer to COM_STMT_PREPARE.
 func (r *relay) prepared() error {
+	r.rewrite = r.session.preparedID
 	p, err := r.first()
-	if err != nil || p[0] == 0xff {
+	r.rewrite = nil
+	if err != nil {
 		return err
+	}
+	if p[0] == 0xff {
+		r.failed = true
+		return nil
 	}
 	if p[0] != 0x00 || len(p) < 9 {
 		return errServer{fmt.Errorf("bad prepare answer"), true}
@@ -389,5 +422,57 @@ func (r *relay) localInfile() error {
 	if err := r.be.w.Flush(); err != nil {
 		return errServer{err, true}
 	}
+	return nil
+}
+
+// resend relays the held command (after a reconnect).
+func (r *relay) resend() error {
+	return r.command(packet{seq: r.heldSeq, payload: r.held})
+}
+
+// execInternal runs one command of the proxy's own on the server side;
+// the answer does not reach the client. ok: not an error.
+func (r *relay) execInternal(payload []byte) (ok bool, err error) {
+	cw, ids := r.cw, r.session.serverID
+	r.cw, r.session.serverID = bufio.NewWriterSize(discard{}, 512), nil
+	defer func() { r.cw, r.session.serverID = cw, ids }()
+	r.failed = false
+	if err := r.send(packet{seq: 0, payload: payload}); err != nil {
+		return false, err
+	}
+	if err := r.response(payload[0]); err != nil {
+		return false, err
+	}
+	return !r.failed, nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// restore replays the session's state on a new server (session.go).
+func (r *relay) restore(autocommit bool) error {
+	for _, q := range r.session.sets {
+		ok, err := r.execInternal(append([]byte{comQuery}, q...))
+		if err != nil || !ok {
+			return fmt.Errorf("replaying %.60q: %v", q, err)
+		}
+	}
+	if !autocommit {
+		if ok, err := r.execInternal(append([]byte{comQuery}, "SET autocommit=0"...)); err != nil || !ok {
+			return fmt.Errorf("autocommit: %v", err)
+		}
+	}
+	ids := map[uint32]uint32{}
+	next := r.session.nextClientID
+	for id, q := range r.session.stmts {
+		ok, err := r.execInternal(append([]byte{comStmtPrepare}, q...))
+		if err != nil || !ok {
+			return fmt.Errorf("preparing %.60q again: %v", q, err)
+		}
+		ids[id] = r.session.preparedServer
+		next = max(next, id+1)
+	}
+	r.session.serverID, r.session.nextClientID = ids, next
 	return nil
 }

@@ -43,6 +43,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -131,6 +132,9 @@ type mysqlSite struct {
 	startErr error
 	conns    int
 	lastUsed time.Time
+	// generation changes whenever a server starts or exits: a connection
+	// made under another one is to a server that is gone (Stale).
+	generation atomic.Uint64
 }
 
 func newMysqlPool(s *Supervisor) *mysqlPool {
@@ -299,6 +303,7 @@ func (p *mysqlPool) dial(ctx context.Context, site string) (net.Conn, error) {
 		if ms.proc != nil && ms.ready {
 			ms.conns++
 			ms.lastUsed = time.Now()
+			gen := ms.generation.Load()
 			ms.mu.Unlock()
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "unix", p.socketPath(site))
@@ -306,7 +311,7 @@ func (p *mysqlPool) dial(ctx context.Context, site string) (net.Conn, error) {
 				p.release(ms)
 				return nil, fmt.Errorf("mysql %s: %w", site, err)
 			}
-			return &mysqlConn{Conn: c, release: func() { p.release(ms) }}, nil
+			return &mysqlConn{Conn: c, release: func() { p.release(ms) }, site: ms, generation: gen}, nil
 		}
 		if ch := ms.starting; ch != nil {
 			ms.mu.Unlock()
@@ -349,9 +354,15 @@ func (p *mysqlPool) release(ms *mysqlSite) {
 
 type mysqlConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	once       sync.Once
+	release    func()
+	site       *mysqlSite
+	generation uint64
 }
+
+// Stale reports whether the server this connection was made to has
+// exited (or another one runs now): a command sent on it cannot run.
+func (c *mysqlConn) Stale() bool { return c.site.generation.Load() != c.generation }
 
 func (c *mysqlConn) Close() error {
 	c.once.Do(c.release)
@@ -421,6 +432,7 @@ func (p *mysqlPool) startServer(ms *mysqlSite, dir string, spec *m.SiteSpec) err
 		if ms.proc == cmd.Process {
 			ms.proc, ms.ready = nil, false
 		}
+		ms.generation.Add(1)
 		ms.mu.Unlock()
 		close(exited)
 		log.Info("mariadbd exited", "pid", cmd.Process.Pid, "status", fmt.Sprint(err))
@@ -453,6 +465,7 @@ func (p *mysqlPool) startServer(ms *mysqlSite, dir string, spec *m.SiteSpec) err
 	ms.mu.Lock()
 	ms.ready = ms.proc == cmd.Process
 	ready := ms.ready
+	ms.generation.Add(1)
 	ms.mu.Unlock()
 	if !ready {
 		return fmt.Errorf("mysql %s: mariadbd exited while starting", site)

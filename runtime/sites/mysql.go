@@ -418,7 +418,10 @@ func (p *mysqlPool) startServer(ms *mysqlSite, dir string, spec *m.SiteSpec) err
 
 	begun := time.Now()
 	cmd := exec.Command(mariadbdPath(), "--defaults-file="+cnf)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own group (signals to the node's group do not reach it), but it
+	// dies with the node, as on a machine crash: a server left running
+	// would hold the data directory while another node masters the site.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("mysql %s: start mariadbd: %w", site, err)
 	}

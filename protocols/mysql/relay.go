@@ -75,6 +75,7 @@ type relay struct {
 	held []byte
 	// heldSeq is the sequence number of the last command read.
 	heldSeq byte
+	heldBuf []byte
 
 	cbuf, sbuf []byte
 	// rewrite, when set, may change the next server packet before it is
@@ -167,7 +168,9 @@ func (r *relay) command(p packet) error {
 func (r *relay) hold(p packet) {
 	r.held, r.heldSeq = nil, p.seq
 	if len(p.payload) < heldCommandMax {
-		r.held = append(r.cbuf[:0:0], p.payload...)
+		// heldBuf is reused: one copy per command, no allocation.
+		r.heldBuf = append(r.heldBuf[:0], p.payload...)
+		r.held = r.heldBuf
 	}
 }
 
@@ -427,7 +430,9 @@ func (r *relay) localInfile() error {
 
 // resend relays the held command (after a reconnect).
 func (r *relay) resend() error {
-	return r.command(packet{seq: r.heldSeq, payload: r.held})
+	// A copy: command keeps the client's bytes in heldBuf while the
+	// statement id in the sent ones is mapped.
+	return r.command(packet{seq: r.heldSeq, payload: append([]byte(nil), r.held...)})
 }
 
 // execInternal runs one command of the proxy's own on the server side;

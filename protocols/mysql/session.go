@@ -1,6 +1,7 @@
 package mysql
 
 import (
+	"bytes"
 	"encoding/binary"
 	"slices"
 	"strings"
@@ -61,16 +62,17 @@ func (s *session) before(p []byte) {
 		db := string(p[1:])
 		s.pendingDB = &db
 	case comQuery:
-		q := strings.TrimLeft(string(p[1:]), " \t\r\n")
+		// Most queries are neither: looked at without copying them.
+		q := bytes.TrimLeft(p[1:], " \t\r\n")
 		switch {
 		case keyword(q, "use"):
-			if db, ok := parseUse(q[3:]); ok {
+			if db, ok := parseUse(string(q[3:])); ok {
 				s.pendingDB = &db
 			}
 		case keyword(q, "set"):
-			rest := strings.TrimLeft(q[3:], " \t\r\n")
+			rest := bytes.TrimLeft(q[3:], " \t\r\n")
 			if !keyword(rest, "transaction") {
-				s.pendingSet = q
+				s.pendingSet = string(q)
 			}
 		}
 	case comStmtPrepare:
@@ -159,8 +161,8 @@ func (s *session) after(ok bool) {
 
 // keyword reports whether q starts with the keyword kw (any case)
 // followed by a non-identifier character.
-func keyword(q, kw string) bool {
-	if len(q) < len(kw) || !strings.EqualFold(q[:len(kw)], kw) {
+func keyword(q []byte, kw string) bool {
+	if len(q) < len(kw) || !bytes.EqualFold(q[:len(kw)], []byte(kw)) {
 		return false
 	}
 	if len(q) == len(kw) {

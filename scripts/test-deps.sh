@@ -13,6 +13,8 @@ command -v curl >/dev/null 2>&1 || need="$need curl"
 # The MySQL tests run their own mariadbd processes and the mariadb client.
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need="$need mariadb-server"
 command -v mariadb >/dev/null 2>&1 || need="$need mariadb-client"
+# make bench-mysql compares the MySQL front end with HAProxy in TCP mode.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
 if [ -n "$need" ]; then
 	log "installing:$need"
 	export DEBIAN_FRONTEND=noninteractive

@@ -3,6 +3,7 @@
 //	hcbench failover [-runs N] [-nodes 3]
 //	hcbench sites [-n 1000] [-idle 10s]
 //	hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]
+//	hcbench mysql [-duration 5s] [-db-mib 256]   (see mysql.go)
 //
 // failover: repeated kill -9 of a site's master under continuous writes
 // (hcdemoapp, acknowledged after fsync) through the other nodes. Each run
@@ -36,6 +37,15 @@ const (
 )
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "mysql" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+		defer stop()
+		if err := mysqlBench(ctx, os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "hcbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) >= 2 && (os.Args[1] == "sites" || os.Args[1] == "rpo") {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()

@@ -6,12 +6,14 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,7 +79,7 @@ type testNodes struct {
 
 // startNodes runs a master (site processes, front end, tunnel endpoint)
 // and an entry node whose front end reaches the master by the tunnel.
-func startNodes(t *testing.T) *testNodes {
+func startNodes(t testing.TB) *testNodes {
 	t.Helper()
 	sup := sites.New(sites.Config{})
 	t.Cleanup(sup.Close)
@@ -122,7 +124,7 @@ func startNodes(t *testing.T) *testNodes {
 	return &testNodes{master: serve(master), entry: serve(entry), gate: g, sup: sup}
 }
 
-func openDB(t *testing.T, addr, user, pw, db string, params string) *sql.DB {
+func openDB(t testing.TB, addr, user, pw, db string, params string) *sql.DB {
 	t.Helper()
 	d, err := sql.Open("mysql", user+":"+pw+"@tcp("+addr+")/"+db+"?"+params)
 	if err != nil {
@@ -291,5 +293,54 @@ func TestSessionSurvivesServerRestart(t *testing.T) {
 		if err := s.conn.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&c); err != nil || c != 0 {
 			t.Fatalf("%s: rows of the rolled back transaction: %d %v", s.name, c, err)
 		}
+	}
+}
+
+// BenchmarkPointSelect: primary-key selects through the master's front end
+// and directly on the site's server, 16 connections, side by side
+// (go test -run '^$' -bench PointSelect ./protocols/mysql/).
+func BenchmarkPointSelect(b *testing.B) {
+	n := startNodes(b)
+	ctx := context.Background()
+	setup, err := sql.Open("mysql", "shop:shop-pw@tcp("+n.master+")/shop_db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer setup.Close()
+	if _, err := setup.ExecContext(ctx, "CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(64))"); err != nil {
+		b.Fatal(err)
+	}
+	for i := range 1000 {
+		if _, err := setup.ExecContext(ctx, "INSERT INTO kv VALUES (?, ?)", i, fmt.Sprint("v", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	driver.RegisterDialContext("benchsite", func(ctx context.Context, addr string) (net.Conn, error) {
+		return n.sup.DialMySQL(ctx, addr)
+	})
+	for _, tc := range []struct{ name, dsn string }{
+		{"direct", "shop:shop-pw@benchsite(shop)/shop_db?interpolateParams=true"},
+		{"proxy", "shop:shop-pw@tcp(" + n.master + ")/shop_db?interpolateParams=true"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			d, err := sql.Open("mysql", tc.dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close()
+			d.SetMaxOpenConns(16)
+			d.SetMaxIdleConns(16)
+			b.SetParallelism(8) // 16 goroutines on 2 cores
+			var i atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				var v string
+				for pb.Next() {
+					if err := d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", i.Add(1)%1000).Scan(&v); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
 	}
 }

@@ -82,6 +82,7 @@ skip-log-bin
 innodb-buffer-pool-size=8M
 innodb-log-file-size=8M
 innodb-log-buffer-size=1M
+innodb-autoextend-increment=8
 key-buffer-size=1M
 aria-pagecache-buffer-size=1M
 performance-schema=OFF
@@ -113,6 +114,8 @@ type mysqlPool struct {
 	sites  map[string]*mysqlSite
 	stop   chan struct{}
 	done   chan struct{}
+	// warming counts warm goroutines; close waits for them.
+	warming sync.WaitGroup
 }
 
 type mysqlSite struct {
@@ -183,6 +186,31 @@ func (p *mysqlPool) start(site string, spec *m.SiteSpec, dir string) {
 	if changed {
 		p.shutdown(ms, "spec or directory changed")
 	}
+	// A site whose database has been used (a move or failover brought
+	// its data here) gets its server started now rather than at the first
+	// connection: the sessions the move holds wait for it. An unused one
+	// stops again after the idle bound.
+	if _, err := os.Stat(filepath.Join(dir, "mysql", "data", "mysql")); err == nil {
+		p.mu.Lock()
+		if !p.closed {
+			p.warming.Go(func() { p.warm(site) })
+		}
+		p.mu.Unlock()
+	}
+}
+
+// warm starts the site's server, if it is still started here.
+func (p *mysqlPool) warm(site string) {
+	ctx, cancel := context.WithTimeout(context.Background(), mysqlStartMax)
+	defer cancel()
+	c, err := p.dial(ctx, site)
+	if err != nil {
+		if !errors.Is(err, ErrMySQLNotServed) {
+			p.s.log.Warn("mariadbd not started ahead of its first connection", "site", site, "err", err)
+		}
+		return
+	}
+	c.Close()
 }
 
 // stopSite: the site is no longer served here.
@@ -242,6 +270,7 @@ func (p *mysqlPool) close() {
 	close(p.stop)
 	p.mu.Unlock()
 	<-p.done
+	p.warming.Wait()
 	var wg sync.WaitGroup
 	for _, ms := range all {
 		wg.Go(func() { p.shutdown(ms, "node stopping") })
@@ -292,6 +321,12 @@ func (p *mysqlPool) dial(ctx context.Context, site string) (net.Conn, error) {
 	}
 	ms := p.site(site, false)
 	if ms == nil {
+		return nil, ErrMySQLNotServed
+	}
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
 		return nil, ErrMySQLNotServed
 	}
 	for {

@@ -214,6 +214,9 @@ func (f *Front) serveConn(c net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), connectWaitMax)
 	be, okp, local, err := f.connect(ctx, site, tl)
 	cancel()
+	// The wait for the site may have used the handshake's time: the
+	// answer gets a bound of its own.
+	_ = c.SetDeadline(time.Now().Add(handshakeMax))
 	if err != nil {
 		var myErr *gm.MyError
 		if !errors.As(err, &myErr) {
@@ -223,8 +226,9 @@ func (f *Front) serveConn(c net.Conn) {
 		_ = a.reply(errPayload(myErr))
 		return
 	}
+	err = a.reply(okp)
 	_ = c.SetDeadline(time.Time{})
-	if err := a.reply(okp); err != nil {
+	if err != nil {
 		be.conn.Close()
 		return
 	}

@@ -47,6 +47,8 @@ import (
 const (
 	// mysqlBenchConnections is the client concurrency of the QPS runs.
 	mysqlBenchConnections = 16
+	// mysqlBenchRounds: each target is measured this many times, in turn.
+	mysqlBenchRounds = 3
 	// mysqlBenchRows is the point-select table's size.
 	mysqlBenchRows = 10000
 	// mysqlDBMiBMax bounds -db-mib.
@@ -59,7 +61,7 @@ const (
 
 func mysqlBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("hcbench mysql", flag.ExitOnError)
-	duration := fs.Duration("duration", 5*time.Second, "length of each QPS measurement")
+	duration := fs.Duration("duration", 3*time.Second, "length of each QPS measurement (each target is measured 3 times, in turn)")
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
 	_ = fs.Parse(args)
@@ -158,23 +160,34 @@ func mysqlBench(ctx context.Context, args []string) error {
 		{"proxy", "tcp(" + c.Nodes[master].MySQL + ")"},
 		{"proxy_remote", "tcp(" + c.Nodes[remote].MySQL + ")"},
 	}
+	// Rounds of every target in turn, so that a change in what else runs
+	// on the machine falls on all of them alike.
+	counts := map[string]int64{}
+	for round := range mysqlBenchRounds {
+		for _, mode := range []string{"text", "prepared"} {
+			for _, tg := range targets {
+				params := "interpolateParams=true"
+				if mode == "prepared" {
+					params = ""
+				}
+				d, err := open(tg.addr, params)
+				if err != nil {
+					return err
+				}
+				n, err := pointSelects(ctx, d, mode == "prepared", *duration)
+				d.Close()
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", tg.name, mode, err)
+				}
+				counts[tg.name+"_"+mode] += n
+				fmt.Fprintf(os.Stderr, "round=%d target=%s mode=%s qps=%.0f\n", round+1, tg.name, mode, float64(n)/duration.Seconds())
+			}
+		}
+	}
 	qps := map[string]float64{}
 	for _, mode := range []string{"text", "prepared"} {
 		for _, tg := range targets {
-			params := "interpolateParams=true"
-			if mode == "prepared" {
-				params = ""
-			}
-			d, err := open(tg.addr, params)
-			if err != nil {
-				return err
-			}
-			n, err := pointSelects(ctx, d, mode == "prepared", *duration)
-			d.Close()
-			if err != nil {
-				return fmt.Errorf("%s %s: %w", tg.name, mode, err)
-			}
-			q := float64(n) / duration.Seconds()
+			q := float64(counts[tg.name+"_"+mode]) / (duration.Seconds() * mysqlBenchRounds)
 			qps[tg.name+"_"+mode] = q
 			fmt.Printf("mysql_qps target=%s mode=%s connections=%d qps=%.0f\n", tg.name, mode, mysqlBenchConnections, q)
 		}

@@ -190,7 +190,7 @@ func (p *mysqlPool) start(site string, spec *m.SiteSpec, dir string) {
 	// its data here) gets its server started now rather than at the first
 	// connection: the sessions the move holds wait for it. An unused one
 	// stops again after the idle bound.
-	if _, err := os.Stat(filepath.Join(dir, "mysql", "data", "mysql")); err == nil {
+	if _, err := os.Stat(filepath.Join(dir, "mysql", "data")); err == nil {
 		p.mu.Lock()
 		if !p.closed {
 			p.warming.Go(func() { p.warm(site) })
@@ -439,13 +439,22 @@ func (p *mysqlPool) startServer(ms *mysqlSite, dir string, spec *m.SiteSpec) err
 	killLeftoverServer(pidFile, cnf, log)
 	_ = os.Remove(sock)
 
-	if _, err := os.Stat(filepath.Join(data, "mysql")); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(data); errors.Is(err, os.ErrNotExist) {
+		// Created aside and renamed into place: a failed or cut install
+		// leaves no half data directory, and the next connection tries
+		// again.
 		begun := time.Now()
+		fresh := data + ".new"
+		_ = os.RemoveAll(fresh)
 		ctx, cancel := context.WithTimeout(context.Background(), mysqlInstallMax)
-		out, err := exec.CommandContext(ctx, "mariadb-install-db", "--defaults-file="+cnf,
+		out, err := exec.CommandContext(ctx, "mariadb-install-db", "--defaults-file="+cnf, "--datadir="+fresh,
 			"--auth-root-authentication-method=socket", "--skip-test-db").CombinedOutput()
 		cancel()
+		if err == nil {
+			err = os.Rename(fresh, data)
+		}
 		if err != nil {
+			_ = os.RemoveAll(fresh)
 			return fmt.Errorf("mysql %s: mariadb-install-db: %w: %s", site, err, tail(out))
 		}
 		log.Info("mariadb data directory created", "dir", data, "took", time.Since(begun).Round(time.Millisecond))

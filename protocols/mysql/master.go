@@ -224,12 +224,19 @@ func (f *Front) dialTunnel(ctx context.Context, master, site string, tl tunnelLo
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
+	// Until the master's answer to the login is read, nothing has run
+	// there: a failure (a master that just died, a reset) is "not
+	// served", which the caller retries until the routes name another.
 	fail := func(err error) (*backend, []byte, error) {
 		conn.Close()
+		var myErr *gm.MyError
+		if !errors.As(err, &myErr) && !errors.Is(err, errNotServed) {
+			err = fmt.Errorf("%w: %v", errNotServed, err)
+		}
 		return nil, nil, err
 	}
 	if err := req.Write(conn); err != nil {
-		return fail(fmt.Errorf("%w: %v", errNotServed, err))
+		return fail(err)
 	}
 	br := bufio.NewReaderSize(conn, tunnelBufferSize)
 	resp, err := http.ReadResponse(br, req)

@@ -204,12 +204,21 @@ const gateStartWaitMax = 5 * time.Second
 // gateStartWaitMax and ctx) while the site is active here but not yet
 // started.
 func (gs *gates) admit(ctx context.Context, site string) (release func(), ok bool) {
-	deadline := time.NewTimer(gateStartWaitMax)
-	defer deadline.Stop()
+	// The timer only when a wait is needed: admit runs for every MySQL
+	// command, and an open gate needs none.
+	var deadline *time.Timer
+	defer func() {
+		if deadline != nil {
+			deadline.Stop()
+		}
+	}()
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
 	g := gs.m[site]
 	for g != nil && g.routeOpen && !g.started {
+		if deadline == nil {
+			deadline = time.NewTimer(gateStartWaitMax)
+		}
 		if g.changed == nil {
 			g.changed = make(chan struct{})
 		}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
+	gmysql "github.com/go-mysql-org/go-mysql/mysql"
 	driver "github.com/go-sql-driver/mysql"
 
 	m "github.com/hybridcluster/hybridcluster/messages"
@@ -342,5 +344,60 @@ func BenchmarkPointSelect(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// TestFrontRelaysOtherCommands: COM_INIT_DB, COM_FIELD_LIST, COM_PING,
+// multi-statement results and prepared statements with go-mysql's client
+// (another client implementation), through the tunnel.
+func TestFrontRelaysOtherCommands(t *testing.T) {
+	n := startNodes(t)
+	c, err := client.Connect(n.entry, "shop", "shop-pw", "", func(c *client.Conn) error {
+		return c.SetCapability(gmysql.CLIENT_MULTI_STATEMENTS)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Ping(); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	if err := c.UseDB("shop_db"); err != nil {
+		t.Fatalf("COM_INIT_DB: %v", err)
+	}
+	if _, err := c.Execute("CREATE TABLE f (id INT PRIMARY KEY, label VARCHAR(10))"); err != nil {
+		t.Fatal(err)
+	}
+	fields, err := c.FieldList("f", "")
+	if err != nil || len(fields) != 2 || string(fields[1].Name) != "label" {
+		t.Fatalf("COM_FIELD_LIST: %v %v", fields, err)
+	}
+	var results int
+	if _, err := c.ExecuteMultiple("INSERT INTO f VALUES (1, 'a'); SELECT label FROM f; SELECT COUNT(*) FROM f", func(r *gmysql.Result, err error) {
+		if err == nil {
+			results++
+		}
+	}); err != nil || results != 3 {
+		t.Fatalf("multi statement: %d results, %v", results, err)
+	}
+	if v, _ := c.Execute("SELECT COUNT(*) FROM f"); v == nil {
+		t.Fatal("session unusable after the multi statement")
+	}
+	st, err := c.Prepare("SELECT label FROM f WHERE id = ?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Execute(1)
+	if err != nil || r.RowNumber() != 1 {
+		t.Fatalf("prepared: %v %v", r, err)
+	}
+	if s, _ := r.GetString(0, 0); s != "a" {
+		t.Fatalf("prepared: %q", s)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Execute("SELECT * FROM nosuch"); err == nil || !strings.Contains(err.Error(), "1146") {
+		t.Fatalf("missing table: %v, want 1146", err)
 	}
 }

@@ -96,8 +96,8 @@ func loadConfig(args []string, getenv func(string) string) (*Config, error) {
 	fs := flag.NewFlagSet("hcnode", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `hcnode runs one node of a hybridcluster: the site, dataset, node and balancer
-actors on protoactor-go, the HTTP front end, the admin endpoint and the
-internal port for snapshot streams and forwarded requests.
+actors on protoactor-go, the HTTP and MySQL front ends, the admin endpoint and
+the internal port for snapshot streams and forwarded requests.
 
 Usage: hcnode [-config FILE] [flags]
 

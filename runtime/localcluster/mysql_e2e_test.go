@@ -199,7 +199,13 @@ func (l *mysqlLoad) run(ctx context.Context, t *testing.T, c *Cluster, nodes []i
 // runs through a planned migration of the site: no client sees an error,
 // no acknowledged row is lost; the longest stall is reported.
 func TestE2EMySQLMigrationUnderLoad(t *testing.T) {
-	c := newCluster(t, 3)
+	for _, st := range storages(t) {
+		t.Run(st, func(t *testing.T) { testMySQLMigrationUnderLoad(t, st) })
+	}
+}
+
+func testMySQLMigrationUnderLoad(t *testing.T, storage string) {
+	c := newCluster(t, 3, storage)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	s := createMySQLSite(t, ctx, c, "shop", "shop_user:shop-pw:shop_db")

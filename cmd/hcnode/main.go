@@ -123,9 +123,15 @@ func run(c *Config) error {
 	}
 	var members []host.Member
 	internal := map[string]string{}
+	clusterOpt := host.ClusterOptions{Provider: c.Cluster.Provider, Addr: c.Listen.Cluster, AutomanagedAddr: c.Listen.ClusterHealth,
+		EtcdEndpoints: c.Cluster.EtcdEndpoints, ConsulAddress: c.Cluster.ConsulAddress}
+	if clusterOpt.Provider == "none" {
+		clusterOpt.Provider = ""
+	}
 	for _, mb := range c.Members {
 		members = append(members, host.Member{Name: mb.Name, ActorAddr: mb.Actor, StreamURL: mb.Internal})
 		internal[mb.Name] = strings.TrimSuffix(mb.Internal, "/")
+		clusterOpt.Seeds = append(clusterOpt.Seeds, mb.Seed)
 	}
 	var plog *slog.Logger
 	if c.Log.Protoactor {
@@ -133,7 +139,7 @@ func run(c *Config) error {
 	}
 	h, err := host.Start(host.Options{Node: c.Node, Members: members, Driver: driver,
 		StateDir: filepath.Join(c.DataDir, "state"), StreamToken: c.nodeToken, StreamListener: internalLis,
-		Logger: log, ProtoactorLogger: plog, Sites: runner})
+		Logger: log, ProtoactorLogger: plog, Sites: runner, Cluster: clusterOpt})
 	if err != nil {
 		return err
 	}
@@ -189,6 +195,22 @@ func (b backend) Query(ctx context.Context, to core.Address, q *m.AdminQuery) (*
 	return b.h.Query(ctx, to, q)
 }
 func (b backend) Send(to core.Address, msg proto.Message) { b.h.Send(to, msg) }
+func (b backend) AskSite(ctx context.Context, site string, q *m.AdminQuery) (*m.AdminView, error) {
+	v, err := b.h.Ask(ctx, site, host.ClusterKindDataset, q)
+	if errors.Is(err, host.ErrNoCluster) {
+		return nil, admin.ErrNoIdentity
+	}
+	return v, err
+}
+func (b backend) ClusterProvider() string { return b.h.ClusterProvider() }
+func (b backend) ClusterMemberIDs() map[string]string {
+	members, _ := b.h.ClusterMembers()
+	ids := map[string]string{}
+	for _, mb := range members {
+		ids[mb.Node] = mb.ID
+	}
+	return ids
+}
 
 // Subscribe converts the host's events into the admin API's.
 func (b backend) Subscribe() (<-chan admin.Event, func()) {

@@ -172,6 +172,15 @@ func (a *adapter) Receive(ctx actor.Context) {
 		a.pid = ctx.Self()
 	case *delivery:
 		a.step(msg.msg)
+	case *m.AdminQuery:
+		// A request by identity (Host.Ask through protoactor's cluster):
+		// the answer goes back to its sender.
+		if ctx.Sender() == nil {
+			return
+		}
+		if q := a.h.beginAsk(ctx, msg); q != nil {
+			a.step(q)
+		}
 	case *timerFired:
 		t := a.timers[msg.key]
 		if t == nil || t.gen != msg.gen {

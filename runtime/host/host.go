@@ -108,6 +108,9 @@ type Options struct {
 	// ProtoactorLogger receives protoactor's own logs; nil discards them
 	// (the library's default is chatty).
 	ProtoactorLogger *slog.Logger
+	// Cluster configures protoactor's cluster layer (membership provider,
+	// requests by identity); the zero value runs none.
+	Cluster ClusterOptions
 	// Sites runs the sites' processes on this node while it is their
 	// master (runtime/sites); nil runs none and the internal serve
 	// endpoint answers 503.
@@ -129,6 +132,9 @@ type Host struct {
 	system *actor.ActorSystem
 	remote *remote.Remote
 	router *actor.PID
+	// cluster is protoactor's cluster layer on its own actor system (nil
+	// when no provider is configured); see cluster.go.
+	cluster *clusterLayer
 
 	streamSrv     *http.Server
 	streamLis     net.Listener
@@ -144,6 +150,7 @@ type Host struct {
 	mu          sync.Mutex
 	waiters     map[uint64]chan *m.SiteResponse
 	queries     map[uint64]chan *m.AdminView
+	asks        map[uint64]ask
 	routes      *routeTable
 	gates       *gates
 	sites       SiteRunner
@@ -173,6 +180,9 @@ func Start(opt Options) (_ *Host, err error) {
 		return nil, err
 	}
 	if err := h.startActors(opt); err != nil {
+		return nil, err
+	}
+	if err := h.startCluster(opt.Cluster, h.protoactorLogger(opt)); err != nil {
 		return nil, err
 	}
 	datasets, err := h.bootDatasets(h.ctx)
@@ -238,7 +248,7 @@ func newHost(opt Options) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
-		queries: map[uint64]chan *m.AdminView{}, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
+		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
 	// Request ids are unique per entry node; starting from the clock keeps
 	// them unique across restarts too.
@@ -294,11 +304,7 @@ func (h *Host) startStreams(opt Options) error {
 }
 
 func (h *Host) startActors(opt Options) (err error) {
-	plog := opt.ProtoactorLogger
-	if plog == nil {
-		plog = slog.New(slog.DiscardHandler)
-	}
-	h.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return plog }))
+	h.system = actor.NewActorSystem(h.protoactorLogger(opt))
 	hostName, portText, _ := net.SplitHostPort(h.members[h.node].ActorAddr)
 	var port int
 	if _, err := fmt.Sscanf(portText, "%d", &port); err != nil {
@@ -322,6 +328,17 @@ func (h *Host) startActors(opt Options) (err error) {
 		return fmt.Errorf("host: spawn router: %w", err)
 	}
 	return nil
+}
+
+// protoactorLogger is the actor systems' logger option: protoactor's own
+// logs go to opt.ProtoactorLogger, or nowhere (the library's default is
+// chatty).
+func (h *Host) protoactorLogger(opt Options) actor.ConfigOption {
+	plog := opt.ProtoactorLogger
+	if plog == nil {
+		plog = slog.New(slog.DiscardHandler)
+	}
+	return actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return plog })
 }
 
 // Node is this host's node name.
@@ -441,6 +458,9 @@ func (h *Host) Stop() {
 		h.cancel()
 		h.figuresDone.Wait()
 		h.store.close(shutdownWaitMax)
+		if h.cluster != nil {
+			h.cluster.stop()
+		}
 		if h.router != nil {
 			_ = h.system.Root.StopFuture(h.router).Wait()
 		}

@@ -65,6 +65,9 @@ func (h *Host) query(ctx context.Context, to core.Address, q *m.AdminQuery) (*m.
 }
 
 func (h *Host) adminView(v *m.AdminView) {
+	if h.endAsk(v) {
+		return
+	}
 	h.mu.Lock()
 	ch := h.queries[v.QueryId]
 	h.mu.Unlock()

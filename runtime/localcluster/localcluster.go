@@ -81,6 +81,7 @@ type Options struct {
 type Node struct {
 	Name                         string
 	HTTP, Admin, Actor, Internal string // host:port
+	Cluster, ClusterHealth       string // host:port of the protoactor cluster layer and its automanaged health endpoint
 	DataDir, LogPath             string
 	cmd                          *exec.Cmd
 	done                         chan struct{}
@@ -94,6 +95,10 @@ type Cluster struct {
 	AdminTokenFile        string
 	mu                    sync.Mutex
 }
+
+// portsPerNode is how many loopback ports each node listens on: HTTP,
+// admin, actor, internal, cluster, cluster health.
+const portsPerNode = 6
 
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
@@ -125,7 +130,7 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if opt.Nodes < 1 || opt.Bin == nil || opt.Dir == "" {
 		return nil, errors.New("localcluster: need nodes, binaries and a directory")
 	}
-	ports, err := freePorts(4 * opt.Nodes)
+	ports, err := freePorts(portsPerNode * opt.Nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -138,11 +143,12 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 		return nil, err
 	}
 	for i := range opt.Nodes {
-		p := ports[4*i : 4*i+4]
+		p := ports[portsPerNode*i : portsPerNode*(i+1)]
 		name := fmt.Sprintf("n%d", i+1)
 		c.Nodes = append(c.Nodes, &Node{Name: name,
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
+			Cluster: fmt.Sprintf("127.0.0.1:%d", p[4]), ClusterHealth: fmt.Sprintf("127.0.0.1:%d", p[5]),
 			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log")})
 	}
 	for i := range c.Nodes {
@@ -162,9 +168,10 @@ func (c *Cluster) args(n *Node) []string {
 	args := append([]string{"-node", n.Name, "-data-dir", n.DataDir}, storageArgs...)
 	args = append(args,
 		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal,
+		"-cluster", n.Cluster, "-cluster-health", n.ClusterHealth,
 		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
 	for _, mb := range c.Nodes {
-		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal)
+		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal+","+mb.ClusterHealth)
 	}
 	return append(args, c.opt.Args...)
 }

@@ -145,6 +145,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("POST /v1/sites/{site}/stash/{stash}/restore", s.wrap(s.restoreStash))
 	mux.HandleFunc("GET /v1/nodes", s.wrap(s.nodes))
 	mux.HandleFunc("POST /v1/nodes/{node}/drain", s.wrap(s.drain))
+	mux.HandleFunc("POST /v1/nodes/{node}/remove", s.wrap(s.remove))
 	mux.HandleFunc("GET /v1/events", s.events)
 	mux.HandleFunc("GET /v1/stats", s.wrap(s.stats))
 	s.mux = mux
@@ -668,6 +669,35 @@ func (s *Server) drain(r *http.Request) (int, any, error) {
 		return 0, nil, errNotFound("no such node %s", quote(node))
 	}
 	s.b.Send(core.NodeAddr(node), &m.DrainNode{Node: node})
+	return http.StatusAccepted, struct{}{}, nil
+}
+
+// remove takes a member out of the cluster for good. Only a member that
+// is down: a live one would keep serving what it masters, so the operator
+// drains it (its sites move off) and stops it first. Every other member's
+// node actor is told; its copies are replaced on the others, and it is not
+// heard again (nor after restarts: the hosts persist the removal).
+func (s *Server) remove(r *http.Request) (int, any, error) {
+	node := r.PathValue("node")
+	members := s.b.Members()
+	if !slices.Contains(members, node) {
+		return 0, nil, errNotFound("no such node %s", quote(node))
+	}
+	if node == s.b.Node() {
+		return 0, nil, errConflict("node %s answers this request: ask another node to remove it", node)
+	}
+	v, err := s.clusterView(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	if slices.Contains(v.Live, node) {
+		return 0, nil, errConflict("node %s is live: drain it (hcctl drain %s), stop it, then remove it", node, node)
+	}
+	for _, n := range members {
+		if n != node {
+			s.b.Send(core.NodeAddr(n), &m.RemoveNode{Node: node})
+		}
+	}
 	return http.StatusAccepted, struct{}{}, nil
 }
 

@@ -57,6 +57,10 @@ func (r *router) Receive(ctx actor.Context) {
 	case *delivery:
 		r.forward(ctx, msg)
 	case *hostpb.Envelope:
+		if r.h.isRemoved(msg.FromNode) {
+			r.h.drops.Add(1)
+			return // a member removed for good is not heard
+		}
 		d, err := r.unwrap(msg)
 		if err != nil {
 			r.h.drops.Add(1)

@@ -151,6 +151,7 @@ type Host struct {
 	waiters     map[uint64]chan *m.SiteResponse
 	queries     map[uint64]chan *m.AdminView
 	asks        map[uint64]ask
+	removed     map[string]bool // members removed for good (remove.go)
 	routes      *routeTable
 	gates       *gates
 	sites       SiteRunner
@@ -241,6 +242,19 @@ func newHost(opt Options) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	removedNames, err := cat.removed()
+	if err != nil {
+		return nil, err
+	}
+	removed := map[string]bool{}
+	for _, n := range removedNames {
+		if n == opt.Node {
+			return nil, fmt.Errorf("host: node %s was removed from the cluster; give it a new name and an empty state directory to join again", n)
+		}
+		removed[n] = true
+		delete(members, n)
+		names = slices.DeleteFunc(names, func(s string) bool { return s == n })
+	}
 	inc, err := cat.nextIncarnation()
 	if err != nil {
 		return nil, err
@@ -248,7 +262,7 @@ func newHost(opt Options) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
-		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
+		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, removed: removed, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
 	// Request ids are unique per entry node; starting from the clock keeps
 	// them unique across restarts too.
@@ -429,7 +443,7 @@ func (h *Host) send(to core.Address, msg proto.Message) {
 		return
 	}
 	mb, ok := h.members[to.Node]
-	if !ok {
+	if !ok || h.isRemoved(to.Node) {
 		h.drops.Add(1)
 		h.log.Warn("message to a node not in the member list dropped", "node", h.node, "to", to.String())
 		return

@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -80,5 +81,9 @@ func (h *Host) adminView(v *m.AdminView) {
 	}
 }
 
-// Members lists every configured member, sorted.
-func (h *Host) Members() []string { return append([]string(nil), h.names...) }
+// Members lists every configured member not removed, sorted.
+func (h *Host) Members() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.DeleteFunc(slices.Clone(h.names), func(n string) bool { return h.removed[n] })
+}

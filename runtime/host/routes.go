@@ -203,6 +203,9 @@ func (h *Host) observe(self core.Address, a core.Actor, in proto.Message) {
 			}
 		case *m.NodeBoot, *m.Heartbeat, *m.Timer:
 			h.routes.setLive(n.Live())
+		case *m.RemoveNode:
+			h.noteRemoved(msg.Node)
+			h.routes.setLive(n.Live())
 		}
 	}
 }

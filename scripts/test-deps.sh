@@ -10,6 +10,9 @@ command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 command -v zfs-fuse >/dev/null 2>&1 || [ -x /usr/sbin/zfs-fuse ] || need="$need zfs-fuse"
 # The end-to-end tests use real clients.
 command -v curl >/dev/null 2>&1 || need="$need curl"
+# The cluster layer's etcd provider is tested against a real etcd (the
+# tests start their own on loopback; the packaged service is not used).
+command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
 if [ -n "$need" ]; then
 	log "installing:$need"
 	export DEBIAN_FRONTEND=noninteractive

@@ -288,6 +288,9 @@ func (h *Host) Ask(ctx context.Context, site, kind string, q *m.AdminQuery) (*m.
 	if h.cluster == nil {
 		return nil, ErrNoCluster
 	}
+	if q == nil {
+		return nil, errors.New("host: ask without a query")
+	}
 	timeout := clusterRequestTimeout
 	if d, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(d))

@@ -172,18 +172,21 @@ func run(c *Config) error {
 	}
 	log.Info("node ready", "http", c.Listen.HTTP, "admin", c.Listen.Admin, "actor", c.Listen.Actor,
 		"internal", c.Listen.Internal, "members", len(members), "storage", driver.Kind())
+	var removed error
 	select {
 	case <-ctx.Done():
 		log.Info("stopping")
 	case err := <-errc:
 		log.Error("listener failed", "err", err)
+	case <-h.Removed():
+		removed = fmt.Errorf("node %s was removed from the cluster (hcctl remove); it stops and will not start under this name", c.Node)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 	defer cancel()
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
 	}
-	return nil
+	return removed
 }
 
 // backend is the admin endpoint's view of the host.

@@ -59,7 +59,8 @@ func (r *router) Receive(ctx actor.Context) {
 	case *hostpb.Envelope:
 		if r.h.isRemoved(msg.FromNode) {
 			r.h.drops.Add(1)
-			return // a member removed for good is not heard
+			r.h.tellRemoved(msg.FromNode) // not heard; told, so that it stops
+			return
 		}
 		d, err := r.unwrap(msg)
 		if err != nil {

@@ -152,6 +152,9 @@ type Host struct {
 	queries     map[uint64]chan *m.AdminView
 	asks        map[uint64]ask
 	removed     map[string]bool // members removed for good (remove.go)
+	toldRemoved map[string]time.Time
+	removedCh   chan struct{}
+	removedOnce sync.Once
 	routes      *routeTable
 	gates       *gates
 	sites       SiteRunner
@@ -252,7 +255,8 @@ func newHost(opt Options) (*Host, error) {
 			return nil, fmt.Errorf("host: node %s was removed from the cluster; give it a new name and an empty state directory to join again", n)
 		}
 		removed[n] = true
-		delete(members, n)
+		// Kept in members (its address), out of names: it gets no
+		// message but its removal (tellRemoved).
 		names = slices.DeleteFunc(names, func(s string) bool { return s == n })
 	}
 	inc, err := cat.nextIncarnation()
@@ -262,7 +266,8 @@ func newHost(opt Options) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
-		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, removed: removed, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
+		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, removed: removed, toldRemoved: map[string]time.Time{},
+		removedCh: make(chan struct{}), routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
 	// Request ids are unique per entry node; starting from the clock keeps
 	// them unique across restarts too.

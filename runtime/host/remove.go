@@ -8,6 +8,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/host/hostpb"
 )
 
 // Removed members: a member taken out of the cluster for good
@@ -51,9 +60,17 @@ func (h *Host) isRemoved(member string) bool {
 	return h.removed[member]
 }
 
-// noteRemoved records a removal the node actor took in.
+// noteRemoved records a removal the node actor took in. A removal of
+// this node itself (a member told it, see tellRemoved) is persisted, so
+// that it refuses to start again under its name, and ends the node: a
+// removed node must not go on serving what it holds.
 func (h *Host) noteRemoved(member string) {
 	if member == h.node {
+		if err := h.catalog.addRemoved(member); err != nil {
+			h.log.Error("this node's removal not persisted", "err", err)
+		}
+		h.log.Error("this node was removed from the cluster: stopping; give it a new name and an empty state directory to join again")
+		h.removedOnce.Do(func() { close(h.removedCh) })
 		return
 	}
 	h.mu.Lock()
@@ -68,3 +85,37 @@ func (h *Host) noteRemoved(member string) {
 	}
 	h.log.Info("member removed from the cluster", "member", member)
 }
+
+// tellRemovedEvery bounds how often a removed member that still talks is
+// told that it was removed (once per interval per member; its messages
+// are dropped either way).
+const tellRemovedEvery = time.Second
+
+// tellRemoved answers a message from a removed member with its removal,
+// at most once per tellRemovedEvery: a node that was down when it was
+// removed learns it when it comes back, and stops.
+func (h *Host) tellRemoved(member string) {
+	mb, ok := h.members[member]
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	last := h.toldRemoved[member]
+	now := time.Now()
+	if now.Sub(last) < tellRemovedEvery {
+		h.mu.Unlock()
+		return
+	}
+	h.toldRemoved[member] = now
+	h.mu.Unlock()
+	payload, err := anypb.New(&m.RemoveNode{Node: member})
+	if err != nil {
+		return
+	}
+	h.system.Root.Send(actor.NewPID(mb.ActorAddr, routerName), &hostpb.Envelope{Kind: uint32(core.KindNode), Node: member,
+		FromNode: h.node, Msg: payload})
+}
+
+// Removed is closed when this node learns that it was removed from the
+// cluster (hcnode exits then).
+func (h *Host) Removed() <-chan struct{} { return h.removedCh }

@@ -66,6 +66,14 @@ func TestClusterLayerMembershipAndAskByIdentity(t *testing.T) {
 			t.Fatalf("ask from %s: %s by %s (role %s), want OK by master %s", from, v.Code, v.Node, v.GetInfo().GetRole(), master)
 		}
 	}
+	// Requests by identity carry no token: only the read-only view is
+	// answered that way, not a mount.
+	mctx, mcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	v, err := c.nodes[replica].host.Ask(mctx, site, ClusterKindDataset, &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_MOUNT, Snapshot: "x"})
+	mcancel()
+	if err != nil || v.Code != m.Code_CODE_INVALID {
+		t.Fatalf("a mount by identity: %v %v, want CODE_INVALID", v, err)
+	}
 	c.nodes[master].host.Send(core.SiteAddr(master, site), &m.Migrate{Site: site, Target: replica, Reason: "admin"})
 	c.servedBy(c.other(master, replica), site, replica)
 	eventually(t, "asks reach the new master", func() error {

@@ -267,7 +267,7 @@ func newHost(opt Options) (*Host, error) {
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
 		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, removed: removed, toldRemoved: map[string]time.Time{},
-		removedCh: make(chan struct{}), routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
+		removedCh: make(chan struct{}), internalToken: opt.StreamToken, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
 	// Request ids are unique per entry node; starting from the clock keeps
 	// them unique across restarts too.
@@ -296,7 +296,6 @@ func (h *Host) startStreams(opt Options) error {
 	mux := http.NewServeMux()
 	mux.Handle(stream.PathPrefix, srv)
 	h.internalMux = mux
-	h.internalToken = opt.StreamToken
 	// The same listener is the node's internal port: requests that other
 	// nodes' front ends forward to this node as a site's master.
 	internal := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -457,7 +456,7 @@ func (h *Host) send(to core.Address, msg proto.Message) {
 	if err != nil {
 		panic(fmt.Sprintf("host %s: message for %s does not marshal: %v", h.node, to, err))
 	}
-	env := &hostpb.Envelope{Kind: uint32(to.Kind), Node: to.Node, Site: to.Site, FromNode: h.node, Msg: payload}
+	env := &hostpb.Envelope{Kind: uint32(to.Kind), Node: to.Node, Site: to.Site, FromNode: h.node, Msg: payload, Token: h.internalToken}
 	h.system.Root.Send(actor.NewPID(mb.ActorAddr, routerName), env)
 }
 

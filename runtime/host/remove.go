@@ -113,7 +113,7 @@ func (h *Host) tellRemoved(member string) {
 		return
 	}
 	h.system.Root.Send(actor.NewPID(mb.ActorAddr, routerName), &hostpb.Envelope{Kind: uint32(core.KindNode), Node: member,
-		FromNode: h.node, Msg: payload})
+		FromNode: h.node, Msg: payload, Token: h.internalToken})
 }
 
 // Removed is closed when this node learns that it was removed from the

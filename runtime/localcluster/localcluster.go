@@ -189,7 +189,9 @@ func (c *Cluster) StartNode(ctx context.Context, i int) error {
 	cmd := exec.Command(c.opt.Bin.HCNode, c.args(n)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), c.opt.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own group (Kill takes the node and its sites down together); dies
+	// with the test or bench that started it, even on SIGKILL.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err

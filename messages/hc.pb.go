@@ -3065,6 +3065,54 @@ func (x *DrainNode) GetNode() string {
 	return ""
 }
 
+// RemoveNode takes a member out of the cluster for good (admin, to every
+// node actor): it counts as down from then on, its heartbeats are ignored
+// and its sites' copies are replaced on the remaining members. Hosts
+// persist it, so a restart keeps it out.
+type RemoveNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNode) Reset() {
+	*x = RemoveNode{}
+	mi := &file_messages_hc_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNode) ProtoMessage() {}
+
+func (x *RemoveNode) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_hc_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
+func (*RemoveNode) Descriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RemoveNode) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
 // Timer is the input an actor gets when a timer it set fires.
 type Timer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3075,7 +3123,7 @@ type Timer struct {
 
 func (x *Timer) Reset() {
 	*x = Timer{}
-	mi := &file_messages_hc_proto_msgTypes[33]
+	mi := &file_messages_hc_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3087,7 +3135,7 @@ func (x *Timer) String() string {
 func (*Timer) ProtoMessage() {}
 
 func (x *Timer) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[33]
+	mi := &file_messages_hc_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3100,7 +3148,7 @@ func (x *Timer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timer.ProtoReflect.Descriptor instead.
 func (*Timer) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{33}
+	return file_messages_hc_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Timer) GetKey() string {
@@ -3119,7 +3167,7 @@ type AdminSnapshot struct {
 
 func (x *AdminSnapshot) Reset() {
 	*x = AdminSnapshot{}
-	mi := &file_messages_hc_proto_msgTypes[34]
+	mi := &file_messages_hc_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3131,7 +3179,7 @@ func (x *AdminSnapshot) String() string {
 func (*AdminSnapshot) ProtoMessage() {}
 
 func (x *AdminSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[34]
+	mi := &file_messages_hc_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3144,7 +3192,7 @@ func (x *AdminSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminSnapshot.ProtoReflect.Descriptor instead.
 func (*AdminSnapshot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{34}
+	return file_messages_hc_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AdminSnapshot) GetSite() string {
@@ -3164,7 +3212,7 @@ type AdminRollback struct {
 
 func (x *AdminRollback) Reset() {
 	*x = AdminRollback{}
-	mi := &file_messages_hc_proto_msgTypes[35]
+	mi := &file_messages_hc_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3176,7 +3224,7 @@ func (x *AdminRollback) String() string {
 func (*AdminRollback) ProtoMessage() {}
 
 func (x *AdminRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[35]
+	mi := &file_messages_hc_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3189,7 +3237,7 @@ func (x *AdminRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRollback.ProtoReflect.Descriptor instead.
 func (*AdminRollback) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{35}
+	return file_messages_hc_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AdminRollback) GetSite() string {
@@ -3219,7 +3267,7 @@ type AdminRestoreStash struct {
 
 func (x *AdminRestoreStash) Reset() {
 	*x = AdminRestoreStash{}
-	mi := &file_messages_hc_proto_msgTypes[36]
+	mi := &file_messages_hc_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3231,7 +3279,7 @@ func (x *AdminRestoreStash) String() string {
 func (*AdminRestoreStash) ProtoMessage() {}
 
 func (x *AdminRestoreStash) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[36]
+	mi := &file_messages_hc_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3244,7 +3292,7 @@ func (x *AdminRestoreStash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRestoreStash.ProtoReflect.Descriptor instead.
 func (*AdminRestoreStash) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{36}
+	return file_messages_hc_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AdminRestoreStash) GetSite() string {
@@ -3274,7 +3322,7 @@ type AdminDeleteSite struct {
 
 func (x *AdminDeleteSite) Reset() {
 	*x = AdminDeleteSite{}
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3286,7 +3334,7 @@ func (x *AdminDeleteSite) String() string {
 func (*AdminDeleteSite) ProtoMessage() {}
 
 func (x *AdminDeleteSite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3299,7 +3347,7 @@ func (x *AdminDeleteSite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminDeleteSite.ProtoReflect.Descriptor instead.
 func (*AdminDeleteSite) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{37}
+	return file_messages_hc_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AdminDeleteSite) GetSite() string {
@@ -3332,7 +3380,7 @@ type DeleteSite struct {
 
 func (x *DeleteSite) Reset() {
 	*x = DeleteSite{}
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3344,7 +3392,7 @@ func (x *DeleteSite) String() string {
 func (*DeleteSite) ProtoMessage() {}
 
 func (x *DeleteSite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3357,7 +3405,7 @@ func (x *DeleteSite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSite.ProtoReflect.Descriptor instead.
 func (*DeleteSite) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{38}
+	return file_messages_hc_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteSite) GetSite() string {
@@ -3394,7 +3442,7 @@ type AdminQuery struct {
 
 func (x *AdminQuery) Reset() {
 	*x = AdminQuery{}
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3406,7 +3454,7 @@ func (x *AdminQuery) String() string {
 func (*AdminQuery) ProtoMessage() {}
 
 func (x *AdminQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3419,7 +3467,7 @@ func (x *AdminQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminQuery.ProtoReflect.Descriptor instead.
 func (*AdminQuery) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{39}
+	return file_messages_hc_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AdminQuery) GetQueryId() uint64 {
@@ -3482,7 +3530,7 @@ type AdminView struct {
 
 func (x *AdminView) Reset() {
 	*x = AdminView{}
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3494,7 +3542,7 @@ func (x *AdminView) String() string {
 func (*AdminView) ProtoMessage() {}
 
 func (x *AdminView) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +3555,7 @@ func (x *AdminView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminView.ProtoReflect.Descriptor instead.
 func (*AdminView) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{40}
+	return file_messages_hc_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AdminView) GetQueryId() uint64 {
@@ -3622,7 +3670,7 @@ type Sync struct {
 
 func (x *Sync) Reset() {
 	*x = Sync{}
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3634,7 +3682,7 @@ func (x *Sync) String() string {
 func (*Sync) ProtoMessage() {}
 
 func (x *Sync) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3647,7 +3695,7 @@ func (x *Sync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sync.ProtoReflect.Descriptor instead.
 func (*Sync) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{41}
+	return file_messages_hc_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Sync) GetSite() string {
@@ -3692,7 +3740,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3704,7 +3752,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3717,7 +3765,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{42}
+	return file_messages_hc_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SyncDone) GetSite() string {
@@ -3774,7 +3822,7 @@ type DatasetBoot struct {
 
 func (x *DatasetBoot) Reset() {
 	*x = DatasetBoot{}
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3786,7 +3834,7 @@ func (x *DatasetBoot) String() string {
 func (*DatasetBoot) ProtoMessage() {}
 
 func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3799,7 +3847,7 @@ func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatasetBoot.ProtoReflect.Descriptor instead.
 func (*DatasetBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{43}
+	return file_messages_hc_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DatasetBoot) GetInfo() *DatasetInfo {
@@ -3835,7 +3883,7 @@ type NodeBoot struct {
 
 func (x *NodeBoot) Reset() {
 	*x = NodeBoot{}
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3847,7 +3895,7 @@ func (x *NodeBoot) String() string {
 func (*NodeBoot) ProtoMessage() {}
 
 func (x *NodeBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3860,7 +3908,7 @@ func (x *NodeBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeBoot.ProtoReflect.Descriptor instead.
 func (*NodeBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{44}
+	return file_messages_hc_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NodeBoot) GetNode() string {
@@ -3902,7 +3950,7 @@ type RouteTable struct {
 
 func (x *RouteTable) Reset() {
 	*x = RouteTable{}
-	mi := &file_messages_hc_proto_msgTypes[45]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3914,7 +3962,7 @@ func (x *RouteTable) String() string {
 func (*RouteTable) ProtoMessage() {}
 
 func (x *RouteTable) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[45]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3927,7 +3975,7 @@ func (x *RouteTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTable.ProtoReflect.Descriptor instead.
 func (*RouteTable) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{45}
+	return file_messages_hc_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RouteTable) GetRoutes() []*RouteUpdate {
@@ -3949,7 +3997,7 @@ type BalancerRole struct {
 
 func (x *BalancerRole) Reset() {
 	*x = BalancerRole{}
-	mi := &file_messages_hc_proto_msgTypes[46]
+	mi := &file_messages_hc_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3961,7 +4009,7 @@ func (x *BalancerRole) String() string {
 func (*BalancerRole) ProtoMessage() {}
 
 func (x *BalancerRole) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[46]
+	mi := &file_messages_hc_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3974,7 +4022,7 @@ func (x *BalancerRole) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerRole.ProtoReflect.Descriptor instead.
 func (*BalancerRole) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{46}
+	return file_messages_hc_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *BalancerRole) GetActive() bool {
@@ -4246,6 +4294,9 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\bdraining\x18\x05 \x01(\bR\bdraining\x12\x13\n" +
 	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\"\x1f\n" +
 	"\tDrainNode\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\" \n" +
+	"\n" +
+	"RemoveNode\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x19\n" +
 	"\x05Timer\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\"#\n" +
@@ -4385,7 +4436,7 @@ func file_messages_hc_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_messages_hc_proto_goTypes = []any{
 	(SitePhase)(0),            // 0: hybridcluster.v1.SitePhase
 	(Role)(0),                 // 1: hybridcluster.v1.Role
@@ -4425,21 +4476,22 @@ var file_messages_hc_proto_goTypes = []any{
 	(*MemberEvent)(nil),       // 35: hybridcluster.v1.MemberEvent
 	(*NodeReport)(nil),        // 36: hybridcluster.v1.NodeReport
 	(*DrainNode)(nil),         // 37: hybridcluster.v1.DrainNode
-	(*Timer)(nil),             // 38: hybridcluster.v1.Timer
-	(*AdminSnapshot)(nil),     // 39: hybridcluster.v1.AdminSnapshot
-	(*AdminRollback)(nil),     // 40: hybridcluster.v1.AdminRollback
-	(*AdminRestoreStash)(nil), // 41: hybridcluster.v1.AdminRestoreStash
-	(*AdminDeleteSite)(nil),   // 42: hybridcluster.v1.AdminDeleteSite
-	(*DeleteSite)(nil),        // 43: hybridcluster.v1.DeleteSite
-	(*AdminQuery)(nil),        // 44: hybridcluster.v1.AdminQuery
-	(*AdminView)(nil),         // 45: hybridcluster.v1.AdminView
-	(*Sync)(nil),              // 46: hybridcluster.v1.Sync
-	(*SyncDone)(nil),          // 47: hybridcluster.v1.SyncDone
-	(*DatasetBoot)(nil),       // 48: hybridcluster.v1.DatasetBoot
-	(*NodeBoot)(nil),          // 49: hybridcluster.v1.NodeBoot
-	(*RouteTable)(nil),        // 50: hybridcluster.v1.RouteTable
-	(*BalancerRole)(nil),      // 51: hybridcluster.v1.BalancerRole
-	nil,                       // 52: hybridcluster.v1.SiteState.ReplicaCursorEntry
+	(*RemoveNode)(nil),        // 38: hybridcluster.v1.RemoveNode
+	(*Timer)(nil),             // 39: hybridcluster.v1.Timer
+	(*AdminSnapshot)(nil),     // 40: hybridcluster.v1.AdminSnapshot
+	(*AdminRollback)(nil),     // 41: hybridcluster.v1.AdminRollback
+	(*AdminRestoreStash)(nil), // 42: hybridcluster.v1.AdminRestoreStash
+	(*AdminDeleteSite)(nil),   // 43: hybridcluster.v1.AdminDeleteSite
+	(*DeleteSite)(nil),        // 44: hybridcluster.v1.DeleteSite
+	(*AdminQuery)(nil),        // 45: hybridcluster.v1.AdminQuery
+	(*AdminView)(nil),         // 46: hybridcluster.v1.AdminView
+	(*Sync)(nil),              // 47: hybridcluster.v1.Sync
+	(*SyncDone)(nil),          // 48: hybridcluster.v1.SyncDone
+	(*DatasetBoot)(nil),       // 49: hybridcluster.v1.DatasetBoot
+	(*NodeBoot)(nil),          // 50: hybridcluster.v1.NodeBoot
+	(*RouteTable)(nil),        // 51: hybridcluster.v1.RouteTable
+	(*BalancerRole)(nil),      // 52: hybridcluster.v1.BalancerRole
+	nil,                       // 53: hybridcluster.v1.SiteState.ReplicaCursorEntry
 }
 var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4450,7 +4502,7 @@ var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 5: hybridcluster.v1.SiteState.epoch:type_name -> hybridcluster.v1.Epoch
 	0,  // 6: hybridcluster.v1.SiteState.phase:type_name -> hybridcluster.v1.SitePhase
 	6,  // 7: hybridcluster.v1.SiteState.latest:type_name -> hybridcluster.v1.SnapshotRef
-	52, // 8: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
+	53, // 8: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
 	2,  // 9: hybridcluster.v1.SiteResponse.code:type_name -> hybridcluster.v1.Code
 	5,  // 10: hybridcluster.v1.SiteResponse.epoch:type_name -> hybridcluster.v1.Epoch
 	5,  // 11: hybridcluster.v1.RouteUpdate.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4502,7 +4554,7 @@ var file_messages_hc_proto_depIdxs = []int32{
 	6,  // 57: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
 	26, // 58: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
 	6,  // 59: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	48, // 60: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	49, // 60: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
 	13, // 61: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
 	62, // [62:62] is the sub-list for method output_type
 	62, // [62:62] is the sub-list for method input_type
@@ -4522,7 +4574,7 @@ func file_messages_hc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_hc_proto_rawDesc), len(file_messages_hc_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   48,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

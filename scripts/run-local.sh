@@ -41,7 +41,7 @@ log "storage: $STORAGE"
 MEMBERS=""
 i=1
 while [ "$i" -le "$NODES" ]; do
-	MEMBERS="$MEMBERS -member n$i=127.0.0.1:$((7940 + i)),http://127.0.0.1:$((7950 + i))"
+	MEMBERS="$MEMBERS -member n$i=127.0.0.1:$((7940 + i)),http://127.0.0.1:$((7950 + i)),127.0.0.1:$((7970 + i))"
 	i=$((i + 1))
 done
 
@@ -63,6 +63,7 @@ while [ "$i" -le "$NODES" ]; do
 	"$RUN_DIR/bin/hcnode" -node "n$i" -data-dir "$RUN_DIR/n$i" $extra $MEMBERS \
 		-http "127.0.0.1:$((8080 + i))" -admin "127.0.0.1:$((7080 + i))" \
 		-actor "127.0.0.1:$((7940 + i))" -internal "127.0.0.1:$((7950 + i))" \
+		-cluster "127.0.0.1:$((7960 + i))" -cluster-health "127.0.0.1:$((7970 + i))" \
 		-node-token-file "$RUN_DIR/node.token" -admin-token-file "$RUN_DIR/admin.token" \
 		>"$RUN_DIR/n$i.log" 2>&1 &
 	PIDS="$PIDS $!"

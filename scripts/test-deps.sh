@@ -15,6 +15,9 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need="$need 
 command -v mariadb >/dev/null 2>&1 || need="$need mariadb-client"
 # make bench-mysql compares the MySQL front end with HAProxy in TCP mode.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
+# The cluster layer's etcd provider is tested against a real etcd (the
+# tests start their own on loopback; the packaged service is not used).
+command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
 if [ -n "$need" ]; then
 	log "installing:$need"
 	export DEBIAN_FRONTEND=noninteractive

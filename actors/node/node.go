@@ -136,6 +136,8 @@ func (n *Node) Step(env *core.Env, in proto.Message) []core.Effect {
 		return []core.Effect{core.Send{To: core.BalancerAddr(n.leader), Msg: in}}
 	case *m.AdminQuery:
 		return n.adminQuery(msg)
+	case *m.RemoveNode:
+		return n.remove(env, msg.Node)
 	}
 	panic(fmt.Sprintf("node %s: unexpected input %T", n.name, in))
 }
@@ -192,6 +194,28 @@ func (n *Node) boot(env *core.Env, b *m.NodeBoot) []core.Effect {
 	return append(fx,
 		core.SetTimer{Key: timerHeartbeat, After: env.Config.HeartbeatInterval},
 		core.SetTimer{Key: timerReport, After: env.Config.ReportInterval})
+}
+
+// remove takes a member out for good: it is down from now on and its
+// heartbeats are not heard. A node is never told to remove itself (the
+// admin endpoint refuses a live node); if it is, it logs and keeps going.
+func (n *Node) remove(env *core.Env, member string) []core.Effect {
+	if member == n.name {
+		return []core.Effect{core.Warn("asked to remove this node itself: ignored", "node", n.name)}
+	}
+	i := slices.Index(n.members, member)
+	if i < 0 {
+		return nil
+	}
+	n.members = slices.Delete(slices.Clone(n.members), i, i+1)
+	wasLive := n.live[member]
+	delete(n.live, member)
+	delete(n.lastHeard, member)
+	fx := []core.Effect{core.Info("member removed", "node", n.name, "member", member)}
+	if wasLive {
+		return append(fx, n.memberChanged(env, member, false)...)
+	}
+	return append(fx, n.leadership(env)...)
 }
 
 func (n *Node) heard(env *core.Env, from string) []core.Effect {

@@ -13,8 +13,15 @@ import (
 	"github.com/hybridcluster/hybridcluster/runtime/localcluster"
 )
 
-// sitesMax bounds -n of `hcbench sites`.
-const sitesMax = 10_000
+const (
+	// sitesMax bounds -n of `hcbench sites`.
+	sitesMax = 10_000
+	// placeWaitMax bounds the wait for every site to be active with a
+	// replica; at the bound the run fails with the count reached.
+	placeWaitMax = 20 * time.Minute
+	// progressEvery is how often the wait prints its progress (stderr).
+	progressEvery = 10 * time.Second
+)
 
 // idleSites creates n static sites on a 3-node cluster, lets it idle, and
 // reports each node's heap, goroutines and CPU while idle, per site.
@@ -57,8 +64,10 @@ func idleSites(ctx context.Context, args []string) error {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	fmt.Fprintf(os.Stderr, "hcbench sites: %d created in %.1f s; waiting until each is active with a replica\n", *n, time.Since(started).Seconds())
 	// Wait until every site is active with a replica.
-	deadline := time.Now().Add(10 * time.Minute)
+	deadline := time.Now().Add(placeWaitMax)
+	lastProgress := time.Now()
 	for {
 		sites, err := cl.Sites(ctx)
 		active := 0
@@ -73,7 +82,11 @@ func idleSites(ctx context.Context, args []string) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d sites active with a replica after 10 min", active, *n)
+			return fmt.Errorf("only %d of %d sites active with a replica after %v", active, *n, placeWaitMax)
+		}
+		if time.Since(lastProgress) >= progressEvery {
+			lastProgress = time.Now()
+			fmt.Fprintf(os.Stderr, "hcbench sites: %d of %d active with a replica after %.0f s\n", active, *n, time.Since(started).Seconds())
 		}
 		time.Sleep(time.Second)
 	}

@@ -177,6 +177,11 @@ func init() {
 		{name: "restore", args: []string{"SITE", "STASH"}, summary: "restore one of the site's stashes", run: (*cli).restore},
 		{name: "nodes", summary: "list the members: live, draining, load, free space, masters, replicas", run: (*cli).nodes},
 		{name: "drain", args: []string{"NODE"}, summary: "move every site off NODE", run: (*cli).drain},
+		{name: "remove", args: []string{"NODE"}, summary: "take NODE (down) out of the cluster for good", run: (*cli).remove,
+			details: "Only a node that is down can be removed: drain a live node first (its sites move\n" +
+				"off), stop it, then remove it. Its copies are replaced on the other nodes and it\n" +
+				"is not heard again; to bring the machine back, give it a new name and an empty\n" +
+				"data directory."},
 		{name: "events", summary: "follow the cluster's events (route changes, members up and down)", run: (*cli).events,
 			setup: func(fs *flag.FlagSet, o *opts) {
 				fs.IntVar(&o.count, "count", 0, "stop after this many events (0: until interrupted)")
@@ -937,14 +942,14 @@ func (c *cli) nodes(o *opts, args []string) error {
 		return "no"
 	}
 	tw := c.table()
-	fmt.Fprintln(tw, "NAME\tLIVE\tDRAINING\tLOAD\tFREE\tMASTERS\tREPLICAS\tBALANCER\tREPORTED")
+	fmt.Fprintln(tw, "NAME\tLIVE\tDRAINING\tLOAD\tFREE\tMASTERS\tREPLICAS\tBALANCER\tREPORTED\tCLUSTER MEMBER")
 	for _, n := range nodes {
 		free, reported := "-", "-"
 		if !n.ReportedAt.IsZero() {
 			free, reported = fmtBytes(n.FreeBytes), age(n.ReportedAt)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\t%s\n", n.Name, yes(n.Live), yes(n.Draining), n.Load,
-			free, n.Masters, n.Replicas, yes(n.Balancer), reported)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\t%s\t%s\n", n.Name, yes(n.Live), yes(n.Draining), n.Load,
+			free, n.Masters, n.Replicas, yes(n.Balancer), reported, orDash(n.ClusterMember))
 	}
 	return tw.Flush()
 }
@@ -955,6 +960,14 @@ func (c *cli) drain(o *opts, args []string) error {
 		return fmt.Errorf("node %q: drain: %w", node, err)
 	}
 	return c.done("node %s: drain asked for; its sites move to other nodes (hcctl sites)", node)
+}
+
+func (c *cli) remove(o *opts, args []string) error {
+	node := args[0]
+	if err := call0(c, func(ctx context.Context) error { return c.client.Remove(ctx, node) }); err != nil {
+		return fmt.Errorf("node %q: remove: %w", node, err)
+	}
+	return c.done("node %s: removed from the cluster; its copies are replaced on the other nodes (hcctl sites)", node)
 }
 
 func (c *cli) events(o *opts, args []string) error {

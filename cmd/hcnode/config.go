@@ -34,8 +34,20 @@ type Config struct {
 		Admin    string `yaml:"admin"`    // the admin endpoint (hcctl)
 		Actor    string `yaml:"actor"`    // protoactor remote (node to node)
 		Internal string `yaml:"internal"` // snapshot streams and forwarded requests (node to node)
-		MySQL    string `yaml:"mysql"`    // the MySQL front end for every site
+		// Cluster is the protoactor cluster layer's remote (membership,
+		// requests by identity); ClusterHealth the automanaged provider's
+		// health endpoint, which the other members poll.
+		Cluster       string `yaml:"cluster"`
+		ClusterHealth string `yaml:"cluster_health"`
+		MySQL         string `yaml:"mysql"` // the MySQL front end for every site
 	} `yaml:"listen"`
+	Cluster struct {
+		// Provider: automanaged (default: the members' health endpoints
+		// are the seed list, no external service), etcd, consul, or none.
+		Provider      string   `yaml:"provider"`
+		EtcdEndpoints []string `yaml:"etcd_endpoints"`
+		ConsulAddress string   `yaml:"consul_address"`
+	} `yaml:"cluster"`
 	// Members are the cluster's nodes (the seed list): every node lists
 	// every member, itself included. Empty: a one-node cluster of this node.
 	Members []Member `yaml:"members"`
@@ -61,6 +73,9 @@ type Member struct {
 	Name     string `yaml:"name"`
 	Actor    string `yaml:"actor"`    // host:port of its protoactor remote
 	Internal string `yaml:"internal"` // http://host:port of its internal port
+	// Seed is host:port of its automanaged health endpoint; default: the
+	// host of its actor address and this node's listen.cluster_health port.
+	Seed string `yaml:"seed"`
 }
 
 func defaults() *Config {
@@ -70,13 +85,16 @@ func defaults() *Config {
 	c.Listen.Admin = "127.0.0.1:7080"
 	c.Listen.Actor = "127.0.0.1:7946"
 	c.Listen.Internal = "127.0.0.1:7947"
+	c.Listen.Cluster = "127.0.0.1:7948"
+	c.Listen.ClusterHealth = "127.0.0.1:7949"
+	c.Cluster.Provider = "automanaged"
 	c.Listen.MySQL = "127.0.0.1:3306"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	return c
 }
 
-// memberFlags collects repeated -member name=actor,internal flags.
+// memberFlags collects repeated -member name=actor,internal[,seed] flags.
 type memberFlags []Member
 
 func (f *memberFlags) String() string { return fmt.Sprint(len(*f), " members") }
@@ -84,9 +102,10 @@ func (f *memberFlags) Set(v string) error {
 	name, rest, ok := strings.Cut(v, "=")
 	actor, internal, ok2 := strings.Cut(rest, ",")
 	if !ok || !ok2 {
-		return fmt.Errorf("want name=actorhost:port,http://internalhost:port, got %q", v)
+		return fmt.Errorf("want name=actorhost:port,http://internalhost:port[,seedhost:port], got %q", v)
 	}
-	*f = append(*f, Member{Name: name, Actor: actor, Internal: internal})
+	internal, seed, _ := strings.Cut(internal, ",")
+	*f = append(*f, Member{Name: name, Actor: actor, Internal: internal, Seed: seed})
 	return nil
 }
 
@@ -108,7 +127,10 @@ files. Example file:
   node: n1
   data_dir: /var/lib/hybridcluster
   storage: {driver: auto, zfs_root: tank/hc}
-  listen: {http: 0.0.0.0:80, admin: 10.0.0.1:7080, actor: 10.0.0.1:7946, internal: 10.0.0.1:7947, mysql: 0.0.0.0:3306}
+  listen: {http: 0.0.0.0:80, admin: 10.0.0.1:7080, actor: 10.0.0.1:7946, internal: 10.0.0.1:7947,
+           cluster: 10.0.0.1:7948, cluster_health: 10.0.0.1:7949,
+           mysql: 0.0.0.0:3306}
+  cluster: {provider: automanaged}   # or etcd (etcd_endpoints: [...]), consul (consul_address: ...), none
   members:
     - {name: n1, actor: 10.0.0.1:7946, internal: http://10.0.0.1:7947}
     - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
@@ -129,9 +151,12 @@ Flags:
 	adminAddr := fs.String("admin", "", "admin endpoint listen address (default "+d.Listen.Admin+")")
 	actorAddr := fs.String("actor", "", "protoactor remote listen address (default "+d.Listen.Actor+")")
 	internalAddr := fs.String("internal", "", "internal port listen address (default "+d.Listen.Internal+")")
+	clusterAddr := fs.String("cluster", "", "protoactor cluster layer listen address (default "+d.Listen.Cluster+")")
+	clusterHealth := fs.String("cluster-health", "", "automanaged provider's health endpoint (default "+d.Listen.ClusterHealth+")")
+	provider := fs.String("cluster-provider", "", "membership provider: automanaged, etcd, consul or none (default automanaged)")
 	mysqlAddr := fs.String("mysql", "", "MySQL front end listen address (default "+d.Listen.MySQL+")")
 	var members memberFlags
-	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port (repeat for each; replaces the file's list)")
+	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port[,seedhost:port] (repeat for each; replaces the file's list; seed: its automanaged health endpoint)")
 	nodeTokenFile := fs.String("node-token-file", "", "file holding the secret shared by all nodes")
 	adminTokenFile := fs.String("admin-token-file", "", "file holding the admin endpoint's bearer token")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
@@ -167,6 +192,9 @@ Flags:
 	set(&c.Listen.Admin, *adminAddr)
 	set(&c.Listen.Actor, *actorAddr)
 	set(&c.Listen.Internal, *internalAddr)
+	set(&c.Listen.Cluster, *clusterAddr)
+	set(&c.Listen.ClusterHealth, *clusterHealth)
+	set(&c.Cluster.Provider, *provider)
 	set(&c.Listen.MySQL, *mysqlAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
@@ -180,6 +208,11 @@ Flags:
 	}
 	if len(c.Members) == 0 && c.Node != "" {
 		c.Members = []Member{{Name: c.Node, Actor: c.Listen.Actor, Internal: "http://" + c.Listen.Internal}}
+	}
+	for i := range c.Members {
+		if c.Members[i].Seed == "" {
+			c.Members[i].Seed = defaultSeed(c.Members[i].Actor, c.Listen.ClusterHealth)
+		}
 	}
 	var err error
 	if c.nodeToken, err = secret(getenv("HC_NODE_TOKEN"), c.Secrets.NodeTokenFile, "node token"); err != nil {
@@ -226,7 +259,18 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("storage driver %q: want auto, zfs or portable", c.Storage.Driver))
 	}
-	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor, "internal": c.Listen.Internal, "mysql": c.Listen.MySQL} {
+	switch c.Cluster.Provider {
+	case "automanaged", "none":
+	case "etcd":
+		if len(c.Cluster.EtcdEndpoints) == 0 {
+			errs = append(errs, errors.New("cluster provider etcd needs etcd_endpoints"))
+		}
+	case "consul":
+	default:
+		errs = append(errs, fmt.Errorf("cluster provider %q: want automanaged, etcd, consul or none", c.Cluster.Provider))
+	}
+	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor,
+		"internal": c.Listen.Internal, "cluster": c.Listen.Cluster, "cluster_health": c.Listen.ClusterHealth, "mysql": c.Listen.MySQL} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))
 		}
@@ -244,6 +288,9 @@ func (c *Config) validate() error {
 		if u, err := url.Parse(mb.Internal); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			errs = append(errs, fmt.Errorf("member %s: internal URL %q: want http://host:port", mb.Name, mb.Internal))
 		}
+		if _, _, err := net.SplitHostPort(mb.Seed); err != nil {
+			errs = append(errs, fmt.Errorf("member %s: seed %q: %v", mb.Name, mb.Seed, err))
+		}
 		if mb.Name == c.Node {
 			self = true
 			if mb.Actor != c.Listen.Actor {
@@ -258,6 +305,17 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("log format %q: want text or json", c.Log.Format))
 	}
 	return errors.Join(errs...)
+}
+
+// defaultSeed is a member's health endpoint when the config names none:
+// its actor host, this node's health port (members alike in production).
+func defaultSeed(actorAddr, health string) string {
+	h, _, err := net.SplitHostPort(actorAddr)
+	_, p, err2 := net.SplitHostPort(health)
+	if err != nil || err2 != nil {
+		return ""
+	}
+	return net.JoinHostPort(h, p)
 }
 
 func validName(s string) bool {

@@ -123,9 +123,15 @@ func run(c *Config) error {
 	}
 	var members []host.Member
 	internal := map[string]string{}
+	clusterOpt := host.ClusterOptions{Provider: c.Cluster.Provider, Addr: c.Listen.Cluster, AutomanagedAddr: c.Listen.ClusterHealth,
+		EtcdEndpoints: c.Cluster.EtcdEndpoints, ConsulAddress: c.Cluster.ConsulAddress}
+	if clusterOpt.Provider == "none" {
+		clusterOpt.Provider = ""
+	}
 	for _, mb := range c.Members {
 		members = append(members, host.Member{Name: mb.Name, ActorAddr: mb.Actor, StreamURL: mb.Internal})
 		internal[mb.Name] = strings.TrimSuffix(mb.Internal, "/")
+		clusterOpt.Seeds = append(clusterOpt.Seeds, mb.Seed)
 	}
 	var plog *slog.Logger
 	if c.Log.Protoactor {
@@ -133,7 +139,7 @@ func run(c *Config) error {
 	}
 	h, err := host.Start(host.Options{Node: c.Node, Members: members, Driver: driver,
 		StateDir: filepath.Join(c.DataDir, "state"), StreamToken: c.nodeToken, StreamListener: internalLis,
-		Logger: log, ProtoactorLogger: plog, Sites: runner})
+		Logger: log, ProtoactorLogger: plog, Sites: runner, Cluster: clusterOpt})
 	if err != nil {
 		return err
 	}
@@ -171,18 +177,21 @@ func run(c *Config) error {
 	}
 	log.Info("node ready", "http", c.Listen.HTTP, "admin", c.Listen.Admin, "actor", c.Listen.Actor,
 		"internal", c.Listen.Internal, "members", len(members), "storage", driver.Kind())
+	var removed error
 	select {
 	case <-ctx.Done():
 		log.Info("stopping")
 	case err := <-errc:
 		log.Error("listener failed", "err", err)
+	case <-h.Removed():
+		removed = fmt.Errorf("node %s was removed from the cluster (hcctl remove); it stops and will not start under this name", c.Node)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 	defer cancel()
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
 	}
-	return nil
+	return removed
 }
 
 // backend is the admin endpoint's view of the host.
@@ -194,6 +203,22 @@ func (b backend) Query(ctx context.Context, to core.Address, q *m.AdminQuery) (*
 	return b.h.Query(ctx, to, q)
 }
 func (b backend) Send(to core.Address, msg proto.Message) { b.h.Send(to, msg) }
+func (b backend) AskSite(ctx context.Context, site string, q *m.AdminQuery) (*m.AdminView, error) {
+	v, err := b.h.Ask(ctx, site, host.ClusterKindDataset, q)
+	if errors.Is(err, host.ErrNoCluster) {
+		return nil, admin.ErrNoIdentity
+	}
+	return v, err
+}
+func (b backend) ClusterProvider() string { return b.h.ClusterProvider() }
+func (b backend) ClusterMemberIDs() map[string]string {
+	members, _ := b.h.ClusterMembers()
+	ids := map[string]string{}
+	for _, mb := range members {
+		ids[mb.Node] = mb.ID
+	}
+	return ids
+}
 
 // Subscribe converts the host's events into the admin API's.
 func (b backend) Subscribe() (<-chan admin.Event, func()) {

@@ -118,6 +118,10 @@ type Node struct {
 	Replicas   int       `json:"replicas"`
 	Balancer   bool      `json:"balancer"`
 	ReportedAt time.Time `json:"reported_at"`
+	// ClusterMember is the node's member id in the protoactor cluster
+	// provider's topology as the answering node sees it ("" when absent or
+	// when no provider runs).
+	ClusterMember string `json:"cluster_member,omitempty"`
 }
 
 // Event is one server-sent event of GET /v1/events (the SSE "event" field
@@ -178,6 +182,9 @@ type (
 	// NodeList is the answer of GET /v1/nodes.
 	NodeList struct {
 		Nodes []Node `json:"nodes"`
+		// ClusterProvider is the membership provider the answering node
+		// runs (automanaged, etcd, consul; "" for none).
+		ClusterProvider string `json:"cluster_provider,omitempty"`
 	}
 	// Health is the answer of GET /v1/health.
 	Health struct {

@@ -240,6 +240,11 @@ func (c *Client) Drain(ctx context.Context, node string) error {
 	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/drain", nil, nil)
 }
 
+// Remove takes a node that is down out of the cluster for good.
+func (c *Client) Remove(ctx context.Context, node string) error {
+	return c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/remove", nil, nil)
+}
+
 // Health asks the node whether it is up (no token needed).
 func (c *Client) Health(ctx context.Context) (*Health, error) {
 	var out Health

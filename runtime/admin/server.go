@@ -41,6 +41,28 @@ type Backend interface {
 	Subscribe() (<-chan Event, func())
 }
 
+// ClusterView is implemented by backends that run protoactor's cluster
+// layer (membership provider); the node list then shows its topology.
+type ClusterView interface {
+	// ClusterProvider names the provider ("" when none runs).
+	ClusterProvider() string
+	// ClusterMemberIDs maps node names to their member ids in the
+	// provider's current topology.
+	ClusterMemberIDs() map[string]string
+}
+
+// Asker is implemented by backends that reach a site's actors by identity
+// (protoactor's cluster.Request; the master's dataset actor answers).
+type Asker interface {
+	// AskSite sends q to the dataset actor on site's master; ErrNoIdentity
+	// when the backend runs no cluster layer.
+	AskSite(ctx context.Context, site string, q *m.AdminQuery) (*m.AdminView, error)
+}
+
+// ErrNoIdentity is returned by Asker.AskSite when requests by identity
+// are not available.
+var ErrNoIdentity = errors.New("admin: no requests by identity")
+
 const (
 	// DefaultQueryTimeout bounds each AdminQuery when ServerConfig leaves it 0.
 	DefaultQueryTimeout = 3 * time.Second
@@ -123,6 +145,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	mux.HandleFunc("POST /v1/sites/{site}/stash/{stash}/restore", s.wrap(s.restoreStash))
 	mux.HandleFunc("GET /v1/nodes", s.wrap(s.nodes))
 	mux.HandleFunc("POST /v1/nodes/{node}/drain", s.wrap(s.drain))
+	mux.HandleFunc("POST /v1/nodes/{node}/remove", s.wrap(s.remove))
 	mux.HandleFunc("GET /v1/events", s.events)
 	mux.HandleFunc("GET /v1/stats", s.wrap(s.stats))
 	s.mux = mux
@@ -330,8 +353,22 @@ func (s *Server) clusterView(ctx context.Context) (*m.AdminView, error) {
 func (s *Server) siteView(ctx context.Context, master, site string) (*m.AdminView, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	to := core.DatasetAddr(master, site)
-	v, err := s.b.Query(ctx, to, &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_SITE, Site: site})
+	q := &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_SITE, Site: site}
+	var v *m.AdminView
+	var err error
+	if a, ok := s.b.(Asker); ok {
+		// By identity, through protoactor's cluster: whichever node the
+		// route mirror names as master answers. A copy that is not (or
+		// no longer) master, or no cluster layer, falls back to asking
+		// the master the balancer named.
+		v, err = a.AskSite(ctx, site, q)
+		if err == nil && v.GetInfo().GetRole() != m.Role_ROLE_MASTER {
+			v, err = nil, ErrNoIdentity
+		}
+	}
+	if v == nil || errors.Is(err, ErrNoIdentity) {
+		v, err = s.b.Query(ctx, core.DatasetAddr(master, site), q)
+	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, errUnavailable("the copy of %s on %s did not answer within %v", site, master, s.timeout)
@@ -615,7 +652,15 @@ func (s *Server) nodes(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, NodeList{Nodes: buildNodes(s.b.Members(), v)}, nil
+	list := NodeList{Nodes: buildNodes(s.b.Members(), v)}
+	if cv, ok := s.b.(ClusterView); ok {
+		list.ClusterProvider = cv.ClusterProvider()
+		ids := cv.ClusterMemberIDs()
+		for i := range list.Nodes {
+			list.Nodes[i].ClusterMember = ids[list.Nodes[i].Name]
+		}
+	}
+	return http.StatusOK, list, nil
 }
 
 func (s *Server) drain(r *http.Request) (int, any, error) {
@@ -624,6 +669,35 @@ func (s *Server) drain(r *http.Request) (int, any, error) {
 		return 0, nil, errNotFound("no such node %s", quote(node))
 	}
 	s.b.Send(core.NodeAddr(node), &m.DrainNode{Node: node})
+	return http.StatusAccepted, struct{}{}, nil
+}
+
+// remove takes a member out of the cluster for good. Only a member that
+// is down: a live one would keep serving what it masters, so the operator
+// drains it (its sites move off) and stops it first. Every other member's
+// node actor is told; its copies are replaced on the others, and it is not
+// heard again (nor after restarts: the hosts persist the removal).
+func (s *Server) remove(r *http.Request) (int, any, error) {
+	node := r.PathValue("node")
+	members := s.b.Members()
+	if !slices.Contains(members, node) {
+		return 0, nil, errNotFound("no such node %s", quote(node))
+	}
+	if node == s.b.Node() {
+		return 0, nil, errConflict("node %s answers this request: ask another node to remove it", node)
+	}
+	v, err := s.clusterView(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	if slices.Contains(v.Live, node) {
+		return 0, nil, errConflict("node %s is live: drain it (hcctl drain %s), stop it, then remove it", node, node)
+	}
+	for _, n := range members {
+		if n != node {
+			s.b.Send(core.NodeAddr(n), &m.RemoveNode{Node: node})
+		}
+	}
 	return http.StatusAccepted, struct{}{}, nil
 }
 

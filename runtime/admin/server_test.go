@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -583,6 +584,32 @@ func TestNodesAndDrain(t *testing.T) {
 	sent := fx.f.Sent()
 	if len(sent) != 1 || sent[0].To != core.NodeAddr("n2") || !proto.Equal(sent[0].Msg, &m.DrainNode{Node: "n2"}) {
 		t.Fatalf("sent %+v", sent)
+	}
+
+	// Remove: only a member that is down, never the answering node; every
+	// other member's node actor is told.
+	st, body = fx.do("POST", "/v1/nodes/n9/remove", "")
+	wantError(t, st, body, http.StatusNotFound, admin.CodeNotFound)
+	st, body = fx.do("POST", "/v1/nodes/n2/remove", "")
+	wantError(t, st, body, http.StatusConflict, admin.CodeConflict)
+	st, body = fx.do("POST", "/v1/nodes/n1/remove", "")
+	wantError(t, st, body, http.StatusConflict, admin.CodeConflict)
+	if got := len(fx.f.Sent()); got != 1 {
+		t.Fatalf("a refused removal sent %d messages", got-1)
+	}
+	st, body = fx.do("POST", "/v1/nodes/n4/remove", "")
+	if st != http.StatusAccepted {
+		t.Fatalf("remove n4 (down): %d %s", st, body)
+	}
+	var told []string
+	for _, s := range fx.f.Sent()[1:] {
+		if !proto.Equal(s.Msg, &m.RemoveNode{Node: "n4"}) {
+			t.Fatalf("remove sent %v", s)
+		}
+		told = append(told, s.To.Node)
+	}
+	if !slices.Equal(told, []string{"n1", "n2", "n3"}) {
+		t.Fatalf("remove told %v, want n1 n2 n3", told)
 	}
 }
 

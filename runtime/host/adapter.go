@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"runtime/debug"
 	"time"
@@ -57,6 +58,16 @@ func (r *router) Receive(ctx actor.Context) {
 	case *delivery:
 		r.forward(ctx, msg)
 	case *hostpb.Envelope:
+		if subtle.ConstantTimeCompare([]byte(msg.Token), []byte(r.h.internalToken)) != 1 {
+			r.h.drops.Add(1)
+			r.h.log.Warn("envelope without the node token dropped", "from", msg.FromNode)
+			return
+		}
+		if r.h.isRemoved(msg.FromNode) {
+			r.h.drops.Add(1)
+			r.h.tellRemoved(msg.FromNode) // not heard; told, so that it stops
+			return
+		}
 		d, err := r.unwrap(msg)
 		if err != nil {
 			r.h.drops.Add(1)
@@ -172,6 +183,22 @@ func (a *adapter) Receive(ctx actor.Context) {
 		a.pid = ctx.Self()
 	case *delivery:
 		a.step(msg.msg)
+	case *m.AdminQuery:
+		// A request by identity (Host.Ask through protoactor's cluster):
+		// the answer goes back to its sender. It carries no token (the
+		// cluster layer sends it as it is), so only the read-only site
+		// view is taken this way; mounts and the rest go through
+		// authenticated envelopes.
+		if ctx.Sender() == nil {
+			return
+		}
+		if msg.Kind != m.AdminQueryKind_ADMIN_QUERY_SITE {
+			ctx.Respond(&m.AdminView{Node: a.h.node, Code: m.Code_CODE_INVALID, Detail: "only site views are answered by identity"})
+			return
+		}
+		if q := a.h.beginAsk(ctx, msg); q != nil {
+			a.step(q)
+		}
 	case *timerFired:
 		t := a.timers[msg.key]
 		if t == nil || t.gen != msg.gen {

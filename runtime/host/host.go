@@ -108,6 +108,9 @@ type Options struct {
 	// ProtoactorLogger receives protoactor's own logs; nil discards them
 	// (the library's default is chatty).
 	ProtoactorLogger *slog.Logger
+	// Cluster configures protoactor's cluster layer (membership provider,
+	// requests by identity); the zero value runs none.
+	Cluster ClusterOptions
 	// Sites runs the sites' processes on this node while it is their
 	// master (runtime/sites); nil runs none and the internal serve
 	// endpoint answers 503.
@@ -129,6 +132,9 @@ type Host struct {
 	system *actor.ActorSystem
 	remote *remote.Remote
 	router *actor.PID
+	// cluster is protoactor's cluster layer on its own actor system (nil
+	// when no provider is configured); see cluster.go.
+	cluster *clusterLayer
 
 	streamSrv     *http.Server
 	streamLis     net.Listener
@@ -144,6 +150,11 @@ type Host struct {
 	mu          sync.Mutex
 	waiters     map[uint64]chan *m.SiteResponse
 	queries     map[uint64]chan *m.AdminView
+	asks        map[uint64]ask
+	removed     map[string]bool // members removed for good (remove.go)
+	toldRemoved map[string]time.Time
+	removedCh   chan struct{}
+	removedOnce sync.Once
 	routes      *routeTable
 	gates       *gates
 	sites       SiteRunner
@@ -173,6 +184,9 @@ func Start(opt Options) (_ *Host, err error) {
 		return nil, err
 	}
 	if err := h.startActors(opt); err != nil {
+		return nil, err
+	}
+	if err := h.startCluster(opt.Cluster, h.protoactorLogger(opt)); err != nil {
 		return nil, err
 	}
 	datasets, err := h.bootDatasets(h.ctx)
@@ -231,6 +245,20 @@ func newHost(opt Options) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	removedNames, err := cat.removed()
+	if err != nil {
+		return nil, err
+	}
+	removed := map[string]bool{}
+	for _, n := range removedNames {
+		if n == opt.Node {
+			return nil, fmt.Errorf("host: node %s was removed from the cluster; give it a new name and an empty state directory to join again", n)
+		}
+		removed[n] = true
+		// Kept in members (its address), out of names: it gets no
+		// message but its removal (tellRemoved).
+		names = slices.DeleteFunc(names, func(s string) bool { return s == n })
+	}
 	inc, err := cat.nextIncarnation()
 	if err != nil {
 		return nil, err
@@ -238,7 +266,8 @@ func newHost(opt Options) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
-		queries: map[uint64]chan *m.AdminView{}, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
+		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, removed: removed, toldRemoved: map[string]time.Time{},
+		removedCh: make(chan struct{}), internalToken: opt.StreamToken, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
 	// Request ids are unique per entry node; starting from the clock keeps
 	// them unique across restarts too.
@@ -267,7 +296,6 @@ func (h *Host) startStreams(opt Options) error {
 	mux := http.NewServeMux()
 	mux.Handle(stream.PathPrefix, srv)
 	h.internalMux = mux
-	h.internalToken = opt.StreamToken
 	// The same listener is the node's internal port: requests that other
 	// nodes' front ends forward to this node as a site's master.
 	internal := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -294,11 +322,7 @@ func (h *Host) startStreams(opt Options) error {
 }
 
 func (h *Host) startActors(opt Options) (err error) {
-	plog := opt.ProtoactorLogger
-	if plog == nil {
-		plog = slog.New(slog.DiscardHandler)
-	}
-	h.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return plog }))
+	h.system = actor.NewActorSystem(h.protoactorLogger(opt))
 	hostName, portText, _ := net.SplitHostPort(h.members[h.node].ActorAddr)
 	var port int
 	if _, err := fmt.Sscanf(portText, "%d", &port); err != nil {
@@ -322,6 +346,17 @@ func (h *Host) startActors(opt Options) (err error) {
 		return fmt.Errorf("host: spawn router: %w", err)
 	}
 	return nil
+}
+
+// protoactorLogger is the actor systems' logger option: protoactor's own
+// logs go to opt.ProtoactorLogger, or nowhere (the library's default is
+// chatty).
+func (h *Host) protoactorLogger(opt Options) actor.ConfigOption {
+	plog := opt.ProtoactorLogger
+	if plog == nil {
+		plog = slog.New(slog.DiscardHandler)
+	}
+	return actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return plog })
 }
 
 // Node is this host's node name.
@@ -412,7 +447,7 @@ func (h *Host) send(to core.Address, msg proto.Message) {
 		return
 	}
 	mb, ok := h.members[to.Node]
-	if !ok {
+	if !ok || h.isRemoved(to.Node) {
 		h.drops.Add(1)
 		h.log.Warn("message to a node not in the member list dropped", "node", h.node, "to", to.String())
 		return
@@ -421,7 +456,7 @@ func (h *Host) send(to core.Address, msg proto.Message) {
 	if err != nil {
 		panic(fmt.Sprintf("host %s: message for %s does not marshal: %v", h.node, to, err))
 	}
-	env := &hostpb.Envelope{Kind: uint32(to.Kind), Node: to.Node, Site: to.Site, FromNode: h.node, Msg: payload}
+	env := &hostpb.Envelope{Kind: uint32(to.Kind), Node: to.Node, Site: to.Site, FromNode: h.node, Msg: payload, Token: h.internalToken}
 	h.system.Root.Send(actor.NewPID(mb.ActorAddr, routerName), env)
 }
 
@@ -441,6 +476,9 @@ func (h *Host) Stop() {
 		h.cancel()
 		h.figuresDone.Wait()
 		h.store.close(shutdownWaitMax)
+		if h.cluster != nil {
+			h.cluster.stop()
+		}
 		if h.router != nil {
 			_ = h.system.Root.StopFuture(h.router).Wait()
 		}

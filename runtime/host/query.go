@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -65,6 +66,9 @@ func (h *Host) query(ctx context.Context, to core.Address, q *m.AdminQuery) (*m.
 }
 
 func (h *Host) adminView(v *m.AdminView) {
+	if h.endAsk(v) {
+		return
+	}
 	h.mu.Lock()
 	ch := h.queries[v.QueryId]
 	h.mu.Unlock()
@@ -77,5 +81,9 @@ func (h *Host) adminView(v *m.AdminView) {
 	}
 }
 
-// Members lists every configured member, sorted.
-func (h *Host) Members() []string { return append([]string(nil), h.names...) }
+// Members lists every configured member not removed, sorted.
+func (h *Host) Members() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.DeleteFunc(slices.Clone(h.names), func(n string) bool { return h.removed[n] })
+}

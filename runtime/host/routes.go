@@ -236,14 +236,27 @@ func (h *Host) observe(self core.Address, a core.Actor, in proto.Message) {
 		}
 		switch msg := in.(type) {
 		case *m.RouteUpdate:
-			h.routes.set(msg.Site, n.Route(msg.Site))
+			h.setRoute(msg.Site, n.Route(msg.Site))
 		case *m.RouteTable:
 			for _, r := range msg.Routes {
-				h.routes.set(r.Site, n.Route(r.Site))
+				h.setRoute(r.Site, n.Route(r.Site))
 			}
 		case *m.NodeBoot, *m.Heartbeat, *m.Timer:
 			h.routes.setLive(n.Live())
+		case *m.RemoveNode:
+			h.noteRemoved(msg.Node)
+			h.routes.setLive(n.Live())
 		}
+	}
+}
+
+// setRoute mirrors the node actor's entry for site; when the master
+// changes, requests by identity must look the site up again.
+func (h *Host) setRoute(site string, ru *m.RouteUpdate) {
+	before, _ := h.routes.route(site)
+	h.routes.set(site, ru)
+	if ru == nil || ru.Master != before.Master {
+		h.evictPlacement(site)
 	}
 }
 

@@ -201,6 +201,32 @@ func TestE2EServedByEveryNode(t *testing.T) {
 		t.Fatalf("the balancer's view lacks the master's load (%v) or a node's free space (%v)", loadSeen, freeSeen)
 	}
 
+	// The three processes are one protoactor cluster (the automanaged
+	// provider, seeded with the members' health endpoints): every node's
+	// topology comes to name every member (bounded wait: a few polls).
+	var missing string
+	for attempt := 0; attempt < 40; attempt++ {
+		missing = ""
+		for i := range c.Nodes {
+			nodes, err := c.Client(i).Nodes(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range nodes {
+				if !strings.HasPrefix(n.ClusterMember, n.Name+"@") {
+					missing = fmt.Sprintf("%s's view: node %s has cluster member id %q, want %s@<incarnation>", c.Nodes[i].Name, n.Name, n.ClusterMember, n.Name)
+				}
+			}
+		}
+		if missing == "" {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if missing != "" {
+		t.Fatal(missing)
+	}
+
 	// hcctl's table and --json agree on the site.
 	out, err := c.HCCtl(ctx, 2, "sites", "--json")
 	if err != nil {

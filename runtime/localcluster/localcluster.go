@@ -81,6 +81,7 @@ type Options struct {
 type Node struct {
 	Name                         string
 	HTTP, Admin, Actor, Internal string // host:port
+	Cluster, ClusterHealth       string // host:port of the protoactor cluster layer and its automanaged health endpoint
 	MySQL                        string // host:port of its MySQL front end
 	DataDir, LogPath             string
 	cmd                          *exec.Cmd
@@ -95,6 +96,10 @@ type Cluster struct {
 	AdminTokenFile        string
 	mu                    sync.Mutex
 }
+
+// portsPerNode is how many loopback ports each node listens on: HTTP,
+// admin, actor, internal, cluster, cluster health.
+const portsPerNode = 6
 
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
@@ -126,7 +131,7 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if opt.Nodes < 1 || opt.Bin == nil || opt.Dir == "" {
 		return nil, errors.New("localcluster: need nodes, binaries and a directory")
 	}
-	ports, err := freePorts(4 * opt.Nodes)
+	ports, err := freePorts(portsPerNode * opt.Nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -143,11 +148,12 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 		return nil, err
 	}
 	for i := range opt.Nodes {
-		p := ports[4*i : 4*i+4]
+		p := ports[portsPerNode*i : portsPerNode*(i+1)]
 		name := fmt.Sprintf("n%d", i+1)
 		c.Nodes = append(c.Nodes, &Node{Name: name,
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
+			Cluster: fmt.Sprintf("127.0.0.1:%d", p[4]), ClusterHealth: fmt.Sprintf("127.0.0.1:%d", p[5]),
 			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log"),
 			MySQL: fmt.Sprintf("127.0.0.1:%d", mysqlPorts[i])})
 	}
@@ -168,10 +174,11 @@ func (c *Cluster) args(n *Node) []string {
 	args := append([]string{"-node", n.Name, "-data-dir", n.DataDir}, storageArgs...)
 	args = append(args,
 		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal,
+		"-cluster", n.Cluster, "-cluster-health", n.ClusterHealth,
 		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
 	args = append(args, "-mysql", n.MySQL)
 	for _, mb := range c.Nodes {
-		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal)
+		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal+","+mb.ClusterHealth)
 	}
 	return append(args, c.opt.Args...)
 }
@@ -189,7 +196,9 @@ func (c *Cluster) StartNode(ctx context.Context, i int) error {
 	cmd := exec.Command(c.opt.Bin.HCNode, c.args(n)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), c.opt.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own group (Kill takes the node and its sites down together); dies
+	// with the test or bench that started it, even on SIGKILL.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err

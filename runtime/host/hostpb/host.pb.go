@@ -30,12 +30,15 @@ const (
 // Envelope carries one actor message to the router of the node that hosts the
 // target actor; the router spawns the target on first use.
 type Envelope struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          uint32                 `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"` // core.Kind of the target
-	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`  // target node (the receiver checks it is itself)
-	Site          string                 `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`  // target site, for site and dataset actors
-	FromNode      string                 `protobuf:"bytes,4,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
-	Msg           *anypb.Any             `protobuf:"bytes,5,opt,name=msg,proto3" json:"msg,omitempty"` // a messages.* message
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Kind     uint32                 `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"` // core.Kind of the target
+	Node     string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`  // target node (the receiver checks it is itself)
+	Site     string                 `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`  // target site, for site and dataset actors
+	FromNode string                 `protobuf:"bytes,4,opt,name=from_node,json=fromNode,proto3" json:"from_node,omitempty"`
+	Msg      *anypb.Any             `protobuf:"bytes,5,opt,name=msg,proto3" json:"msg,omitempty"` // a messages.* message
+	// token is the cluster's node secret: protoactor's remote authenticates
+	// nobody, so the router drops an envelope without it.
+	Token         string `protobuf:"bytes,6,opt,name=token,proto3" json:"token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -105,17 +108,25 @@ func (x *Envelope) GetMsg() *anypb.Any {
 	return nil
 }
 
+func (x *Envelope) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 var File_runtime_host_hostpb_host_proto protoreflect.FileDescriptor
 
 const file_runtime_host_hostpb_host_proto_rawDesc = "" +
 	"\n" +
-	"\x1eruntime/host/hostpb/host.proto\x12\x15hybridcluster.host.v1\x1a\x19google/protobuf/any.proto\"\x8b\x01\n" +
+	"\x1eruntime/host/hostpb/host.proto\x12\x15hybridcluster.host.v1\x1a\x19google/protobuf/any.proto\"\xa1\x01\n" +
 	"\bEnvelope\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\rR\x04kind\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
 	"\x04site\x18\x03 \x01(\tR\x04site\x12\x1b\n" +
 	"\tfrom_node\x18\x04 \x01(\tR\bfromNode\x12&\n" +
-	"\x03msg\x18\x05 \x01(\v2\x14.google.protobuf.AnyR\x03msgB<Z:github.com/hybridcluster/hybridcluster/runtime/host/hostpbb\x06proto3"
+	"\x03msg\x18\x05 \x01(\v2\x14.google.protobuf.AnyR\x03msg\x12\x14\n" +
+	"\x05token\x18\x06 \x01(\tR\x05tokenB<Z:github.com/hybridcluster/hybridcluster/runtime/host/hostpbb\x06proto3"
 
 var (
 	file_runtime_host_hostpb_host_proto_rawDescOnce sync.Once

@@ -106,8 +106,9 @@ var ErrMySQLNotServed = errors.New("site is not served on this node")
 type mysqlPool struct {
 	s *Supervisor
 	// sockDir holds the sockets: short (a socket path has 107 bytes at
-	// most) and private.
-	sockDir string
+	// most) and private; sockTemp: a temporary one, removed at close.
+	sockDir  string
+	sockTemp bool
 
 	mu     sync.Mutex
 	closed bool
@@ -157,18 +158,32 @@ func (p *mysqlPool) site(name string, create bool) *mysqlSite {
 	return ms
 }
 
-// socketDir creates the private socket directory on first use.
+// socketPathMax is the longest unix socket path (sun_path holds 108
+// bytes with the terminating NUL).
+const socketPathMax = 107
+
+// socketDir creates the private socket directory on first use: <RunDir>/mysql
+// when the longest site name's socket fits there (kept across restarts),
+// else a new temporary directory.
 func (p *mysqlPool) socketDir() (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.sockDir == "" {
-		d, err := os.MkdirTemp("", "hcmy")
-		if err != nil {
-			return "", err
-		}
-		p.sockDir = d
+	if p.sockDir != "" {
+		return p.sockDir, nil
 	}
-	return p.sockDir, nil
+	if run := p.s.cfg.RunDir; run != "" {
+		d := filepath.Join(run, "mysql")
+		if len(d)+1+63+len(".sock") <= socketPathMax && os.MkdirAll(d, 0o700) == nil && os.Chmod(d, 0o700) == nil {
+			p.sockDir = d
+			return d, nil
+		}
+	}
+	d, err := os.MkdirTemp("", "hcmy")
+	if err != nil {
+		return "", err
+	}
+	p.sockDir, p.sockTemp = d, true
+	return d, nil
 }
 
 // start records the site's spec and directory (no server starts yet). A
@@ -277,7 +292,7 @@ func (p *mysqlPool) close() {
 	}
 	wg.Wait()
 	p.mu.Lock()
-	if p.sockDir != "" {
+	if p.sockDir != "" && p.sockTemp {
 		_ = os.RemoveAll(p.sockDir)
 	}
 	p.mu.Unlock()

@@ -29,7 +29,14 @@ func mysqlSpec() *m.SiteSpec {
 // connection with the spec's user and database, shut down cleanly by
 // Quiesce and started again (data kept), refused after Stop.
 func TestMySQLServerLifecycle(t *testing.T) {
-	s := New(Config{})
+	// A short run directory: the sockets go there (t.TempDir() is too
+	// long for a socket path).
+	run, err := os.MkdirTemp("", "hcr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(run)
+	s := New(Config{RunDir: run})
 	defer s.Close()
 	dir := t.TempDir()
 	if err := s.Start("shop", mysqlSpec(), dir); err != nil {
@@ -59,6 +66,9 @@ func TestMySQLServerLifecycle(t *testing.T) {
 	}
 	if !s.IsRunning("shop") {
 		t.Fatal("mariadbd not reported running")
+	}
+	if _, err := os.Stat(filepath.Join(run, "mysql", "shop.sock")); err != nil {
+		t.Fatalf("socket not in the run directory: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "mysql", "data", "shop_db")); err != nil {
 		t.Fatalf("data directory not inside the dataset: %v", err)

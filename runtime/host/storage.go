@@ -496,7 +496,12 @@ func (h *Host) push(req *m.StorageRequest) *m.StorageResult {
 			// from its own failed receive.
 			rec := &m.Received{Site: req.Site, StreamId: req.StreamId, FromNode: h.node, Code: m.Code_CODE_DIVERGED, Detail: err.Error()}
 			if errors.Is(err, storage.ErrDiverged) {
-				if _, remote, err := client.RemoteState(ctx, site); err == nil && len(remote) > 0 {
+				// Unless its newest listed snapshot is the base itself: then
+				// what diverges is unlisted (a rollback's safety snapshot
+				// that a restored stash brought back), and without a
+				// snapshot the receiver marks its copy dirty and stashes it
+				// on the next offer instead of accepting the same stream.
+				if _, remote, err := client.RemoteState(ctx, site); err == nil && len(remote) > 0 && remote[len(remote)-1].Name != pushed.Base {
 					rec.Snapshot = snapshotRef(remote[len(remote)-1])
 				}
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,7 +39,17 @@ func (d *Driver) Rollback(ctx context.Context, site storage.Site, to storage.Sna
 	} else if ok {
 		return fmt.Errorf("rollback %s: stash %s: %w", site, stash, storage.ErrExists)
 	}
-	if err := d.snapshotDS(ctx, ds, storage.SafetySnapshot, false); err != nil {
+	existing, err := d.listSnaps(ctx, ds)
+	if err != nil {
+		return fmt.Errorf("rollback %s: %w", site, err)
+	}
+	safety, err := storage.SafetySnapshotName(stash, func(name string) bool {
+		return slices.ContainsFunc(existing, func(s snapInfo) bool { return s.name == name })
+	})
+	if err != nil {
+		return fmt.Errorf("rollback %s: %w", site, err)
+	}
+	if err := d.snapshotDS(ctx, ds, safety, false); err != nil {
 		return fmt.Errorf("rollback %s: safety snapshot: %w", site, err)
 	}
 	if err := d.stashLocked(ctx, site, to, stash); err != nil {
@@ -109,7 +120,10 @@ func (d *Driver) moveAside(ctx context.Context, site storage.Site, ds, stashDS s
 			return err
 		}
 	}
-	return nil
+	// A mounted stash keeps the site's dataset busy for zfs-fuse's renames
+	// (it can be a clone of the site's snapshots); nothing reads a stash
+	// through its mountpoint.
+	return d.unmount(ctx, stashDS)
 }
 
 // siteProps sets what belongs to the site rather than to its history on the
@@ -181,8 +195,13 @@ func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bo
 		return err
 	}
 	// zfs-fuse reports the origin as busy while a fresh clone of it is
-	// mounted: unmount both before renaming.
+	// mounted: unmount both before renaming. The site's stashes can be such
+	// clones (a restore leaves the displaced history as a clone of the
+	// site's snapshot); nothing reads a stash through its mountpoint.
 	if err := d.unmount(ctx, newDS); err != nil {
+		return err
+	}
+	if err := d.unmountStashes(ctx, site); err != nil {
 		return err
 	}
 	if err := d.rename(ctx, ds, stashDS); err != nil {
@@ -208,6 +227,29 @@ func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bo
 	for _, kv := range [][2]string{{"readonly", "on"}, {"atime", "off"}, {"quota", "none"}, {propStashed, strconv.FormatInt(time.Now().UnixNano(), 10)}} {
 		if err := d.setProp(ctx, stashDS, kv[0], kv[1]); err != nil {
 			return err
+		}
+	}
+	// A mounted stash keeps the site's dataset busy for zfs-fuse's renames
+	// (it can be a clone of the site's snapshots); nothing reads a stash
+	// through its mountpoint.
+	return d.unmount(ctx, stashDS)
+}
+
+// unmountStashes unmounts every stash of the site (see swapIn).
+func (d *Driver) unmountStashes(ctx context.Context, site storage.Site) error {
+	parent := d.stashParent(site)
+	if ok, err := d.datasetExists(ctx, parent); err != nil || !ok {
+		return err
+	}
+	out, err := d.command(ctx, "list stash", "zfs", []string{"list", "-H", "-o", "name", "-r", "-d", "1", parent}, nil, nil)
+	if err != nil {
+		return err
+	}
+	for _, name := range strings.Fields(string(out)) {
+		if strings.HasPrefix(name, parent+"/") {
+			if err := d.unmount(ctx, name); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -83,6 +83,13 @@ func freePort(t *testing.T) int {
 // port, stream endpoint and portable store in a temp dir.
 func startCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
+	return startClusterWith(t, n, nil)
+}
+
+// startClusterWith is startCluster with tweak (if not nil) applied to each
+// node's Options before it starts.
+func startClusterWith(t *testing.T, n int, tweak func(opt *Options)) *testCluster {
+	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	c := &testCluster{t: t, nodes: map[string]*testNode{}}
@@ -108,6 +115,9 @@ func startCluster(t *testing.T, n int) *testCluster {
 		opt := Options{Node: mb.Name, Members: members, Config: testConfig(), Driver: drv,
 			StateDir: filepath.Join(dir, mb.Name, "state"), StreamToken: "test-token",
 			StreamListener: listeners[mb.Name], Logger: log.With("host", mb.Name)}
+		if tweak != nil {
+			tweak(&opt)
+		}
 		h, err := Start(opt)
 		if err != nil {
 			t.Fatal(err)

@@ -301,6 +301,9 @@ func (d *Dataset) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
 		v.Snapshots[i] = proto.CloneOf(s)
 	}
 	v.Stashes = slices.Clone(d.stashes)
+	if len(d.mounted) > 0 {
+		v.Mounts = maps.Clone(d.mounted)
+	}
 	if d.stashCount > len(d.stashes) {
 		v.Detail = fmt.Sprintf("the newest %d of %d stashes are listed", len(d.stashes), d.stashCount)
 	}
@@ -419,6 +422,11 @@ func (d *Dataset) boot(env *core.Env, b *m.DatasetBoot) []core.Effect {
 	d.snaps = slices.Clone(b.Snapshots)
 	d.stashCount = max(len(b.Stashes), int(info.GetStashes()))
 	d.stashes = slices.Clone(b.Stashes[max(0, len(b.Stashes)-StashNamesMax):])
+	// Mounts outlive a restart: the host re-established them from disk.
+	d.mounted = nil
+	if len(b.Mounts) > 0 {
+		d.mounted = maps.Clone(b.Mounts)
+	}
 	// A restarted master does not serve until the balancer activates it again:
 	// the site may have failed over while this node was away.
 	d.active = false

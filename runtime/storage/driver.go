@@ -85,6 +85,13 @@ type Stash struct {
 	Snapshots []StashedSnapshot
 }
 
+// Mount is a snapshot mounted read-only (MountReadOnly).
+type Mount struct {
+	Snapshot SnapName
+	Path     string
+	Users    int // MountReadOnly calls not yet unmounted
+}
+
 // Usage is the space a dataset takes.
 type Usage struct {
 	UsedBytes       int64 // dataset, snapshots and stashes' unique data
@@ -193,9 +200,14 @@ type Driver interface {
 	Release(ctx context.Context, site Site, snap SnapName, tag HoldTag) error
 
 	// MountReadOnly makes a snapshot's files readable at the returned
-	// directory until Unmount.
+	// directory until Unmount. Mounts are counted: each MountReadOnly needs
+	// its own Unmount, and the files stay readable until the last one.
+	// They survive a restart of the node (the count is on disk).
 	MountReadOnly(ctx context.Context, site Site, snap SnapName) (string, error)
 	Unmount(ctx context.Context, site Site, snap SnapName) error
+	// ListMounts lists the site's mounted snapshots, with their directory
+	// and count of MountReadOnly calls not yet unmounted.
+	ListMounts(ctx context.Context, site Site) ([]Mount, error)
 
 	// Usage is the dataset's space; Free is the space left for new data on
 	// this node.

@@ -942,6 +942,27 @@ func (d *Driver) Unmount(ctx context.Context, site storage.Site, snap storage.Sn
 	return d.writeMeta(site, m)
 }
 
+// ListMounts implements storage.Driver.
+func (d *Driver) ListMounts(ctx context.Context, site storage.Site) ([]storage.Mount, error) {
+	if err := checkSite(site); err != nil {
+		return nil, err
+	}
+	m, err := d.readMeta(site)
+	if err != nil {
+		return nil, err
+	}
+	var out []storage.Mount
+	for name, users := range m.Mounts {
+		snap, err := storage.ParseSnapName(name)
+		if err != nil || users <= 0 {
+			continue
+		}
+		out = append(out, storage.Mount{Snapshot: snap, Path: filepath.Join(snapDir(d.siteDir(site), name), "tree"), Users: users})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Snapshot.String() < out[j].Snapshot.String() })
+	return out, nil
+}
+
 // Usage implements storage.Driver.
 func (d *Driver) Usage(ctx context.Context, site storage.Site) (storage.Usage, error) {
 	if err := checkSite(site); err != nil {

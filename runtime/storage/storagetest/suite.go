@@ -907,11 +907,42 @@ func testMountReadOnly(t *testing.T, ctx context.Context, a, b storage.Driver) {
 	if len(pruned) != 0 {
 		t.Fatalf("pruned %v while mounted", pruned)
 	}
+	// Mounts are counted: a second user of the same snapshot (the change
+	// check mounts the newest snapshot while an admin may hold it) gets the
+	// same files, and they stay until the last unmount.
+	mounted := HashTree(t, dir) // (root may have written into it above)
+	dir2, err := a.MountReadOnly(ctx, site, storage.MustSnap("s1"))
+	must(t, err, "second mount of the same snapshot")
+	if dir2 != dir {
+		t.Fatalf("second mount at %s, first at %s", dir2, dir)
+	}
+	wantMounts(t, ctx, a, site, "s1:2")
+	must(t, a.Unmount(ctx, site, storage.MustSnap("s1")), "unmount of one user")
+	wantMounts(t, ctx, a, site, "s1:1")
+	sameTree(t, "still mounted for the other user", HashTree(t, dir), mounted)
 	must(t, a.Unmount(ctx, site, storage.MustSnap("s1")), "unmount")
+	wantMounts(t, ctx, a, site)
 	wantErr(t, a.Unmount(ctx, site, storage.MustSnap("s1")), storage.ErrNoDataset, "second unmount")
 	_, err = a.MountReadOnly(ctx, site, storage.MustSnap("nope"))
 	wantErr(t, err, storage.ErrNoDataset, "mount missing snapshot")
 	must(t, a.Destroy(ctx, site), "destroy after unmount")
+}
+
+// wantMounts checks ListMounts against "snapshot:users" entries.
+func wantMounts(t *testing.T, ctx context.Context, d storage.Driver, site storage.Site, want ...string) {
+	t.Helper()
+	mounts, err := d.ListMounts(ctx, site)
+	must(t, err, "list mounts")
+	var got []string
+	for _, mt := range mounts {
+		if mt.Path == "" {
+			t.Fatalf("mount %+v has no path", mt)
+		}
+		got = append(got, fmt.Sprintf("%s:%d", mt.Snapshot, mt.Users))
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("mounts of %s: got %v, want %v", site, got, want)
+	}
 }
 
 func testCutStream(t *testing.T, ctx context.Context, a, b storage.Driver) {

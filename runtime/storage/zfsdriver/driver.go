@@ -52,6 +52,9 @@ const Kind = "zfs"
 const (
 	propEpoch   = "hc:epoch"
 	propStashed = "hc:stashed" // unix nanoseconds a stash was made, for ordering
+	// propMountUsers counts the MountReadOnly calls of a view not yet
+	// unmounted (the portable driver counts them too).
+	propMountUsers = "hc:mountusers"
 	// estimateOverheadBytes is added to fallback send-size estimates for
 	// stream headers and metadata records.
 	estimateOverheadBytes = 64 << 10

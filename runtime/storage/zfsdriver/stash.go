@@ -570,9 +570,23 @@ func (d *Driver) MountReadOnly(ctx context.Context, site storage.Site, snap stor
 	if err := d.ensureFilesystem(ctx, d.viewParent(site)); err != nil {
 		return "", err
 	}
+	defer d.lock(site)()
 	view := d.viewDS(site, snap)
-	props := map[string]string{"readonly": "on", "atime": "off"}
-	err = d.gozfs(ctx, "clone", []string{"clone", "-o", "readonly=on", "-o", "atime=off", ds + "@" + snap.String(), view}, false, nil, func() error {
+	if ok, err := d.datasetExists(ctx, view); err != nil {
+		return "", err
+	} else if ok {
+		// Mounted already: one more user.
+		users, err := d.mountUsers(ctx, view)
+		if err != nil {
+			return "", err
+		}
+		if err := d.setProp(ctx, view, propMountUsers, strconv.Itoa(users+1)); err != nil {
+			return "", err
+		}
+		return d.getProp(ctx, view, "mountpoint")
+	}
+	props := map[string]string{"readonly": "on", "atime": "off", propMountUsers: "1"}
+	err = d.gozfs(ctx, "clone", []string{"clone", "-o", "readonly=on", "-o", "atime=off", "-o", propMountUsers + "=1", ds + "@" + snap.String(), view}, false, nil, func() error {
 		_, err := (&gozfs.Dataset{Name: ds + "@" + snap.String(), Type: gozfs.DatasetSnapshot}).Clone(view, props)
 		return err
 	})
@@ -580,6 +594,60 @@ func (d *Driver) MountReadOnly(ctx context.Context, site storage.Site, snap stor
 		return "", fmt.Errorf("mount %s@%s: %w", site, snap, err)
 	}
 	return d.getProp(ctx, view, "mountpoint")
+}
+
+// mountUsers reads a view's count of users; a view without one (made by
+// an older version) has one.
+func (d *Driver) mountUsers(ctx context.Context, view string) (int, error) {
+	v, err := d.getProp(ctx, view, propMountUsers)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 1, nil
+	}
+	return n, nil
+}
+
+// ListMounts implements storage.Driver.
+func (d *Driver) ListMounts(ctx context.Context, site storage.Site) ([]storage.Mount, error) {
+	if err := checkSite(site); err != nil {
+		return nil, err
+	}
+	if _, _, err := d.locate(ctx, site); err != nil {
+		return nil, err
+	}
+	views := d.viewParent(site)
+	if ok, err := d.datasetExists(ctx, views); err != nil || !ok {
+		return nil, err
+	}
+	out, err := d.command(ctx, "list views", "zfs", []string{"list", "-H", "-o", "name", "-r", "-d", "1", views}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var mounts []storage.Mount
+	for _, line := range strings.Fields(string(out)) {
+		name, ok := strings.CutPrefix(line, views+"/")
+		if !ok {
+			continue
+		}
+		snap, err := storage.ParseSnapName(name)
+		if err != nil {
+			continue
+		}
+		users, err := d.mountUsers(ctx, line)
+		if err != nil {
+			return nil, err
+		}
+		path, err := d.getProp(ctx, line, "mountpoint")
+		if err != nil {
+			return nil, err
+		}
+		mounts = append(mounts, storage.Mount{Snapshot: snap, Path: path, Users: users})
+	}
+	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Snapshot.String() < mounts[j].Snapshot.String() })
+	return mounts, nil
 }
 
 // Unmount implements storage.Driver.
@@ -590,11 +658,19 @@ func (d *Driver) Unmount(ctx context.Context, site storage.Site, snap storage.Sn
 	if err := checkSite(site); err != nil {
 		return err
 	}
+	defer d.lock(site)()
 	view := d.viewDS(site, snap)
 	if ok, err := d.datasetExists(ctx, view); err != nil {
 		return err
 	} else if !ok {
 		return fmt.Errorf("unmount %s@%s: %w: not mounted", site, snap, storage.ErrNoDataset)
+	}
+	users, err := d.mountUsers(ctx, view)
+	if err != nil {
+		return err
+	}
+	if users > 1 {
+		return d.setProp(ctx, view, propMountUsers, strconv.Itoa(users-1))
 	}
 	return d.destroyDS(ctx, view, false)
 }

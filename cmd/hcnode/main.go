@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -56,17 +57,20 @@ func main() {
 	}
 }
 
-func newLogger(c *Config) *slog.Logger {
+func newLogger(c *Config) *slog.Logger { return newLoggerTo(os.Stderr, c) }
+
+func newLoggerTo(w io.Writer, c *Config) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		level = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if c.Log.Format == "json" {
-		h = slog.NewJSONHandler(os.Stderr, opts)
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(h).With("node", c.Node)
+	// The host and the actors name the node on their lines too: once.
+	return slog.New(newOnceHandler(h)).With("node", c.Node)
 }
 
 // openStorage picks the driver: ZFS when asked (or on auto when a root is

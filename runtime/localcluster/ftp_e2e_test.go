@@ -1,0 +1,269 @@
+package localcluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hybridcluster/hybridcluster/runtime/admin"
+)
+
+// lftpWaitMax bounds one lftp or curl run of the FTP tests.
+const lftpWaitMax = 2 * time.Minute
+
+// createFTPSite creates a static site with one FTP user through hcctl and
+// waits until it is active with a replica.
+func createFTPSite(t *testing.T, ctx context.Context, c *Cluster, name, domain, ftpUser string) admin.Site {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := c.HCCtl(ctx, 0, "site", "create", name, "--domain", domain, "--ftp-user", ftpUser)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hcctl site create: %v\n%s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	s, err := c.WaitSite(wctx, 0, name, func(s admin.Site) bool {
+		if s.Master == "" || s.Phase != "active" {
+			return false
+		}
+		for _, cp := range s.Copies {
+			if cp.Role == "replica" && cp.Latest != nil {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// lftp runs the real lftp client against node i's FTP port as login,
+// plain FTP, passive mode, and returns its output and error.
+func lftp(c *Cluster, i int, login, commands string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), lftpWaitMax)
+	defer cancel()
+	host, port, _ := strings.Cut(c.Nodes[i].FTP, ":")
+	// Commands are chained with && so that the first failure ends the run
+	// with a non-zero status (cmd:fail-exit makes lftp hang on exit).
+	script := "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; set ftp:ssl-allow no; " +
+		"set ftp:passive-mode on; set xfer:clobber on; " +
+		fmt.Sprintf("open -u %s -p %s %s; ", login, port, host) + strings.ReplaceAll(commands, "; ", " && ")
+	out, err := exec.CommandContext(ctx, "lftp", "-c", script).CombinedOutput()
+	return string(out), err
+}
+
+func mustLftp(t *testing.T, c *Cluster, i int, login, commands string) string {
+	t.Helper()
+	out, err := lftp(c, i, login, commands)
+	if err != nil {
+		t.Fatalf("lftp via %s: %s: %v\n%s", c.Nodes[i].Name, commands, err, out)
+	}
+	return out
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func randomFile(t *testing.T, path string, size int64) string {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return fileSum(t, path)
+}
+
+// webDirOf is the directory of site's web root on node i (portable driver).
+func webDirOf(c *Cluster, i int, site string) string {
+	return filepath.Join(c.Nodes[i].DataDir, "datasets", "sites", site, "live", "web")
+}
+
+// FTP through every node, with real lftp and curl: an upload through a
+// node that is not the master, served over HTTP through the third node and
+// downloaded back intact through the master; resume, rename, delete,
+// mkdir/rmdir, size and modification time; a mirror of a tree up and back;
+// and escapes (.., a symlink to /etc, to another site, to a directory
+// outside for writing) refused, logged, and without host paths in replies.
+func TestE2EFTP(t *testing.T) {
+	for _, tool := range []string{"lftp", "curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed (make deps installs it)", tool)
+		}
+	}
+	c := newCluster(t, 3)
+	ctx := context.Background()
+	s := createFTPSite(t, ctx, c, "web", "web.example", "alice:pw-alice")
+	createFTPSite(t, ctx, c, "other", "other.example", "bob:pw-bob")
+	master := c.NodeIndex(s.Master)
+	via, httpNode := (master+1)%3, (master+2)%3
+	t.Logf("web: master %s; upload via %s, HTTP via %s", s.Master, c.Nodes[via].Name, c.Nodes[httpNode].Name)
+	const login = "alice@web,pw-alice"
+	local := t.TempDir()
+
+	// Wrong logins are refused, on a non-master node too.
+	for _, bad := range []string{"alice@web,wrong", "bob@web,pw-bob", "alice,pw-alice", "alice@nosuch,pw-alice"} {
+		if out, err := lftp(c, via, bad, "ls"); err == nil || !strings.Contains(out, "530") {
+			t.Fatalf("login %q was not refused: %v\n%s", bad, err, out)
+		}
+	}
+
+	// Upload through a non-master node, HTTP through the third, download
+	// back through the master.
+	big := filepath.Join(local, "big.bin")
+	sum := randomFile(t, big, 8<<20+12345)
+	mustLftp(t, c, via, login, "put "+big+" -o /big.bin")
+	got := filepath.Join(local, "http.bin")
+	curl(t, "-o", got, "-H", "Host: web.example", c.URL(httpNode)+"/big.bin")
+	if fileSum(t, got) != sum {
+		t.Fatal("the file served over HTTP differs from the one uploaded")
+	}
+	back := filepath.Join(local, "back.bin")
+	mustLftp(t, c, master, login, "get /big.bin -o "+back)
+	if fileSum(t, back) != sum {
+		t.Fatal("the file downloaded through the master differs from the one uploaded")
+	}
+
+	// Resume: a download from an offset (REST) with curl through a
+	// non-master node, and an upload resumed with lftp (REST + STOR).
+	part := filepath.Join(local, "part.bin")
+	host, port, _ := strings.Cut(c.Nodes[via].FTP, ":")
+	ftpURL := fmt.Sprintf("ftp://%s:%s/big.bin", host, port)
+	if out, err := exec.Command("curl", "-sS", "--max-time", "60", "-u", "alice@web:pw-alice", "-C", "1000000", "-o", part, ftpURL).CombinedOutput(); err != nil {
+		t.Fatalf("curl resumed download: %v\n%s", err, out)
+	}
+	whole, _ := os.ReadFile(big)
+	tail, _ := os.ReadFile(part)
+	if !bytes.Equal(tail, whole[1000000:]) {
+		t.Fatalf("resumed download: %d bytes, want the %d after offset 1000000", len(tail), len(whole)-1000000)
+	}
+	half := filepath.Join(local, "half.bin")
+	if err := os.WriteFile(half, whole[:3<<20], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustLftp(t, c, via, login, "put "+half+" -o /resumed.bin")
+	mustLftp(t, c, via, login, "put -c "+big+" -o /resumed.bin")
+	mustLftp(t, c, master, login, "get /resumed.bin -o "+back)
+	if fileSum(t, back) != sum {
+		t.Fatal("the upload resumed through a non-master node differs from the file")
+	}
+
+	// Size, modification time, rename, delete, mkdir, rmdir.
+	out := mustLftp(t, c, via, login, "quote SIZE /big.bin; quote MDTM /big.bin; mkdir /d1; mv /resumed.bin /d1/r.bin; cls -l /d1; rm /d1/r.bin; rmdir /d1")
+	for _, want := range []string{fmt.Sprintf("213 %d", 8<<20+12345), "213 20", "r.bin"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("lftp output lacks %q:\n%s", want, out)
+		}
+	}
+	if out := mustLftp(t, c, master, login, "cls -1 /"); strings.Contains(out, "d1") || !strings.Contains(out, "big.bin") {
+		t.Fatalf("listing after rmdir:\n%s", out)
+	}
+
+	// A tree mirrored up through a non-master node and back through the
+	// third node.
+	tree := filepath.Join(local, "tree")
+	for i, p := range []string{"a/one.txt", "a/b/two.txt", "a/b/c/three.bin", "top.txt", "e/empty/.keep"} {
+		full := filepath.Join(tree, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		data := bytes.Repeat([]byte(fmt.Sprintf("file %d %s\n", i, p)), 1000*(i+1))
+		if err := os.WriteFile(full, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustLftp(t, c, via, login, "mirror -R "+tree+" /tree")
+	mirrored := filepath.Join(local, "mirrored")
+	mustLftp(t, c, httpNode, login, "mirror /tree "+mirrored)
+	if diff, err := exec.Command("diff", "-r", tree, mirrored).CombinedOutput(); err != nil {
+		t.Fatalf("the tree mirrored back differs: %v\n%s", err, diff)
+	}
+
+	// Escapes. The site's own files (as an app could write them) hold
+	// symlinks to /etc, to the other site's files, and to a writable
+	// directory outside every dataset.
+	outside := t.TempDir()
+	web := webDirOf(c, master, "web")
+	otherWeb := webDirOf(c, master, "other") // on this node as master or replica
+	for name, target := range map[string]string{"etc": "/etc", "passwd": "/etc/passwd", "othersite": otherWeb, "outside": outside} {
+		if err := os.Symlink(target, filepath.Join(web, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(outside, "secret.txt"), []byte("outside secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	upload := filepath.Join(local, "evil.txt")
+	if err := os.WriteFile(upload, []byte("evil\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range []int{via, master} {
+		for _, cmd := range []string{
+			"cat /etc/passwd", "cat etc/passwd", "cat passwd", "cls etc/", "cat ../../../../etc/passwd",
+			"cd ../../..; cat etc/passwd", "cat othersite/index.html", "cls othersite/", "cat outside/secret.txt",
+			"put " + upload + " -o outside/evil.txt", "put " + upload + " -o /outside/new/evil.txt",
+			"mkdir outside/newdir", "mv big.bin outside/moved.bin", "rm outside/secret.txt",
+		} {
+			out, err := lftp(c, node, login, cmd)
+			if err == nil {
+				t.Fatalf("escape %q via %s succeeded:\n%s", cmd, c.Nodes[node].Name, out)
+			}
+			for _, leak := range []string{"root:x:0", "outside secret", c.Nodes[master].DataDir, outside} {
+				if strings.Contains(out, leak) {
+					t.Fatalf("escape %q via %s: the reply shows %q:\n%s", cmd, c.Nodes[node].Name, leak, out)
+				}
+			}
+		}
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 1 {
+		t.Fatalf("the directory outside was written to: %v", ents)
+	}
+	if _, err := os.Stat(filepath.Join(web, "big.bin")); err != nil {
+		t.Fatalf("big.bin moved away: %v", err)
+	}
+	logData, _ := os.ReadFile(c.Nodes[master].LogPath)
+	if !strings.Contains(string(logData), "ftp: path escape refused") {
+		t.Fatal("the master's log has no refused escape")
+	}
+	// The listing leaves out the links that lead out of the site.
+	out = mustLftp(t, c, via, login, "cls -1 /")
+	for _, name := range []string{"etc", "passwd", "othersite", "outside"} {
+		if strings.Contains("\n"+out, "\n"+name+"\n") {
+			t.Fatalf("the listing shows %s:\n%s", name, out)
+		}
+	}
+}

@@ -10,6 +10,7 @@ command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 command -v zfs-fuse >/dev/null 2>&1 || [ -x /usr/sbin/zfs-fuse ] || need="$need zfs-fuse"
 # The end-to-end tests use real clients.
 command -v curl >/dev/null 2>&1 || need="$need curl"
+command -v lftp >/dev/null 2>&1 || need="$need lftp"
 if [ -n "$need" ]; then
 	log "installing:$need"
 	export DEBIAN_FRONTEND=noninteractive

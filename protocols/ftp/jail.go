@@ -351,7 +351,7 @@ func (j *jail) OpenRead(name string, offset int64) (io.ReadCloser, error) {
 		f.Close()
 		return nil, j.fail("open", name, err)
 	}
-	return &jailReader{f: f, j: j, name: name}, nil
+	return &jailReader{f: f, j: j, name: name, left: fi.Size() - offset}, nil
 }
 
 // writeFlags keeps the flags an upload may use.
@@ -394,10 +394,25 @@ type jailReader struct {
 	f    *os.File
 	j    *jail
 	name string
+	left int64 // bytes from the offset to the end when opened
 }
 
+// Remaining is what the download will send (unless the file changes): the
+// channel sends it as Content-Length, which lets the master use sendfile
+// and spares the other side de-chunking.
+func (r *jailReader) Remaining() int64 { return max(0, r.left) }
+
+// Read and WriteTo send the file as it was when opened: up to its size
+// then (the channel announced that size).
 func (r *jailReader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
 	n, err := r.f.Read(p)
+	r.left -= int64(n)
 	if err != nil && !errors.Is(err, io.EOF) {
 		err = r.j.fail("read", r.name, err)
 	}
@@ -407,7 +422,11 @@ func (r *jailReader) Read(p []byte) (int, error) {
 // WriteTo lets io.Copy hand the file to the kernel (sendfile) when the
 // destination is a socket.
 func (r *jailReader) WriteTo(w io.Writer) (int64, error) {
-	n, err := io.Copy(w, r.f)
+	n, err := io.Copy(w, &io.LimitedReader{R: r.f, N: max(0, r.left)})
+	r.left -= n
+	if err != nil {
+		err = r.j.fail("read", r.name, err)
+	}
 	return n, err
 }
 

@@ -201,8 +201,13 @@ func (e endpoint) read(w http.ResponseWriter, fsys siteFS, name string, q url.Va
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
+	rem, sized := f.(interface{ Remaining() int64 })
+	if sized {
+		w.Header().Set("Content-Length", strconv.FormatInt(rem.Remaining(), 10))
+	}
 	w.WriteHeader(http.StatusOK)
-	// An error mid-body cuts the response; the reader sees an unexpected EOF.
+	// An error mid-body cuts the response; the reader sees an unexpected
+	// EOF. A file that grew since it was opened is sent up to its size then.
 	_, _ = io.Copy(w, f)
 }
 
@@ -375,35 +380,14 @@ func (r *remoteReader) Close() error {
 	return err
 }
 
-// OpenWrite checks that the master serves the site and takes the file
-// (with a zero-length stat-less probe being impossible over one streamed
-// request, the upload itself starts here: its body is fed by Write and
-// ended by Close, whose answer says whether every byte landed).
+// OpenWrite returns the upload's handle; the request starts with the first
+// byte (or at Close for an empty file). When the library hands it the data
+// connection whole (ReadFrom), that connection is the request's body: no
+// extra copy between goroutines.
 func (r *remoteFS) OpenWrite(name string, flags int, offset int64) (io.WriteCloser, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	rw := &remoteWriter{pw: pw, cancel: cancel, done: make(chan struct{}), name: name}
 	u := r.url("write", "path", name, "flags", strconv.Itoa(flags), "offset", strconv.FormatInt(offset, 10))
-	go func() {
-		defer close(rw.done)
-		resp, err := r.do(ctx, http.MethodPut, u, pr)
-		if err == nil {
-			if resp.StatusCode != http.StatusNoContent {
-				err = readError("write", resp)
-			}
-			resp.Body.Close()
-		}
-		if err != nil && !errors.Is(err, errNotServing) {
-			var pe *fs.PathError
-			if !errors.As(err, &pe) {
-				err = &fs.PathError{Op: "write", Path: clientPath(name), Err: fmt.Errorf("%w: %v", errFailed, err)}
-			}
-		}
-		rw.err = err
-		// A Write still blocked on the pipe learns why the upload ended.
-		_ = pr.CloseWithError(errOr(err, io.ErrClosedPipe))
-	}()
-	return rw, nil
+	return &remoteWriter{r: r, u: u, ctx: ctx, cancel: cancel, name: name}, nil
 }
 
 func errOr(err, def error) error {
@@ -414,15 +398,74 @@ func errOr(err, def error) error {
 }
 
 type remoteWriter struct {
-	pw     *io.PipeWriter
+	r      *remoteFS
+	u      string
+	ctx    context.Context
 	cancel context.CancelFunc
-	done   chan struct{}
-	err    error // set before done closes
 	name   string
-	once   sync.Once
+
+	started bool
+	pw      *io.PipeWriter // piped mode (Write)
+	done    chan struct{}  // piped mode: closed when the request ended
+	err     error          // the request's outcome (set before done closes)
+	once    sync.Once
+}
+
+// send runs the upload request with body and returns its outcome.
+func (w *remoteWriter) send(body io.Reader) error {
+	resp, err := w.r.do(w.ctx, http.MethodPut, w.u, body)
+	if err == nil {
+		if resp.StatusCode != http.StatusNoContent {
+			err = readError("write", resp)
+		}
+		resp.Body.Close()
+	}
+	if err != nil && !errors.Is(err, errNotServing) {
+		var pe *fs.PathError
+		if !errors.As(err, &pe) {
+			err = &fs.PathError{Op: "write", Path: clientPath(w.name), Err: fmt.Errorf("%w: %v", errFailed, err)}
+		}
+	}
+	return err
+}
+
+// ReadFrom sends src as the upload's body (all of it, then the answer).
+func (w *remoteWriter) ReadFrom(src io.Reader) (int64, error) {
+	if w.started {
+		return io.CopyBuffer(writerOnly{w}, src, make([]byte, copyBufferBytes))
+	}
+	w.started = true
+	body := &countingReader{r: src}
+	w.err = w.send(body)
+	return body.n, w.err
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (w *remoteWriter) Write(p []byte) (int, error) {
+	if !w.started {
+		w.started = true
+		pr, pw := io.Pipe()
+		w.pw, w.done = pw, make(chan struct{})
+		go func() {
+			defer close(w.done)
+			w.err = w.send(pr)
+			// A Write still blocked on the pipe learns why the upload ended.
+			_ = pr.CloseWithError(errOr(w.err, io.ErrClosedPipe))
+		}()
+	}
+	if w.pw == nil {
+		return 0, errOr(w.err, io.ErrClosedPipe)
+	}
 	n, err := w.pw.Write(p)
 	if err != nil {
 		<-w.done
@@ -431,16 +474,27 @@ func (w *remoteWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// Close ends the body and waits for the master's answer.
+// Close ends the body and waits for the master's answer (an upload of no
+// bytes is sent here, so that the file is created or truncated).
 func (w *remoteWriter) Close() error {
-	w.once.Do(func() { _ = w.pw.Close() })
-	<-w.done
-	w.cancel()
+	defer w.cancel()
+	if !w.started {
+		w.started = true
+		w.err = w.send(http.NoBody)
+		return w.err
+	}
+	if w.pw != nil {
+		w.once.Do(func() { _ = w.pw.Close() })
+		<-w.done
+	}
 	return w.err
 }
 
 // abort ends an upload that failed on the client's side: the master sees
 // a cut body and keeps what arrived (as a local upload would).
 func (w *remoteWriter) abort(err error) {
-	w.once.Do(func() { _ = w.pw.CloseWithError(err) })
+	if w.pw != nil {
+		w.once.Do(func() { _ = w.pw.CloseWithError(err) })
+	}
+	w.cancel()
 }

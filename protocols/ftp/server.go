@@ -739,7 +739,13 @@ func (t *transfer) ReadFrom(r io.Reader) (int64, error) {
 	if t.w == nil {
 		return 0, errors.New("download handle is not writable")
 	}
-	n, err := io.CopyBuffer(writerOnly{t.w}, r, make([]byte, copyBufferBytes))
+	var n int64
+	var err error
+	if rf, ok := t.w.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.CopyBuffer(writerOnly{t.w}, r, make([]byte, copyBufferBytes))
+	}
 	t.pos += n
 	return n, err
 }

@@ -267,3 +267,116 @@ func TestE2EFTP(t *testing.T) {
 		}
 	}
 }
+
+// An open FTP session keeps its site from being juggled: two sites on one
+// master, both loaded over HTTP so that the balancer wants to move one,
+// both with an FTP session open (a slow upload through another node to
+// one, an idle session on the other). Nothing moves while the sessions
+// are open; when the upload's session closes, its site moves.
+func TestE2EFTPLeaseBlocksJuggling(t *testing.T) {
+	if _, err := exec.LookPath("lftp"); err != nil {
+		t.Fatal("lftp is needed (make deps installs it)")
+	}
+	c := newCluster(t, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hot := createFTPSite(t, ctx, c, "hot", "hot.example", "up:pw-up")
+	busy := createFTPSite(t, ctx, c, "busy", "busy.example", "idle:pw-idle")
+	if busy.Master != hot.Master {
+		if _, err := c.HCCtl(ctx, 0, "migrate", "busy", hot.Master); err != nil {
+			t.Fatalf("hcctl migrate busy %s: %v", hot.Master, err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+		_, err := c.WaitSite(wctx, 0, "busy", func(s admin.Site) bool { return s.Master == hot.Master && s.Phase == "active" })
+		wcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	master := c.NodeIndex(hot.Master)
+	via := (master + 1) % 3
+	t.Logf("hot and busy on %s; upload via %s", hot.Master, c.Nodes[via].Name)
+
+	// The sessions: an idle one on busy, a slow upload (about 20 s) to hot.
+	lftpBackground := func(node int, login, commands string) *exec.Cmd {
+		host, port, _ := strings.Cut(c.Nodes[node].FTP, ":")
+		cmd := exec.CommandContext(ctx, "lftp", "-c", "set net:max-retries 1; set ftp:ssl-allow no; set net:limit-rate 300000; "+
+			fmt.Sprintf("open -u %s -p %s %s; ", login, port, host)+commands)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	idle := lftpBackground(master, "idle@busy,pw-idle", "cls / && sleep 300")
+	defer func() { _ = idle.Process.Kill(); _ = idle.Wait() }()
+	src := filepath.Join(t.TempDir(), "slow.bin")
+	randomFile(t, src, 6<<20)
+	upload := lftpBackground(via, "up@hot,pw-up", "put "+src+" -o /slow.bin")
+	uploadDone := make(chan error, 1)
+	go func() { uploadDone <- upload.Wait() }()
+	for _, site := range []string{"hot", "busy"} {
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := c.WaitSite(wctx, 0, site, func(s admin.Site) bool { return s.FTPLeases > 0 })
+		wcancel()
+		if err != nil {
+			t.Fatalf("no FTP lease seen on %s: %v", site, err)
+		}
+	}
+
+	// HTTP load on both sites through their master: about 25 requests a
+	// second each, the master far above the cluster's mean.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	for _, domain := range []string{"hot.example", "busy.example"} {
+		go func() {
+			tick := time.NewTicker(40 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-loadCtx.Done():
+					return
+				case <-tick.C:
+					_, _, _ = c.Do(loadCtx, master, "GET", domain, "/", nil)
+				}
+			}
+		}()
+	}
+
+	// While the upload runs, neither site moves.
+	var uploadErr error
+	for waiting := true; waiting; {
+		select {
+		case uploadErr = <-uploadDone:
+			waiting = false
+		case <-time.After(500 * time.Millisecond):
+			for _, site := range []string{"hot", "busy"} {
+				s, err := c.Client(0).Site(ctx, site)
+				if err == nil && s.Master != hot.Master {
+					t.Fatalf("%s moved to %s while an FTP session was open", site, s.Master)
+				}
+			}
+		}
+	}
+	if uploadErr != nil {
+		t.Fatalf("slow upload: %v", uploadErr)
+	}
+	// Its session closed: hot moves (busy, still leased, stays).
+	wctx, wcancel := context.WithTimeout(ctx, 90*time.Second)
+	moved, err := c.WaitSite(wctx, 0, "hot", func(s admin.Site) bool {
+		return s.Master != "" && s.Master != hot.Master && s.Phase == "active"
+	})
+	wcancel()
+	if err != nil {
+		t.Fatalf("hot did not move after its FTP session closed: %v", err)
+	}
+	t.Logf("hot moved to %s after the upload's session closed", moved.Master)
+	if s, err := c.Client(0).Site(ctx, "busy"); err != nil || s.Master != hot.Master {
+		t.Fatalf("busy (still leased) moved: %+v %v", s, err)
+	}
+	// The upload is intact on the new master.
+	back := filepath.Join(t.TempDir(), "back.bin")
+	mustLftp(t, c, c.NodeIndex(moved.Master), "up@hot,pw-up", "get /slow.bin -o "+back)
+	if fileSum(t, back) != fileSum(t, src) {
+		t.Fatal("the upload differs after the move")
+	}
+}

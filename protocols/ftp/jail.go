@@ -47,6 +47,10 @@ var (
 	errTooLarge = fmt.Errorf("directory has more than %d entries", dirEntriesMax)
 	// errRoot: the command would remove or rename the site's root.
 	errRoot = errors.New("the site's root cannot be changed")
+	// errMoving: an upload met the pause of a move (or its site stopped
+	// being served here): it is cut before the move's final snapshot, so no
+	// byte is acknowledged that the new master lacks; the client resumes.
+	errMoving = errors.New("the site is moving: transfer interrupted, resume it")
 	// errUnsupported: commands the jail does not offer (chmod, chown).
 	errUnsupported = errors.New("not supported")
 )
@@ -121,6 +125,10 @@ type jail struct {
 	// enforces a ZFS quota by itself; this also enforces it on drivers
 	// that do not.
 	quota func() (int64, bool)
+	// serving, when set, reports whether this node still serves the site
+	// at the epoch the work was admitted at; an upload checks it before
+	// each write and stops with errMoving when not.
+	serving func() bool
 }
 
 var _ siteFS = (*jail)(nil)
@@ -162,6 +170,8 @@ func (j *jail) fail(op, name string, err error) error {
 	case errors.Is(err, errQuota), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.ENOSPC),
 		errors.Is(err, ftpserver.ErrStorageExceeded):
 		cause = errQuota
+	case errors.Is(err, errMoving):
+		cause = errMoving
 	case errors.Is(err, fs.ErrNotExist):
 		cause = fs.ErrNotExist
 	case errors.Is(err, fs.ErrExist):
@@ -443,6 +453,10 @@ type jailWriter struct {
 
 func (w *jailWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
+		return 0, w.err
+	}
+	if w.j.serving != nil && !w.j.serving() {
+		w.err = w.j.fail("write", w.name, errMoving)
 		return 0, w.err
 	}
 	if w.limited && int64(len(p)) > w.left {

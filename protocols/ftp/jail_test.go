@@ -229,3 +229,28 @@ func TestWaitServingWaitsForTheMove(t *testing.T) {
 		t.Fatalf("lease messages: %v", got)
 	}
 }
+
+// An upload that meets a move's pause stops before its next write (the
+// move's final snapshot waits for it), with an error that says to resume.
+func TestJailUploadStopsAtAMove(t *testing.T) {
+	j, _, _, _ := newTestJail(t)
+	serving := true
+	j.serving = func() bool { return serving }
+	w, err := j.OpenWrite("/up.bin", os.O_CREATE|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	serving = false
+	if _, err := w.Write([]byte("after")); !errors.Is(err, errMoving) || !strings.Contains(err.Error(), "resume") {
+		t.Fatalf("write during the pause: %v", err)
+	}
+	if err := w.Close(); !errors.Is(err, errMoving) {
+		t.Fatalf("close: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(j.root.Name(), "up.bin")); string(b) != "before" {
+		t.Fatalf("file holds %q", b)
+	}
+}

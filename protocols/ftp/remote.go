@@ -43,14 +43,14 @@ var errorKinds = map[string]error{
 	"notexist": fs.ErrNotExist, "exist": fs.ErrExist, "permission": fs.ErrPermission,
 	"escape": errEscape, "quota": errQuota, "isdir": errIsDir, "notdir": errNotDir,
 	"notempty": errNotEmpty, "toolarge": errTooLarge, "root": errRoot, "unsupported": errUnsupported,
-	"invalid": fs.ErrInvalid, "notserving": errNotServing, "failed": errFailed, "auth": errAuth,
+	"invalid": fs.ErrInvalid, "moving": errMoving, "notserving": errNotServing, "failed": errFailed, "auth": errAuth,
 }
 
 // errAuth: a login with a wrong user or password.
 var errAuth = errors.New("login incorrect")
 
 func kindOf(err error) string {
-	for _, k := range []string{"notserving", "escape", "quota", "auth", "notexist", "exist", "permission", "isdir",
+	for _, k := range []string{"notserving", "moving", "escape", "quota", "auth", "notexist", "exist", "permission", "isdir",
 		"notdir", "notempty", "toolarge", "root", "unsupported", "invalid"} {
 		if errors.Is(err, errorKinds[k]) {
 			return k
@@ -75,6 +75,8 @@ func writeError(w http.ResponseWriter, err error) {
 		code = http.StatusMisdirectedRequest
 	case "notexist":
 		code = http.StatusNotFound
+	case "moving":
+		code = http.StatusServiceUnavailable
 	case "escape", "permission", "auth":
 		code = http.StatusForbidden
 	case "quota":

@@ -334,6 +334,11 @@ func (s *Server) local(ctx context.Context, site string) (siteFS, func(), error)
 		s.log.Warn("ftp: cannot open the site's web root", "site", site, "err", err)
 		return nil, nil, &fs.PathError{Op: "open", Path: "/", Err: errFailed}
 	}
+	admitted, _ := s.cfg.Cluster.Route(site)
+	j.serving = func() bool {
+		r, ok := s.cfg.Cluster.Route(site)
+		return ok && r.Master == s.node && r.Serving() && core.CompareEpoch(r.Epoch, admitted.Epoch) == 0
+	}
 	ds, _ := storage.ParseSite(site) // checked by every caller
 	if spec, ok := s.cfg.Cluster.SiteSpec(site); ok && spec.QuotaBytes > 0 {
 		j.quota = func() (int64, bool) {

@@ -3,11 +3,18 @@ package localcluster
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,12 +65,17 @@ func createFTPSite(t *testing.T, ctx context.Context, c *Cluster, name, domain, 
 // lftp runs the real lftp client against node i's FTP port as login,
 // plain FTP, passive mode, and returns its output and error.
 func lftp(c *Cluster, i int, login, commands string) (string, error) {
+	return lftpWith(c, i, login, "set ftp:ssl-allow no; ", commands)
+}
+
+// lftpWith is lftp with settings of the caller's (TLS ones).
+func lftpWith(c *Cluster, i int, login, settings, commands string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), lftpWaitMax)
 	defer cancel()
 	host, port, _ := strings.Cut(c.Nodes[i].FTP, ":")
 	// Commands are chained with && so that the first failure ends the run
 	// with a non-zero status (cmd:fail-exit makes lftp hang on exit).
-	script := "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; set ftp:ssl-allow no; " +
+	script := "set net:max-retries 1; set net:timeout 20; set net:reconnect-interval-base 1; " + settings +
 		"set ftp:passive-mode on; set xfer:clobber on; " +
 		fmt.Sprintf("open -u %s -p %s %s; ", login, port, host) + strings.ReplaceAll(commands, "; ", " && ")
 	out, err := exec.CommandContext(ctx, "lftp", "-c", script).CombinedOutput()
@@ -378,5 +390,114 @@ func TestE2EFTPLeaseBlocksJuggling(t *testing.T) {
 	mustLftp(t, c, c.NodeIndex(moved.Master), "up@hot,pw-up", "get /slow.bin -o "+back)
 	if fileSum(t, back) != fileSum(t, src) {
 		t.Fatal("the upload differs after the move")
+	}
+}
+
+// writeSelfSignedCert writes a certificate and key for 127.0.0.1.
+func writeSelfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "ftp.pem"), filepath.Join(dir, "ftp.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// Explicit FTPS (AUTH TLS, protected data) through a non-master node,
+// parallel sessions of one client (lftp pget -n 4: ranged downloads, REST)
+// each holding a lease and all released at the end, and a full quota
+// answered 552 with a clear message.
+func TestE2EFTPSQuotaAndParallelSessions(t *testing.T) {
+	if _, err := exec.LookPath("lftp"); err != nil {
+		t.Fatal("lftp is needed (make deps installs it)")
+	}
+	if testing.Short() {
+		t.Skip("end-to-end test (real processes)")
+	}
+	dir := t.TempDir()
+	cert, key := writeSelfSignedCert(t, dir)
+	ctx := context.Background()
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	c, err := Start(startCtx, Options{Nodes: 2, Dir: dir, Bin: bins,
+		Args: []string{"-log-level", "debug", "-ftp-tls-cert", cert, "-ftp-tls-key", key}})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		if t.Failed() {
+			t.Logf("node logs:\n%s", c.Logs(60))
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := c.HCCtl(ctx, 0, "site", "create", "small", "--domain", "small.example", "--ftp-user", "carol:pw-carol", "--quota", "3M")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hcctl site create: %v\n%s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	s, err := c.WaitSite(wctx, 0, "small", func(s admin.Site) bool { return s.Master != "" && s.Phase == "active" })
+	wcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	via := 1 - c.NodeIndex(s.Master)
+	const login = "carol@small,pw-carol"
+	const tlsOn = "set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no; "
+	local := t.TempDir()
+	file := filepath.Join(local, "two.bin")
+	sum := randomFile(t, file, 2<<20)
+
+	// FTPS through the non-master: the upload and the listing over TLS.
+	out, err := lftpWith(c, via, login, tlsOn, "debug 3; put "+file+" -o /two.bin; cls -l /")
+	// lftp warns of the self-signed certificate: the session did go over TLS.
+	if err != nil || !strings.Contains(out, "Certificate verification") || !strings.Contains(out, "two.bin") {
+		t.Fatalf("FTPS via %s: %v\n%s", c.Nodes[via].Name, err, out)
+	}
+
+	// pget -n 4: four sessions of one client, ranged downloads.
+	back := filepath.Join(local, "back.bin")
+	if out, err := lftp(c, via, login, "pget -n 4 /two.bin -o "+back); err != nil {
+		t.Fatalf("pget: %v\n%s", err, out)
+	}
+	if fileSum(t, back) != sum {
+		t.Fatal("the parallel download differs from the upload")
+	}
+	wctx, wcancel = context.WithTimeout(ctx, 30*time.Second)
+	_, err = c.WaitSite(wctx, 0, "small", func(s admin.Site) bool { return s.FTPLeases == 0 })
+	wcancel()
+	if err != nil {
+		t.Fatalf("leases not all released after the sessions ended: %v", err)
+	}
+
+	// The quota (3 MiB, the 2 MiB file and its snapshot count): another
+	// 2 MiB does not fit.
+	out, err = lftp(c, via, login, "put "+file+" -o /more.bin")
+	if err == nil || !strings.Contains(out, "552") || !strings.Contains(out, "quota is full") {
+		t.Fatalf("upload past the quota: %v\n%s", err, out)
 	}
 }

@@ -378,8 +378,9 @@ func (s *Server) mountpoint(ctx context.Context, site string) (string, error) {
 	return dir, nil
 }
 
-// dummyHash keeps a login for an unknown user as slow as a wrong password.
-var dummyHash, _ = admin.HashFTPPassword("no such user")
+// dummyHash keeps a login for an unknown user as slow as a wrong password
+// (made at the first such login: hashing is deliberately slow).
+var dummyHash = sync.OnceValue(func() string { h, _ := admin.HashFTPPassword("no such user"); return h })
 
 // authLocal checks a login on the site's master.
 func (s *Server) authLocal(ctx context.Context, site, user, password string) error {
@@ -398,12 +399,14 @@ func (s *Server) authLocal(ctx context.Context, site, user, password string) err
 		return ctx.Err()
 	}
 	spec, _ := s.cfg.Cluster.SiteSpec(site)
-	hash := dummyHash
-	found := false
+	hash, found := "", false
 	for _, u := range spec.GetFtpUsers() {
 		if u.Name == user {
 			hash, found = u.PasswordHash, true
 		}
+	}
+	if !found {
+		hash = dummyHash()
 	}
 	if !admin.VerifyFTPPassword(hash, password) || !found {
 		return errAuth

@@ -501,3 +501,64 @@ func TestE2EFTPSQuotaAndParallelSessions(t *testing.T) {
 		t.Fatalf("upload past the quota: %v\n%s", err, out)
 	}
 }
+
+// An operator's move of a site during an upload through another node (a
+// lease does not stop an operator): the upload is cut at the pause with a
+// clear error, never acknowledged short; resumed (REST) it completes on the
+// new master, intact.
+func TestE2EFTPMoveDuringUpload(t *testing.T) {
+	if _, err := exec.LookPath("lftp"); err != nil {
+		t.Fatal("lftp is needed (make deps installs it)")
+	}
+	c := newCluster(t, 3)
+	ctx := context.Background()
+	s := createFTPSite(t, ctx, c, "mv", "mv.example", "dave:pw-dave")
+	master := c.NodeIndex(s.Master)
+	target := s.Replicas[0]
+	via := (master + 1) % 3
+	if c.Nodes[via].Name == target {
+		via = (master + 2) % 3
+	}
+	const login = "dave@mv,pw-dave"
+	src := filepath.Join(t.TempDir(), "slow.bin")
+	sum := randomFile(t, src, 6<<20)
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := lftpWith(c, via, login, "set ftp:ssl-allow no; set net:limit-rate 400000; ", "put "+src+" -o /slow.bin")
+		done <- result{out, err}
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := c.WaitSite(wctx, 0, "mv", func(s admin.Site) bool { return s.FTPLeases > 0 })
+	wcancel()
+	if err != nil {
+		t.Fatalf("no lease seen: %v", err)
+	}
+	time.Sleep(2 * time.Second) // some bytes are in
+	if out, err := c.HCCtl(ctx, 0, "migrate", "mv", target); err != nil {
+		t.Fatalf("hcctl migrate mv %s: %v\n%s", target, err, out)
+	}
+	r := <-done
+	if r.err == nil {
+		t.Fatalf("the upload was acknowledged although the move cut it:\n%s", r.out)
+	}
+	if !strings.Contains(r.out, "moving") {
+		t.Fatalf("the cut upload's error does not say the site is moving:\n%s", r.out)
+	}
+	t.Logf("the cut upload: %s", strings.TrimSpace(r.out))
+	wctx, wcancel = context.WithTimeout(ctx, time.Minute)
+	moved, err := c.WaitSite(wctx, 0, "mv", func(s admin.Site) bool { return s.Master == target && s.Phase == "active" })
+	wcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustLftp(t, c, via, login, "put -c "+src+" -o /slow.bin")
+	back := filepath.Join(t.TempDir(), "back.bin")
+	mustLftp(t, c, c.NodeIndex(moved.Master), login, "get /slow.bin -o "+back)
+	if fileSum(t, back) != sum {
+		t.Fatal("the resumed upload differs from the file")
+	}
+}

@@ -146,13 +146,13 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 	case *m.Timer:
 		fx = s.timer(env, msg.Key)
 	case *m.LeaseAcquire:
-		s.leases[msg.Holder]++
+		// One lease per holder (a holder is one session; a client with
+		// several sessions holds several): an acquire is idempotent, so a
+		// holder renews its lease by sending it again (a lost message, a
+		// master that restarted and forgot it).
+		s.leases[msg.Holder] = 1
 	case *m.LeaseRelease:
-		if s.leases[msg.Holder] > 1 {
-			s.leases[msg.Holder]--
-		} else {
-			delete(s.leases, msg.Holder)
-		}
+		delete(s.leases, msg.Holder)
 	case *m.AddReplica:
 		if s.serving() && !slices.Contains(s.replicas, msg.Node) && msg.Node != s.node {
 			s.replicas = append(s.replicas, msg.Node)

@@ -203,7 +203,7 @@ func TestWaitServingWaitsForTheMove(t *testing.T) {
 		}
 		return host.Route{Site: "a", Master: "n3", Phase: m.SitePhase_SITE_PHASE_ACTIVE}, true
 	}}
-	s := &Server{cfg: Config{Cluster: fc}, node: "n2", log: slog.New(slog.DiscardHandler)}
+	s := &Server{cfg: Config{Cluster: fc}, node: "n2", log: slog.New(slog.DiscardHandler), active: map[*session]struct{}{}}
 	r, err := s.waitServing(context.Background(), "a", time.Now().Add(5*time.Second), 0)
 	if err != nil || r.Master != "n3" || time.Since(start) < 300*time.Millisecond {
 		t.Fatalf("route %+v err %v after %v", r, err, time.Since(start))
@@ -219,13 +219,15 @@ func TestWaitServingWaitsForTheMove(t *testing.T) {
 	ss.lease("n1")
 	ss.lease("n1")
 	ss.lease("n3")
+	ss.renew("n3")
 	ss.end()
 	ss.end()
+	ss.renew("n3")
 	var got []string
 	for _, msg := range fc.sent {
 		got = append(got, string(proto.MessageName(msg).Name()))
 	}
-	if strings.Join(got, ",") != "LeaseAcquire,LeaseRelease,LeaseAcquire,LeaseRelease" {
+	if strings.Join(got, ",") != "LeaseAcquire,LeaseRelease,LeaseAcquire,LeaseAcquire,LeaseRelease" {
 		t.Fatalf("lease messages: %v", got)
 	}
 }

@@ -18,10 +18,11 @@
 //     (LeaseAcquire/LeaseRelease to the site actor, a reference count per
 //     session): the balancer does not juggle a leased site. The lease
 //     follows the master (a move by an operator, a failover) at the
-//     session's next command, and is released when the session ends. A
-//     master that dies takes its leases with it (failover is not held up);
-//     leases held from a node that is seen down are dropped by the site
-//     actor.
+//     session's next command or renewal (every leaseRenewEvery: an
+//     acquire is idempotent, so a lost message or a restarted master costs
+//     at most that long), and is released when the session ends. A master
+//     that dies takes its leases with it (failover is not held up); leases
+//     held from a node that is seen down are dropped by the site actor.
 //   - A login or a command that arrives while the site is paused for a move
 //     (or has no live master yet) waits, up to moveWaitMax, for it to be
 //     served again.
@@ -93,6 +94,11 @@ const (
 	// internalIdleConnsMax bounds the idle node-to-node connections kept
 	// per master.
 	internalIdleConnsMax = 64
+	// leaseRenewEvery: each session sends its lease again this often, to
+	// the site's master now (an acquire is idempotent at the site actor): a
+	// lost message, a master that restarted, or a move while the session
+	// was idle costs at most this long without the lease.
+	leaseRenewEvery = 5 * time.Second
 )
 
 // Cluster is what the front end needs of the node's runtime
@@ -153,6 +159,9 @@ type Server struct {
 
 	mu     sync.Mutex
 	mounts map[string]mount // site -> its dataset directory at an epoch
+	active map[*session]struct{}
+	stop   chan struct{}
+	closed sync.Once
 }
 
 type mount struct {
@@ -199,7 +208,8 @@ func New(cfg Config) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log, node: cfg.Cluster.Node(), boot: strconv.FormatInt(time.Now().UnixNano(), 36),
-		authSlot: make(chan struct{}, authConcurrentMax), mounts: map[string]mount{}}
+		authSlot: make(chan struct{}, authConcurrentMax), mounts: map[string]mount{}, active: map[*session]struct{}{},
+		stop: make(chan struct{})}
 	if cfg.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
 		if err != nil {
@@ -237,7 +247,33 @@ func New(cfg Config) (*Server, error) {
 	if err := s.ftp.Listen(); err != nil {
 		return nil, fmt.Errorf("ftp: listen %s: %w", cfg.Listen, err)
 	}
+	go s.renewLeases()
 	return s, nil
+}
+
+// renewLeases sends every session's lease again, every leaseRenewEvery, to
+// its site's master now (moving it there when the master changed).
+func (s *Server) renewLeases() {
+	t := time.NewTicker(leaseRenewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		sessions := make([]*session, 0, len(s.active))
+		for ss := range s.active {
+			sessions = append(sessions, ss)
+		}
+		s.mu.Unlock()
+		for _, ss := range sessions {
+			if r, ok := s.cfg.Cluster.Route(ss.site); ok && r.Master != "" {
+				ss.renew(r.Master)
+			}
+		}
+	}
 }
 
 // Addr is the control connection's address.
@@ -248,7 +284,10 @@ func (s *Server) Serve() error { return s.ftp.Serve() }
 
 // Close stops accepting connections (open sessions end with the process,
 // or when their client quits: their leases are then released).
-func (s *Server) Close() error { return s.ftp.Stop() }
+func (s *Server) Close() error {
+	s.closed.Do(func() { close(s.stop) })
+	return s.ftp.Stop()
+}
 
 func validSite(site string) bool {
 	_, err := storage.ParseSite(site)
@@ -486,6 +525,9 @@ func (d *mainDriver) AuthUser(cc ftpserver.ClientContext, login, password string
 	if r, ok := s.cfg.Cluster.Route(site); ok {
 		ss.lease(r.Master)
 	}
+	s.mu.Lock()
+	s.active[ss] = struct{}{}
+	s.mu.Unlock()
 	s.log.Info("ftp: login", "site", site, "user", user, "remote", cc.RemoteAddr().String(), "holder", ss.holder)
 	return &clientFS{ss: ss}, nil
 }
@@ -515,8 +557,25 @@ func (ss *session) lease(master string) {
 	ss.leaseAt = master
 }
 
+// renew sends the lease again to master (moving it there if it moved).
+func (ss *session) renew(master string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.ended || master == "" {
+		return
+	}
+	if ss.leaseAt != "" && ss.leaseAt != master {
+		ss.s.cfg.Cluster.Send(core.SiteAddr(ss.leaseAt, ss.site), &m.LeaseRelease{Site: ss.site, Holder: ss.holder})
+	}
+	ss.s.cfg.Cluster.Send(core.SiteAddr(master, ss.site), &m.LeaseAcquire{Site: ss.site, Holder: ss.holder})
+	ss.leaseAt = master
+}
+
 // end releases the lease (the session is over).
 func (ss *session) end() {
+	ss.s.mu.Lock()
+	delete(ss.s.active, ss)
+	ss.s.mu.Unlock()
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.ended {

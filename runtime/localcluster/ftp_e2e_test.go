@@ -562,3 +562,56 @@ func TestE2EFTPMoveDuringUpload(t *testing.T) {
 		t.Fatal("the resumed upload differs from the file")
 	}
 }
+
+// A master that dies with an FTP session open on another node: failover is
+// not held up by the lease, the session's lease moves to the new master
+// (renewal), and the session's next command works there.
+func TestE2EFTPFailoverWithSessionOpen(t *testing.T) {
+	if _, err := exec.LookPath("lftp"); err != nil {
+		t.Fatal("lftp is needed (make deps installs it)")
+	}
+	c := newCluster(t, 3)
+	ctx := context.Background()
+	s := createFTPSite(t, ctx, c, "fo", "fo.example", "erin:pw-erin")
+	master := c.NodeIndex(s.Master)
+	via := (master + 1) % 3
+	observer := (master + 2) % 3
+	local := t.TempDir()
+	first, second := filepath.Join(local, "first.txt"), filepath.Join(local, "second.bin")
+	if err := os.WriteFile(first, []byte("before the crash\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := randomFile(t, second, 1<<20)
+	done := make(chan error, 1)
+	var out string
+	go func() {
+		var err error
+		out, err = lftp(c, via, "erin@fo,pw-erin", "put "+first+" -o /first.txt; sleep 25; put "+second+" -o /second.bin")
+		done <- err
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := c.WaitSite(wctx, observer, "fo", func(s admin.Site) bool { return s.FTPLeases > 0 })
+	wcancel()
+	if err != nil {
+		t.Fatalf("no lease seen: %v", err)
+	}
+	t.Logf("killing the master %s with a session open via %s", s.Master, c.Nodes[via].Name)
+	c.Kill(master)
+	wctx, wcancel = context.WithTimeout(ctx, 20*time.Second)
+	after, err := c.WaitSite(wctx, observer, "fo", func(v admin.Site) bool {
+		return v.Master != "" && v.Master != s.Master && v.Phase == "active" && v.FTPLeases > 0
+	})
+	wcancel()
+	if err != nil {
+		t.Fatalf("no failover with the lease on the new master: %v", err)
+	}
+	t.Logf("failed over to %s, lease there: %d", after.Master, after.FTPLeases)
+	if err := <-done; err != nil {
+		t.Fatalf("the session's command after the failover: %v\n%s", err, out)
+	}
+	back := filepath.Join(local, "back.bin")
+	mustLftp(t, c, observer, "erin@fo,pw-erin", "get /second.bin -o "+back)
+	if fileSum(t, back) != sum {
+		t.Fatal("the upload after the failover differs")
+	}
+}

@@ -129,7 +129,15 @@ type jail struct {
 	// at the epoch the work was admitted at; an upload checks it before
 	// each write and stops with errMoving when not.
 	serving func() bool
+	// touch, when set, tells the host the site changes (an upload in
+	// progress), at most every touchEvery: the host skips looking for
+	// changes in a site that had no admitted work since its last look.
+	touch func()
 }
+
+// touchEvery bounds how often an upload tells the host that its site
+// changes (so that the next snapshot looks at it).
+const touchEvery = 500 * time.Millisecond
 
 var _ siteFS = (*jail)(nil)
 
@@ -449,6 +457,7 @@ type jailWriter struct {
 	left    int64
 	limited bool
 	err     error
+	touched time.Time
 }
 
 func (w *jailWriter) Write(p []byte) (int, error) {
@@ -462,6 +471,12 @@ func (w *jailWriter) Write(p []byte) (int, error) {
 	if w.limited && int64(len(p)) > w.left {
 		w.err = w.j.fail("write", w.name, errQuota)
 		return 0, w.err
+	}
+	if w.j.touch != nil {
+		if now := time.Now(); now.Sub(w.touched) >= touchEvery {
+			w.touched = now
+			w.j.touch()
+		}
 	}
 	n, err := w.f.Write(p)
 	w.left -= int64(n)

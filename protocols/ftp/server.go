@@ -378,6 +378,11 @@ func (s *Server) local(ctx context.Context, site string) (siteFS, func(), error)
 		r, ok := s.cfg.Cluster.Route(site)
 		return ok && r.Master == s.node && r.Serving() && core.CompareEpoch(r.Epoch, admitted.Epoch) == 0
 	}
+	j.touch = func() {
+		if again, ok := s.cfg.Cluster.Admit(context.Background(), site); ok {
+			again()
+		}
+	}
 	ds, _ := storage.ParseSite(site) // checked by every caller
 	if spec, ok := s.cfg.Cluster.SiteSpec(site); ok && spec.QuotaBytes > 0 {
 		j.quota = func() (int64, bool) {

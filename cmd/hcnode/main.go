@@ -21,6 +21,7 @@ import (
 
 	"github.com/hybridcluster/hybridcluster/actors/core"
 	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/protocols/ftp"
 	fronthttp "github.com/hybridcluster/hybridcluster/protocols/http"
 	"github.com/hybridcluster/hybridcluster/runtime/admin"
 	"github.com/hybridcluster/hybridcluster/runtime/host"
@@ -174,8 +175,22 @@ func run(c *Config) error {
 			}
 		}()
 	}
+	if c.FTP.Listen != "off" {
+		ftpFront, err := ftp.New(ftp.Config{Cluster: h, Storage: driver, Token: c.nodeToken, Listen: c.FTP.Listen,
+			PassivePorts: c.FTP.PassivePorts, PublicHost: c.FTP.PublicHost, TLSCertFile: c.FTP.TLSCert,
+			TLSKeyFile: c.FTP.TLSKey, Logger: log.With("component", "ftp")})
+		if err != nil {
+			return err
+		}
+		defer ftpFront.Close()
+		go func() {
+			if err := ftpFront.Serve(); err != nil {
+				errc <- fmt.Errorf("ftp: %w", err)
+			}
+		}()
+	}
 	log.Info("node ready", "http", c.Listen.HTTP, "admin", c.Listen.Admin, "actor", c.Listen.Actor,
-		"internal", c.Listen.Internal, "members", len(members), "storage", driver.Kind())
+		"internal", c.Listen.Internal, "ftp", c.FTP.Listen, "members", len(members), "storage", driver.Kind())
 	var removed error
 	select {
 	case <-ctx.Done():

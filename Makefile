@@ -4,7 +4,7 @@ GO ?= go
 SEEDS_TEST ?= 50
 SEEDS_SIM ?= 10000
 
-.PHONY: build test test-go deps run e2e sim proto bench bench-storage bench-failover bench-mysql lint
+.PHONY: build test test-go deps run e2e sim proto bench bench-storage bench-failover bench-ftp bench-mysql lint
 
 build:
 	$(GO) build ./...
@@ -37,6 +37,12 @@ e2e:
 RUNS ?= 20
 bench-failover:
 	$(GO) run ./cmd/hcbench failover -runs $(RUNS)
+
+# FTP throughput through a non-master node against the master directly,
+# 100 MiB file, real hcnode processes and curl; last line:
+# upload_ratio=R download_ratio=R2
+bench-ftp:
+	$(GO) run ./cmd/hcftpbench -size 100 -runs 5
 
 sim:
 	$(GO) run ./cmd/hcsim -seeds $(SEEDS_SIM)

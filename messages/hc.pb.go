@@ -3523,7 +3523,9 @@ type AdminView struct {
 	Snapshots []*SnapshotRef `protobuf:"bytes,12,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
 	Stashes   []string       `protobuf:"bytes,13,rep,name=stashes,proto3" json:"stashes,omitempty"`
 	// MOUNT: where the snapshot's files can be read on node (read-only)
-	MountPath     string `protobuf:"bytes,14,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
+	MountPath string `protobuf:"bytes,14,opt,name=mount_path,json=mountPath,proto3" json:"mount_path,omitempty"`
+	// SITE: the copy's snapshots an admin mounted (snapshot name -> directory)
+	Mounts        map[string]string `protobuf:"bytes,15,rep,name=mounts,proto3" json:"mounts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3654,6 +3656,13 @@ func (x *AdminView) GetMountPath() string {
 		return x.MountPath
 	}
 	return ""
+}
+
+func (x *AdminView) GetMounts() map[string]string {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
 }
 
 // Sync asks the master's dataset actor to bring one replica up to date now
@@ -3812,10 +3821,13 @@ func (x *SyncDone) GetDetail() string {
 
 // Boot is the first input of a node's actors after a (re)start: what its disk holds.
 type DatasetBoot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Info          *DatasetInfo           `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
-	Snapshots     []*SnapshotRef         `protobuf:"bytes,2,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
-	Stashes       []string               `protobuf:"bytes,3,rep,name=stashes,proto3" json:"stashes,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Info      *DatasetInfo           `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	Snapshots []*SnapshotRef         `protobuf:"bytes,2,rep,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Stashes   []string               `protobuf:"bytes,3,rep,name=stashes,proto3" json:"stashes,omitempty"`
+	// snapshots an admin mounted read-only (snapshot name -> directory); the
+	// host re-establishes them at boot and removes leftovers
+	Mounts        map[string]string `protobuf:"bytes,4,rep,name=mounts,proto3" json:"mounts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3867,6 +3879,13 @@ func (x *DatasetBoot) GetSnapshots() []*SnapshotRef {
 func (x *DatasetBoot) GetStashes() []string {
 	if x != nil {
 		return x.Stashes
+	}
+	return nil
+}
+
+func (x *DatasetBoot) GetMounts() map[string]string {
+	if x != nil {
+		return x.Mounts
 	}
 	return nil
 }
@@ -4323,7 +4342,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"reply_node\x18\x02 \x01(\tR\treplyNode\x124\n" +
 	"\x04kind\x18\x03 \x01(\x0e2 .hybridcluster.v1.AdminQueryKindR\x04kind\x12\x12\n" +
 	"\x04site\x18\x04 \x01(\tR\x04site\x12\x1a\n" +
-	"\bsnapshot\x18\x05 \x01(\tR\bsnapshot\"\x85\x04\n" +
+	"\bsnapshot\x18\x05 \x01(\tR\bsnapshot\"\x81\x05\n" +
 	"\tAdminView\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12*\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x12\x16\n" +
@@ -4340,7 +4359,11 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\tsnapshots\x18\f \x03(\v2\x1d.hybridcluster.v1.SnapshotRefR\tsnapshots\x12\x18\n" +
 	"\astashes\x18\r \x03(\tR\astashes\x12\x1d\n" +
 	"\n" +
-	"mount_path\x18\x0e \x01(\tR\tmountPath\"a\n" +
+	"mount_path\x18\x0e \x01(\tR\tmountPath\x12?\n" +
+	"\x06mounts\x18\x0f \x03(\v2'.hybridcluster.v1.AdminView.MountsEntryR\x06mounts\x1a9\n" +
+	"\vMountsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"a\n" +
 	"\x04Sync\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\tR\x06target\x12\x14\n" +
@@ -4352,11 +4375,15 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\async_id\x18\x03 \x01(\x04R\x06syncId\x12*\n" +
 	"\x04code\x18\x04 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x129\n" +
 	"\bsnapshot\x18\x05 \x01(\v2\x1d.hybridcluster.v1.SnapshotRefR\bsnapshot\x12\x16\n" +
-	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x97\x01\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\"\x95\x02\n" +
 	"\vDatasetBoot\x121\n" +
 	"\x04info\x18\x01 \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\x12;\n" +
 	"\tsnapshots\x18\x02 \x03(\v2\x1d.hybridcluster.v1.SnapshotRefR\tsnapshots\x12\x18\n" +
-	"\astashes\x18\x03 \x03(\tR\astashes\"\x95\x01\n" +
+	"\astashes\x18\x03 \x03(\tR\astashes\x12A\n" +
+	"\x06mounts\x18\x04 \x03(\v2).hybridcluster.v1.DatasetBoot.MountsEntryR\x06mounts\x1a9\n" +
+	"\vMountsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x01\n" +
 	"\bNodeBoot\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\amembers\x18\x02 \x03(\tR\amembers\x129\n" +
@@ -4436,7 +4463,7 @@ func file_messages_hc_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_messages_hc_proto_goTypes = []any{
 	(SitePhase)(0),            // 0: hybridcluster.v1.SitePhase
 	(Role)(0),                 // 1: hybridcluster.v1.Role
@@ -4492,6 +4519,8 @@ var file_messages_hc_proto_goTypes = []any{
 	(*RouteTable)(nil),        // 51: hybridcluster.v1.RouteTable
 	(*BalancerRole)(nil),      // 52: hybridcluster.v1.BalancerRole
 	nil,                       // 53: hybridcluster.v1.SiteState.ReplicaCursorEntry
+	nil,                       // 54: hybridcluster.v1.AdminView.MountsEntry
+	nil,                       // 55: hybridcluster.v1.DatasetBoot.MountsEntry
 }
 var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4550,17 +4579,19 @@ var file_messages_hc_proto_depIdxs = []int32{
 	9,  // 53: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
 	26, // 54: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
 	6,  // 55: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	2,  // 56: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
-	6,  // 57: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	26, // 58: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
-	6,  // 59: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	49, // 60: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
-	13, // 61: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
-	62, // [62:62] is the sub-list for method output_type
-	62, // [62:62] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	54, // 56: hybridcluster.v1.AdminView.mounts:type_name -> hybridcluster.v1.AdminView.MountsEntry
+	2,  // 57: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
+	6,  // 58: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	26, // 59: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 60: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	55, // 61: hybridcluster.v1.DatasetBoot.mounts:type_name -> hybridcluster.v1.DatasetBoot.MountsEntry
+	49, // 62: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	13, // 63: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
+	64, // [64:64] is the sub-list for method output_type
+	64, // [64:64] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_messages_hc_proto_init() }
@@ -4574,7 +4605,7 @@ func file_messages_hc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_hc_proto_rawDesc), len(file_messages_hc_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -62,7 +62,7 @@ while [ "$i" -le "$NODES" ]; do
 	# shellcheck disable=SC2086
 	"$RUN_DIR/bin/hcnode" -node "n$i" -data-dir "$RUN_DIR/n$i" $extra $MEMBERS \
 		-http "127.0.0.1:$((8080 + i))" -admin "127.0.0.1:$((7080 + i))" \
-		-actor "127.0.0.1:$((7940 + i))" -internal "127.0.0.1:$((7950 + i))" \
+		-actor "127.0.0.1:$((7940 + i))" -internal "127.0.0.1:$((7950 + i))" -ftp "127.0.0.1:$((2120 + i))" \
 		-cluster "127.0.0.1:$((7960 + i))" -cluster-health "127.0.0.1:$((7970 + i))" \
 		-mysql "127.0.0.1:$((3306 + i))" \
 		-node-token-file "$RUN_DIR/node.token" -admin-token-file "$RUN_DIR/admin.token" \

@@ -18,6 +18,7 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need ha
 # The cluster layer's etcd provider is tested against a real etcd (the
 # tests start their own on loopback; the packaged service is not used).
 command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
+command -v lftp >/dev/null 2>&1 || need="$need lftp"
 if [ -n "$need" ]; then
 	log "installing:$need"
 	export DEBIAN_FRONTEND=noninteractive

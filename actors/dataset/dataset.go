@@ -100,6 +100,10 @@ type Dataset struct {
 	// readOnlyPending: demoted while a snapshot was being taken; the role
 	// change waits for it, or storage would refuse the last snapshot.
 	readOnlyPending bool
+	// replicaOp is the storage request making this copy read-only after a
+	// demotion, until its result: storage refuses streams onto a writable
+	// dataset, so offers wait (BUSY) rather than be accepted and fail.
+	replicaOp uint64
 	// dirty: storage refused a stream because this copy changed after its
 	// newest snapshot (a master demoted while its disk was full, a restarted
 	// master): those changes are stashed before the next stream.
@@ -297,6 +301,9 @@ func (d *Dataset) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
 		v.Snapshots[i] = proto.CloneOf(s)
 	}
 	v.Stashes = slices.Clone(d.stashes)
+	if len(d.mounted) > 0 {
+		v.Mounts = maps.Clone(d.mounted)
+	}
 	if d.stashCount > len(d.stashes) {
 		v.Detail = fmt.Sprintf("the newest %d of %d stashes are listed", len(d.stashes), d.stashCount)
 	}
@@ -415,6 +422,11 @@ func (d *Dataset) boot(env *core.Env, b *m.DatasetBoot) []core.Effect {
 	d.snaps = slices.Clone(b.Snapshots)
 	d.stashCount = max(len(b.Stashes), int(info.GetStashes()))
 	d.stashes = slices.Clone(b.Stashes[max(0, len(b.Stashes)-StashNamesMax):])
+	// Mounts outlive a restart: the host re-established them from disk.
+	d.mounted = nil
+	if len(b.Mounts) > 0 {
+		d.mounted = maps.Clone(b.Mounts)
+	}
 	// A restarted master does not serve until the balancer activates it again:
 	// the site may have failed over while this node was away.
 	d.active = false
@@ -578,8 +590,9 @@ func (d *Dataset) demote(env *core.Env, msg *m.Demote) []core.Effect {
 // setReplica makes storage treat the copy as a replica (read-only, fenced).
 func (d *Dataset) setReplica() core.Effect {
 	d.readOnlyPending = false
+	d.replicaOp = d.id()
 	return core.Storage{Req: &m.StorageRequest{
-		Op: m.StorageOp_STORAGE_OP_SET_ROLE, Site: d.site, OpId: d.id(), Role: m.Role_ROLE_REPLICA, Epoch: d.fence}}
+		Op: m.StorageOp_STORAGE_OP_SET_ROLE, Site: d.site, OpId: d.replicaOp, Role: m.Role_ROLE_REPLICA, Epoch: d.fence}}
 }
 
 func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
@@ -686,6 +699,15 @@ func (d *Dataset) storageDone(env *core.Env, r *m.StorageResult) []core.Effect {
 	}
 	if d.restoring != nil && r.OpId == d.restoreOp {
 		return d.restored(env, r)
+	}
+	if d.replicaOp != 0 && r.OpId == d.replicaOp {
+		// Failed or not, offers are answered again: a copy that stayed
+		// writable is refused by storage and stashed as before.
+		d.replicaOp = 0
+		if r.Code != m.Code_CODE_OK {
+			return []core.Effect{core.Warn("demotion's role change failed in storage", "site", d.site, "node", d.node, "detail", r.Detail)}
+		}
+		return nil
 	}
 	switch r.Op {
 	case m.StorageOp_STORAGE_OP_SNAPSHOT:
@@ -850,6 +872,12 @@ func (d *Dataset) offer(env *core.Env, o *m.StreamOffer) []core.Effect {
 	}
 	if d.incoming != nil || d.activating != nil || d.snapTaking || d.rollingBack != nil || d.restoring != nil || d.deleting != nil {
 		return reply(m.Code_CODE_BUSY, "", "copy is busy")
+	}
+	if d.readOnlyPending || d.replicaOp != 0 {
+		// Demoted, and storage has not yet made the copy read-only (its
+		// processes stop first, which can take a while): a stream now would
+		// be refused and the unchanged copy stashed as diverged.
+		return reply(m.Code_CODE_BUSY, "", "copy is turning read-only")
 	}
 	if d.active {
 		if core.CompareEpoch(o.Epoch, d.epoch) == 0 {

@@ -7,6 +7,7 @@ package site
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -139,16 +140,19 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 		if !msg.Up && s.mig != nil && s.mig.target == msg.Node {
 			fx = s.targetLost(env, "target "+msg.Node+" is down")
 		}
+		if !msg.Up {
+			fx = append(fx, s.dropLeasesOf(msg.Node)...)
+		}
 	case *m.Timer:
 		fx = s.timer(env, msg.Key)
 	case *m.LeaseAcquire:
-		s.leases[msg.Holder]++
+		// One lease per holder (a holder is one session; a client with
+		// several sessions holds several): an acquire is idempotent, so a
+		// holder renews its lease by sending it again (a lost message, a
+		// master that restarted and forgot it).
+		s.leases[msg.Holder] = 1
 	case *m.LeaseRelease:
-		if s.leases[msg.Holder] > 1 {
-			s.leases[msg.Holder]--
-		} else {
-			delete(s.leases, msg.Holder)
-		}
+		delete(s.leases, msg.Holder)
 	case *m.AddReplica:
 		if s.serving() && !slices.Contains(s.replicas, msg.Node) && msg.Node != s.node {
 			s.replicas = append(s.replicas, msg.Node)
@@ -175,6 +179,30 @@ func (s *Site) Step(env *core.Env, in proto.Message) []core.Effect {
 		panic(fmt.Sprintf("site %s: unexpected input %T", s.site, in))
 	}
 	return append(fx, s.report()...)
+}
+
+// dropLeasesOf forgets the leases held from a node seen down: its sessions
+// died with it (or cannot reach us), and a lease nobody will release would
+// keep the site from being juggled for ever. Holders are
+// "<protocol>/<node>/<id>".
+func (s *Site) dropLeasesOf(node string) []core.Effect {
+	var fx []core.Effect
+	for _, h := range sortedHolders(s.leases) {
+		if parts := strings.SplitN(h, "/", 3); len(parts) == 3 && parts[1] == node {
+			fx = append(fx, s.log("lease dropped: its holder's node is down", "holder", h, "count", s.leases[h]))
+			delete(s.leases, h)
+		}
+	}
+	return fx
+}
+
+func sortedHolders(leases map[string]int) []string {
+	out := make([]string, 0, len(leases))
+	for h := range leases {
+		out = append(out, h)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // report tells the local node what it reports for this site (phase, leases, load).

@@ -5,6 +5,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -826,9 +827,9 @@ func (c *cli) snapshots(o *opts, args []string) error {
 		return nil
 	}
 	tw := c.table()
-	fmt.Fprintln(tw, "NAME\tEPOCH\tSEQ\tTAKEN")
+	fmt.Fprintln(tw, "NAME\tEPOCH\tSEQ\tTAKEN\tMOUNTED AT")
 	for _, s := range l.Snapshots {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", s.Name, s.Epoch, s.Seq, fmtTime(s.TakenAt))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", s.Name, s.Epoch, s.Seq, fmtTime(s.TakenAt), cmp.Or(s.MountPath, "-"))
 	}
 	return tw.Flush()
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/hybridcluster/hybridcluster/protocols/ftp"
 )
 
 // Config is hcnode's configuration: a YAML file (-config) with flags on
@@ -59,6 +61,20 @@ type Config struct {
 		// HC_ADMIN_TOKEN overrides.
 		AdminTokenFile string `yaml:"admin_token_file"`
 	} `yaml:"secrets"`
+	// FTP is the FTP front end (protocols/ftp): users log in as user@site.
+	FTP struct {
+		// Listen is the control address; "off" runs no FTP front end.
+		Listen string `yaml:"listen"`
+		// PassivePorts is the passive data port range "first-last"; empty
+		// lets the system pick free ports.
+		PassivePorts string `yaml:"passive_ports"`
+		// PublicHost is the IP announced in passive replies (behind NAT);
+		// empty announces the address the client connected to.
+		PublicHost string `yaml:"public_host"`
+		// TLSCert and TLSKey (PEM files), both set, offer explicit FTPS.
+		TLSCert string `yaml:"tls_cert"`
+		TLSKey  string `yaml:"tls_key"`
+	} `yaml:"ftp"`
 	Log struct {
 		Level      string `yaml:"level"`  // debug, info, warn, error
 		Format     string `yaml:"format"` // text, json
@@ -88,6 +104,7 @@ func defaults() *Config {
 	c.Listen.Cluster = "127.0.0.1:7948"
 	c.Listen.ClusterHealth = "127.0.0.1:7949"
 	c.Cluster.Provider = "automanaged"
+	c.FTP.Listen = "127.0.0.1:2121"
 	c.Listen.MySQL = "127.0.0.1:3306"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
@@ -135,6 +152,7 @@ files. Example file:
     - {name: n1, actor: 10.0.0.1:7946, internal: http://10.0.0.1:7947}
     - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
   secrets: {node_token_file: /etc/hybridcluster/node.token, admin_token_file: /etc/hybridcluster/admin.token}
+  ftp: {listen: 0.0.0.0:21, passive_ports: 30000-30099, tls_cert: /etc/hybridcluster/ftp.pem, tls_key: /etc/hybridcluster/ftp.key}
   log: {level: info, format: text}
 
 Flags:
@@ -154,6 +172,11 @@ Flags:
 	clusterAddr := fs.String("cluster", "", "protoactor cluster layer listen address (default "+d.Listen.Cluster+")")
 	clusterHealth := fs.String("cluster-health", "", "automanaged provider's health endpoint (default "+d.Listen.ClusterHealth+")")
 	provider := fs.String("cluster-provider", "", "membership provider: automanaged, etcd, consul or none (default automanaged)")
+	ftpAddr := fs.String("ftp", "", "FTP front end control address, or off (default "+d.FTP.Listen+")")
+	ftpPassive := fs.String("ftp-passive-ports", "", "FTP passive data port range first-last (default: any free port)")
+	ftpPublic := fs.String("ftp-public-host", "", "IP address announced in FTP passive replies (default: the one the client reached)")
+	ftpCert := fs.String("ftp-tls-cert", "", "PEM certificate for explicit FTPS (with -ftp-tls-key)")
+	ftpKey := fs.String("ftp-tls-key", "", "PEM key for explicit FTPS (with -ftp-tls-cert)")
 	mysqlAddr := fs.String("mysql", "", "MySQL front end listen address (default "+d.Listen.MySQL+")")
 	var members memberFlags
 	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port[,seedhost:port] (repeat for each; replaces the file's list; seed: its automanaged health endpoint)")
@@ -198,6 +221,11 @@ Flags:
 	set(&c.Listen.MySQL, *mysqlAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
+	set(&c.FTP.Listen, *ftpAddr)
+	set(&c.FTP.PassivePorts, *ftpPassive)
+	set(&c.FTP.PublicHost, *ftpPublic)
+	set(&c.FTP.TLSCert, *ftpCert)
+	set(&c.FTP.TLSKey, *ftpKey)
 	set(&c.Log.Level, *logLevel)
 	set(&c.Log.Format, *logFormat)
 	if len(members) > 0 {
@@ -273,6 +301,20 @@ func (c *Config) validate() error {
 		"internal": c.Listen.Internal, "cluster": c.Listen.Cluster, "cluster_health": c.Listen.ClusterHealth, "mysql": c.Listen.MySQL} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))
+		}
+	}
+	if c.FTP.Listen != "off" {
+		if _, _, err := net.SplitHostPort(c.FTP.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("ftp listen address %q: %v (or off)", c.FTP.Listen, err))
+		}
+		if _, _, err := ftp.ParsePortRange(c.FTP.PassivePorts); err != nil {
+			errs = append(errs, err)
+		}
+		if c.FTP.PublicHost != "" && net.ParseIP(c.FTP.PublicHost) == nil {
+			errs = append(errs, fmt.Errorf("ftp public host %q: want an IP address", c.FTP.PublicHost))
+		}
+		if (c.FTP.TLSCert == "") != (c.FTP.TLSKey == "") {
+			errs = append(errs, errors.New("ftp TLS needs both tls_cert and tls_key"))
 		}
 	}
 	seen := map[string]bool{}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/hybridcluster/hybridcluster/actors/core"
 	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/protocols/ftp"
 	fronthttp "github.com/hybridcluster/hybridcluster/protocols/http"
 	"github.com/hybridcluster/hybridcluster/runtime/admin"
 	"github.com/hybridcluster/hybridcluster/runtime/host"
@@ -56,17 +58,20 @@ func main() {
 	}
 }
 
-func newLogger(c *Config) *slog.Logger {
+func newLogger(c *Config) *slog.Logger { return newLoggerTo(os.Stderr, c) }
+
+func newLoggerTo(w io.Writer, c *Config) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.Log.Level)); err != nil {
 		level = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if c.Log.Format == "json" {
-		h = slog.NewJSONHandler(os.Stderr, opts)
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(h).With("node", c.Node)
+	// The host and the actors name the node on their lines too: once.
+	return slog.New(newOnceHandler(h)).With("node", c.Node)
 }
 
 // openStorage picks the driver: ZFS when asked (or on auto when a root is
@@ -175,8 +180,22 @@ func run(c *Config) error {
 			}
 		}()
 	}
+	if c.FTP.Listen != "off" {
+		ftpFront, err := ftp.New(ftp.Config{Cluster: h, Storage: driver, Token: c.nodeToken, Listen: c.FTP.Listen,
+			PassivePorts: c.FTP.PassivePorts, PublicHost: c.FTP.PublicHost, TLSCertFile: c.FTP.TLSCert,
+			TLSKeyFile: c.FTP.TLSKey, Logger: log.With("component", "ftp")})
+		if err != nil {
+			return err
+		}
+		defer ftpFront.Close()
+		go func() {
+			if err := ftpFront.Serve(); err != nil {
+				errc <- fmt.Errorf("ftp: %w", err)
+			}
+		}()
+	}
 	log.Info("node ready", "http", c.Listen.HTTP, "admin", c.Listen.Admin, "actor", c.Listen.Actor,
-		"internal", c.Listen.Internal, "members", len(members), "storage", driver.Kind())
+		"internal", c.Listen.Internal, "ftp", c.FTP.Listen, "members", len(members), "storage", driver.Kind())
 	var removed error
 	select {
 	case <-ctx.Done():

@@ -73,6 +73,9 @@ type Snapshot struct {
 	Epoch   string    `json:"epoch"`
 	Seq     uint64    `json:"seq"`
 	TakenAt time.Time `json:"taken_at"`
+	// MountPath is set in a snapshot list while the snapshot is mounted
+	// read-only there (on the list's node).
+	MountPath string `json:"mount_path,omitempty"`
 }
 
 // Copy is one node's copy of a site.

@@ -36,9 +36,31 @@ func TestMountUnmount(t *testing.T) {
 		t.Fatalf("mount queries %+v", mounts)
 	}
 
+	// The snapshot list says where it is mounted, until it is unmounted.
+	mountedAt := func() map[string]string {
+		t.Helper()
+		st, body := fx.do("GET", "/v1/sites/shop/snapshots", "")
+		if st != http.StatusOK {
+			t.Fatalf("snapshots: %d %s", st, body)
+		}
+		out := map[string]string{}
+		for _, s := range decodeAs[admin.SnapshotList](t, body).Snapshots {
+			if s.MountPath != "" {
+				out[s.Name] = s.MountPath
+			}
+		}
+		return out
+	}
+	if got := mountedAt(); len(got) != 1 || got["e100-n1-s2"] != admintest.MountPath("shop", "e100-n1-s2") {
+		t.Fatalf("mounted snapshots listed: %v", got)
+	}
+
 	st, body = fx.do("DELETE", "/v1/sites/shop/snapshots/e100-n1-s2/mount", "")
 	if st != http.StatusOK {
 		t.Fatalf("unmount: %d %s", st, body)
+	}
+	if got := mountedAt(); len(got) != 0 {
+		t.Fatalf("mounted snapshots listed after unmount: %v", got)
 	}
 	// Not mounted any more: storage refuses.
 	st, body = fx.do("DELETE", "/v1/sites/shop/snapshots/e100-n1-s2/mount", "")

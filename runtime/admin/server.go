@@ -541,7 +541,9 @@ func (s *Server) snapshots(r *http.Request) (int, any, error) {
 	}
 	out := SnapshotList{Snapshots: make([]Snapshot, 0, len(v.GetSnapshots())), Node: cmpOr(v.GetNode(), site.Master)}
 	for _, ref := range v.GetSnapshots() {
-		out.Snapshots = append(out.Snapshots, *snapshotOf(ref))
+		snap := *snapshotOf(ref)
+		snap.MountPath = v.GetMounts()[ref.GetName()]
+		out.Snapshots = append(out.Snapshots, snap)
 	}
 	return http.StatusOK, out, nil
 }

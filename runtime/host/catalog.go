@@ -36,12 +36,16 @@ type siteRecord struct {
 	spec *m.SiteSpec
 	// tombstone is the epoch of the site's deletion (role ROLE_DELETED).
 	tombstone *m.Epoch
+	// mounts are the snapshots an admin mounted read-only and did not
+	// unmount: boot re-establishes them (mountsAtBoot).
+	mounts []string
 }
 
 type siteRecordJSON struct {
 	Role      string          `json:"role"`
 	Spec      json.RawMessage `json:"spec,omitempty"`
 	Tombstone *epochJSON      `json:"tombstone,omitempty"`
+	Mounts    []string        `json:"mounts,omitempty"`
 }
 
 type epochJSON struct {
@@ -74,7 +78,7 @@ func openCatalog(dir string) (*catalog, error) {
 		if err := json.Unmarshal(data, &j); err != nil {
 			return nil, fmt.Errorf("catalog %s: site %s: %w", dir, name, err)
 		}
-		rec := &siteRecord{role: m.Role(m.Role_value[j.Role])}
+		rec := &siteRecord{role: m.Role(m.Role_value[j.Role]), mounts: j.Mounts}
 		if j.Tombstone != nil {
 			rec.tombstone = &m.Epoch{Term: j.Tombstone.Term, Node: j.Tombstone.Node}
 		}
@@ -194,6 +198,28 @@ func (c *catalog) setSpec(site string, spec *m.SiteSpec) error {
 	next := siteRecord{role: m.Role_ROLE_REPLICA, spec: spec}
 	if r != nil && r.role != m.Role_ROLE_DELETED {
 		next.role = r.role
+		next.mounts = r.mounts
+	}
+	return c.writeLocked(site, &next)
+}
+
+// setMount records that an admin mounted snapshot snap of site (mounted)
+// or unmounted it.
+func (c *catalog) setMount(site, snap string, mounted bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.recs[site]
+	if r == nil {
+		r = &siteRecord{}
+	}
+	if slices.Contains(r.mounts, snap) == mounted {
+		return nil
+	}
+	next := *r
+	next.mounts = slices.DeleteFunc(slices.Clone(r.mounts), func(s string) bool { return s == snap })
+	if mounted {
+		next.mounts = append(next.mounts, snap)
+		slices.Sort(next.mounts)
 	}
 	return c.writeLocked(site, &next)
 }
@@ -202,7 +228,7 @@ func (c *catalog) writeLocked(site string, r *siteRecord) error {
 	if _, err := storage.ParseSite(site); err != nil {
 		return err
 	}
-	j := siteRecordJSON{Role: r.role.String()}
+	j := siteRecordJSON{Role: r.role.String(), Mounts: r.mounts}
 	if r.tombstone != nil {
 		j.Tombstone = &epochJSON{Term: r.tombstone.Term, Node: r.tombstone.Node}
 	}

@@ -483,6 +483,7 @@ func (h *Host) Stop() {
 			_ = h.system.Root.StopFuture(h.router).Wait()
 		}
 		if h.remote != nil {
+			h.closePeerEndpoints()
 			h.remote.Shutdown(false)
 		}
 		if h.system != nil {

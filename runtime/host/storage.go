@@ -383,11 +383,19 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 			if err := d.Unmount(ctx, site, snap); err != nil {
 				return fail(fmt.Errorf("unmount %s@%s: %w", site, snap, err))
 			}
+			if err := h.catalog.setMount(req.Site, snap.String(), false); err != nil {
+				h.log.Warn("catalog: unmount not recorded", "site", req.Site, "node", h.node, "snapshot", snap.String(), "err", err)
+			}
 			break
 		}
 		path, err := d.MountReadOnly(ctx, site, snap)
 		if err != nil {
 			return fail(fmt.Errorf("mount %s@%s: %w", site, snap, err))
+		}
+		// Recorded, so that a restart re-establishes it (mountsAtBoot).
+		if err := h.catalog.setMount(req.Site, snap.String(), true); err != nil {
+			_ = d.Unmount(context.WithoutCancel(ctx), site, snap)
+			return fail(fmt.Errorf("mount %s@%s: catalog: %w", site, snap, err))
 		}
 		res.MountPath = path
 	case m.StorageOp_STORAGE_OP_PRUNE:
@@ -496,7 +504,12 @@ func (h *Host) push(req *m.StorageRequest) *m.StorageResult {
 			// from its own failed receive.
 			rec := &m.Received{Site: req.Site, StreamId: req.StreamId, FromNode: h.node, Code: m.Code_CODE_DIVERGED, Detail: err.Error()}
 			if errors.Is(err, storage.ErrDiverged) {
-				if _, remote, err := client.RemoteState(ctx, site); err == nil && len(remote) > 0 {
+				// Unless its newest listed snapshot is the base itself: then
+				// what diverges is unlisted (a rollback's safety snapshot
+				// that a restored stash brought back), and without a
+				// snapshot the receiver marks its copy dirty and stashes it
+				// on the next offer instead of accepting the same stream.
+				if _, remote, err := client.RemoteState(ctx, site); err == nil && len(remote) > 0 && remote[len(remote)-1].Name != pushed.Base {
 					rec.Snapshot = snapshotRef(remote[len(remote)-1])
 				}
 			}
@@ -558,6 +571,7 @@ func (h *Host) bootDatasets(ctx context.Context) ([]*m.DatasetBoot, error) {
 			b.Info.Epoch = rec.tombstone // what the copy reports (storage keeps the fence)
 		}
 		b.Snapshots = snapshotRefs(snaps)
+		b.Mounts = h.mountsAtBoot(ctx, site, rec.mounts, snaps)
 		if n := len(b.Snapshots); n > 0 {
 			b.Info.Latest = b.Snapshots[n-1]
 			b.Info.Bytes = b.Info.Latest.Bytes
@@ -570,6 +584,65 @@ func (h *Host) bootDatasets(ctx context.Context) ([]*m.DatasetBoot, error) {
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// mountsAtBoot makes the disk's read-only mounts of site what the catalog
+// says an admin asked for, before the actors start: an admin's mount is
+// kept (mounted again if it is gone), every other use is a leftover of a
+// run that stopped before unmounting (a change check, a mount whose
+// catalog record was not written) and is unmounted. A recorded mount of a
+// snapshot that no longer exists is forgotten. It returns the admin's
+// mounts (snapshot -> directory). Failures are logged, not fatal: the
+// node boots with the mounts it could establish, and says which.
+func (h *Host) mountsAtBoot(ctx context.Context, site storage.Site, wanted []string, snaps []storage.Snapshot) map[string]string {
+	out := map[string]string{}
+	have, err := h.driver.ListMounts(ctx, site)
+	if err != nil {
+		h.log.Warn("mounts not checked at boot", "site", site.String(), "node", h.node, "err", err)
+		return nil
+	}
+	for _, mt := range have {
+		keep := 0
+		if slices.Contains(wanted, mt.Snapshot.String()) {
+			keep = 1
+			out[mt.Snapshot.String()] = mt.Path
+		}
+		for range mt.Users - keep {
+			if err := h.driver.Unmount(ctx, site, mt.Snapshot); err != nil {
+				h.log.Warn("leftover mount not removed", "site", site.String(), "node", h.node, "snapshot", mt.Snapshot.String(), "err", err)
+				break
+			}
+		}
+		if mt.Users > keep {
+			h.log.Info("leftover mount removed", "site", site.String(), "node", h.node, "snapshot", mt.Snapshot.String(), "uses", mt.Users-keep)
+		}
+	}
+	for _, name := range wanted {
+		if _, ok := out[name]; ok {
+			continue
+		}
+		snap, err := storage.ParseSnapName(name)
+		if err == nil && !slices.ContainsFunc(snaps, func(s storage.Snapshot) bool { return s.Name == snap }) {
+			err = fmt.Errorf("%w: the snapshot is gone", storage.ErrNoDataset)
+		}
+		var path string
+		if err == nil {
+			path, err = h.driver.MountReadOnly(ctx, site, snap)
+		}
+		if err != nil {
+			h.log.Warn("mount not re-established at boot: forgotten", "site", site.String(), "node", h.node, "snapshot", name, "err", err)
+			if err := h.catalog.setMount(site.String(), name, false); err != nil {
+				h.log.Warn("catalog: unmount not recorded", "site", site.String(), "node", h.node, "snapshot", name, "err", err)
+			}
+			continue
+		}
+		out[name] = path
+		h.log.Info("mount re-established at boot", "site", site.String(), "node", h.node, "snapshot", name, "path", path)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 func toStorageEpoch(e *m.Epoch) storage.Epoch {

@@ -82,6 +82,7 @@ type Node struct {
 	Name                         string
 	HTTP, Admin, Actor, Internal string // host:port
 	Cluster, ClusterHealth       string // host:port of the protoactor cluster layer and its automanaged health endpoint
+	FTP                          string // host:port of the FTP front end's control connection
 	MySQL                        string // host:port of its MySQL front end
 	DataDir, LogPath             string
 	cmd                          *exec.Cmd
@@ -98,8 +99,8 @@ type Cluster struct {
 }
 
 // portsPerNode is how many loopback ports each node listens on: HTTP,
-// admin, actor, internal, cluster, cluster health.
-const portsPerNode = 6
+// admin, actor, internal, cluster, cluster health, FTP.
+const portsPerNode = 7
 
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
@@ -154,6 +155,7 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
 			Cluster: fmt.Sprintf("127.0.0.1:%d", p[4]), ClusterHealth: fmt.Sprintf("127.0.0.1:%d", p[5]),
+			FTP:     fmt.Sprintf("127.0.0.1:%d", p[6]),
 			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log"),
 			MySQL: fmt.Sprintf("127.0.0.1:%d", mysqlPorts[i])})
 	}
@@ -176,6 +178,7 @@ func (c *Cluster) args(n *Node) []string {
 		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal,
 		"-cluster", n.Cluster, "-cluster-health", n.ClusterHealth,
 		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
+	args = append(args, "-ftp", n.FTP)
 	args = append(args, "-mysql", n.MySQL)
 	for _, mb := range c.Nodes {
 		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal+","+mb.ClusterHealth)

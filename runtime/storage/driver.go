@@ -10,14 +10,46 @@ package storage
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
-// SafetySnapshot is the name of the snapshot Rollback takes of the state it
-// rolls away. It deliberately fails SnapName validation (':' is refused), so
-// it can never collide with a snapshot the cluster names.
-const SafetySnapshot = "hc:safety"
+// SafetySnapshotPrefix begins the name of every snapshot Rollback takes of
+// the state it rolls away. It deliberately fails SnapName validation (':' is
+// refused), so a safety snapshot can never collide with a snapshot the
+// cluster names, and listings (ListSnapshots) leave it out. Older versions
+// named every safety snapshot exactly "hc:safety".
+const SafetySnapshotPrefix = "hc:safety"
+
+// safetyNamesMax bounds the search for a free safety snapshot name when the
+// plain one is taken (only when a stash name is reused after its stash was
+// restored); at the bound Rollback refuses with ErrExists.
+const safetyNamesMax = 100
+
+// SafetySnapshotName is the name of the safety snapshot of the rollback
+// that stashes into stash. It is unique per stash because restoring a
+// rollback's stash brings its safety snapshot back into the site's history,
+// where a later rollback must not collide with it. taken reports whether a
+// name is already used by a snapshot of the site; when the plain name is
+// taken a numbered one is chosen.
+func SafetySnapshotName(stash StashName, taken func(name string) bool) (string, error) {
+	name := SafetySnapshotPrefix + ":" + stash.String()
+	for i := 2; taken(name); i++ {
+		if i > safetyNamesMax {
+			return "", fmt.Errorf("%w: safety snapshot names for stash %s up to %s are taken", ErrExists, stash, name)
+		}
+		name = fmt.Sprintf("%s:%s.%d", SafetySnapshotPrefix, stash, i)
+	}
+	return name, nil
+}
+
+// IsSafetySnapshot reports whether a snapshot name is a rollback's safety
+// snapshot (of this or an older version).
+func IsSafetySnapshot(name string) bool {
+	return strings.HasPrefix(name, SafetySnapshotPrefix)
+}
 
 // Snapshot describes one snapshot of a dataset.
 type Snapshot struct {
@@ -36,7 +68,7 @@ type Snapshot struct {
 }
 
 // StashedSnapshot is a snapshot inside a stash. Its name is a plain string
-// because a stash may hold the SafetySnapshot.
+// because a stash may hold a safety snapshot (SafetySnapshotName).
 type StashedSnapshot struct {
 	Name    string
 	GUID    uint64
@@ -51,6 +83,13 @@ type Stash struct {
 	Base      SnapName // the snapshot the site was left at; zero if none
 	Created   time.Time
 	Snapshots []StashedSnapshot
+}
+
+// Mount is a snapshot mounted read-only (MountReadOnly).
+type Mount struct {
+	Snapshot SnapName
+	Path     string
+	Users    int // MountReadOnly calls not yet unmounted
 }
 
 // Usage is the space a dataset takes.
@@ -95,7 +134,8 @@ type Driver interface {
 	// must exist and be writable (checked before anything is done); writable
 	// sites not listed are snapshotted too. It returns the sites snapshotted.
 	SnapshotAll(ctx context.Context, snap SnapName, sites []Site) ([]Site, error)
-	// ListSnapshots lists the site's snapshots, oldest first.
+	// ListSnapshots lists the site's snapshots, oldest first, without the
+	// safety snapshots of rollbacks (whose names are not SnapNames).
 	ListSnapshots(ctx context.Context, site Site) ([]Snapshot, error)
 
 	// EstimateSendSize estimates the bytes Send would write.
@@ -122,9 +162,12 @@ type Driver interface {
 	// Epoch is the highest epoch the dataset has seen (zero if none).
 	Epoch(ctx context.Context, site Site) (Epoch, error)
 
-	// Rollback returns the live dataset to snapshot to. First a snapshot
-	// named SafetySnapshot captures the live state; then it and every
-	// snapshot after to go into a new stash named stash. Nothing is destroyed.
+	// Rollback returns the live dataset to snapshot to. First a safety
+	// snapshot (named by SafetySnapshotName, unique per stash) captures the
+	// live state; then it and every snapshot after to go into a new stash
+	// named stash. Nothing is destroyed. Safety snapshots are never listed
+	// by ListSnapshots, but they are history: a Receive refuses
+	// (ErrDiverged) when one lies after its base, as for any snapshot.
 	Rollback(ctx context.Context, site Site, to SnapName, stash StashName) error
 	// Stash moves every snapshot after keep, and the live state, into a new
 	// stash named stash; the site is left at keep (its live files equal
@@ -157,9 +200,14 @@ type Driver interface {
 	Release(ctx context.Context, site Site, snap SnapName, tag HoldTag) error
 
 	// MountReadOnly makes a snapshot's files readable at the returned
-	// directory until Unmount.
+	// directory until Unmount. Mounts are counted: each MountReadOnly needs
+	// its own Unmount, and the files stay readable until the last one.
+	// They survive a restart of the node (the count is on disk).
 	MountReadOnly(ctx context.Context, site Site, snap SnapName) (string, error)
 	Unmount(ctx context.Context, site Site, snap SnapName) error
+	// ListMounts lists the site's mounted snapshots, with their directory
+	// and count of MountReadOnly calls not yet unmounted.
+	ListMounts(ctx context.Context, site Site) ([]Mount, error)
 
 	// Usage is the dataset's space; Free is the space left for new data on
 	// this node.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 )
 
@@ -116,4 +117,27 @@ func CheckStreamBase(h StreamHeader, base SnapName, have []Snapshot, exists bool
 		}
 	}
 	return fmt.Errorf("%w: base %s not found", ErrNoCommonSnapshot, base)
+}
+
+// CheckSafetyAfterBase refuses (ErrDiverged) an incremental stream onto a
+// dataset that has a rollback's safety snapshot after the stream's base.
+// names is every snapshot of the dataset, oldest first, safety snapshots
+// included; CheckStreamBase sees only the listed ones. A safety snapshot
+// after the base (a restored rollback stash brings one back) holds the live
+// state of a rollback: receiving over it would roll it away (`zfs receive
+// -F` destroys it), so the caller must stash it first like any divergence.
+func CheckSafetyAfterBase(h StreamHeader, names []string) error {
+	if h.From == nil {
+		return nil
+	}
+	i := slices.Index(names, h.From.Name)
+	if i < 0 {
+		return nil // not this check's business: CheckStreamBase reports it
+	}
+	for _, name := range names[i+1:] {
+		if IsSafetySnapshot(name) {
+			return fmt.Errorf("%w: rollback safety snapshot %s after base %s", ErrDiverged, name, h.From.Name)
+		}
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ package admintest
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -109,6 +110,15 @@ func (f *Fake) Query(ctx context.Context, to core.Address, q *m.AdminQuery) (*m.
 	case m.AdminQueryKind_ADMIN_QUERY_SITE:
 		if sv, ok := f.sites[q.GetSite()]; ok && to == core.DatasetAddr(sv.GetNode(), q.GetSite()) {
 			v = proto.Clone(sv).(*m.AdminView)
+			// The dataset actor lists what is mounted.
+			for key := range f.mounts {
+				if site, snap, _ := strings.Cut(key, "@"); site == q.GetSite() {
+					if v.Mounts == nil {
+						v.Mounts = map[string]string{}
+					}
+					v.Mounts[snap] = MountPath(site, snap)
+				}
+			}
 		} else {
 			v = &m.AdminView{Code: m.Code_CODE_UNKNOWN_SITE, Node: to.Node}
 		}

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -345,6 +346,13 @@ func (d *Driver) listManifests(site storage.Site) ([]*manifest, error) {
 	return out, nil
 }
 
+// listed reports whether a snapshot is one ListSnapshots shows: not a
+// rollback's safety snapshot (whose name is not a SnapName), as on ZFS.
+func (man *manifest) listed() bool {
+	_, err := storage.ParseSnapName(man.Name)
+	return err == nil
+}
+
 func (d *Driver) toSnapshot(site storage.Site, m *siteMeta, man *manifest) storage.Snapshot {
 	name, _ := storage.ParseSnapName(man.Name)
 	return storage.Snapshot{
@@ -490,7 +498,9 @@ func (d *Driver) ListSnapshots(ctx context.Context, site storage.Site) ([]storag
 	}
 	out := make([]storage.Snapshot, 0, len(mans))
 	for _, man := range mans {
-		out = append(out, d.toSnapshot(site, m, man))
+		if man.listed() {
+			out = append(out, d.toSnapshot(site, m, man))
+		}
 	}
 	return out, nil
 }
@@ -554,7 +564,17 @@ func (d *Driver) Rollback(ctx context.Context, site storage.Site, to storage.Sna
 	if _, err := os.Stat(filepath.Join(d.stashDir(site), stash.String())); err == nil {
 		return fmt.Errorf("rollback %s: stash %s: %w", site, stash, storage.ErrExists)
 	}
-	if _, err := d.snapshotLocked(site, storage.SafetySnapshot, true); err != nil {
+	mans, err := d.listManifests(site)
+	if err != nil {
+		return fmt.Errorf("rollback %s: %w", site, err)
+	}
+	safety, err := storage.SafetySnapshotName(stash, func(name string) bool {
+		return slices.ContainsFunc(mans, func(man *manifest) bool { return man.Name == name })
+	})
+	if err != nil {
+		return fmt.Errorf("rollback %s: %w", site, err)
+	}
+	if _, err := d.snapshotLocked(site, safety, true); err != nil {
 		return fmt.Errorf("rollback %s: safety snapshot: %w", site, err)
 	}
 	if err := d.stashLocked(site, to, stash); err != nil {
@@ -787,7 +807,11 @@ func (d *Driver) Prune(ctx context.Context, site storage.Site, policy storage.Re
 	}
 	snaps := make([]storage.Snapshot, 0, len(mans))
 	for _, man := range mans {
-		snaps = append(snaps, d.toSnapshot(site, m, man))
+		// A safety snapshot is never pruned (as on ZFS, where it is not
+		// listed either): it holds a rollback's live state.
+		if man.listed() {
+			snaps = append(snaps, d.toSnapshot(site, m, man))
+		}
 	}
 	_, drop := policy.Select(snaps, now)
 	keepNames := map[string]bool{}
@@ -916,6 +940,27 @@ func (d *Driver) Unmount(ctx context.Context, site storage.Site, snap storage.Sn
 		delete(m.Mounts, snap.String())
 	}
 	return d.writeMeta(site, m)
+}
+
+// ListMounts implements storage.Driver.
+func (d *Driver) ListMounts(ctx context.Context, site storage.Site) ([]storage.Mount, error) {
+	if err := checkSite(site); err != nil {
+		return nil, err
+	}
+	m, err := d.readMeta(site)
+	if err != nil {
+		return nil, err
+	}
+	var out []storage.Mount
+	for name, users := range m.Mounts {
+		snap, err := storage.ParseSnapName(name)
+		if err != nil || users <= 0 {
+			continue
+		}
+		out = append(out, storage.Mount{Snapshot: snap, Path: filepath.Join(snapDir(d.siteDir(site), name), "tree"), Users: users})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Snapshot.String() < out[j].Snapshot.String() })
+	return out, nil
 }
 
 // Usage implements storage.Driver.

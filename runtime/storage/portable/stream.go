@@ -308,12 +308,16 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	}
 	var have []storage.Snapshot
 	var mans []*manifest
+	var all []string // every snapshot, safety snapshots included
 	if exists {
 		if mans, err = d.listManifests(site); err != nil {
 			return storage.Snapshot{}, err
 		}
 		for _, man := range mans {
-			have = append(have, d.toSnapshot(site, m, man))
+			all = append(all, man.Name)
+			if man.listed() {
+				have = append(have, d.toSnapshot(site, m, man))
+			}
 		}
 	}
 	br := bufio.NewReaderSize(ctxReader{ctx, r}, 256<<10)
@@ -324,10 +328,17 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	if err := storage.CheckStreamBase(h, base, have, exists); err != nil {
 		return storage.Snapshot{}, err
 	}
+	if err := storage.CheckSafetyAfterBase(h, all); err != nil {
+		return storage.Snapshot{}, err
+	}
 	if exists && h.From == nil {
 		// A full stream onto a dataset without snapshots (a Stash of
 		// everything left it): only if its live tree is empty, so nothing
-		// unsnapshotted is overwritten.
+		// unsnapshotted is overwritten, and only if no unlisted (safety)
+		// snapshot is left either, as on ZFS.
+		if len(mans) > 0 {
+			return storage.Snapshot{}, fmt.Errorf("%w: full stream for a dataset that has %d snapshot(s) (e.g. %s)", storage.ErrNoCommonSnapshot, len(mans), mans[0].Name)
+		}
 		if err := d.checkLiveEmpty(site); err != nil {
 			return storage.Snapshot{}, err
 		}

@@ -50,6 +50,8 @@ func Run(t *testing.T, h Harness) {
 		{"StashEverythingFullReceiveRestore", testStashEverything},
 		{"StashEverythingKeepsFence", testStashEverythingFence},
 		{"RollbackKeepsSafetySnapshot", testRollback},
+		{"RollbackAgainAfterRestore", testRollbackAfterRestore},
+		{"ReceiveRefusesOverSafetySnapshot", testReceiveOverSafety},
 		{"PruneKeepsHeldAndProtected", testPrune},
 		{"MountReadOnly", testMountReadOnly},
 		{"CutStreamLeavesPreviousSnapshot", testCutStream},
@@ -700,7 +702,7 @@ func testRollback(t *testing.T, ctx context.Context, a, b storage.Driver) {
 	wantSnaps(t, ctx, a, site, "s1")
 	stashes, err := a.ListStash(ctx, site)
 	must(t, err, "list stash")
-	if len(stashes) != 1 || len(stashes[0].Snapshots) != 2 || stashes[0].Snapshots[0].Name != "s2" || stashes[0].Snapshots[1].Name != storage.SafetySnapshot {
+	if len(stashes) != 1 || len(stashes[0].Snapshots) != 2 || stashes[0].Snapshots[0].Name != "s2" || !storage.IsSafetySnapshot(stashes[0].Snapshots[1].Name) {
 		t.Fatalf("rollback stash = %+v", stashes)
 	}
 	// Writable after rollback, and the rollback itself can be undone.
@@ -710,6 +712,105 @@ func testRollback(t *testing.T, ctx context.Context, a, b storage.Driver) {
 	must(t, a.RestoreStash(ctx, site, storage.MustStash("rollback-1"), storage.MustStash("undo-1")), "undo rollback")
 	sameTree(t, "rollback undone", liveHash(t, ctx, a, site), v3)
 	wantErr(t, a.Rollback(ctx, site, storage.MustSnap("nope"), storage.MustStash("rollback-2")), storage.ErrNoDataset, "rollback to missing snapshot")
+}
+
+// stashSnapshots is what ListStash says stash holds.
+func stashSnapshots(t *testing.T, ctx context.Context, d storage.Driver, site storage.Site, stash string) []string {
+	t.Helper()
+	stashes, err := d.ListStash(ctx, site)
+	must(t, err, "list stash")
+	for _, st := range stashes {
+		if st.Name.String() == stash {
+			var names []string
+			for _, s := range st.Snapshots {
+				names = append(names, s.Name)
+			}
+			return names
+		}
+	}
+	t.Fatalf("no stash %s in %+v", stash, stashes)
+	return nil
+}
+
+// testRollbackAfterRestore: restoring a rollback's stash brings that
+// rollback's safety snapshot back into the site's history. A later rollback
+// of the site must still take its own safety snapshot (it used to fail with
+// "hc:safety already exists"), also when a restored stash's name is used
+// again, and listings never show safety snapshots.
+func testRollbackAfterRestore(t *testing.T, ctx context.Context, a, b storage.Driver) {
+	site := siteFor(t, "x")
+	must(t, a.Create(ctx, site, 0), "create")
+	WriteFile(t, ctx, a, site, "page.html", []byte("v1"))
+	_, err := a.Snapshot(ctx, site, storage.MustSnap("s1"))
+	must(t, err, "snapshot s1")
+	WriteFile(t, ctx, a, site, "page.html", []byte("v2"))
+	_, err = a.Snapshot(ctx, site, storage.MustSnap("s2"))
+	must(t, err, "snapshot s2")
+	WriteFile(t, ctx, a, site, "page.html", []byte("v3 not snapshotted"))
+	v3 := liveHash(t, ctx, a, site)
+
+	must(t, a.Rollback(ctx, site, storage.MustSnap("s1"), storage.MustStash("r1")), "first rollback")
+	must(t, a.RestoreStash(ctx, site, storage.MustStash("r1"), storage.MustStash("u1")), "restore the first rollback's stash")
+	sameTree(t, "first rollback undone", liveHash(t, ctx, a, site), v3)
+	wantSnaps(t, ctx, a, site, "s1", "s2")
+
+	WriteFile(t, ctx, a, site, "page.html", []byte("v5 not snapshotted"))
+	v5 := liveHash(t, ctx, a, site)
+	must(t, a.Rollback(ctx, site, storage.MustSnap("s1"), storage.MustStash("r2")), "rollback after restoring a rollback's stash")
+	wantSnaps(t, ctx, a, site, "s1")
+	got := stashSnapshots(t, ctx, a, site, "r2")
+	if len(got) != 3 || got[0] != "s2" || !storage.IsSafetySnapshot(got[1]) || !storage.IsSafetySnapshot(got[2]) || got[1] == got[2] {
+		t.Fatalf("second rollback's stash holds %v; want s2 and two distinct safety snapshots", got)
+	}
+	must(t, a.RestoreStash(ctx, site, storage.MustStash("r2"), storage.MustStash("u2")), "restore the second rollback's stash")
+	sameTree(t, "second rollback undone", liveHash(t, ctx, a, site), v5)
+	wantSnaps(t, ctx, a, site, "s1", "s2")
+
+	// The name of a restored stash is free again; its safety snapshot's
+	// name is not.
+	must(t, a.Rollback(ctx, site, storage.MustSnap("s2"), storage.MustStash("r1")), "rollback into a restored stash's name")
+	wantSnaps(t, ctx, a, site, "s1", "s2")
+	got = stashSnapshots(t, ctx, a, site, "r1")
+	if len(got) != 3 || !storage.IsSafetySnapshot(got[2]) || got[2] == got[0] || got[2] == got[1] {
+		t.Fatalf("third rollback's stash holds %v; want the two restored safety snapshots and a new one", got)
+	}
+	must(t, a.RestoreStash(ctx, site, storage.MustStash("r1"), storage.MustStash("u3")), "restore the third rollback's stash")
+	sameTree(t, "third rollback undone", liveHash(t, ctx, a, site), v5)
+	wantSnaps(t, ctx, a, site, "s1", "s2")
+}
+
+// testReceiveOverSafety: a restored rollback stash can leave a safety
+// snapshot after the site's newest listed snapshot. When the copy later
+// becomes a replica, a stream from that listed snapshot must not roll the
+// safety snapshot away (a `zfs receive -F` would destroy it): the receive
+// is refused as diverged, and after the caller stashes, it goes through.
+func testReceiveOverSafety(t *testing.T, ctx context.Context, a, b storage.Driver) {
+	site := siteFor(t, "x")
+	replicate(t, ctx, a, b, site, 0)
+	WriteFile(t, ctx, a, site, "index.html", []byte("written after s1, then rolled back"))
+	rolledAway := liveHash(t, ctx, a, site)
+	must(t, a.Rollback(ctx, site, storage.MustSnap("s1"), storage.MustStash("r1")), "rollback")
+	must(t, a.RestoreStash(ctx, site, storage.MustStash("r1"), storage.MustStash("u1")), "restore")
+	wantSnaps(t, ctx, a, site, "s1")
+	must(t, a.SetReadOnly(ctx, site, true), "demote a")
+
+	must(t, b.SetReadOnly(ctx, site, false), "promote b")
+	WriteFile(t, ctx, b, site, "index.html", []byte("the new master's"))
+	_, err := b.Snapshot(ctx, site, storage.MustSnap("s2"))
+	must(t, err, "snapshot s2 on b")
+	e2 := storage.Epoch{Term: 2, Node: "n2"}
+	_, err = Transfer(ctx, b, a, site, e2, storage.MustSnap("s1"), storage.MustSnap("s2"))
+	wantErr(t, err, storage.ErrDiverged, "receive over a safety snapshot")
+	sameTree(t, "refused receive", liveHash(t, ctx, a, site), rolledAway)
+
+	must(t, a.Stash(ctx, site, storage.MustSnap("s1"), storage.MustStash("diverged")), "stash what came after s1")
+	if got := stashSnapshots(t, ctx, a, site, "diverged"); len(got) != 1 || !storage.IsSafetySnapshot(got[0]) {
+		t.Fatalf("stash holds %v; want the safety snapshot", got)
+	}
+	_, err = Transfer(ctx, b, a, site, e2, storage.MustSnap("s1"), storage.MustSnap("s2"))
+	must(t, err, "receive after stashing")
+	wantSnaps(t, ctx, a, site, "s1", "s2")
+	sameTree(t, "received", liveHash(t, ctx, a, site), liveHash(t, ctx, b, site))
 }
 
 func testPrune(t *testing.T, ctx context.Context, a, b storage.Driver) {
@@ -806,11 +907,42 @@ func testMountReadOnly(t *testing.T, ctx context.Context, a, b storage.Driver) {
 	if len(pruned) != 0 {
 		t.Fatalf("pruned %v while mounted", pruned)
 	}
+	// Mounts are counted: a second user of the same snapshot (the change
+	// check mounts the newest snapshot while an admin may hold it) gets the
+	// same files, and they stay until the last unmount.
+	mounted := HashTree(t, dir) // (root may have written into it above)
+	dir2, err := a.MountReadOnly(ctx, site, storage.MustSnap("s1"))
+	must(t, err, "second mount of the same snapshot")
+	if dir2 != dir {
+		t.Fatalf("second mount at %s, first at %s", dir2, dir)
+	}
+	wantMounts(t, ctx, a, site, "s1:2")
+	must(t, a.Unmount(ctx, site, storage.MustSnap("s1")), "unmount of one user")
+	wantMounts(t, ctx, a, site, "s1:1")
+	sameTree(t, "still mounted for the other user", HashTree(t, dir), mounted)
 	must(t, a.Unmount(ctx, site, storage.MustSnap("s1")), "unmount")
+	wantMounts(t, ctx, a, site)
 	wantErr(t, a.Unmount(ctx, site, storage.MustSnap("s1")), storage.ErrNoDataset, "second unmount")
 	_, err = a.MountReadOnly(ctx, site, storage.MustSnap("nope"))
 	wantErr(t, err, storage.ErrNoDataset, "mount missing snapshot")
 	must(t, a.Destroy(ctx, site), "destroy after unmount")
+}
+
+// wantMounts checks ListMounts against "snapshot:users" entries.
+func wantMounts(t *testing.T, ctx context.Context, d storage.Driver, site storage.Site, want ...string) {
+	t.Helper()
+	mounts, err := d.ListMounts(ctx, site)
+	must(t, err, "list mounts")
+	var got []string
+	for _, mt := range mounts {
+		if mt.Path == "" {
+			t.Fatalf("mount %+v has no path", mt)
+		}
+		got = append(got, fmt.Sprintf("%s:%d", mt.Snapshot, mt.Users))
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("mounts of %s: got %v, want %v", site, got, want)
+	}
 }
 
 func testCutStream(t *testing.T, ctx context.Context, a, b storage.Driver) {

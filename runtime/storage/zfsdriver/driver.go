@@ -52,6 +52,9 @@ const Kind = "zfs"
 const (
 	propEpoch   = "hc:epoch"
 	propStashed = "hc:stashed" // unix nanoseconds a stash was made, for ordering
+	// propMountUsers counts the MountReadOnly calls of a view not yet
+	// unmounted (the portable driver counts them too).
+	propMountUsers = "hc:mountusers"
 	// estimateOverheadBytes is added to fallback send-size estimates for
 	// stream headers and metadata records.
 	estimateOverheadBytes = 64 << 10
@@ -808,6 +811,7 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		return storage.Snapshot{}, err
 	}
 	var have []storage.Snapshot
+	var all []string // every snapshot, safety snapshots included
 	if exists {
 		seen, err := d.epochOf(ctx, ds)
 		if err != nil {
@@ -819,8 +823,15 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		if !ro {
 			return storage.Snapshot{}, storage.ErrNotReplica
 		}
-		if have, err = d.snapshots(ctx, ds); err != nil {
+		infos, err := d.listSnaps(ctx, ds)
+		if err != nil {
 			return storage.Snapshot{}, err
+		}
+		for _, s := range infos {
+			all = append(all, s.name)
+			if snap, ok := toSnapshot(s); ok {
+				have = append(have, snap)
+			}
 		}
 	} else {
 		ds = d.replicaDS(site)
@@ -833,11 +844,14 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	if err := storage.CheckStreamBase(h, base, have, exists); err != nil {
 		return storage.Snapshot{}, err
 	}
+	if err := storage.CheckSafetyAfterBase(h, all); err != nil {
+		return storage.Snapshot{}, err
+	}
 	fullOntoEmpty := exists && h.From == nil
 	if fullOntoEmpty {
 		// A dataset without snapshots (a Stash of everything left it):
 		// `receive -F` replaces it, so it must hold nothing, not even a
-		// snapshot the names above skip (hc:safety) or unsnapshotted files.
+		// snapshot the names above skip (a safety snapshot) or unsnapshotted files.
 		if err := d.checkEmpty(ctx, ds); err != nil {
 			return storage.Snapshot{}, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,7 +39,17 @@ func (d *Driver) Rollback(ctx context.Context, site storage.Site, to storage.Sna
 	} else if ok {
 		return fmt.Errorf("rollback %s: stash %s: %w", site, stash, storage.ErrExists)
 	}
-	if err := d.snapshotDS(ctx, ds, storage.SafetySnapshot, false); err != nil {
+	existing, err := d.listSnaps(ctx, ds)
+	if err != nil {
+		return fmt.Errorf("rollback %s: %w", site, err)
+	}
+	safety, err := storage.SafetySnapshotName(stash, func(name string) bool {
+		return slices.ContainsFunc(existing, func(s snapInfo) bool { return s.name == name })
+	})
+	if err != nil {
+		return fmt.Errorf("rollback %s: %w", site, err)
+	}
+	if err := d.snapshotDS(ctx, ds, safety, false); err != nil {
 		return fmt.Errorf("rollback %s: safety snapshot: %w", site, err)
 	}
 	if err := d.stashLocked(ctx, site, to, stash); err != nil {
@@ -109,7 +120,10 @@ func (d *Driver) moveAside(ctx context.Context, site storage.Site, ds, stashDS s
 			return err
 		}
 	}
-	return nil
+	// A mounted stash keeps the site's dataset busy for zfs-fuse's renames
+	// (it can be a clone of the site's snapshots); nothing reads a stash
+	// through its mountpoint.
+	return d.unmount(ctx, stashDS)
 }
 
 // siteProps sets what belongs to the site rather than to its history on the
@@ -181,8 +195,13 @@ func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bo
 		return err
 	}
 	// zfs-fuse reports the origin as busy while a fresh clone of it is
-	// mounted: unmount both before renaming.
+	// mounted: unmount both before renaming. The site's stashes can be such
+	// clones (a restore leaves the displaced history as a clone of the
+	// site's snapshot); nothing reads a stash through its mountpoint.
 	if err := d.unmount(ctx, newDS); err != nil {
+		return err
+	}
+	if err := d.unmountStashes(ctx, site); err != nil {
 		return err
 	}
 	if err := d.rename(ctx, ds, stashDS); err != nil {
@@ -208,6 +227,29 @@ func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bo
 	for _, kv := range [][2]string{{"readonly", "on"}, {"atime", "off"}, {"quota", "none"}, {propStashed, strconv.FormatInt(time.Now().UnixNano(), 10)}} {
 		if err := d.setProp(ctx, stashDS, kv[0], kv[1]); err != nil {
 			return err
+		}
+	}
+	// A mounted stash keeps the site's dataset busy for zfs-fuse's renames
+	// (it can be a clone of the site's snapshots); nothing reads a stash
+	// through its mountpoint.
+	return d.unmount(ctx, stashDS)
+}
+
+// unmountStashes unmounts every stash of the site (see swapIn).
+func (d *Driver) unmountStashes(ctx context.Context, site storage.Site) error {
+	parent := d.stashParent(site)
+	if ok, err := d.datasetExists(ctx, parent); err != nil || !ok {
+		return err
+	}
+	out, err := d.command(ctx, "list stash", "zfs", []string{"list", "-H", "-o", "name", "-r", "-d", "1", parent}, nil, nil)
+	if err != nil {
+		return err
+	}
+	for _, name := range strings.Fields(string(out)) {
+		if strings.HasPrefix(name, parent+"/") {
+			if err := d.unmount(ctx, name); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -528,9 +570,23 @@ func (d *Driver) MountReadOnly(ctx context.Context, site storage.Site, snap stor
 	if err := d.ensureFilesystem(ctx, d.viewParent(site)); err != nil {
 		return "", err
 	}
+	defer d.lock(site)()
 	view := d.viewDS(site, snap)
-	props := map[string]string{"readonly": "on", "atime": "off"}
-	err = d.gozfs(ctx, "clone", []string{"clone", "-o", "readonly=on", "-o", "atime=off", ds + "@" + snap.String(), view}, false, nil, func() error {
+	if ok, err := d.datasetExists(ctx, view); err != nil {
+		return "", err
+	} else if ok {
+		// Mounted already: one more user.
+		users, err := d.mountUsers(ctx, view)
+		if err != nil {
+			return "", err
+		}
+		if err := d.setProp(ctx, view, propMountUsers, strconv.Itoa(users+1)); err != nil {
+			return "", err
+		}
+		return d.getProp(ctx, view, "mountpoint")
+	}
+	props := map[string]string{"readonly": "on", "atime": "off", propMountUsers: "1"}
+	err = d.gozfs(ctx, "clone", []string{"clone", "-o", "readonly=on", "-o", "atime=off", "-o", propMountUsers + "=1", ds + "@" + snap.String(), view}, false, nil, func() error {
 		_, err := (&gozfs.Dataset{Name: ds + "@" + snap.String(), Type: gozfs.DatasetSnapshot}).Clone(view, props)
 		return err
 	})
@@ -538,6 +594,60 @@ func (d *Driver) MountReadOnly(ctx context.Context, site storage.Site, snap stor
 		return "", fmt.Errorf("mount %s@%s: %w", site, snap, err)
 	}
 	return d.getProp(ctx, view, "mountpoint")
+}
+
+// mountUsers reads a view's count of users; a view without one (made by
+// an older version) has one.
+func (d *Driver) mountUsers(ctx context.Context, view string) (int, error) {
+	v, err := d.getProp(ctx, view, propMountUsers)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 1, nil
+	}
+	return n, nil
+}
+
+// ListMounts implements storage.Driver.
+func (d *Driver) ListMounts(ctx context.Context, site storage.Site) ([]storage.Mount, error) {
+	if err := checkSite(site); err != nil {
+		return nil, err
+	}
+	if _, _, err := d.locate(ctx, site); err != nil {
+		return nil, err
+	}
+	views := d.viewParent(site)
+	if ok, err := d.datasetExists(ctx, views); err != nil || !ok {
+		return nil, err
+	}
+	out, err := d.command(ctx, "list views", "zfs", []string{"list", "-H", "-o", "name", "-r", "-d", "1", views}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var mounts []storage.Mount
+	for _, line := range strings.Fields(string(out)) {
+		name, ok := strings.CutPrefix(line, views+"/")
+		if !ok {
+			continue
+		}
+		snap, err := storage.ParseSnapName(name)
+		if err != nil {
+			continue
+		}
+		users, err := d.mountUsers(ctx, line)
+		if err != nil {
+			return nil, err
+		}
+		path, err := d.getProp(ctx, line, "mountpoint")
+		if err != nil {
+			return nil, err
+		}
+		mounts = append(mounts, storage.Mount{Snapshot: snap, Path: path, Users: users})
+	}
+	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Snapshot.String() < mounts[j].Snapshot.String() })
+	return mounts, nil
 }
 
 // Unmount implements storage.Driver.
@@ -548,11 +658,19 @@ func (d *Driver) Unmount(ctx context.Context, site storage.Site, snap storage.Sn
 	if err := checkSite(site); err != nil {
 		return err
 	}
+	defer d.lock(site)()
 	view := d.viewDS(site, snap)
 	if ok, err := d.datasetExists(ctx, view); err != nil {
 		return err
 	} else if !ok {
 		return fmt.Errorf("unmount %s@%s: %w: not mounted", site, snap, storage.ErrNoDataset)
+	}
+	users, err := d.mountUsers(ctx, view)
+	if err != nil {
+		return err
+	}
+	if users > 1 {
+		return d.setProp(ctx, view, propMountUsers, strconv.Itoa(users-1))
 	}
 	return d.destroyDS(ctx, view, false)
 }

@@ -34,6 +34,7 @@ type Config struct {
 		Admin    string `yaml:"admin"`    // the admin endpoint (hcctl)
 		Actor    string `yaml:"actor"`    // protoactor remote (node to node)
 		Internal string `yaml:"internal"` // snapshot streams and forwarded requests (node to node)
+		Metrics  string `yaml:"metrics"`  // Prometheus /metrics of the front ends; empty: none
 	} `yaml:"listen"`
 	// Members are the cluster's nodes (the seed list): every node lists
 	// every member, itself included. Empty: a one-node cluster of this node.
@@ -127,6 +128,7 @@ Flags:
 	adminAddr := fs.String("admin", "", "admin endpoint listen address (default "+d.Listen.Admin+")")
 	actorAddr := fs.String("actor", "", "protoactor remote listen address (default "+d.Listen.Actor+")")
 	internalAddr := fs.String("internal", "", "internal port listen address (default "+d.Listen.Internal+")")
+	metricsAddr := fs.String("metrics", "", "Prometheus /metrics listen address (default none)")
 	var members memberFlags
 	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port (repeat for each; replaces the file's list)")
 	nodeTokenFile := fs.String("node-token-file", "", "file holding the secret shared by all nodes")
@@ -164,6 +166,7 @@ Flags:
 	set(&c.Listen.Admin, *adminAddr)
 	set(&c.Listen.Actor, *actorAddr)
 	set(&c.Listen.Internal, *internalAddr)
+	set(&c.Listen.Metrics, *metricsAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
 	set(&c.Log.Level, *logLevel)
@@ -222,7 +225,11 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("storage driver %q: want auto, zfs or portable", c.Storage.Driver))
 	}
-	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor, "internal": c.Listen.Internal} {
+	listens := map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor, "internal": c.Listen.Internal}
+	if c.Listen.Metrics != "" {
+		listens["metrics"] = c.Listen.Metrics
+	}
+	for what, addr := range listens {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))
 		}

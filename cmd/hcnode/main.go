@@ -114,7 +114,8 @@ func run(c *Config) error {
 	if err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
-	runner := sites.New(sites.Config{Logger: log.With("component", "sites"), RunDir: filepath.Join(c.DataDir, "run")})
+	runner := sites.New(sites.Config{Logger: log.With("component", "sites"), RunDir: filepath.Join(c.DataDir, "run"),
+		AppProxy: fronthttp.AppProxyFor})
 	defer runner.Close()
 
 	internalLis, err := net.Listen("tcp", c.Listen.Internal)
@@ -140,7 +141,7 @@ func run(c *Config) error {
 	defer h.Stop()
 
 	front, err := fronthttp.New(fronthttp.Config{Cluster: h, Token: c.nodeToken, Logger: log.With("component", "http"),
-		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }})
+		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }, Local: h.ServeLocal})
 	if err != nil {
 		return err
 	}
@@ -151,6 +152,11 @@ func run(c *Config) error {
 	servers := []*http.Server{
 		{Addr: c.Listen.HTTP, Handler: front, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
 		{Addr: c.Listen.Admin, Handler: adm.Handler(), ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
+	}
+	if c.Listen.Metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", front.Metrics())
+		servers = append(servers, &http.Server{Addr: c.Listen.Metrics, Handler: mux, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax})
 	}
 	errc := make(chan error, len(servers))
 	for _, s := range servers {

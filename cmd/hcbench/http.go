@@ -58,7 +58,7 @@ const (
 	// benchReadyWait bounds the wait for the front process and its app.
 	benchReadyWait = 30 * time.Second
 	// wrkSlack bounds a wrk run beyond its duration.
-	wrkSlack = 30 * time.Second
+	wrkSlack    = 30 * time.Second
 	benchDomain = "bench.example"
 	benchSite   = "bench"
 )
@@ -296,9 +296,9 @@ func needTools() error {
 }
 
 type throughput struct {
-	direct, haproxy, front       float64
-	directP50, frontP50, haP50   time.Duration
-	errors                       int
+	direct, haproxy, front     float64
+	directP50, frontP50, haP50 time.Duration
+	errors                     int
 }
 
 func median(xs []float64) float64 {

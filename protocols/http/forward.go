@@ -220,8 +220,10 @@ func (e *engine) forward(w http.ResponseWriter, addr string, o *outbound) (respo
 	}
 }
 
-func (o *outbound) bodySent() bool  { return o.body != nil && o.body.read }
-func (o *outbound) idempotent() bool { return o.in.Method == http.MethodGet || o.in.Method == http.MethodHead }
+func (o *outbound) bodySent() bool { return o.body != nil && o.body.read }
+func (o *outbound) idempotent() bool {
+	return o.in.Method == http.MethodGet || o.in.Method == http.MethodHead
+}
 
 // exchange runs one request on bc. keep (err == nil) means bc may be
 // reused. reusedFailure: bc was a kept connection and failed before any

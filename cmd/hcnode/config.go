@@ -35,6 +35,7 @@ type Config struct {
 		Actor    string `yaml:"actor"`    // protoactor remote (node to node)
 		Internal string `yaml:"internal"` // snapshot streams and forwarded requests (node to node)
 		Metrics  string `yaml:"metrics"`  // Prometheus /metrics of the front ends; empty: none
+		HTTPS    string `yaml:"https"`    // the HTTPS front end (per-site certificates by SNI); empty: none
 	} `yaml:"listen"`
 	// Members are the cluster's nodes (the seed list): every node lists
 	// every member, itself included. Empty: a one-node cluster of this node.
@@ -128,6 +129,7 @@ Flags:
 	adminAddr := fs.String("admin", "", "admin endpoint listen address (default "+d.Listen.Admin+")")
 	actorAddr := fs.String("actor", "", "protoactor remote listen address (default "+d.Listen.Actor+")")
 	internalAddr := fs.String("internal", "", "internal port listen address (default "+d.Listen.Internal+")")
+	httpsAddr := fs.String("https", "", "HTTPS front end listen address, certificates of the sites by SNI (default none)")
 	metricsAddr := fs.String("metrics", "", "Prometheus /metrics listen address (default none)")
 	var members memberFlags
 	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port (repeat for each; replaces the file's list)")
@@ -167,6 +169,7 @@ Flags:
 	set(&c.Listen.Actor, *actorAddr)
 	set(&c.Listen.Internal, *internalAddr)
 	set(&c.Listen.Metrics, *metricsAddr)
+	set(&c.Listen.HTTPS, *httpsAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
 	set(&c.Log.Level, *logLevel)
@@ -228,6 +231,9 @@ func (c *Config) validate() error {
 	listens := map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor, "internal": c.Listen.Internal}
 	if c.Listen.Metrics != "" {
 		listens["metrics"] = c.Listen.Metrics
+	}
+	if c.Listen.HTTPS != "" {
+		listens["https"] = c.Listen.HTTPS
 	}
 	for what, addr := range listens {
 		if _, _, err := net.SplitHostPort(addr); err != nil {

@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -141,7 +142,10 @@ func run(c *Config) error {
 	defer h.Stop()
 
 	front, err := fronthttp.New(fronthttp.Config{Cluster: h, Token: c.nodeToken, Logger: log.With("component", "http"),
-		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }, Local: h.ServeLocal})
+		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }, Local: h.ServeLocal,
+		SiteSpec: func(ctx context.Context, site, node string) (*m.SiteSpec, error) {
+			return fronthttp.SpecFromView(h.Query(ctx, core.NodeAddr(node), &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_SITE, Site: site}))
+		}})
 	if err != nil {
 		return err
 	}
@@ -158,11 +162,22 @@ func run(c *Config) error {
 		mux.Handle("GET /metrics", front.Metrics())
 		servers = append(servers, &http.Server{Addr: c.Listen.Metrics, Handler: mux, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax})
 	}
+	if c.Listen.HTTPS != "" {
+		tlsConfig, err := front.TLSConfig()
+		if err != nil {
+			return err
+		}
+		servers = append(servers, &http.Server{Addr: c.Listen.HTTPS, Handler: front, TLSConfig: tlsConfig,
+			ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax})
+	}
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
 		lis, err := net.Listen("tcp", s.Addr)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", s.Addr, err)
+		}
+		if s.TLSConfig != nil {
+			lis = tls.NewListener(lis, s.TLSConfig)
 		}
 		go func() {
 			if err := s.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {

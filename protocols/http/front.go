@@ -70,6 +70,9 @@ type Config struct {
 	// counted the request as load already. nil: local requests go through
 	// the internal port like the others.
 	Local func(w http.ResponseWriter, r *http.Request, site string, counted bool) bool
+	// SiteSpec fetches a site's spec from node (its master), for the
+	// certificate of an HTTPS handshake; nil: no HTTPS (TLSConfig fails).
+	SiteSpec func(ctx context.Context, site, node string) (*m.SiteSpec, error)
 	// TLS makes X-Forwarded-Proto https for every request (a listener
 	// behind a TLS terminator); requests on a TLS listener are https anyway.
 	TLS    bool
@@ -87,6 +90,7 @@ type Front struct {
 	// internalAddrs caches host:port of members' plain-HTTP internal URLs.
 	internalMu    sync.RWMutex
 	internalAddrs map[string]string
+	certs         certCache
 }
 
 // New returns a front end.
@@ -111,7 +115,8 @@ func New(cfg Config) (*Front, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Front{cfg: cfg, rt: rt, log: log, engine: newEngine(), metrics: newMetrics(),
-		order: orderQueues{tail: map[string]*orderTicket{}}, internalAddrs: map[string]string{}}, nil
+		order: orderQueues{tail: map[string]*orderTicket{}}, internalAddrs: map[string]string{},
+		certs: certCache{sites: map[string]*certEntry{}}}, nil
 }
 
 // Metrics serves the front end's per-site figures in the Prometheus text

@@ -24,6 +24,9 @@ import (
 	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver"
 )
 
+// portsPerNode: HTTP, admin, actor, internal, HTTPS, metrics.
+const portsPerNode = 6
+
 // Bounds.
 const (
 	// buildWaitMax bounds building the binaries.
@@ -81,6 +84,7 @@ type Options struct {
 type Node struct {
 	Name                         string
 	HTTP, Admin, Actor, Internal string // host:port
+	HTTPS, Metrics               string // host:port of the HTTPS front end and of /metrics
 	DataDir, LogPath             string
 	cmd                          *exec.Cmd
 	done                         chan struct{}
@@ -125,7 +129,7 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if opt.Nodes < 1 || opt.Bin == nil || opt.Dir == "" {
 		return nil, errors.New("localcluster: need nodes, binaries and a directory")
 	}
-	ports, err := freePorts(4 * opt.Nodes)
+	ports, err := freePorts(portsPerNode * opt.Nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -138,11 +142,12 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 		return nil, err
 	}
 	for i := range opt.Nodes {
-		p := ports[4*i : 4*i+4]
+		p := ports[portsPerNode*i : portsPerNode*i+portsPerNode]
 		name := fmt.Sprintf("n%d", i+1)
 		c.Nodes = append(c.Nodes, &Node{Name: name,
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
+			HTTPS: fmt.Sprintf("127.0.0.1:%d", p[4]), Metrics: fmt.Sprintf("127.0.0.1:%d", p[5]),
 			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log")})
 	}
 	for i := range c.Nodes {
@@ -161,7 +166,7 @@ func (c *Cluster) args(n *Node) []string {
 	}
 	args := append([]string{"-node", n.Name, "-data-dir", n.DataDir}, storageArgs...)
 	args = append(args,
-		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal,
+		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal, "-https", n.HTTPS, "-metrics", n.Metrics,
 		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
 	for _, mb := range c.Nodes {
 		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal)

@@ -137,6 +137,7 @@ func httpFront(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("hcbench http-front", flag.ExitOnError)
 	dir := fs.String("dir", "", "the site's directory (required)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile here until stopped")
+	netHTTP := fs.Bool("net-http", false, "serve with net/http.Server instead of the front's connection loop (for comparison)")
 	_ = fs.Parse(args)
 	if *dir == "" {
 		return errors.New("http-front: -dir is required")
@@ -176,9 +177,15 @@ func httpFront(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: front, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Close()
+	if *netHTTP {
+		srv := &http.Server{Handler: front, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(lis) }()
+		defer srv.Close()
+	} else {
+		srv := &fronthttp.Server{Front: front}
+		go func() { _ = srv.Serve(lis) }()
+		defer srv.Close()
+	}
 	// The app starts on the first request.
 	url := "http://" + lis.Addr().String() + "/"
 	deadline := time.Now().Add(benchReadyWait)
@@ -296,9 +303,13 @@ func needTools() error {
 }
 
 type throughput struct {
-	direct, haproxy, front     float64
-	directP50, frontP50, haP50 time.Duration
-	errors                     int
+	direct, haproxy, front float64
+	frontNetHTTP           float64
+	// CPU time of the proxy process per request (µs), median of rounds:
+	// unlike throughput, hardly moved by other load on the machine.
+	haCPUus, frontCPUus, frontNetHTTPCPUus float64
+	directP50, frontP50, haP50             time.Duration
+	errors                                 int
 }
 
 func median(xs []float64) float64 {
@@ -314,7 +325,7 @@ func medianDuration(xs []time.Duration) time.Duration {
 }
 
 // measureThroughput runs the comparison; dir holds the front's site.
-func measureThroughput(ctx context.Context, dir string, rounds, conns int, d time.Duration, cpuProfile string) (throughput, error) {
+func measureThroughput(ctx context.Context, dir string, rounds, conns int, d time.Duration, cpuProfile string, compareNetHTTP bool) (throughput, error) {
 	var res throughput
 	self, err := os.Executable()
 	if err != nil {
@@ -324,42 +335,23 @@ func measureThroughput(ctx context.Context, dir string, rounds, conns int, d tim
 	if err := os.MkdirAll(siteDir, 0o700); err != nil {
 		return res, err
 	}
-	fctx, stopFront := context.WithCancel(ctx)
-	defer stopFront()
-	args := []string{"http-front", "-dir", siteDir}
-	if cpuProfile != "" {
-		args = append(args, "-cpuprofile", cpuProfile)
-	}
-	front := exec.CommandContext(fctx, self, args...)
-	front.Cancel = func() error { return front.Process.Signal(os.Interrupt) }
-	front.WaitDelay = 10 * time.Second
-	front.Stderr = os.Stderr
-	out, err := front.StdoutPipe()
+	frontAddr, backendAddr, frontPid, stopFront, err := startFront(ctx, self, siteDir, cpuProfile, false)
 	if err != nil {
 		return res, err
 	}
-	if err := front.Start(); err != nil {
-		return res, err
-	}
-	defer func() {
-		stopFront()
-		_ = front.Wait()
-	}()
-	ready := make(chan []string, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "ready" {
-				ready <- f[1:]
-			}
+	defer stopFront()
+	netHTTPAddr, netHTTPPid := "", 0
+	if compareNetHTTP {
+		dir2 := filepath.Join(dir, "site-net-http")
+		if err := os.MkdirAll(dir2, 0o700); err != nil {
+			return res, err
 		}
-	}()
-	var frontAddr, backendAddr string
-	select {
-	case f := <-ready:
-		frontAddr, backendAddr = f[0], f[1]
-	case <-time.After(benchReadyWait):
-		return res, errors.New("the front process did not get ready")
+		addr, _, pid2, stop2, err := startFront(ctx, self, dir2, "", true)
+		if err != nil {
+			return res, err
+		}
+		defer stop2()
+		netHTTPAddr, netHTTPPid = addr, pid2
 	}
 	haAddr, err := freeAddr()
 	if err != nil {
@@ -389,17 +381,32 @@ func measureThroughput(ctx context.Context, dir string, rounds, conns int, d tim
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	targets := []struct{ name, url string }{{"direct", "http://" + backendAddr + "/"}, {"haproxy", "http://" + haAddr + "/"}, {"front", "http://" + frontAddr + "/"}}
+	type target struct {
+		name, url string
+		pid       int // the proxy's process (its CPU per request), 0: none
+	}
+	targets := []target{{"direct", "http://" + backendAddr + "/", 0}, {"haproxy", "http://" + haAddr + "/", ha.Process.Pid},
+		{"front", "http://" + frontAddr + "/", frontPid}}
+	if netHTTPAddr != "" {
+		targets = append(targets, target{"front-net-http", "http://" + netHTTPAddr + "/", netHTTPPid})
+	}
+	cpuPerRequest := map[string][]float64{}
 	rps := map[string][]float64{}
 	for round := 1; round <= rounds; round++ {
 		for _, t := range targets {
+			cpu0 := processCPU(t.pid)
 			r, err := runWrk(ctx, t.url, wrkThreads, conns, d)
 			if err != nil {
 				return res, err
 			}
+			cpuUs := 0.0
+			if t.pid != 0 && r.rps > 0 {
+				cpuUs = (processCPU(t.pid) - cpu0).Seconds() * 1e6 / (r.rps * d.Seconds())
+				cpuPerRequest[t.name] = append(cpuPerRequest[t.name], cpuUs)
+			}
 			res.errors += r.errors
 			rps[t.name] = append(rps[t.name], r.rps)
-			fmt.Printf("throughput round=%d target=%s rps=%.0f p50_ms=%.3f errors=%d\n", round, t.name, r.rps, ms(r.p50), r.errors)
+			fmt.Printf("throughput round=%d target=%s rps=%.0f p50_ms=%.3f proxy_cpu_us_per_request=%.1f errors=%d\n", round, t.name, r.rps, ms(r.p50), cpuUs, r.errors)
 		}
 	}
 	p50 := map[string][]time.Duration{}
@@ -415,6 +422,15 @@ func measureThroughput(ctx context.Context, dir string, rounds, conns int, d tim
 		}
 	}
 	res.direct, res.haproxy, res.front = median(rps["direct"]), median(rps["haproxy"]), median(rps["front"])
+	if len(cpuPerRequest["haproxy"]) > 0 && len(cpuPerRequest["front"]) > 0 {
+		res.haCPUus, res.frontCPUus = median(cpuPerRequest["haproxy"]), median(cpuPerRequest["front"])
+	}
+	if len(cpuPerRequest["front-net-http"]) > 0 {
+		res.frontNetHTTPCPUus = median(cpuPerRequest["front-net-http"])
+	}
+	if netHTTPAddr != "" {
+		res.frontNetHTTP = median(rps["front-net-http"])
+	}
 	res.directP50, res.haP50, res.frontP50 = medianDuration(p50["direct"]), medianDuration(p50["haproxy"]), medianDuration(p50["front"])
 	return res, nil
 }
@@ -431,6 +447,7 @@ func httpBench(ctx context.Context, args []string) error {
 	skipMove := fs.Bool("skip-move", false, "only the throughput comparison")
 	skipPause := fs.Bool("skip-pause", false, "skip the 256 MiB pause measurement")
 	cpuProfile := fs.String("cpuprofile", "", "CPU profile of the front process during the comparison")
+	compareNetHTTP := fs.Bool("compare-net-http", false, "also measure the front served by net/http.Server instead of its connection loop")
 	_ = fs.Parse(args)
 	if *rounds < 1 || *rounds > httpRoundsMax || *dur < time.Second || *dur > httpDurationMax || *conns < 1 || *conns > httpConnectionsMax ||
 		*moveRuns < 1 || *moveRuns > 20 || *pauseRuns < 1 || *pauseRuns > 20 {
@@ -448,13 +465,20 @@ func httpBench(ctx context.Context, args []string) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	tp, err := measureThroughput(ctx, dir, *rounds, *conns, *dur, *cpuProfile)
+	tp, err := measureThroughput(ctx, dir, *rounds, *conns, *dur, *cpuProfile, *compareNetHTTP)
 	if err != nil {
 		return err
 	}
 	added := tp.frontP50 - tp.directP50
 	fmt.Printf("throughput_rps direct=%.0f haproxy=%.0f front=%.0f (median of %d rounds, wrk -t%d -c%d -d%v) errors=%d\n",
 		tp.direct, tp.haproxy, tp.front, *rounds, wrkThreads, *conns, *dur, tp.errors)
+	if tp.frontNetHTTP > 0 {
+		fmt.Printf("throughput_rps front_net_http=%.0f proxy_cpu_us_per_request=%.1f (the same front end served by net/http.Server)\n", tp.frontNetHTTP, tp.frontNetHTTPCPUus)
+	}
+	if tp.frontCPUus > 0 {
+		fmt.Printf("proxy_cpu_us_per_request haproxy=%.1f front=%.1f front_cpu_efficiency_vs_haproxy=%.2f (haproxy's CPU per request / ours; the backend's CPU not counted)\n",
+			tp.haCPUus, tp.frontCPUus, tp.haCPUus/tp.frontCPUus)
+	}
 	fmt.Printf("latency_p50_ms direct=%.3f haproxy=%.3f front=%.3f (wrk -t1 -c1)\n", ms(tp.directP50), ms(tp.haP50), ms(tp.frontP50))
 	mv := moveResult{}
 	if !*skipMove {
@@ -465,4 +489,75 @@ func httpBench(ctx context.Context, args []string) error {
 	fmt.Printf("front_vs_haproxy=%.2f front_vs_direct=%.2f added_p50_ms=%.3f move_hold_p99_ms=%.0f failed=%d\n",
 		tp.front/tp.haproxy, tp.front/tp.direct, ms(added), ms(mv.holdP99), mv.failed+tp.errors)
 	return nil
+}
+
+// startFront starts `hcbench http-front` and waits for its "ready" line.
+func startFront(ctx context.Context, self, siteDir, cpuProfile string, netHTTP bool) (frontAddr, backendAddr string, pid int, stop func(), err error) {
+	fctx, cancel := context.WithCancel(ctx)
+	args := []string{"http-front", "-dir", siteDir}
+	if cpuProfile != "" {
+		args = append(args, "-cpuprofile", cpuProfile)
+	}
+	if netHTTP {
+		args = append(args, "-net-http")
+	}
+	front := exec.CommandContext(fctx, self, args...)
+	front.Cancel = func() error { return front.Process.Signal(os.Interrupt) }
+	front.WaitDelay = 10 * time.Second
+	front.Stderr = os.Stderr
+	out, err := front.StdoutPipe()
+	if err != nil {
+		cancel()
+		return "", "", 0, nil, err
+	}
+	if err := front.Start(); err != nil {
+		cancel()
+		return "", "", 0, nil, err
+	}
+	stop = func() {
+		cancel()
+		_ = front.Wait()
+	}
+	ready := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "ready" {
+				ready <- f[1:]
+			}
+		}
+	}()
+	select {
+	case f := <-ready:
+		return f[0], f[1], front.Process.Pid, stop, nil
+	case <-time.After(benchReadyWait):
+		stop()
+		return "", "", 0, nil, errors.New("the front process did not get ready")
+	}
+}
+
+// processCPU is the user+system CPU time pid has used (0 for pid 0 or
+// when /proc cannot be read).
+func processCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command (in parentheses, which may hold spaces).
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticksPerSecond
 }

@@ -3,7 +3,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -154,9 +153,10 @@ func run(c *Config) error {
 		return err
 	}
 	servers := []*http.Server{
-		{Addr: c.Listen.HTTP, Handler: front, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
 		{Addr: c.Listen.Admin, Handler: adm.Handler(), ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
 	}
+	// The front end runs on its own connection loop (protocols/http.Server).
+	fronts := map[string]*fronthttp.Server{c.Listen.HTTP: {Front: front, Log: log.With("component", "http")}}
 	if c.Listen.Metrics != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", front.Metrics())
@@ -167,17 +167,24 @@ func run(c *Config) error {
 		if err != nil {
 			return err
 		}
-		servers = append(servers, &http.Server{Addr: c.Listen.HTTPS, Handler: front, TLSConfig: tlsConfig,
-			ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax})
+		fronts[c.Listen.HTTPS] = &fronthttp.Server{Front: front, TLS: tlsConfig, Log: log.With("component", "https")}
 	}
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+len(fronts))
+	for addr, s := range fronts {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		go func() {
+			if err := s.Serve(lis); err != nil && !errors.Is(err, fronthttp.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
 	for _, s := range servers {
 		lis, err := net.Listen("tcp", s.Addr)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", s.Addr, err)
-		}
-		if s.TLSConfig != nil {
-			lis = tls.NewListener(lis, s.TLSConfig)
 		}
 		go func() {
 			if err := s.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -195,6 +202,9 @@ func run(c *Config) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 	defer cancel()
+	for _, s := range fronts {
+		_ = s.Shutdown(sctx)
+	}
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
 	}

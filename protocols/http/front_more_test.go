@@ -129,8 +129,7 @@ func TestMetricsPerSite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f)
-	defer srv.Close()
+	srv := loopServer(t, f)
 	do(t, "GET", srv.URL+"/", "shop.example", "")
 	do(t, "GET", srv.URL+"/", "shop.example", "")
 	do(t, "GET", srv.URL+"/", "held.example", "")
@@ -182,8 +181,7 @@ func TestUpgradePassesThrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f)
-	defer srv.Close()
+	srv := loopServer(t, f)
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -249,8 +247,7 @@ func TestLocalMasterServedInProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f)
-	defer srv.Close()
+	srv := loopServer(t, f)
 	if _, body := do(t, "GET", srv.URL+"/", "shop.example", ""); body != "local:shop" || localXFF != "127.0.0.1" {
 		t.Fatalf("local: %q xff %q", body, localXFF)
 	}
@@ -287,8 +284,7 @@ func TestMasterDyingBeforeAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f)
-	defer srv.Close()
+	srv := loopServer(t, f)
 	if resp, body := do(t, "GET", srv.URL+"/", "shop.example", ""); resp.StatusCode != 200 || body != "n3:shop:" {
 		t.Fatalf("GET: %d %q", resp.StatusCode, body)
 	}

@@ -24,6 +24,7 @@ func TestE2EHTTPMoveUnderLoad(t *testing.T) {
 	c := newCluster(t, 3)
 	ctx := context.Background()
 	s := createSite(t, ctx, c, "move", "move.example")
+	servedEverywhere(t, c, "move.example", []int{0, 1, 2})
 	lctx, stop := context.WithTimeout(ctx, 3*time.Minute)
 	defer stop()
 	load := &HTTPLoad{Domain: "move.example", Nodes: []int{0, 1, 2}, Workers: 8, Rate: httpLoadRate, Max: 100_000, WriteEvery: 4}
@@ -84,6 +85,7 @@ func TestE2EHTTPMasterKilledUnderLoad(t *testing.T) {
 			via = append(via, i)
 		}
 	}
+	servedEverywhere(t, c, "kill.example", via)
 	lctx, stop := context.WithTimeout(ctx, 3*time.Minute)
 	defer stop()
 	load := &HTTPLoad{Domain: "kill.example", Nodes: via, Workers: 8, Rate: httpLoadRate, Max: 100_000}
@@ -158,4 +160,26 @@ func replicated(s admin.Site) bool {
 		}
 	}
 	return false
+}
+
+// servedEverywhere waits (bounded) until every node in nodes serves domain:
+// a new site's route reaches each node's mirror a moment after the admin
+// view shows it active, and until then a front end rightly answers 404.
+func servedEverywhere(t *testing.T, c *Cluster, domain string, nodes []int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, i := range nodes {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			status, _, err := c.Do(ctx, i, "GET", domain, "/health", nil)
+			cancel()
+			if err == nil && status == 200 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not served through %s within 30 s: %d %v", domain, c.Nodes[i].Name, status, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }

@@ -49,7 +49,7 @@ type HTTPResult struct {
 }
 
 // OK reports whether the request got a 2xx answer.
-func (r HTTPResult) OK() bool { return r.Err == "" && r.Status >= 200 && r.Status < 300 }
+func (r HTTPResult) OK() bool { return r.Status >= 200 && r.Status < 300 }
 
 // Run sends the load until ctx ends or Max requests were sent.
 func (l *HTTPLoad) Run(ctx context.Context, c *Cluster) error {
@@ -117,9 +117,14 @@ func (l *HTTPLoad) one(ctx context.Context, cl *http.Client, c *Cluster, node in
 	req.Host = l.Domain
 	resp, err := cl.Do(req)
 	if err == nil {
-		_, err = io.Copy(io.Discard, io.LimitReader(resp.Body, responseBytesMax))
+		var b []byte
+		b, err = io.ReadAll(io.LimitReader(resp.Body, responseBytesMax))
 		resp.Body.Close()
 		r.Status = resp.StatusCode
+		if err == nil && (r.Status < 200 || r.Status >= 300) {
+			// Why, for the report (the front ends explain their 5xx).
+			r.Err = strings.TrimSpace(string(b[:min(len(b), 200)]))
+		}
 	}
 	r.Latency = time.Since(r.Start)
 	if err != nil {

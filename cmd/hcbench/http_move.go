@@ -58,6 +58,9 @@ func moveUnderLoad(ctx context.Context, dir string, runs, pauseRuns int, skipPau
 	if _, err := waitReplicated(ctx, c, 0, site); err != nil {
 		return res, err
 	}
+	if err := servedThrough(ctx, c, domain); err != nil {
+		return res, err
+	}
 	lctx, stopLoad := context.WithTimeout(ctx, time.Duration(runs)*(moveGap+time.Minute)+time.Minute)
 	defer stopLoad()
 	load := &localcluster.HTTPLoad{Domain: domain, Nodes: []int{0, 1, 2}, Workers: moveLoadWorkers, Rate: moveLoadRate,
@@ -144,6 +147,9 @@ func bigPause(ctx context.Context, c *localcluster.Cluster, bin *localcluster.Bi
 	}
 	s, err := waitReplicated(ctx, c, 0, site)
 	if err != nil {
+		return err
+	}
+	if err := servedThrough(ctx, c, domain); err != nil {
 		return err
 	}
 	// Written straight into the master's live dataset (the portable
@@ -242,4 +248,11 @@ func latestOf(s admin.Site, node string) string {
 		}
 	}
 	return ""
+}
+
+// servedThrough waits (bounded) until every node serves domain.
+func servedThrough(ctx context.Context, c *localcluster.Cluster, domain string) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return c.ServedThrough(wctx, domain, "/health", []int{0, 1, 2})
 }

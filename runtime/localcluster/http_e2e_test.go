@@ -162,24 +162,12 @@ func replicated(s admin.Site) bool {
 	return false
 }
 
-// servedEverywhere waits (bounded) until every node in nodes serves domain:
-// a new site's route reaches each node's mirror a moment after the admin
-// view shows it active, and until then a front end rightly answers 404.
+// servedEverywhere waits (bounded) until every node in nodes serves domain.
 func servedEverywhere(t *testing.T, c *Cluster, domain string, nodes []int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for _, i := range nodes {
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			status, _, err := c.Do(ctx, i, "GET", domain, "/health", nil)
-			cancel()
-			if err == nil && status == 200 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not served through %s within 30 s: %d %v", domain, c.Nodes[i].Name, status, err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.ServedThrough(ctx, domain, "/health", nodes); err != nil {
+		t.Fatal(err)
 	}
 }

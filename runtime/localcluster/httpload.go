@@ -184,3 +184,25 @@ func Summarize(rs []HTTPResult, windows []Window) HTTPSummary {
 	s.P50, s.P99, s.Max = Percentile(s.During, 50), Percentile(s.During, 99), Percentile(s.During, 100)
 	return s
 }
+
+// ServedThrough waits until every node in nodes answers 200 for GET path
+// of domain (a new site's route reaches each node a moment after the admin
+// view shows it active; until then a front end answers 404), or ctx ends.
+func (c *Cluster) ServedThrough(ctx context.Context, domain, path string, nodes []int) error {
+	for _, i := range nodes {
+		for {
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			status, _, err := c.Do(rctx, i, "GET", domain, path, nil)
+			cancel()
+			if err == nil && status == 200 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s not served through %s: last %d %v: %w", domain, c.Nodes[i].Name, status, err, ctx.Err())
+			case <-time.After(pollInterval):
+			}
+		}
+	}
+	return nil
+}

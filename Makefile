@@ -48,7 +48,7 @@ sim:
 bench-http:
 	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy wrk)
-	$(GO) run ./cmd/hcbench http
+	$(GO) run ./cmd/hcbench http -compare-net-http
 
 proto:
 	protoc --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \

@@ -390,7 +390,7 @@ func writeHead(bw *bufio.Writer, r *http.Request, o *outbound) {
 // set ourselves (Expect, Content-Length).
 func skipHeader(name string, ours []string) bool {
 	switch name {
-	case "Expect", "Content-Length":
+	case "Expect", "Content-Length", "Host":
 		return true
 	}
 	for i := 0; i < len(ours); i += 2 {

@@ -282,6 +282,12 @@ func (c *clientConn) serve() {
 		}
 		c.lr.remain = 1<<63 - 1
 		_ = c.conn.SetReadDeadline(time.Time{})
+		if why := badRequest(req); why != "" {
+			io.WriteString(c.conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "+
+				strconv.Itoa(len(why)+1)+"\r\n\r\n"+why+"\n")
+			return
+		}
+		delete(req.Header, "Host")
 		if !c.serveOne(req) {
 			return
 		}
@@ -545,3 +551,34 @@ var (
 	dateAt   int64
 	dateText string
 )
+
+// badRequest says what makes a request unacceptable (as net/http.Server
+// checks): HTTP/1.1 without a Host, more than one Host, a control
+// character in a field value (it would be written on to the backend).
+func badRequest(req *http.Request) string {
+	hosts := req.Header["Host"]
+	if len(hosts) > 1 {
+		return "too many Host headers"
+	}
+	if req.ProtoAtLeast(1, 1) && req.Host == "" {
+		return "missing required Host header"
+	}
+	if req.ProtoMajor != 1 {
+		return "unsupported protocol version"
+	}
+	for _, values := range req.Header {
+		for _, v := range values {
+			for i := 0; i < len(v); i++ {
+				if b := v[i]; b < ' ' && b != '\t' || b == 0x7f {
+					return "invalid header value"
+				}
+			}
+		}
+	}
+	for i := 0; i < len(req.Host); i++ {
+		if b := req.Host[i]; b <= ' ' || b == 0x7f || b == '/' || b == '\\' {
+			return "malformed Host header"
+		}
+	}
+	return ""
+}

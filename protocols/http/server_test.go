@@ -214,3 +214,22 @@ func TestLoopShutdown(t *testing.T) {
 		t.Fatalf("Serve after Shutdown: %v", err)
 	}
 }
+
+// Requests net/http.Server would refuse are refused here too: no Host in
+// HTTP/1.1, two Hosts, a control character in a value.
+func TestLoopRefusesMalformedRequests(t *testing.T) {
+	_, srv := loopFront(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "reached") })
+	for _, head := range []string{
+		"GET / HTTP/1.1\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: shop.example\r\nHost: other.example\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: shop.example\r\nX-A: a\x01b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: shop.example/evil\r\n\r\n",
+	} {
+		c, br := rawConn(t, srv)
+		io.WriteString(c, head)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 400 {
+			t.Errorf("%q: %v %v", head, resp, err)
+		}
+	}
+}

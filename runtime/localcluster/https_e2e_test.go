@@ -57,7 +57,7 @@ func TestE2EHTTPSBySNIAndMetrics(t *testing.T) {
 			t.Fatalf("HTTPS through %s: %q", c.Nodes[i].Name, got)
 		}
 		// A name without a site: no certificate, the handshake fails.
-		out, err := exec.Command("curl", "-sS", "--max-time", "10","--cacert", certFile, "--resolve", "nosuch.example:"+port+":127.0.0.1", "https://nosuch.example:"+port+"/").CombinedOutput()
+		out, err := exec.Command("curl", "-sS", "--max-time", "10", "--cacert", certFile, "--resolve", "nosuch.example:"+port+":127.0.0.1", "https://nosuch.example:"+port+"/").CombinedOutput()
 		if err == nil {
 			t.Fatalf("HTTPS for a name without a site through %s succeeded: %s", n.Name, out)
 		}

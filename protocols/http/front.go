@@ -255,13 +255,19 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request, route host.Route, 
 			}
 			start := time.Now()
 			sm.heldNow.Add(1)
-			resp, err := f.cfg.Cluster.Request(r.Context(), &m.SiteRequest{Site: route.Site, EntryNode: self,
+			// A client that goes away while held frees its place.
+			ctx, stopWatch := r.Context(), func() {}
+			if cw, ok := unwrapClientWatcher(w); ok {
+				ctx, stopWatch = cw.watchClient(ctx)
+			}
+			resp, err := f.cfg.Cluster.Request(ctx, &m.SiteRequest{Site: route.Site, EntryNode: self,
 				BodyBytes: uint64(max(r.ContentLength, 0)), Write: !idempotent, Idempotent: idempotent,
 				ArrivedMs: arrived.UnixMilli(), Attempt: uint32(attempt)})
+			stopWatch()
 			sm.heldNow.Add(-1)
 			sm.hold(time.Since(start))
 			if err != nil {
-				if r.Context().Err() != nil {
+				if ctx.Err() != nil {
 					return // the client went away
 				}
 				unavailable(w, retryAfterS, "the cluster is too busy to route this request")

@@ -582,3 +582,52 @@ func badRequest(req *http.Request) string {
 	}
 	return ""
 }
+
+// clientWatcher is what the connection loop offers a handler that waits
+// long without reading the client (a held request): a context that ends
+// when the client goes away. net/http.Server watches every request so;
+// the loop only these.
+type clientWatcher interface {
+	watchClient(parent context.Context) (context.Context, func())
+}
+
+func unwrapClientWatcher(w http.ResponseWriter) (clientWatcher, bool) {
+	for {
+		if cw, ok := w.(clientWatcher); ok {
+			return cw, true
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil, false
+		}
+		w = u.Unwrap()
+	}
+}
+
+// watchClient reads ahead on the client's connection until stopped: an
+// error (the client closed, or reset) cancels the context; bytes that
+// arrive (a pipelined request, the body) stay buffered for later. stop
+// interrupts the read and waits for it.
+func (w *respWriter) watchClient(parent context.Context) (context.Context, func()) {
+	c := w.c
+	if c.br.Buffered() > 0 {
+		return parent, func() {} // a body or a next request is there already
+	}
+	ctx, cancel := context.WithCancel(parent)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := c.br.Peek(1); err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				cancel()
+			}
+		}
+	}()
+	return ctx, func() {
+		_ = c.conn.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = c.conn.SetReadDeadline(time.Time{})
+		cancel()
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	m "github.com/hybridcluster/hybridcluster/messages"
 	"github.com/hybridcluster/hybridcluster/runtime/host"
 )
 
@@ -232,4 +233,39 @@ func TestLoopRefusesMalformedRequests(t *testing.T) {
 			t.Errorf("%q: %v %v", head, resp, err)
 		}
 	}
+}
+
+// A held client that goes away frees its place in the actors at once.
+func TestLoopHeldClientGoingAway(t *testing.T) {
+	fc := &blockingCluster{fakeCluster: fakeCluster{routes: map[string]host.Route{"shop.example": {Site: "shop", Phase: m.SitePhase_SITE_PHASE_PAUSED, Domains: []string{"shop.example"}}}},
+		ended: make(chan error, 1)}
+	f, err := New(Config{Cluster: fc, Token: "secret", Internal: func(string) (string, bool) { return "", false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := loopServer(t, f)
+	c, _ := rawConn(t, srv)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-fc.ended:
+		if err == nil {
+			t.Fatal("the held request ended without its context")
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the held request still waits after its client went away")
+	}
+}
+
+// blockingCluster holds every request until its context ends.
+type blockingCluster struct {
+	fakeCluster
+	ended chan error
+}
+
+func (b *blockingCluster) Request(ctx context.Context, _ *m.SiteRequest) (*m.SiteResponse, error) {
+	<-ctx.Done()
+	b.ended <- ctx.Err()
+	return nil, ctx.Err()
 }

@@ -279,7 +279,10 @@ func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (
 			if o.upgrade == "" || bodyPending {
 				return false, false, errors.New("backend switched protocols unasked")
 			}
-			return true, false, e.switchProtocols(w, bc, resp)
+			if err := e.switchProtocols(w, bc, resp); err != nil {
+				return true, false, err
+			}
+			return true, false, errConnDone // the connection was the tunnel
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
 			continue // other interim answers (103) are not passed on

@@ -269,3 +269,68 @@ func (b *blockingCluster) Request(ctx context.Context, _ *m.SiteRequest) (*m.Sit
 	b.ended <- ctx.Err()
 	return nil, ctx.Err()
 }
+
+// HEAD with the length of the body it does not carry keeps the
+// connection; after an Upgrade the next request gets a new backend
+// connection (the old one was the tunnel).
+func TestLoopHeadKeepsConnectionAndUpgradeIsNotReused(t *testing.T) {
+	_, srv := loopFront(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "5")
+		if r.Method != "HEAD" {
+			io.WriteString(w, "hello")
+		}
+	})
+	c, br := rawConn(t, srv)
+	for range 2 {
+		io.WriteString(c, "HEAD / HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+		resp, err := http.ReadResponse(br, &http.Request{Method: "HEAD"})
+		if err != nil || resp.StatusCode != 200 || resp.ContentLength != 5 || resp.Close {
+			t.Fatalf("HEAD: %+v %v", resp, err)
+		}
+	}
+
+	// An upgraded backend connection must not go back to the pool.
+	e := newEngine()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				if req.Header.Get("Upgrade") != "" {
+					io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+					return // the tunnel ends at once
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}()
+		}
+	}()
+	fc := &fakeCluster{routes: map[string]host.Route{"shop.example": active("n2")}, live: map[string]bool{"n2": true}}
+	f, _ := New(Config{Cluster: fc, Token: "secret", Internal: func(n string) (string, bool) { return "http://" + l.Addr().String(), n == "n2" }})
+	f.engine = e
+	srv2 := loopServer(t, f)
+	c2, br2 := rawConn(t, srv2)
+	io.WriteString(c2, "GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+	if resp, err := http.ReadResponse(br2, nil); err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if p := e.pool(l.Addr().String()); len(p.idle) != 0 {
+		t.Fatalf("the upgraded connection went back to the pool")
+	}
+	if resp, body := do(t, "POST", srv2.URL+"/", "shop.example", "body"); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("POST after an upgrade: %d %q", resp.StatusCode, body)
+	}
+}

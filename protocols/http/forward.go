@@ -204,16 +204,17 @@ func (e *engine) forward(w http.ResponseWriter, addr string, o *outbound) (respo
 		if err != nil {
 			return false, err
 		}
-		responded, reusedFailure, err := e.exchange(w, bc, o)
+		responded, stale, err := e.exchange(w, bc, o)
 		if err == nil {
 			e.put(addr, bc)
 			return true, nil
 		}
 		bc.conn.Close()
-		if reusedFailure && attempt == 0 && !o.bodySent() && (o.idempotent() || o.body == nil) {
-			// A kept connection the backend had closed (or was closing)
-			// as we wrote: nothing was read back and nothing of the body
-			// left us, so once more on a new connection.
+		if attempt == 0 && (stale == staleUnsent || stale == staleNoAnswer && o.idempotent() && !o.bodySent()) {
+			// A kept connection the backend had closed (or was closing):
+			// the head did not leave, or (GET, HEAD) nothing came back,
+			// so once more on a new connection. A write that may have
+			// reached the backend is never sent twice.
 			continue
 		}
 		return responded, err
@@ -225,15 +226,30 @@ func (o *outbound) idempotent() bool {
 	return o.in.Method == http.MethodGet || o.in.Method == http.MethodHead
 }
 
-// exchange runs one request on bc. keep (err == nil) means bc may be
-// reused. reusedFailure: bc was a kept connection and failed before any
-// byte of an answer came back.
-func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (responded, reusedFailure bool, err error) {
+// How a kept (reused) connection failed, if it did, before any byte of
+// an answer came back.
+type staleKind int
+
+const (
+	notStale      staleKind = iota
+	staleUnsent             // writing the head failed: the backend cannot have taken the request
+	staleNoAnswer           // the request left, no answer came back
+)
+
+func staleIf(reused bool, k staleKind) staleKind {
+	if reused {
+		return k
+	}
+	return notStale
+}
+
+// exchange runs one request on bc. err == nil means bc may be reused.
+func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (responded bool, stale staleKind, err error) {
 	r := o.in
 	bw := bc.bw
 	writeHead(bw, r, o)
 	if err := bw.Flush(); err != nil {
-		return false, bc.reused, err
+		return false, staleIf(bc.reused, staleUnsent), err
 	}
 	if o.sent != nil {
 		o.sent()
@@ -241,7 +257,7 @@ func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (
 	bodyPending := o.body != nil
 	if bodyPending && !o.expectContinue {
 		if err := writeBody(bw, r, o.body); err != nil {
-			return false, false, err
+			return false, notStale, err
 		}
 		bodyPending = false
 	}
@@ -253,23 +269,23 @@ func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (
 		var ne net.Error
 		if perr != nil && errors.As(perr, &ne) && ne.Timeout() {
 			if err := writeBody(bw, r, o.body); err != nil {
-				return false, false, err
+				return false, notStale, err
 			}
 			bodyPending = false
 		} else if perr != nil {
-			return false, bc.reused, perr
+			return false, staleIf(bc.reused, staleNoAnswer), perr
 		}
 	}
 	for {
 		resp, err := http.ReadResponse(bc.br, r)
 		if err != nil {
-			return false, bc.reused && !o.bodySent(), err
+			return false, staleIf(bc.reused, staleNoAnswer), err
 		}
 		bc.reused = false
 		if resp.StatusCode == http.StatusContinue {
 			if bodyPending {
 				if err := writeBody(bw, r, o.body); err != nil {
-					return false, false, err
+					return false, notStale, err
 				}
 				bodyPending = false
 			}
@@ -277,12 +293,12 @@ func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			if o.upgrade == "" || bodyPending {
-				return false, false, errors.New("backend switched protocols unasked")
+				return false, notStale, errors.New("backend switched protocols unasked")
 			}
 			if err := e.switchProtocols(w, bc, resp); err != nil {
-				return true, false, err
+				return true, notStale, err
 			}
-			return true, false, errConnDone // the connection was the tunnel
+			return true, notStale, errConnDone // the connection was the tunnel
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 {
 			continue // other interim answers (103) are not passed on
@@ -291,7 +307,7 @@ func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (
 			// Refusals are rare: the connection is not kept (the backend
 			// may still expect the body we will not send).
 			resp.Body.Close()
-			return false, false, errRefused
+			return false, notStale, errRefused
 		}
 		if bodyPending {
 			// A final answer before the body was asked for: the body is
@@ -301,12 +317,12 @@ func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (
 		err = copyResponse(w, resp)
 		resp.Body.Close()
 		if err != nil {
-			return true, false, err
+			return true, notStale, err
 		}
 		if resp.Close || bodyPending {
-			return true, false, errConnDone
+			return true, notStale, errConnDone
 		}
-		return true, false, nil
+		return true, notStale, nil
 	}
 }
 

@@ -41,6 +41,8 @@ type Config struct {
 		// health endpoint, which the other members poll.
 		Cluster       string `yaml:"cluster"`
 		ClusterHealth string `yaml:"cluster_health"`
+		Metrics       string `yaml:"metrics"` // Prometheus /metrics of the front ends; empty: none
+		HTTPS         string `yaml:"https"`   // the HTTPS front end (per-site certificates by SNI); empty: none
 	} `yaml:"listen"`
 	Cluster struct {
 		// Provider: automanaged (default: the members' health endpoints
@@ -174,6 +176,8 @@ Flags:
 	ftpPublic := fs.String("ftp-public-host", "", "IP address announced in FTP passive replies (default: the one the client reached)")
 	ftpCert := fs.String("ftp-tls-cert", "", "PEM certificate for explicit FTPS (with -ftp-tls-key)")
 	ftpKey := fs.String("ftp-tls-key", "", "PEM key for explicit FTPS (with -ftp-tls-cert)")
+	httpsAddr := fs.String("https", "", "HTTPS front end listen address, certificates of the sites by SNI (default none)")
+	metricsAddr := fs.String("metrics", "", "Prometheus /metrics listen address (default none)")
 	var members memberFlags
 	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port[,seedhost:port] (repeat for each; replaces the file's list; seed: its automanaged health endpoint)")
 	nodeTokenFile := fs.String("node-token-file", "", "file holding the secret shared by all nodes")
@@ -214,6 +218,8 @@ Flags:
 	set(&c.Listen.Cluster, *clusterAddr)
 	set(&c.Listen.ClusterHealth, *clusterHealth)
 	set(&c.Cluster.Provider, *provider)
+	set(&c.Listen.Metrics, *metricsAddr)
+	set(&c.Listen.HTTPS, *httpsAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
 	set(&c.FTP.Listen, *ftpAddr)
@@ -292,8 +298,15 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("cluster provider %q: want automanaged, etcd, consul or none", c.Cluster.Provider))
 	}
-	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor,
-		"internal": c.Listen.Internal, "cluster": c.Listen.Cluster, "cluster_health": c.Listen.ClusterHealth} {
+	listens := map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor,
+		"internal": c.Listen.Internal, "cluster": c.Listen.Cluster, "cluster_health": c.Listen.ClusterHealth}
+	if c.Listen.Metrics != "" {
+		listens["metrics"] = c.Listen.Metrics
+	}
+	if c.Listen.HTTPS != "" {
+		listens["https"] = c.Listen.HTTPS
+	}
+	for what, addr := range listens {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))
 		}

@@ -4,7 +4,7 @@ GO ?= go
 SEEDS_TEST ?= 50
 SEEDS_SIM ?= 10000
 
-.PHONY: build test test-go deps run e2e sim proto bench bench-storage bench-failover bench-ftp bench-mysql lint
+.PHONY: build test test-go deps run e2e sim proto bench bench-storage bench-failover bench-ftp bench-http bench-mysql lint
 
 build:
 	$(GO) build ./...
@@ -46,6 +46,15 @@ bench-ftp:
 
 sim:
 	$(GO) run ./cmd/hcsim -seeds $(SEEDS_SIM)
+
+# The HTTP front end against HAProxy and the backend directly (wrk), then
+# migrations under load on a 3-node local cluster and the pause of a
+# planned move of a 256 MiB site; last line:
+# front_vs_haproxy=R front_vs_direct=R2 added_p50_ms=A move_hold_p99_ms=M failed=F
+bench-http:
+	@command -v haproxy >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y haproxy wrk)
+	$(GO) run ./cmd/hcbench http -compare-net-http
 
 proto:
 	protoc --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \

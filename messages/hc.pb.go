@@ -633,7 +633,12 @@ type SiteSpec struct {
 	// created is the epoch of the placement that created the site (the
 	// balancer sets it). A copy whose spec was created at or before a
 	// tombstone of the site holds history from before its deletion.
-	Created       *Epoch `protobuf:"bytes,8,opt,name=created,proto3" json:"created,omitempty"`
+	Created *Epoch `protobuf:"bytes,8,opt,name=created,proto3" json:"created,omitempty"`
+	// tls_cert_pem and tls_key_pem are the site's certificate chain and
+	// private key (PEM) for HTTPS at the front ends, chosen by SNI; empty:
+	// no HTTPS for the site. The admin endpoint checks that they pair.
+	TlsCertPem    []byte `protobuf:"bytes,9,opt,name=tls_cert_pem,json=tlsCertPem,proto3" json:"tls_cert_pem,omitempty"`
+	TlsKeyPem     []byte `protobuf:"bytes,10,opt,name=tls_key_pem,json=tlsKeyPem,proto3" json:"tls_key_pem,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -720,6 +725,20 @@ func (x *SiteSpec) GetRedundancy() uint32 {
 func (x *SiteSpec) GetCreated() *Epoch {
 	if x != nil {
 		return x.Created
+	}
+	return nil
+}
+
+func (x *SiteSpec) GetTlsCertPem() []byte {
+	if x != nil {
+		return x.TlsCertPem
+	}
+	return nil
+}
+
+func (x *SiteSpec) GetTlsKeyPem() []byte {
+	if x != nil {
+		return x.TlsKeyPem
 	}
 	return nil
 }
@@ -4078,7 +4097,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\tMysqlUser\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\rpassword_hash\x18\x02 \x01(\tR\fpasswordHash\x12\x1c\n" +
-	"\tdatabases\x18\x03 \x03(\tR\tdatabases\"\xc3\x02\n" +
+	"\tdatabases\x18\x03 \x03(\tR\tdatabases\"\x85\x03\n" +
 	"\bSiteSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x126\n" +
@@ -4092,7 +4111,11 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\n" +
 	"redundancy\x18\a \x01(\rR\n" +
 	"redundancy\x121\n" +
-	"\acreated\x18\b \x01(\v2\x17.hybridcluster.v1.EpochR\acreated\"\x90\x04\n" +
+	"\acreated\x18\b \x01(\v2\x17.hybridcluster.v1.EpochR\acreated\x12 \n" +
+	"\ftls_cert_pem\x18\t \x01(\fR\n" +
+	"tlsCertPem\x12\x1e\n" +
+	"\vtls_key_pem\x18\n" +
+	" \x01(\fR\ttlsKeyPem\"\x90\x04\n" +
 	"\tSiteState\x12.\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\x12-\n" +
 	"\x05epoch\x18\x02 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x12\x16\n" +

@@ -221,7 +221,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	}
 	s = *moving
 	target := c.Nodes[(c.NodeIndex(s.Master)+1)%len(c.Nodes)].Name
-	stall, lost, acked, errs, moveTook, err := moveUnderLoad(ctx, c, user, password, db, site, target, open)
+	stall, lost, acked, errs, moveTook, err := mysqlMoveUnderLoad(ctx, c, user, password, db, site, target, open)
 	if err != nil {
 		return err
 	}
@@ -279,9 +279,9 @@ func pointSelects(ctx context.Context, d *sql.DB, prepared bool, d0 time.Duratio
 	return n.Load(), firstErr
 }
 
-// moveUnderLoad migrates site to target while autocommit inserts and
+// mysqlMoveUnderLoad migrates site to target while autocommit inserts and
 // selects run through every node, and counts what the clients saw.
-func moveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, password, db, site, target string,
+func mysqlMoveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, password, db, site, target string,
 	open func(addr, params string) (*sql.DB, error)) (stall time.Duration, lost, acked, errs int, took time.Duration, err error) {
 	lctx, stop := context.WithTimeout(ctx, 5*time.Minute)
 	defer stop()

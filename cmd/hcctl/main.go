@@ -97,6 +97,8 @@ type opts struct {
 	redundancy  uint
 	ftpUsers    stringList
 	mysqlUsers  stringList
+	tlsCert     string
+	tlsKey      string
 	wait        bool
 	waitTimeout time.Duration
 	count       int
@@ -137,6 +139,8 @@ func init() {
 				fs.UintVar(&o.redundancy, "redundancy", 0, "copies including the master (0: the cluster default)")
 				fs.Var(&o.ftpUsers, "ftp-user", "an FTP account `name:password` (repeatable)")
 				fs.Var(&o.mysqlUsers, "mysql-user", "a MySQL account `name:password[:db1,db2]` (repeatable; the password may not contain ':')")
+				fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM `file` of the site's certificate chain for HTTPS (with --tls-key; it must cover every domain)")
+				fs.StringVar(&o.tlsKey, "tls-key", "", "PEM `file` of the certificate's private key")
 			},
 			details: "Site names are 1..63 lower-case letters, digits and inner '-'; user names 1..32 of\n" +
 				"a-z, 0-9, _. Passwords are hashed by the endpoint and never shown again. Passwords\n" +
@@ -639,6 +643,9 @@ func (c *cli) printSite(s *admin.Site) {
 	}
 	row("replication lag", siteLag(s))
 	row("app", orDash(s.AppCommand))
+	if s.TLS {
+		row("https", "certificate stored")
+	}
 	if s.QuotaBytes > 0 {
 		row("quota", fmtBytes(s.QuotaBytes))
 	} else {
@@ -690,6 +697,28 @@ func (c *cli) siteCreate(o *opts, args []string) error {
 	}
 	if o.redundancy > admin.MaxRedundancy {
 		return usagef("--redundancy %d: want 0..%d", o.redundancy, admin.MaxRedundancy)
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return usagef("site create %s: give --tls-cert and --tls-key together", args[0])
+	}
+	if o.tlsCert != "" {
+		for _, f := range []struct {
+			path string
+			dst  *string
+		}{{o.tlsCert, &req.TLSCert}, {o.tlsKey, &req.TLSKey}} {
+			st, err := os.Stat(f.path)
+			if err != nil {
+				return err
+			}
+			if st.Size() > admin.MaxTLSPEMBytes {
+				return usagef("%s: %d bytes, at most %d", f.path, st.Size(), admin.MaxTLSPEMBytes)
+			}
+			b, err := os.ReadFile(f.path)
+			if err != nil {
+				return err
+			}
+			*f.dst = string(b)
+		}
 	}
 	if o.quota != "" {
 		q, err := parseBytes(o.quota)

@@ -41,7 +41,9 @@ type Config struct {
 		// health endpoint, which the other members poll.
 		Cluster       string `yaml:"cluster"`
 		ClusterHealth string `yaml:"cluster_health"`
-		MySQL         string `yaml:"mysql"` // the MySQL front end for every site
+		Metrics       string `yaml:"metrics"` // Prometheus /metrics of the front ends; empty: none
+		HTTPS         string `yaml:"https"`   // the HTTPS front end (per-site certificates by SNI); empty: none
+		MySQL         string `yaml:"mysql"`   // the MySQL front end for every site
 	} `yaml:"listen"`
 	Cluster struct {
 		// Provider: automanaged (default: the members' health endpoints
@@ -177,6 +179,8 @@ Flags:
 	ftpPublic := fs.String("ftp-public-host", "", "IP address announced in FTP passive replies (default: the one the client reached)")
 	ftpCert := fs.String("ftp-tls-cert", "", "PEM certificate for explicit FTPS (with -ftp-tls-key)")
 	ftpKey := fs.String("ftp-tls-key", "", "PEM key for explicit FTPS (with -ftp-tls-cert)")
+	httpsAddr := fs.String("https", "", "HTTPS front end listen address, certificates of the sites by SNI (default none)")
+	metricsAddr := fs.String("metrics", "", "Prometheus /metrics listen address (default none)")
 	mysqlAddr := fs.String("mysql", "", "MySQL front end listen address (default "+d.Listen.MySQL+")")
 	var members memberFlags
 	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port[,seedhost:port] (repeat for each; replaces the file's list; seed: its automanaged health endpoint)")
@@ -218,6 +222,8 @@ Flags:
 	set(&c.Listen.Cluster, *clusterAddr)
 	set(&c.Listen.ClusterHealth, *clusterHealth)
 	set(&c.Cluster.Provider, *provider)
+	set(&c.Listen.Metrics, *metricsAddr)
+	set(&c.Listen.HTTPS, *httpsAddr)
 	set(&c.Listen.MySQL, *mysqlAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
@@ -297,8 +303,16 @@ func (c *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("cluster provider %q: want automanaged, etcd, consul or none", c.Cluster.Provider))
 	}
-	for what, addr := range map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor,
-		"internal": c.Listen.Internal, "cluster": c.Listen.Cluster, "cluster_health": c.Listen.ClusterHealth, "mysql": c.Listen.MySQL} {
+	listens := map[string]string{"http": c.Listen.HTTP, "admin": c.Listen.Admin, "actor": c.Listen.Actor,
+		"internal": c.Listen.Internal, "cluster": c.Listen.Cluster, "cluster_health": c.Listen.ClusterHealth}
+	if c.Listen.Metrics != "" {
+		listens["metrics"] = c.Listen.Metrics
+	}
+	if c.Listen.HTTPS != "" {
+		listens["https"] = c.Listen.HTTPS
+	}
+	listens["mysql"] = c.Listen.MySQL
+	for what, addr := range listens {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))
 		}

@@ -119,7 +119,8 @@ func run(c *Config) error {
 	if err != nil {
 		return fmt.Errorf("storage: %w", err)
 	}
-	runner := sites.New(sites.Config{Logger: log.With("component", "sites"), RunDir: filepath.Join(c.DataDir, "run")})
+	runner := sites.New(sites.Config{Logger: log.With("component", "sites"), RunDir: filepath.Join(c.DataDir, "run"),
+		AppProxy: fronthttp.AppProxyFor})
 	defer runner.Close()
 
 	internalLis, err := net.Listen("tcp", c.Listen.Internal)
@@ -151,7 +152,10 @@ func run(c *Config) error {
 	defer h.Stop()
 
 	front, err := fronthttp.New(fronthttp.Config{Cluster: h, Token: c.nodeToken, Logger: log.With("component", "http"),
-		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }})
+		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }, Local: h.ServeLocal,
+		SiteSpec: func(ctx context.Context, site, node string) (*m.SiteSpec, error) {
+			return fronthttp.SpecFromView(h.Query(ctx, core.NodeAddr(node), &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_SITE, Site: site}))
+		}})
 	if err != nil {
 		return err
 	}
@@ -165,10 +169,34 @@ func run(c *Config) error {
 	}
 	defer stopMySQL()
 	servers := []*http.Server{
-		{Addr: c.Listen.HTTP, Handler: front, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
 		{Addr: c.Listen.Admin, Handler: adm.Handler(), ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
 	}
-	errc := make(chan error, len(servers))
+	// The front end runs on its own connection loop (protocols/http.Server).
+	fronts := map[string]*fronthttp.Server{c.Listen.HTTP: {Front: front, Log: log.With("component", "http")}}
+	if c.Listen.Metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", front.Metrics())
+		servers = append(servers, &http.Server{Addr: c.Listen.Metrics, Handler: mux, ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax})
+	}
+	if c.Listen.HTTPS != "" {
+		tlsConfig, err := front.TLSConfig()
+		if err != nil {
+			return err
+		}
+		fronts[c.Listen.HTTPS] = &fronthttp.Server{Front: front, TLS: tlsConfig, Log: log.With("component", "https")}
+	}
+	errc := make(chan error, len(servers)+len(fronts))
+	for addr, s := range fronts {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		go func() {
+			if err := s.Serve(lis); err != nil && !errors.Is(err, fronthttp.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
 	for _, s := range servers {
 		lis, err := net.Listen("tcp", s.Addr)
 		if err != nil {
@@ -207,6 +235,9 @@ func run(c *Config) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 	defer cancel()
+	for _, s := range fronts {
+		_ = s.Shutdown(sctx)
+	}
 	for _, s := range servers {
 		_ = s.Shutdown(sctx)
 	}

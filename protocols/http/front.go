@@ -16,8 +16,10 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	m "github.com/hybridcluster/hybridcluster/messages"
@@ -61,16 +63,34 @@ type Config struct {
 	Token string
 	// Transport carries forwards; nil means a tuned http.Transport.
 	Transport http.RoundTripper
-	// TLS reports whether this listener is HTTPS (X-Forwarded-Proto).
+	// Local serves a request of a site whose master is this node in
+	// process, without the internal port: it returns false, having read
+	// nothing of the request, when this node does not serve the site now
+	// (the request then goes through the actors). counted: the actors
+	// counted the request as load already. nil: local requests go through
+	// the internal port like the others.
+	Local func(w http.ResponseWriter, r *http.Request, site string, counted bool) bool
+	// SiteSpec fetches a site's spec from node (its master), for the
+	// certificate of an HTTPS handshake; nil: no HTTPS (TLSConfig fails).
+	SiteSpec func(ctx context.Context, site, node string) (*m.SiteSpec, error)
+	// TLS makes X-Forwarded-Proto https for every request (a listener
+	// behind a TLS terminator); requests on a TLS listener are https anyway.
 	TLS    bool
 	Logger *slog.Logger
 }
 
 // Front is the HTTP front end.
 type Front struct {
-	cfg Config
-	rt  http.RoundTripper
-	log *slog.Logger
+	cfg     Config
+	rt      http.RoundTripper
+	log     *slog.Logger
+	engine  *engine
+	metrics *metrics
+	order   orderQueues
+	// internalAddrs caches host:port of members' plain-HTTP internal URLs.
+	internalMu    sync.RWMutex
+	internalAddrs map[string]string
+	certs         certCache
 }
 
 // New returns a front end.
@@ -94,8 +114,14 @@ func New(cfg Config) (*Front, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Front{cfg: cfg, rt: rt, log: log}, nil
+	return &Front{cfg: cfg, rt: rt, log: log, engine: newEngine(), metrics: newMetrics(),
+		order: orderQueues{tail: map[string]*orderTicket{}}, internalAddrs: map[string]string{},
+		certs: certCache{sites: map[string]*certEntry{}}}, nil
 }
+
+// Metrics serves the front end's per-site figures in the Prometheus text
+// format.
+func (f *Front) Metrics() http.Handler { return f.metrics }
 
 // hopHeaders are the hop-by-hop fields of RFC 9110 section 7.6.1, never
 // forwarded.
@@ -118,10 +144,18 @@ func removeHop(h http.Header) {
 // Domain returns the lower-cased host of a Host header, without port.
 func Domain(hostport string) string {
 	h := hostport
-	if host, _, err := net.SplitHostPort(hostport); err == nil {
-		h = host
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.HasSuffix(h, "]") {
+		if host, _, err := net.SplitHostPort(hostport); err == nil {
+			h = host
+		}
 	}
-	return strings.TrimSuffix(strings.ToLower(h), ".")
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; c >= 'A' && c <= 'Z' {
+			h = strings.ToLower(h)
+			break
+		}
+	}
+	return strings.TrimSuffix(h, ".")
 }
 
 // trackedBody records whether the forward read any of the client's body:
@@ -143,37 +177,97 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 // transport closing it must not end a request we may retry.
 func (b *trackedBody) Close() error { return nil }
 
+// upgradeOf returns the protocol a request asks to switch to (WebSocket),
+// or "".
+func upgradeOf(r *http.Request) string {
+	up := r.Header.Get("Upgrade")
+	if up == "" || !connectionListed(r.Header["Connection"], "upgrade") {
+		return ""
+	}
+	return up
+}
+
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	domain := Domain(r.Host)
 	route, ok := f.cfg.Cluster.RouteByDomain(domain)
 	if !ok {
+		f.metrics.unknownHost.Add(1)
 		notFound(w, domain)
 		return
 	}
+	sm := f.metrics.site(route.Site)
+	sm.requests.Add(1)
+	sw := statusWriters.Get().(*statusWriter)
+	sw.ResponseWriter, sw.code = w, 0
+	defer func() {
+		code := sw.code
+		if code == 0 {
+			code = 499 // the client went away before an answer
+		}
+		sm.status(code)
+		sw.ResponseWriter = nil
+		statusWriters.Put(sw)
+	}()
+	f.serve(sw, r, route, domain, sm)
+}
+
+func (f *Front) serve(w http.ResponseWriter, r *http.Request, route host.Route, domain string, sm *siteMetrics) {
 	// Client-supplied internal headers never reach a master.
-	r.Header.Del(host.HeaderSite)
-	r.Header.Del(host.HeaderToken)
-	r.Header.Del(host.HeaderCounted)
-	idempotent := r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions
-	hasBody := r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
-	body := &trackedBody{ReadCloser: r.Body}
-	if !hasBody {
-		body = nil
+	h := r.Header
+	if h[host.HeaderSite] != nil || h[host.HeaderToken] != nil || h[host.HeaderCounted] != nil {
+		h.Del(host.HeaderSite)
+		h.Del(host.HeaderToken)
+		h.Del(host.HeaderCounted)
 	}
-	arrived := time.Now()
+	idempotent := r.Method == http.MethodGet || r.Method == http.MethodHead
+	var body *trackedBody
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		body = &trackedBody{ReadCloser: r.Body}
+	}
+	self := f.cfg.Cluster.Node()
 	target := ""
-	if route.Serving() && (route.Master == f.cfg.Cluster.Node() || f.cfg.Cluster.Live(route.Master)) {
+	if route.Serving() && (route.Master == self || f.cfg.Cluster.Live(route.Master)) {
 		target = route.Master
 	}
+	// The forwarding headers, once.
+	xff := ""
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		xff = ip
+		if prior := h["X-Forwarded-For"]; len(prior) > 0 {
+			xff = strings.Join(prior, ", ") + ", " + ip
+		}
+	}
+	proto := "http"
+	if f.cfg.TLS || r.TLS != nil {
+		proto = "https"
+	}
+	o := outbound{in: r, body: body, upgrade: upgradeOf(r), refuse: refusedByMaster}
+	var ticket *orderTicket
+	defer func() { ticket.dispatched() }()
+	counted, died, localHeaders := false, false, false
+	arrived := time.Now()
 	for attempt := 1; attempt <= forwardAttemptsMax; attempt++ {
 		if target == "" {
 			// Ask the actors: the site actor holds the request while the
 			// site moves or recovers, and answers with its master.
-			resp, err := f.cfg.Cluster.Request(r.Context(), &m.SiteRequest{Site: route.Site, EntryNode: f.cfg.Cluster.Node(),
+			if ticket == nil {
+				ticket = f.order.enter(route.Site)
+			}
+			start := time.Now()
+			sm.heldNow.Add(1)
+			// A client that goes away while held frees its place.
+			ctx, stopWatch := r.Context(), func() {}
+			if cw, ok := unwrapClientWatcher(w); ok {
+				ctx, stopWatch = cw.watchClient(ctx)
+			}
+			resp, err := f.cfg.Cluster.Request(ctx, &m.SiteRequest{Site: route.Site, EntryNode: self,
 				BodyBytes: uint64(max(r.ContentLength, 0)), Write: !idempotent, Idempotent: idempotent,
 				ArrivedMs: arrived.UnixMilli(), Attempt: uint32(attempt)})
+			stopWatch()
+			sm.heldNow.Add(-1)
+			sm.hold(time.Since(start))
 			if err != nil {
-				if r.Context().Err() != nil {
+				if ctx.Err() != nil {
 					return // the client went away
 				}
 				unavailable(w, retryAfterS, "the cluster is too busy to route this request")
@@ -183,7 +277,8 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case m.Code_CODE_OK:
 				target = resp.Master
 				// The site actor that admitted it counted it as load.
-				r.Header.Set(host.HeaderCounted, "1")
+				counted = true
+				ticket.wait()
 			case m.Code_CODE_UNKNOWN_SITE:
 				notFound(w, domain)
 				return
@@ -192,16 +287,132 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		done, retry := f.forward(w, r, route.Site, target, body, idempotent)
+		if target == self && f.cfg.Local != nil {
+			if !localHeaders {
+				localHeaders = true
+				if xff != "" {
+					h["X-Forwarded-For"] = []string{xff}
+				}
+				h["X-Forwarded-Proto"] = []string{proto}
+				h["X-Forwarded-Host"] = []string{r.Host}
+			}
+			ticket.dispatched()
+			if f.cfg.Local(w, r, route.Site, counted) {
+				return
+			}
+			target = "" // not served here (any more): ask the actors
+			continue
+		}
+		var done, retry, fatal bool
+		if addr, ok := f.internalAddr(target); ok {
+			o.headers = o.headers[:0]
+			if xff != "" {
+				o.headers = append(o.headers, "X-Forwarded-For", xff)
+			}
+			o.headers = append(o.headers, "X-Forwarded-Proto", proto, "X-Forwarded-Host", r.Host,
+				host.HeaderSite, route.Site, host.HeaderToken, f.cfg.Token)
+			if counted {
+				o.headers = append(o.headers, host.HeaderCounted, "1")
+			}
+			o.expectContinue = body != nil
+			if ticket != nil {
+				o.sent = ticket.dispatched
+			}
+			done, retry, fatal = f.forwardEngine(w, r, route.Site, target, addr, &o, idempotent)
+		} else {
+			done, retry = f.forward(w, r, route.Site, target, body, idempotent)
+		}
 		if done {
 			return
 		}
-		if !retry {
+		if fatal {
+			// The master died with the request before answering: an
+			// idempotent request goes once more to the new master, never
+			// more, never a write.
+			if died || !idempotent || o.bodySent() {
+				badGateway(w, "the site's master failed during the request")
+				return
+			}
+			died = true
+		} else if !retry {
 			break
 		}
 		target = ""
 	}
 	unavailable(w, retryAfterS, "site "+route.Site+" could not be reached")
+}
+
+// refusedByMaster: the internal port refused the request before reading
+// its body (the master stopped serving the site: a pause, a demotion).
+func refusedByMaster(resp *http.Response) bool {
+	return resp.StatusCode == http.StatusMisdirectedRequest && resp.Header.Get(host.HeaderReason) != ""
+}
+
+// internalAddr is host:port of a member's internal port when it speaks
+// plain HTTP (the engine's case); false sends forwards through Transport.
+func (f *Front) internalAddr(node string) (string, bool) {
+	f.internalMu.RLock()
+	addr, ok := f.internalAddrs[node]
+	f.internalMu.RUnlock()
+	if ok {
+		return addr, addr != ""
+	}
+	base, ok := f.cfg.Internal(node)
+	if !ok {
+		return "", false
+	}
+	addr = ""
+	if u, err := url.Parse(base); err == nil && u.Scheme == "http" && u.Host != "" && (u.Path == "" || u.Path == "/") {
+		addr = u.Host
+		if u.Port() == "" {
+			addr = net.JoinHostPort(u.Hostname(), "80")
+		}
+	}
+	f.internalMu.Lock()
+	f.internalAddrs[node] = addr
+	f.internalMu.Unlock()
+	return addr, addr != ""
+}
+
+// forwardEngine sends the request to a master's internal port over a kept
+// connection. done: an answer went to the client (or it went away).
+// retry: nothing reached the master's site and the request may go
+// elsewhere. fatal: the master failed after the request reached it and
+// before any answer (only an idempotent request may go once more).
+func (f *Front) forwardEngine(w http.ResponseWriter, r *http.Request, site, master, addr string, o *outbound, idempotent bool) (done, retry, fatal bool) {
+	responded, err := f.engine.forward(w, addr, o)
+	if err == nil {
+		return true, false, false
+	}
+	if responded {
+		// Cut in the middle of the answer: the client must see a broken
+		// response, not a short one that looks complete.
+		f.log.Debug("forward cut mid-response", "site", site, "master", master, "err", err)
+		if r.Context().Err() == nil && !errors.Is(err, errConnDone) {
+			panic(http.ErrAbortHandler)
+		}
+		return true, false, false
+	}
+	if r.Context().Err() != nil {
+		return true, false, false
+	}
+	var dial errDial
+	switch {
+	case errors.As(err, &dial):
+		return false, true, false // never reached the master
+	case errors.Is(err, errRefused):
+		if o.bodySent() {
+			badGateway(w, "the site moved during the request")
+			return true, false, false
+		}
+		return false, true, false
+	}
+	f.log.Debug("forward failed", "site", site, "master", master, "err", err, "body_sent", o.bodySent())
+	return false, false, true
+}
+
+func badGateway(w http.ResponseWriter, why string) {
+	http.Error(w, "bad gateway: "+why, http.StatusBadGateway)
 }
 
 // forward sends r to the master's internal port. done: an answer went to

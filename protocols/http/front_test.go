@@ -87,8 +87,7 @@ func newFront(t *testing.T, fc *fakeCluster, masters ...*master) *httptest.Serve
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
+	srv := loopServer(t, f)
 	return srv
 }
 
@@ -236,8 +235,7 @@ func TestMasterDyingMidBodyIsNotRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(f)
-	defer srv.Close()
+	srv := loopServer(t, f)
 	resp, _ := do(t, "POST", srv.URL+"/", "shop.example", strings.Repeat("y", 256<<10))
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("status %d, want 502", resp.StatusCode)

@@ -65,6 +65,11 @@ type CreateSite struct {
 	Redundancy uint32   `json:"redundancy,omitempty"` // copies including the master; 0: cluster default
 	FTPUsers   []User   `json:"ftp_users,omitempty"`
 	MySQLUsers []User   `json:"mysql_users,omitempty"`
+	// TLSCert and TLSKey are the site's certificate chain and private key
+	// (PEM) for HTTPS at the front ends (chosen by SNI); both or neither.
+	// The key is never returned.
+	TLSCert string `json:"tls_cert,omitempty"`
+	TLSKey  string `json:"tls_key,omitempty"`
 }
 
 // Snapshot is one snapshot of a site's dataset.
@@ -107,6 +112,7 @@ type Site struct {
 	LagS         float64   `json:"replication_lag_s"` // the largest lag of any replica
 	Copies       []Copy    `json:"copies"`
 	FTPLeases    uint32    `json:"ftp_leases"`
+	TLS          bool      `json:"tls,omitempty"` // a certificate is stored for HTTPS
 	ReportedAt   time.Time `json:"reported_at"`
 }
 

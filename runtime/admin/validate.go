@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"crypto/tls"
 	"fmt"
 	"slices"
 	"strings"
@@ -22,6 +23,9 @@ const (
 	MaxDatabaseName  = 64
 	MaxAppCommand    = 4096
 	MaxRedundancy    = 16 // as core.Config's redundancy bound
+	// MaxTLSPEMBytes bounds a site's certificate chain and its key (each):
+	// they travel in every copy of the site's spec.
+	MaxTLSPEMBytes = 64 << 10
 )
 
 // The site's mariadbd uses these names itself (runtime/sites refuses a
@@ -140,6 +144,26 @@ func ValidateCreate(c *CreateSite) (*m.SiteSpec, error) {
 	}
 	if strings.IndexByte(c.AppCommand, 0) >= 0 {
 		return nil, fmt.Errorf("app command contains a NUL byte")
+	}
+	if c.TLSCert != "" || c.TLSKey != "" {
+		if c.TLSCert == "" || c.TLSKey == "" {
+			return nil, fmt.Errorf("TLS needs both a certificate and its key")
+		}
+		if len(c.TLSCert) > MaxTLSPEMBytes || len(c.TLSKey) > MaxTLSPEMBytes {
+			return nil, fmt.Errorf("TLS certificate or key longer than %d bytes", MaxTLSPEMBytes)
+		}
+		pair, err := tls.X509KeyPair([]byte(c.TLSCert), []byte(c.TLSKey))
+		if err != nil {
+			return nil, fmt.Errorf("TLS certificate and key: %v", err)
+		}
+		if leaf := pair.Leaf; leaf != nil {
+			for _, d := range spec.Domains {
+				if leaf.VerifyHostname(d) != nil {
+					return nil, fmt.Errorf("the TLS certificate does not cover domain %s", d)
+				}
+			}
+		}
+		spec.TlsCertPem, spec.TlsKeyPem = []byte(c.TLSCert), []byte(c.TLSKey)
 	}
 	if c.Redundancy > MaxRedundancy {
 		return nil, fmt.Errorf("redundancy %d: want 0 (cluster default) or 1..%d", c.Redundancy, MaxRedundancy)

@@ -83,6 +83,7 @@ type Node struct {
 	HTTP, Admin, Actor, Internal string // host:port
 	Cluster, ClusterHealth       string // host:port of the protoactor cluster layer and its automanaged health endpoint
 	FTP                          string // host:port of the FTP front end's control connection
+	HTTPS, Metrics               string // host:port of the HTTPS front end and of /metrics
 	MySQL                        string // host:port of its MySQL front end
 	DataDir, LogPath             string
 	cmd                          *exec.Cmd
@@ -99,8 +100,8 @@ type Cluster struct {
 }
 
 // portsPerNode is how many loopback ports each node listens on: HTTP,
-// admin, actor, internal, cluster, cluster health, FTP.
-const portsPerNode = 7
+// admin, actor, internal, cluster, cluster health, FTP, HTTPS, metrics.
+const portsPerNode = 9
 
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
@@ -155,7 +156,8 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
 			Cluster: fmt.Sprintf("127.0.0.1:%d", p[4]), ClusterHealth: fmt.Sprintf("127.0.0.1:%d", p[5]),
-			FTP:     fmt.Sprintf("127.0.0.1:%d", p[6]),
+			FTP:   fmt.Sprintf("127.0.0.1:%d", p[6]),
+			HTTPS: fmt.Sprintf("127.0.0.1:%d", p[7]), Metrics: fmt.Sprintf("127.0.0.1:%d", p[8]),
 			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log"),
 			MySQL: fmt.Sprintf("127.0.0.1:%d", mysqlPorts[i])})
 	}
@@ -175,7 +177,7 @@ func (c *Cluster) args(n *Node) []string {
 	}
 	args := append([]string{"-node", n.Name, "-data-dir", n.DataDir}, storageArgs...)
 	args = append(args,
-		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal,
+		"-http", n.HTTP, "-admin", n.Admin, "-actor", n.Actor, "-internal", n.Internal, "-https", n.HTTPS, "-metrics", n.Metrics,
 		"-cluster", n.Cluster, "-cluster-health", n.ClusterHealth,
 		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
 	args = append(args, "-ftp", n.FTP)

@@ -113,6 +113,10 @@ func (s *Supervisor) runOnce(st *siteState, rn *runner) bool {
 	}
 	startedAt := time.Now()
 	log.Info("app started", "pid", p.pid, "port", p.port)
+	closeIdle := func() {}
+	if s.cfg.AppProxy != nil {
+		p.handler, closeIdle = s.cfg.AppProxy(net.JoinHostPort("127.0.0.1", strconv.Itoa(p.port)), p.usable)
+	}
 	st.mu.Lock()
 	rn.proc = p
 	st.mu.Unlock()
@@ -122,6 +126,7 @@ func (s *Supervisor) runOnce(st *siteState, rn *runner) bool {
 		st.broadcastLocked()
 		st.mu.Unlock()
 		p.transport.CloseIdleConnections()
+		closeIdle()
 	}()
 
 	return s.supervise(st, rn, p, log, startedAt)
@@ -184,7 +189,7 @@ func (s *Supervisor) supervise(st *siteState, rn *runner, p *process, log *slog.
 			acceptC, acceptBoundC = nil, nil
 			healthy.Reset(restartBackoffResetAfter)
 			st.mu.Lock()
-			rn.proxy = p.proxy
+			rn.proxy = p.handler
 			st.broadcastLocked()
 			st.mu.Unlock()
 			log.Info("app accepting connections", "pid", p.pid, "after", acceptedAt.Sub(startedAt).Round(time.Millisecond))
@@ -264,6 +269,21 @@ type process struct {
 	drainOnce sync.Once
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
+	// handler serves the app's requests: proxy, or Config.AppProxy's.
+	handler http.Handler
+}
+
+// usable reports whether the process still takes new requests.
+func (p *process) usable() bool {
+	if p.ending.Load() {
+		return false
+	}
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 var errAppGone = errors.New("the site's app process has ended")
@@ -379,6 +399,7 @@ func startProcess(log *slog.Logger, site, command, dir, runDir string) (*process
 			http.Error(w, "502 bad gateway: the site's app did not answer", http.StatusBadGateway)
 		},
 	}
+	p.handler = p.proxy
 	return p, nil
 }
 

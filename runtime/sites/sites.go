@@ -120,6 +120,11 @@ type Config struct {
 	// WaitingRequestsMax bounds the requests of one site waiting for its
 	// app to start. Beyond: 503 with Retry-After.
 	WaitingRequestsMax int
+	// AppProxy, when set, makes the handler that forwards a site's
+	// requests to its app listening on addr (host:port); usable reports
+	// whether the process still takes new requests, closeIdle is called
+	// when it has ended. Nil: httputil.ReverseProxy over http.Transport.
+	AppProxy func(addr string, usable func() bool) (proxy http.Handler, closeIdle func())
 	// RunDir, when set, records each running app's process group (one
 	// <site>.pid file); New kills the groups a crashed predecessor left
 	// there, if they still run an app of that site.

@@ -4,7 +4,7 @@ GO ?= go
 SEEDS_TEST ?= 50
 SEEDS_SIM ?= 10000
 
-.PHONY: build test test-go deps run e2e sim proto bench bench-storage bench-failover bench-ftp bench-http lint
+.PHONY: build test test-go deps run e2e sim proto bench bench-storage bench-failover bench-ftp bench-http bench-mysql lint
 
 build:
 	$(GO) build ./...
@@ -62,6 +62,9 @@ proto:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./sim/
+
+bench-mysql:
+	$(GO) run ./cmd/hcbench mysql
 
 bench-storage:
 	$(GO) run ./cmd/hcstoragebench

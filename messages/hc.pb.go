@@ -1082,12 +1082,16 @@ func (x *SiteResponse) GetHeldMs() uint64 {
 // RouteUpdate is broadcast by a site actor to every node's route cache when
 // master, epoch or phase change.
 type RouteUpdate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
-	Master        string                 `protobuf:"bytes,2,opt,name=master,proto3" json:"master,omitempty"`
-	Epoch         *Epoch                 `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Phase         SitePhase              `protobuf:"varint,4,opt,name=phase,proto3,enum=hybridcluster.v1.SitePhase" json:"phase,omitempty"`
-	Domains       []string               `protobuf:"bytes,5,rep,name=domains,proto3" json:"domains,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Site    string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Master  string                 `protobuf:"bytes,2,opt,name=master,proto3" json:"master,omitempty"`
+	Epoch   *Epoch                 `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Phase   SitePhase              `protobuf:"varint,4,opt,name=phase,proto3,enum=hybridcluster.v1.SitePhase" json:"phase,omitempty"`
+	Domains []string               `protobuf:"bytes,5,rep,name=domains,proto3" json:"domains,omitempty"`
+	// mysql_users are the names of the site's MySQL users: the MySQL front
+	// end routes a connection by its user name (passwords are checked on the
+	// master, which holds the spec).
+	MysqlUsers    []string `protobuf:"bytes,6,rep,name=mysql_users,json=mysqlUsers,proto3" json:"mysql_users,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1153,6 +1157,13 @@ func (x *RouteUpdate) GetPhase() SitePhase {
 func (x *RouteUpdate) GetDomains() []string {
 	if x != nil {
 		return x.Domains
+	}
+	return nil
+}
+
+func (x *RouteUpdate) GetMysqlUsers() []string {
+	if x != nil {
+		return x.MysqlUsers
 	}
 	return nil
 }
@@ -4147,13 +4158,15 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\rretry_after_s\x18\x06 \x01(\rR\vretryAfterS\x12\x16\n" +
 	"\x06detail\x18\a \x01(\tR\x06detail\x12\x19\n" +
 	"\bwrite_id\x18\b \x01(\x04R\awriteId\x12\x17\n" +
-	"\aheld_ms\x18\t \x01(\x04R\x06heldMs\"\xb5\x01\n" +
+	"\aheld_ms\x18\t \x01(\x04R\x06heldMs\"\xd6\x01\n" +
 	"\vRouteUpdate\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06master\x18\x02 \x01(\tR\x06master\x12-\n" +
 	"\x05epoch\x18\x03 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x121\n" +
 	"\x05phase\x18\x04 \x01(\x0e2\x1b.hybridcluster.v1.SitePhaseR\x05phase\x12\x18\n" +
-	"\adomains\x18\x05 \x03(\tR\adomains\":\n" +
+	"\adomains\x18\x05 \x03(\tR\adomains\x12\x1f\n" +
+	"\vmysql_users\x18\x06 \x03(\tR\n" +
+	"mysqlUsers\":\n" +
 	"\fLeaseAcquire\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\":\n" +

@@ -64,6 +64,7 @@ while [ "$i" -le "$NODES" ]; do
 		-http "127.0.0.1:$((8080 + i))" -admin "127.0.0.1:$((7080 + i))" \
 		-actor "127.0.0.1:$((7940 + i))" -internal "127.0.0.1:$((7950 + i))" -ftp "127.0.0.1:$((2120 + i))" \
 		-cluster "127.0.0.1:$((7960 + i))" -cluster-health "127.0.0.1:$((7970 + i))" \
+		-mysql "127.0.0.1:$((3306 + i))" \
 		-node-token-file "$RUN_DIR/node.token" -admin-token-file "$RUN_DIR/admin.token" \
 		>"$RUN_DIR/n$i.log" 2>&1 &
 	PIDS="$PIDS $!"
@@ -91,7 +92,8 @@ log "$NODES nodes up"
 if ! "$HCCTL" site show demo >/dev/null 2>&1; then
 	# The balancer needs every node's first report before it places a site.
 	n=0
-	until "$HCCTL" site create demo --domain demo.localhost --app "$RUN_DIR/bin/hcdemoapp" >/dev/null 2>"$RUN_DIR/create.err"; do
+	until "$HCCTL" site create demo --domain demo.localhost --app "$RUN_DIR/bin/hcdemoapp" \
+		--mysql-user demo:demo-pw:demo_db >/dev/null 2>"$RUN_DIR/create.err"; do
 		n=$((n + 1))
 		if [ "$n" -gt $((WAIT_NODE_MAX * 2)) ]; then
 			log "could not create the demo site:"; cat "$RUN_DIR/create.err" >&2; exit 1
@@ -122,6 +124,7 @@ hybridcluster: $NODES nodes on 127.0.0.1 (storage: $STORAGE), demo site served b
 
   curl http://demo.localhost:8081/      # also :8082 and :8083 (any node forwards to the master)
   curl -X POST 'http://demo.localhost:8082/write?id=1'
+  mariadb -h 127.0.0.1 -P 3307 -u demo -pdemo-pw demo_db   # also -P 3308, 3309
 
 Admin endpoint (hcctl reads these variables; see $RUN_DIR/bin/hcctl -h):
 

@@ -264,7 +264,8 @@ func (b *Balancer) plan(env *core.Env) []core.Effect {
 		}
 		if len(masters) == 1 {
 			routes.Routes = append(routes.Routes, &m.RouteUpdate{Site: site, Master: masters[0].node,
-				Epoch: masters[0].info.Epoch, Phase: masters[0].info.Phase, Domains: masters[0].info.Spec.GetDomains()})
+				Epoch: masters[0].info.Epoch, Phase: masters[0].info.Phase, Domains: masters[0].info.Spec.GetDomains(),
+				MysqlUsers: core.MysqlUserNames(masters[0].info.Spec)})
 		}
 		if b.busy(env, site) && !(len(masters) == 0 && b.probes[site] == nil && b.moves[site]) {
 			// A repair or a move was sent to the master; with no master

@@ -376,7 +376,7 @@ func (n *Node) response(env *core.Env, resp *m.SiteResponse) []core.Effect {
 			// before a fence demoted it). Its word about itself wins, or the
 			// cache would keep sending every request back to it.
 			n.routes[resp.Site] = &m.RouteUpdate{Site: resp.Site, Master: resp.Master, Epoch: resp.Epoch,
-				Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: r.Domains}
+				Phase: m.SitePhase_SITE_PHASE_ACTIVE, Domains: r.Domains, MysqlUsers: r.MysqlUsers}
 		} else {
 			n.learn(&m.RouteUpdate{Site: resp.Site, Master: resp.Master, Epoch: resp.Epoch, Phase: m.SitePhase_SITE_PHASE_ACTIVE})
 		}
@@ -393,7 +393,7 @@ func (n *Node) response(env *core.Env, resp *m.SiteResponse) []core.Effect {
 		if r == nil || r.Master == p.tried {
 			if r != nil {
 				// The cached master is stale: forget it until an update.
-				n.routes[resp.Site] = &m.RouteUpdate{Site: r.Site, Epoch: r.Epoch, Phase: m.SitePhase_SITE_PHASE_FAILING_OVER, Domains: r.Domains}
+				n.routes[resp.Site] = &m.RouteUpdate{Site: r.Site, Epoch: r.Epoch, Phase: m.SitePhase_SITE_PHASE_FAILING_OVER, Domains: r.Domains, MysqlUsers: r.MysqlUsers}
 			}
 			p.waiting = true
 			return nil
@@ -417,14 +417,14 @@ func (n *Node) learn(r *m.RouteUpdate) bool {
 		// A deleted site: the route stays (it outranks stale updates of
 		// the old history) but claims no domain, so the front ends answer
 		// "no such site" themselves and a domain can go to another site.
-		if len(r.Domains) > 0 {
+		if len(r.Domains) > 0 || len(r.MysqlUsers) > 0 {
 			r = &m.RouteUpdate{Site: r.Site, Master: r.Master, Epoch: r.Epoch, Phase: r.Phase}
 		}
 	} else if len(r.Domains) == 0 && old != nil && len(old.Domains) > 0 {
 		// A route learnt from an answer, or from a balancer whose report
 		// lacked the spec, says nothing of domains: keep the known ones
 		// (the front ends route by them).
-		r = &m.RouteUpdate{Site: r.Site, Master: r.Master, Epoch: r.Epoch, Phase: r.Phase, Domains: old.Domains}
+		r = &m.RouteUpdate{Site: r.Site, Master: r.Master, Epoch: r.Epoch, Phase: r.Phase, Domains: old.Domains, MysqlUsers: old.MysqlUsers}
 	}
 	n.routes[r.Site] = r
 	return true

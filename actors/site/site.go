@@ -225,7 +225,8 @@ func (s *Site) route() *m.RouteUpdate {
 	case s.phase == m.SitePhase_SITE_PHASE_DEMOTED:
 		master, epoch = s.successor, s.successorEpoch
 	}
-	return &m.RouteUpdate{Site: s.site, Master: master, Epoch: epoch, Phase: s.phase, Domains: s.spec.GetDomains()}
+	return &m.RouteUpdate{Site: s.site, Master: master, Epoch: epoch, Phase: s.phase, Domains: s.spec.GetDomains(),
+		MysqlUsers: core.MysqlUserNames(s.spec)}
 }
 
 // activate: the local dataset became master (or bumped its epoch).

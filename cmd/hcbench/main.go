@@ -4,6 +4,7 @@
 //	hcbench sites [-n 1000] [-idle 10s]
 //	hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]
 //	hcbench http [-rounds 3] [-duration 5s] [-connections 64] (see http.go)
+//	hcbench mysql [-duration 3s] [-db-mib 256]   (see mysql.go)
 //
 // failover: repeated kill -9 of a site's master under continuous writes
 // (hcdemoapp, acknowledged after fsync) through the other nodes. Each run
@@ -38,6 +39,15 @@ const (
 )
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "mysql" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+		defer stop()
+		if err := mysqlBench(ctx, os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "hcbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) >= 2 && strings.HasPrefix(os.Args[1], "http") {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
@@ -61,7 +71,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || os.Args[1] != "failover" {
-		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]\n       hcbench sites [-n N] [-idle 10s]\n       hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]\n       hcbench http [-rounds 3] [-duration 5s] [-skip-move]")
+		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]\n       hcbench sites [-n N] [-idle 10s]\n       hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]\n       hcbench http [-rounds 3] [-duration 5s] [-skip-move]\n       hcbench mysql [-duration 3s] [-db-mib 256]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("hcbench failover", flag.ExitOnError)

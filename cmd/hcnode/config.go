@@ -43,6 +43,7 @@ type Config struct {
 		ClusterHealth string `yaml:"cluster_health"`
 		Metrics       string `yaml:"metrics"` // Prometheus /metrics of the front ends; empty: none
 		HTTPS         string `yaml:"https"`   // the HTTPS front end (per-site certificates by SNI); empty: none
+		MySQL         string `yaml:"mysql"`   // the MySQL front end for every site
 	} `yaml:"listen"`
 	Cluster struct {
 		// Provider: automanaged (default: the members' health endpoints
@@ -106,6 +107,7 @@ func defaults() *Config {
 	c.Listen.ClusterHealth = "127.0.0.1:7949"
 	c.Cluster.Provider = "automanaged"
 	c.FTP.Listen = "127.0.0.1:2121"
+	c.Listen.MySQL = "127.0.0.1:3306"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	return c
@@ -132,8 +134,8 @@ func loadConfig(args []string, getenv func(string) string) (*Config, error) {
 	fs := flag.NewFlagSet("hcnode", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `hcnode runs one node of a hybridcluster: the site, dataset, node and balancer
-actors on protoactor-go, the HTTP front end, the admin endpoint and the
-internal port for snapshot streams and forwarded requests.
+actors on protoactor-go, the HTTP and MySQL front ends, the admin endpoint and
+the internal port for snapshot streams and forwarded requests.
 
 Usage: hcnode [-config FILE] [flags]
 
@@ -145,7 +147,8 @@ files. Example file:
   data_dir: /var/lib/hybridcluster
   storage: {driver: auto, zfs_root: tank/hc}
   listen: {http: 0.0.0.0:80, admin: 10.0.0.1:7080, actor: 10.0.0.1:7946, internal: 10.0.0.1:7947,
-           cluster: 10.0.0.1:7948, cluster_health: 10.0.0.1:7949}
+           cluster: 10.0.0.1:7948, cluster_health: 10.0.0.1:7949,
+           mysql: 0.0.0.0:3306}
   cluster: {provider: automanaged}   # or etcd (etcd_endpoints: [...]), consul (consul_address: ...), none
   members:
     - {name: n1, actor: 10.0.0.1:7946, internal: http://10.0.0.1:7947}
@@ -178,6 +181,7 @@ Flags:
 	ftpKey := fs.String("ftp-tls-key", "", "PEM key for explicit FTPS (with -ftp-tls-cert)")
 	httpsAddr := fs.String("https", "", "HTTPS front end listen address, certificates of the sites by SNI (default none)")
 	metricsAddr := fs.String("metrics", "", "Prometheus /metrics listen address (default none)")
+	mysqlAddr := fs.String("mysql", "", "MySQL front end listen address (default "+d.Listen.MySQL+")")
 	var members memberFlags
 	fs.Var(&members, "member", "a cluster member as name=actorhost:port,http://internalhost:port[,seedhost:port] (repeat for each; replaces the file's list; seed: its automanaged health endpoint)")
 	nodeTokenFile := fs.String("node-token-file", "", "file holding the secret shared by all nodes")
@@ -220,6 +224,7 @@ Flags:
 	set(&c.Cluster.Provider, *provider)
 	set(&c.Listen.Metrics, *metricsAddr)
 	set(&c.Listen.HTTPS, *httpsAddr)
+	set(&c.Listen.MySQL, *mysqlAddr)
 	set(&c.Secrets.NodeTokenFile, *nodeTokenFile)
 	set(&c.Secrets.AdminTokenFile, *adminTokenFile)
 	set(&c.FTP.Listen, *ftpAddr)
@@ -306,6 +311,7 @@ func (c *Config) validate() error {
 	if c.Listen.HTTPS != "" {
 		listens["https"] = c.Listen.HTTPS
 	}
+	listens["mysql"] = c.Listen.MySQL
 	for what, addr := range listens {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("listen %s address %q: %v", what, addr, err))

@@ -163,6 +163,11 @@ func run(c *Config) error {
 	if err != nil {
 		return err
 	}
+	stopMySQL, err := startMySQL(c, h, runner, internal, log)
+	if err != nil {
+		return err
+	}
+	defer stopMySQL()
 	servers := []*http.Server{
 		{Addr: c.Listen.Admin, Handler: adm.Handler(), ReadHeaderTimeout: headerWait, MaxHeaderBytes: headerBytesMax},
 	}

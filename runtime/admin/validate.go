@@ -3,6 +3,7 @@ package admin
 import (
 	"crypto/tls"
 	"fmt"
+	"slices"
 	"strings"
 
 	m "github.com/hybridcluster/hybridcluster/messages"
@@ -25,6 +26,13 @@ const (
 	// MaxTLSPEMBytes bounds a site's certificate chain and its key (each):
 	// they travel in every copy of the site's spec.
 	MaxTLSPEMBytes = 64 << 10
+)
+
+// The site's mariadbd uses these names itself (runtime/sites refuses a
+// spec that has them).
+var (
+	reservedMySQLUsers = []string{"root", "mysql", "public", "mariadb"}
+	reservedDatabases  = []string{"mysql", "information_schema", "performance_schema", "sys"}
 )
 
 // quote is a user-supplied value for an error message: quoted and cut short.
@@ -178,6 +186,9 @@ func ValidateCreate(c *CreateSite) (*m.SiteSpec, error) {
 		if err := checkUser("mysql", u, seenSQL); err != nil {
 			return nil, err
 		}
+		if slices.Contains(reservedMySQLUsers, u.Name) {
+			return nil, fmt.Errorf("mysql user %q: the name is reserved by the database server", u.Name)
+		}
 		if len(u.Databases) > MaxDatabases {
 			return nil, fmt.Errorf("mysql user %q: at most %d databases", u.Name, MaxDatabases)
 		}
@@ -185,6 +196,9 @@ func ValidateCreate(c *CreateSite) (*m.SiteSpec, error) {
 		for _, db := range u.Databases {
 			if !validIdent(db, MaxDatabaseName) {
 				return nil, fmt.Errorf("mysql user %q: database %s: want 1..%d of a-z, 0-9, _", u.Name, quote(db), MaxDatabaseName)
+			}
+			if slices.Contains(reservedDatabases, db) {
+				return nil, fmt.Errorf("mysql user %q: database %q is reserved by the database server", u.Name, db)
 			}
 			if dbs[db] {
 				return nil, fmt.Errorf("mysql user %q: database %q given twice", u.Name, db)

@@ -31,6 +31,8 @@ type Route struct {
 	Epoch   *m.Epoch
 	Phase   m.SitePhase
 	Domains []string
+	// MysqlUsers are the names of the site's MySQL users.
+	MysqlUsers []string
 }
 
 // Serving reports whether the master takes requests in this phase without
@@ -61,6 +63,10 @@ type routeTable struct {
 	domains map[string]string // domain -> site
 	live    map[string]bool
 
+	// mysqlUsers: MySQL user name -> the sites that name it (more than one
+	// is ambiguous: such a user is routed nowhere).
+	mysqlUsers map[string][]string
+
 	subMu   sync.Mutex
 	subs    map[int]chan Event
 	nextSub int
@@ -68,7 +74,7 @@ type routeTable struct {
 }
 
 func newRouteTable() *routeTable {
-	return &routeTable{routes: map[string]Route{}, domains: map[string]string{}, live: map[string]bool{}, subs: map[int]chan Event{}}
+	return &routeTable{routes: map[string]Route{}, domains: map[string]string{}, mysqlUsers: map[string][]string{}, live: map[string]bool{}, subs: map[int]chan Event{}}
 }
 
 // set records the node actor's entry for site (nil: forgotten).
@@ -79,6 +85,9 @@ func (t *routeTable) set(site string, ru *m.RouteUpdate) {
 		if t.domains[d] == site {
 			delete(t.domains, d)
 		}
+	}
+	for _, u := range old.MysqlUsers {
+		t.unsetMysqlUser(u, site)
 	}
 	if ru == nil {
 		delete(t.routes, site)
@@ -93,6 +102,10 @@ func (t *routeTable) set(site string, ru *m.RouteUpdate) {
 		d = strings.ToLower(d)
 		r.Domains = append(r.Domains, d)
 		t.domains[d] = site
+	}
+	for _, u := range ru.MysqlUsers {
+		r.MysqlUsers = append(r.MysqlUsers, u)
+		t.mysqlUsers[u] = append(t.mysqlUsers[u], site)
 	}
 	t.routes[site] = r
 	t.mu.Unlock()
@@ -133,6 +146,33 @@ func (t *routeTable) lookupDomain(domain string) (Route, bool) {
 		return Route{}, false
 	}
 	r, ok := t.routes[site]
+	return r, ok
+}
+
+// unsetMysqlUser forgets that site names MySQL user u (t.mu held).
+func (t *routeTable) unsetMysqlUser(u, site string) {
+	sites := t.mysqlUsers[u]
+	for i, s := range sites {
+		if s == site {
+			sites = append(sites[:i:i], sites[i+1:]...)
+			break
+		}
+	}
+	if len(sites) == 0 {
+		delete(t.mysqlUsers, u)
+	} else {
+		t.mysqlUsers[u] = sites
+	}
+}
+
+func (t *routeTable) lookupMysqlUser(user string) (Route, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	sites := t.mysqlUsers[user]
+	if len(sites) != 1 {
+		return Route{}, false
+	}
+	r, ok := t.routes[sites[0]]
 	return r, ok
 }
 
@@ -226,6 +266,10 @@ func (h *Host) Route(site string) (Route, bool) { return h.routes.route(site) }
 // RouteByDomain returns the route of the site a domain belongs to (domain
 // lower-case, without port).
 func (h *Host) RouteByDomain(domain string) (Route, bool) { return h.routes.lookupDomain(domain) }
+
+// RouteByMysqlUser returns the route of the one site that has the MySQL
+// user; false if none has it, or several do (ambiguous: routed nowhere).
+func (h *Host) RouteByMysqlUser(user string) (Route, bool) { return h.routes.lookupMysqlUser(user) }
 
 // Live reports whether this node believes member n is up.
 func (h *Host) Live(n string) bool { return h.routes.isLive(n) }

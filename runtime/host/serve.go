@@ -204,12 +204,21 @@ const gateStartWaitMax = 5 * time.Second
 // gateStartWaitMax and ctx) while the site is active here but not yet
 // started.
 func (gs *gates) admit(ctx context.Context, site string) (release func(), ok bool) {
-	deadline := time.NewTimer(gateStartWaitMax)
-	defer deadline.Stop()
+	// The timer only when a wait is needed: admit runs for every MySQL
+	// command, and an open gate needs none.
+	var deadline *time.Timer
+	defer func() {
+		if deadline != nil {
+			deadline.Stop()
+		}
+	}()
 	gs.mu.Lock()
 	defer gs.mu.Unlock()
 	g := gs.m[site]
 	for g != nil && g.routeOpen && !g.started {
+		if deadline == nil {
+			deadline = time.NewTimer(gateStartWaitMax)
+		}
 		if g.changed == nil {
 			g.changed = make(chan struct{})
 		}
@@ -338,6 +347,12 @@ func (h *Host) quiesce(ctx context.Context, site string) {
 		return
 	}
 	n := h.gates.waitIdle(ctx, site, quiesceWaitMax)
+	if n == 0 && h.sites != nil {
+		// Nothing in flight, but a process that keeps state of its own
+		// (the site's mariadbd) still closes it cleanly before the
+		// snapshot: Quiesce with nothing in flight kills nothing.
+		_, _ = h.sites.Quiesce(ctx, site, quiesceWaitMax)
+	}
 	if n == 0 || h.sites == nil {
 		return
 	}

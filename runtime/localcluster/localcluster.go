@@ -84,6 +84,7 @@ type Node struct {
 	Cluster, ClusterHealth       string // host:port of the protoactor cluster layer and its automanaged health endpoint
 	FTP                          string // host:port of the FTP front end's control connection
 	HTTPS, Metrics               string // host:port of the HTTPS front end and of /metrics
+	MySQL                        string // host:port of its MySQL front end
 	DataDir, LogPath             string
 	cmd                          *exec.Cmd
 	done                         chan struct{}
@@ -136,6 +137,10 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	mysqlPorts, err := freePorts(opt.Nodes)
+	if err != nil {
+		return nil, err
+	}
 	c := &Cluster{opt: opt, NodeToken: token(), AdminToken: token()}
 	c.AdminTokenFile = filepath.Join(opt.Dir, "admin.token")
 	if err := os.WriteFile(c.AdminTokenFile, []byte(c.AdminToken), 0o600); err != nil {
@@ -153,7 +158,8 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 			Cluster: fmt.Sprintf("127.0.0.1:%d", p[4]), ClusterHealth: fmt.Sprintf("127.0.0.1:%d", p[5]),
 			FTP:   fmt.Sprintf("127.0.0.1:%d", p[6]),
 			HTTPS: fmt.Sprintf("127.0.0.1:%d", p[7]), Metrics: fmt.Sprintf("127.0.0.1:%d", p[8]),
-			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log")})
+			DataDir: filepath.Join(opt.Dir, name), LogPath: filepath.Join(opt.Dir, name+".log"),
+			MySQL: fmt.Sprintf("127.0.0.1:%d", mysqlPorts[i])})
 	}
 	for i := range c.Nodes {
 		if err := c.StartNode(ctx, i); err != nil {
@@ -175,6 +181,7 @@ func (c *Cluster) args(n *Node) []string {
 		"-cluster", n.Cluster, "-cluster-health", n.ClusterHealth,
 		"-node-token-file", filepath.Join(c.opt.Dir, "node.token"), "-admin-token-file", c.AdminTokenFile)
 	args = append(args, "-ftp", n.FTP)
+	args = append(args, "-mysql", n.MySQL)
 	for _, mb := range c.Nodes {
 		args = append(args, "-member", mb.Name+"="+mb.Actor+",http://"+mb.Internal+","+mb.ClusterHealth)
 	}

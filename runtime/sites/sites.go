@@ -174,12 +174,16 @@ type Supervisor struct {
 
 	// runners counts runner goroutines; Close waits for them.
 	runners sync.WaitGroup
+
+	// mysql runs the sites' mariadbd (mysql.go).
+	mysql *mysqlPool
 }
 
 // New returns a Supervisor serving no site yet.
 func New(cfg Config) *Supervisor {
 	cfg = cfg.withDefaults()
 	s := &Supervisor{cfg: cfg, log: cfg.Logger, sites: make(map[string]*siteState)}
+	s.mysql = newMysqlPool(s)
 	if cfg.RunDir != "" {
 		if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 			s.log.Error("run directory", "dir", cfg.RunDir, "err", err)
@@ -271,7 +275,12 @@ func (s *Supervisor) lookup(site string) *siteState {
 // been renamed or remounted), and a running app whose command or directory
 // changed is stopped (in the background) and started again with the new
 // ones on the next request.
-func (s *Supervisor) Start(site string, spec *m.SiteSpec, dir string) error {
+func (s *Supervisor) Start(site string, spec *m.SiteSpec, dir string) (err error) {
+	defer func() {
+		if err == nil { // after the locks below are released
+			s.mysql.start(site, spec, dir)
+		}
+	}()
 	if _, err := storage.ParseSite(site); err != nil {
 		return fmt.Errorf("sites: start: %w", err)
 	}
@@ -284,7 +293,7 @@ func (s *Supervisor) Start(site string, spec *m.SiteSpec, dir string) error {
 	if dir == "" {
 		return fmt.Errorf("sites: start %s: no dataset directory", site)
 	}
-	dir, err := filepath.Abs(dir)
+	dir, err = filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("sites: start %s: %w", site, err)
 	}
@@ -338,6 +347,7 @@ func (s *Supervisor) Stop(site string) {
 	if _, err := storage.ParseSite(site); err != nil {
 		return
 	}
+	s.mysql.stopSite(site)
 	st := s.lookup(site)
 	if st == nil {
 		return
@@ -379,6 +389,7 @@ func (s *Supervisor) Close() {
 	}
 	wg.Wait()
 	s.runners.Wait()
+	s.mysql.close()
 }
 
 // Running lists, sorted, the sites whose app process is running (started
@@ -389,6 +400,9 @@ func (s *Supervisor) IsRunning(site string) bool {
 	s.mu.Lock()
 	st := s.sites[site]
 	s.mu.Unlock()
+	if s.mysql.running(site) {
+		return true
+	}
 	if st == nil {
 		return false
 	}
@@ -436,7 +450,9 @@ func (s *Supervisor) InFlight(site string) int {
 // wait for the app get 503 instead of reaching a new process. It then
 // waits, up to StopWaitMax, for them to end. It returns how many requests
 // were in flight at the bound: 0 when the site drained in time. The app is
-// started again lazily if the site is still started.
+// started again lazily if the site is still started. Last, it shuts the
+// site's mariadbd down cleanly (mysql.go), also when nothing was in flight;
+// the next MySQL connection starts it again.
 //
 // If ctx ends first, Quiesce returns the requests in flight and ctx.Err()
 // without killing anything.
@@ -444,6 +460,9 @@ func (s *Supervisor) Quiesce(ctx context.Context, site string, max time.Duration
 	if _, err := storage.ParseSite(site); err != nil {
 		return 0, fmt.Errorf("sites: quiesce: %w", err)
 	}
+	// The site's mariadbd shuts down cleanly once the requests are done
+	// with, so the caller's snapshot holds a closed data directory.
+	defer s.mysql.quiesce(site)
 	st := s.lookup(site)
 	if st == nil {
 		return 0, nil

@@ -1,0 +1,434 @@
+package main
+
+// hcbench mysql: the MySQL front end against a blind TCP proxy (HAProxy)
+// and against the site's server itself, then a planned move under load.
+//
+// One 3-node local cluster (portable storage), one site with a MySQL user.
+// Point selects by primary key (16 connections, Go's database/sql with
+// go-sql-driver/mysql), each for -duration, one after another in one run:
+//
+//	direct      the site's mariadbd on its unix socket
+//	haproxy     HAProxy in TCP mode in front of that socket
+//	proxy       the master node's MySQL front end
+//	proxy_remote another node's front end (through the tunnel)
+//
+// in text (client-side interpolated COM_QUERY) and prepared (COM_STMT_EXECUTE)
+// form. Then the database is grown to -db-mib MiB, an autocommit
+// insert+select load runs through all nodes, and the site is migrated; the
+// longest client-visible stall, lost rows and client errors are reported.
+// The last line is
+//
+//	proxy_vs_haproxy=R proxy_vs_direct=R2 move_stall_ms=M lost_rows=L errors=E
+//
+// (R and R2: the lower of the text and prepared ratios; proxy is the master's
+// front end, as HAProxy runs beside the server).
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+
+	"github.com/hybridcluster/hybridcluster/runtime/localcluster"
+)
+
+// Bounds of hcbench mysql.
+const (
+	// mysqlBenchConnections is the client concurrency of the QPS runs.
+	mysqlBenchConnections = 16
+	// mysqlBenchRounds: each target is measured this many times, in turn.
+	mysqlBenchRounds = 3
+	// mysqlBenchRows is the point-select table's size.
+	mysqlBenchRows = 10000
+	// mysqlDBMiBMax bounds -db-mib.
+	mysqlDBMiBMax = 4096
+	// mysqlMoveLoadWorkers runs the autocommit load of the move.
+	mysqlMoveLoadWorkers = 6
+	// mysqlMoveLoadMax bounds the load's inserts.
+	mysqlMoveLoadMax = 200000
+)
+
+func mysqlBench(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("hcbench mysql", flag.ExitOnError)
+	duration := fs.Duration("duration", 3*time.Second, "length of each QPS measurement (each target is measured 3 times, in turn)")
+	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
+	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
+	_ = fs.Parse(args)
+	if *duration <= 0 || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax {
+		return fmt.Errorf("-duration 1s..10m, -db-mib 0..%d", mysqlDBMiBMax)
+	}
+	haproxy, err := exec.LookPath("haproxy")
+	if err != nil {
+		// Debian puts it in /usr/sbin, not on every user's PATH.
+		if _, serr := os.Stat("/usr/sbin/haproxy"); serr != nil {
+			return fmt.Errorf("haproxy is needed (scripts/test-deps.sh installs it): %w", err)
+		}
+		haproxy = "/usr/sbin/haproxy"
+	}
+	dir, err := os.MkdirTemp("", "hcbench-mysql-")
+	if err != nil {
+		return err
+	}
+	if *keep {
+		fmt.Println("directory", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	bin, err := localcluster.Build(ctx, dir)
+	if err != nil {
+		return err
+	}
+	c, err := localcluster.Start(ctx, localcluster.Options{Nodes: 3, Dir: dir, Bin: bin})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	const site, user, password, db = "bench", "bench_user", "bench-pw", "bench_db"
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := c.HCCtl(ctx, 0, "site", "create", site, "--domain", site+".example", "--mysql-user", user+":"+password+":"+db)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("site create: %v: %s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	s, err := waitReplicated(ctx, c, 0, site)
+	if err != nil {
+		return err
+	}
+	master := c.NodeIndex(s.Master)
+	remote := (master + 1) % len(c.Nodes)
+	open := func(addr, params string) (*sql.DB, error) {
+		d, err := sql.Open("mysql", user+":"+password+"@"+addr+"/"+db+"?"+params)
+		if err != nil {
+			return nil, err
+		}
+		d.SetMaxOpenConns(mysqlBenchConnections)
+		d.SetMaxIdleConns(mysqlBenchConnections)
+		return d, nil
+	}
+	setup, err := open("tcp("+c.Nodes[master].MySQL+")", "multiStatements=true")
+	if err != nil {
+		return err
+	}
+	defer setup.Close()
+	if _, err := setup.ExecContext(ctx, "CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(64)) ENGINE=InnoDB"); err != nil {
+		return fmt.Errorf("create table: %w", err)
+	}
+	for start := 0; start < mysqlBenchRows; start += 1000 {
+		var b strings.Builder
+		b.WriteString("INSERT INTO kv VALUES ")
+		for i := start; i < start+1000; i++ {
+			if i > start {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, "(%d,'value-%d')", i, i)
+		}
+		if _, err := setup.ExecContext(ctx, b.String()); err != nil {
+			return fmt.Errorf("fill: %w", err)
+		}
+	}
+
+	// The site's server: its socket is in the option file in its dataset.
+	sock, err := socketOf(filepath.Join(c.Nodes[master].DataDir, "datasets", "sites", site, "live", "mysql", "my.cnf"))
+	if err != nil {
+		return err
+	}
+	hport, stopHAProxy, err := startHAProxy(ctx, haproxy, dir, sock)
+	if err != nil {
+		return err
+	}
+	defer stopHAProxy()
+
+	targets := []struct{ name, addr string }{
+		{"direct", "unix(" + sock + ")"},
+		{"haproxy", fmt.Sprintf("tcp(127.0.0.1:%d)", hport)},
+		{"proxy", "tcp(" + c.Nodes[master].MySQL + ")"},
+		{"proxy_remote", "tcp(" + c.Nodes[remote].MySQL + ")"},
+	}
+	// Rounds of every target in turn, so that a change in what else runs
+	// on the machine falls on all of them alike.
+	counts := map[string]int64{}
+	for round := range mysqlBenchRounds {
+		for _, mode := range []string{"text", "prepared"} {
+			for _, tg := range targets {
+				params := "interpolateParams=true"
+				if mode == "prepared" {
+					params = ""
+				}
+				d, err := open(tg.addr, params)
+				if err != nil {
+					return err
+				}
+				n, err := pointSelects(ctx, d, mode == "prepared", *duration)
+				d.Close()
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", tg.name, mode, err)
+				}
+				counts[tg.name+"_"+mode] += n
+				fmt.Fprintf(os.Stderr, "round=%d target=%s mode=%s qps=%.0f\n", round+1, tg.name, mode, float64(n)/duration.Seconds())
+			}
+		}
+	}
+	qps := map[string]float64{}
+	for _, mode := range []string{"text", "prepared"} {
+		for _, tg := range targets {
+			q := float64(counts[tg.name+"_"+mode]) / (duration.Seconds() * mysqlBenchRounds)
+			qps[tg.name+"_"+mode] = q
+			fmt.Printf("mysql_qps target=%s mode=%s connections=%d qps=%.0f\n", tg.name, mode, mysqlBenchConnections, q)
+		}
+	}
+	ratio := func(a, b string) float64 {
+		return min(qps[a+"_text"]/qps[b+"_text"], qps[a+"_prepared"]/qps[b+"_prepared"])
+	}
+	fmt.Printf("mysql_ratios proxy_vs_haproxy_text=%.2f proxy_vs_haproxy_prepared=%.2f proxy_vs_direct_text=%.2f proxy_vs_direct_prepared=%.2f haproxy_vs_direct_text=%.2f remote_vs_direct_text=%.2f\n",
+		qps["proxy_text"]/qps["haproxy_text"], qps["proxy_prepared"]/qps["haproxy_prepared"],
+		qps["proxy_text"]/qps["direct_text"], qps["proxy_prepared"]/qps["direct_prepared"],
+		qps["haproxy_text"]/qps["direct_text"], qps["proxy_remote_text"]/qps["direct_text"])
+	stopHAProxy()
+
+	// Grow the database, then move it under load.
+	if _, err := setup.ExecContext(ctx, "CREATE TABLE blobs (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB; CREATE TABLE load_rows (id INT PRIMARY KEY, node INT) ENGINE=InnoDB"); err != nil {
+		return err
+	}
+	chunk := strings.Repeat("x", 1<<20)
+	for i := range *dbMiB {
+		if _, err := setup.ExecContext(ctx, "INSERT INTO blobs VALUES (?, ?)", i, chunk); err != nil {
+			return fmt.Errorf("grow: %w", err)
+		}
+	}
+	if _, err := waitReplicated(ctx, c, 0, site); err != nil {
+		return err
+	}
+	time.Sleep(3 * time.Second) // a snapshot with the grown database reaches the replica
+	moving, err := c.Client(0).Site(ctx, site)
+	if err != nil {
+		return err
+	}
+	s = *moving
+	target := c.Nodes[(c.NodeIndex(s.Master)+1)%len(c.Nodes)].Name
+	stall, lost, acked, errs, moveTook, err := mysqlMoveUnderLoad(ctx, c, user, password, db, site, target, open)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("mysql_move db_mib=%d from=%s to=%s move_s=%.2f inserts_acked=%d stall_ms=%d lost_rows=%d errors=%d\n",
+		*dbMiB, s.Master, target, moveTook.Seconds(), acked, stall.Milliseconds(), lost, errs)
+	fmt.Printf("proxy_vs_haproxy=%.2f proxy_vs_direct=%.2f move_stall_ms=%d lost_rows=%d errors=%d\n",
+		ratio("proxy", "haproxy"), ratio("proxy", "direct"), stall.Milliseconds(), lost, errs)
+	return nil
+}
+
+// pointSelects runs primary-key selects on 16 connections for d and
+// returns how many completed.
+func pointSelects(ctx context.Context, d *sql.DB, prepared bool, d0 time.Duration) (int64, error) {
+	var stmt *sql.Stmt
+	if prepared {
+		var err error
+		if stmt, err = d.PrepareContext(ctx, "SELECT v FROM kv WHERE id = ?"); err != nil {
+			return 0, err
+		}
+		defer stmt.Close()
+	}
+	// Warm the pool.
+	if err := d.PingContext(ctx); err != nil {
+		return 0, err
+	}
+	var n atomic.Int64
+	var firstErr error
+	var mu sync.Mutex
+	end := time.Now().Add(d0)
+	var wg sync.WaitGroup
+	for w := range mysqlBenchConnections {
+		wg.Go(func() {
+			var v string
+			for i := w; time.Now().Before(end) && ctx.Err() == nil; i += mysqlBenchConnections {
+				id := (i * 7919) % mysqlBenchRows
+				var err error
+				if prepared {
+					err = stmt.QueryRowContext(ctx, id).Scan(&v)
+				} else {
+					err = d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", id).Scan(&v)
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return n.Load(), firstErr
+}
+
+// mysqlMoveUnderLoad migrates site to target while autocommit inserts and
+// selects run through every node, and counts what the clients saw.
+func mysqlMoveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, password, db, site, target string,
+	open func(addr, params string) (*sql.DB, error)) (stall time.Duration, lost, acked, errs int, took time.Duration, err error) {
+	lctx, stop := context.WithTimeout(ctx, 5*time.Minute)
+	defer stop()
+	type op struct {
+		start time.Time
+		took  time.Duration
+		id    int
+		ok    bool
+	}
+	var mu sync.Mutex
+	var ops []op
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range mysqlMoveLoadWorkers {
+		i := w % len(c.Nodes)
+		d, err := open("tcp("+c.Nodes[i].MySQL+")", "")
+		if err != nil {
+			return 0, 0, 0, 0, 0, err
+		}
+		d.SetMaxOpenConns(1)
+		defer d.Close()
+		wg.Go(func() {
+			for lctx.Err() == nil {
+				id := int(next.Add(1))
+				if id > mysqlMoveLoadMax {
+					return
+				}
+				begun := time.Now()
+				_, err := d.ExecContext(context.Background(), "INSERT INTO load_rows VALUES (?, ?)", id, i)
+				var n int
+				if err == nil {
+					err = d.QueryRowContext(context.Background(), "SELECT COUNT(*) FROM load_rows WHERE id = ?", id).Scan(&n)
+				}
+				mu.Lock()
+				ops = append(ops, op{begun, time.Since(begun), id, err == nil})
+				if err != nil {
+					errs++
+					if errs <= 5 {
+						fmt.Fprintf(os.Stderr, "hcbench: client error via %s: %v\n", c.Nodes[i].Name, err)
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(2 * time.Second)
+	moveStart := time.Now()
+	out, merr := c.HCCtl(ctx, 0, "migrate", site, target, "--timeout", "120s")
+	moveEnd := time.Now()
+	time.Sleep(2 * time.Second)
+	stop()
+	wg.Wait()
+	if merr != nil {
+		return 0, 0, 0, 0, 0, fmt.Errorf("migrate: %v: %s", merr, out)
+	}
+	check, err := open("tcp("+c.Nodes[0].MySQL+")", "")
+	if err != nil {
+		return 0, 0, 0, 0, 0, err
+	}
+	defer check.Close()
+	stored := map[int]bool{}
+	rows, err := check.QueryContext(ctx, "SELECT id FROM load_rows")
+	if err != nil {
+		return 0, 0, 0, 0, 0, err
+	}
+	for rows.Next() {
+		var id int
+		if err := rows.Scan(&id); err != nil {
+			return 0, 0, 0, 0, 0, err
+		}
+		stored[id] = true
+	}
+	rows.Close()
+	for _, o := range ops {
+		if o.ok {
+			acked++
+			if !stored[o.id] {
+				lost++
+			}
+		}
+		if o.start.Before(moveEnd) && o.start.Add(o.took).After(moveStart) {
+			stall = max(stall, o.took)
+		}
+	}
+	return stall, lost, acked, errs, moveEnd.Sub(moveStart), nil
+}
+
+// socketOf reads the socket of a site's server from its option file.
+func socketOf(cnf string) (string, error) {
+	f, err := os.Open(cnf)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "socket="); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("%s: no socket", cnf)
+}
+
+// startHAProxy runs HAProxy in TCP mode from a free loopback port to sock.
+func startHAProxy(ctx context.Context, bin, dir, sock string) (int, func(), error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, nil, err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	text := fmt.Sprintf(`global
+    maxconn 1024
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend mysql
+    bind 127.0.0.1:%d
+    default_backend site
+backend site
+    server db %s
+`, port, sock)
+	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
+		return 0, nil, err
+	}
+	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return 0, nil, err
+	}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+	}
+	for range 100 {
+		if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+			conn.Close()
+			return port, stop, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	return 0, nil, fmt.Errorf("haproxy did not listen on %d", port)
+}

@@ -1,0 +1,403 @@
+package mysql
+
+import (
+	"context"
+	"crypto/sha1"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	gmysql "github.com/go-mysql-org/go-mysql/mysql"
+	driver "github.com/go-sql-driver/mysql"
+
+	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/host"
+	"github.com/hybridcluster/hybridcluster/runtime/sites"
+)
+
+func nativeHash(pw string) string {
+	h1 := sha1.Sum([]byte(pw))
+	h2 := sha1.Sum(h1[:])
+	return "*" + strings.ToUpper(hex.EncodeToString(h2[:]))
+}
+
+// fakeCluster routes every user of its table to one master (an in-process
+// stand-in for the route mirror: unit tests only).
+type fakeCluster struct {
+	node  string
+	mu    sync.Mutex
+	users map[string]host.Route
+}
+
+func (c *fakeCluster) Node() string     { return c.node }
+func (c *fakeCluster) Live(string) bool { return true }
+func (c *fakeCluster) RouteByMysqlUser(u string) (host.Route, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.users[u]
+	return r, ok
+}
+
+// gate is an in-process stand-in for host.Host.Admit.
+type gate struct {
+	mu       sync.Mutex
+	open     bool
+	inflight int
+}
+
+func (g *gate) admit(context.Context, string) (func(), bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.open {
+		return nil, false
+	}
+	g.inflight++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.inflight--
+			g.mu.Unlock()
+		})
+	}, true
+}
+
+type testNodes struct {
+	master, entry string // client addresses of the front ends
+	gate          *gate
+	sup           *sites.Supervisor
+}
+
+// startNodes runs a master (site processes, front end, tunnel endpoint)
+// and an entry node whose front end reaches the master by the tunnel.
+func startNodes(t testing.TB) *testNodes {
+	t.Helper()
+	sup := sites.New(sites.Config{})
+	t.Cleanup(sup.Close)
+	spec := &m.SiteSpec{Name: "shop", Domains: []string{"shop.example"}, MysqlUsers: []*m.MysqlUser{
+		{Name: "shop", PasswordHash: nativeHash("shop-pw"), Databases: []string{"shop_db"}},
+	}}
+	if err := sup.Start("shop", spec, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{open: true}
+	routes := map[string]host.Route{
+		"shop": {Site: "shop", Master: "n1", Phase: m.SitePhase_SITE_PHASE_ACTIVE},
+		// A user the route mirror knows from another site whose master
+		// does not have it: refused like an unknown user.
+		"ghost": {Site: "shop", Master: "n1", Phase: m.SitePhase_SITE_PHASE_ACTIVE},
+	}
+	var tunnelURL string
+	internal := func(n string) (string, bool) { return tunnelURL, n == "n1" }
+	master, err := New(Config{Cluster: &fakeCluster{node: "n1", users: routes}, Internal: internal, Token: "t",
+		Sites: sup, Admit: g.admit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(TunnelPath, master.TunnelHandler())
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	tunnelURL = ts.URL
+	entry, err := New(Config{Cluster: &fakeCluster{node: "n2", users: routes}, Internal: internal, Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(f *Front) string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go f.Serve(l)
+		t.Cleanup(f.Close)
+		return l.Addr().String()
+	}
+	return &testNodes{master: serve(master), entry: serve(entry), gate: g, sup: sup}
+}
+
+func openDB(t testing.TB, addr, user, pw, db string, params string) *sql.DB {
+	t.Helper()
+	d, err := sql.Open("mysql", user+":"+pw+"@tcp("+addr+")/"+db+"?"+params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func wantCode(t *testing.T, what string, err error, code uint16) {
+	t.Helper()
+	var me *driver.MySQLError
+	if !errors.As(err, &me) || me.Number != code {
+		t.Fatalf("%s: %v, want MySQL error %d", what, err, code)
+	}
+}
+
+// TestFrontRelaysToSiteServer: through the master's own front end and
+// through another node's (tunnel), text and prepared statements, multi
+// statements, transactions and the server's error codes reach the client.
+func TestFrontRelaysToSiteServer(t *testing.T) {
+	n := startNodes(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	direct := openDB(t, n.master, "shop", "shop-pw", "shop_db", "multiStatements=true")
+	if _, err := direct.ExecContext(ctx, "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(64)); INSERT INTO items VALUES (1, 'one')"); err != nil {
+		t.Fatalf("multi statement: %v", err)
+	}
+	if _, err := direct.ExecContext(ctx, "CREATE PROCEDURE names() SELECT name FROM items"); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{n.master, n.entry} {
+		db := openDB(t, addr, "shop", "shop-pw", "shop_db", "")
+		var name string
+		// A procedure that returns rows needs CLIENT_MULTI_RESULTS.
+		if err := db.QueryRowContext(ctx, "CALL names()").Scan(&name); err != nil || name != "one" {
+			t.Fatalf("%s: call: %q %v", addr, name, err)
+		}
+		if err := db.QueryRowContext(ctx, "SELECT name FROM items WHERE id = ?", 1).Scan(&name); err != nil || name != "one" {
+			t.Fatalf("%s: prepared select: %q %v", addr, name, err)
+		}
+		_, err := db.ExecContext(ctx, "INSERT INTO items VALUES (?, ?)", 1, "dup")
+		wantCode(t, addr+": duplicate key through a prepared statement", err, 1062)
+
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO items VALUES (100, 'rolled back')"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		var c int
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM items WHERE id = 100").Scan(&c); err != nil || c != 0 {
+			t.Fatalf("%s: rolled back row: %d %v", addr, c, err)
+		}
+
+		wantCode(t, addr+": wrong password", openDB(t, addr, "shop", "nope", "", "").PingContext(ctx), 1045)
+		wantCode(t, addr+": unknown user", openDB(t, addr, "nobody", "nope", "", "").PingContext(ctx), 1045)
+		wantCode(t, addr+": user not in the master's spec", openDB(t, addr, "ghost", "x", "", "").PingContext(ctx), 1045)
+		wantCode(t, addr+": another database", openDB(t, addr, "shop", "shop-pw", "other_db", "").PingContext(ctx), 1044)
+	}
+	n.gate.mu.Lock()
+	inflight := n.gate.inflight
+	n.gate.mu.Unlock()
+	if inflight != 0 {
+		t.Fatalf("%d admissions still held with every session idle", inflight)
+	}
+
+	// The real command-line client, over TLS (it asks for it) and not.
+	for _, args := range [][]string{{"--ssl"}, {"--skip-ssl"}} {
+		host, port, _ := net.SplitHostPort(n.entry)
+		cmd := exec.CommandContext(ctx, "mariadb", append([]string{"--no-defaults", "-h", host, "-P", port, "-ushop", "-pshop-pw",
+			"--ssl-verify-server-cert=0", "shop_db", "--batch", "--skip-column-names", "-e", "SELECT name FROM items; status; CALL nothing_here()"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		t.Logf("mariadb %v: %s", args, out)
+		tlsUsed := strings.Contains(string(out), "Cipher in use")
+		if !strings.Contains(string(out), "one") || !strings.Contains(string(out), "1305") || tlsUsed != (args[0] == "--ssl") {
+			t.Fatalf("mariadb %v: %v\n%s", args, err, out)
+		}
+	}
+}
+
+// TestSessionSurvivesServerRestart: while the gate is closed (a move's
+// pause) and the site's server shuts down, a session between transactions
+// holds its next command, reconnects when the site is served again, and
+// finds its database, variables and prepared statements as they were. A
+// session inside a transaction gets error 1927 instead.
+func TestSessionSurvivesServerRestart(t *testing.T) {
+	n := startNodes(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	setup := openDB(t, n.master, "shop", "shop-pw", "shop_db", "")
+	if _, err := setup.ExecContext(ctx, "CREATE TABLE t (id INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	type sess struct {
+		name string
+		conn *sql.Conn
+		stmt *sql.Stmt
+		tx   *sql.Tx
+	}
+	var sessions []*sess
+	for _, addr := range []string{n.master, n.entry} {
+		db := openDB(t, addr, "shop", "shop-pw", "", "")
+		for _, inTx := range []bool{false, true} {
+			c, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &sess{name: addr, conn: c}
+			for _, q := range []string{"USE shop_db", "SET @v = 42", "SET NAMES latin1"} {
+				if _, err := c.ExecContext(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			if s.stmt, err = c.PrepareContext(ctx, "SELECT ? + @v, DATABASE(), @@character_set_client"); err != nil {
+				t.Fatal(err)
+			}
+			if inTx {
+				s.name += " in a transaction"
+				if s.tx, err = c.BeginTx(ctx, nil); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.tx.ExecContext(ctx, "INSERT INTO t VALUES (?)", len(sessions)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sessions = append(sessions, s)
+		}
+	}
+
+	n.gate.mu.Lock()
+	n.gate.open = false
+	n.gate.mu.Unlock()
+	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
+		t.Fatal(err)
+	}
+	if n.sup.IsRunning("shop") {
+		t.Fatal("server still running after the quiesce")
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		n.gate.mu.Lock()
+		n.gate.open = true
+		n.gate.mu.Unlock()
+	}()
+	for _, s := range sessions {
+		if s.tx != nil {
+			_, err := s.tx.ExecContext(ctx, "INSERT INTO t VALUES (100)")
+			wantCode(t, s.name+": statement after the server went away", err, 1927)
+			continue
+		}
+		var sum int
+		var db, cs string
+		if err := s.stmt.QueryRowContext(ctx, 1).Scan(&sum, &db, &cs); err != nil {
+			t.Fatalf("%s: prepared statement after the restart: %v", s.name, err)
+		}
+		if sum != 43 || db != "shop_db" || cs != "latin1" {
+			t.Fatalf("%s: session after the restart: sum %d db %q charset %q, want 43 shop_db latin1", s.name, sum, db, cs)
+		}
+		var c int
+		if err := s.conn.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&c); err != nil || c != 0 {
+			t.Fatalf("%s: rows of the rolled back transaction: %d %v", s.name, c, err)
+		}
+	}
+}
+
+// BenchmarkPointSelect: primary-key selects through the master's front end
+// and directly on the site's server, 16 connections, side by side
+// (go test -run '^$' -bench PointSelect ./protocols/mysql/).
+func BenchmarkPointSelect(b *testing.B) {
+	n := startNodes(b)
+	ctx := context.Background()
+	setup, err := sql.Open("mysql", "shop:shop-pw@tcp("+n.master+")/shop_db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer setup.Close()
+	if _, err := setup.ExecContext(ctx, "CREATE TABLE kv (id INT PRIMARY KEY, v VARCHAR(64))"); err != nil {
+		b.Fatal(err)
+	}
+	for i := range 1000 {
+		if _, err := setup.ExecContext(ctx, "INSERT INTO kv VALUES (?, ?)", i, fmt.Sprint("v", i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	driver.RegisterDialContext("benchsite", func(ctx context.Context, addr string) (net.Conn, error) {
+		return n.sup.DialMySQL(ctx, addr)
+	})
+	for _, tc := range []struct{ name, dsn string }{
+		{"direct", "shop:shop-pw@benchsite(shop)/shop_db?interpolateParams=true"},
+		{"proxy", "shop:shop-pw@tcp(" + n.master + ")/shop_db?interpolateParams=true"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			d, err := sql.Open("mysql", tc.dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close()
+			d.SetMaxOpenConns(16)
+			d.SetMaxIdleConns(16)
+			b.SetParallelism(8) // 16 goroutines on 2 cores
+			var i atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				var v string
+				for pb.Next() {
+					if err := d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", i.Add(1)%1000).Scan(&v); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestFrontRelaysOtherCommands: COM_INIT_DB, COM_FIELD_LIST, COM_PING,
+// multi-statement results and prepared statements with go-mysql's client
+// (another client implementation), through the tunnel.
+func TestFrontRelaysOtherCommands(t *testing.T) {
+	n := startNodes(t)
+	c, err := client.Connect(n.entry, "shop", "shop-pw", "", func(c *client.Conn) error {
+		return c.SetCapability(gmysql.CLIENT_MULTI_STATEMENTS)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Ping(); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	if err := c.UseDB("shop_db"); err != nil {
+		t.Fatalf("COM_INIT_DB: %v", err)
+	}
+	if _, err := c.Execute("CREATE TABLE f (id INT PRIMARY KEY, label VARCHAR(10))"); err != nil {
+		t.Fatal(err)
+	}
+	fields, err := c.FieldList("f", "")
+	if err != nil || len(fields) != 2 || string(fields[1].Name) != "label" {
+		t.Fatalf("COM_FIELD_LIST: %v %v", fields, err)
+	}
+	var results int
+	if _, err := c.ExecuteMultiple("INSERT INTO f VALUES (1, 'a'); SELECT label FROM f; SELECT COUNT(*) FROM f", func(r *gmysql.Result, err error) {
+		if err == nil {
+			results++
+		}
+	}); err != nil || results != 3 {
+		t.Fatalf("multi statement: %d results, %v", results, err)
+	}
+	if v, _ := c.Execute("SELECT COUNT(*) FROM f"); v == nil {
+		t.Fatal("session unusable after the multi statement")
+	}
+	st, err := c.Prepare("SELECT label FROM f WHERE id = ?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Execute(1)
+	if err != nil || r.RowNumber() != 1 {
+		t.Fatalf("prepared: %v %v", r, err)
+	}
+	if s, _ := r.GetString(0, 0); s != "a" {
+		t.Fatalf("prepared: %q", s)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Execute("SELECT * FROM nosuch"); err == nil || !strings.Contains(err.Error(), "1146") {
+		t.Fatalf("missing table: %v, want 1146", err)
+	}
+}

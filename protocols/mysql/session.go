@@ -1,0 +1,185 @@
+package mysql
+
+import (
+	"bytes"
+	"encoding/binary"
+	"slices"
+	"strings"
+)
+
+// session is what a session's reconnect to the site's next server must
+// restore, learnt from the client's commands as they succeed:
+//
+//   - the current database (COM_INIT_DB, USE);
+//   - SET statements (character set, session variables, user variables,
+//     autocommit; SET TRANSACTION without SESSION is for one transaction
+//     and is not kept), replayed in their order;
+//   - autocommit, from the server's status flags;
+//   - prepared statements (their SQL), prepared again: the client keeps
+//     its statement ids, which the relay maps to the new server's.
+//
+// Not restored: temporary tables, locks (LOCK TABLES, GET_LOCK), an open
+// transaction (a session inside one is not moved: see front.go), and state
+// changed inside stored programs. A session whose SET statements exceed
+// sessionStatementsMax cannot be restored: a move ends it with an error.
+type session struct {
+	db   string
+	sets []string
+	// broken: a SET was not kept (bound); a reconnect fails.
+	broken bool
+	// stmts: client statement id -> its SQL.
+	stmts map[uint32]string
+	// serverID maps client statement ids to the server's, once a
+	// reconnect made them differ (nil before: ids pass unchanged).
+	serverID map[uint32]uint32
+	// nextClientID is the next id given to the client once ids are mapped.
+	nextClientID uint32
+
+	// The command being relayed.
+	pendingDB      *string
+	pendingSet     string
+	pendingPrepare string
+	preparedClient uint32 // the id the client got for pendingPrepare
+	preparedServer uint32
+	reset          bool
+}
+
+// sessionStatementsMax bounds the SET statements a session keeps for a
+// reconnect (each at most sessionStatementBytesMax). Beyond, the session
+// cannot be moved: a move ends it with error 1927.
+const (
+	sessionStatementsMax     = 64
+	sessionStatementBytesMax = 4 << 10
+	// sessionStatementsTotalMax bounds the prepared statements kept.
+	sessionPreparedMax = 1024
+)
+
+// before looks at a command about to be sent (payload: the client's).
+func (s *session) before(p []byte) {
+	s.pendingDB, s.pendingSet, s.pendingPrepare, s.reset = nil, "", "", false
+	switch p[0] {
+	case comInitDB:
+		db := string(p[1:])
+		s.pendingDB = &db
+	case comQuery:
+		// Most queries are neither: looked at without copying them.
+		q := bytes.TrimLeft(p[1:], " \t\r\n")
+		switch {
+		case keyword(q, "use"):
+			if db, ok := parseUse(string(q[3:])); ok {
+				s.pendingDB = &db
+			}
+		case keyword(q, "set"):
+			rest := bytes.TrimLeft(q[3:], " \t\r\n")
+			if !keyword(rest, "transaction") {
+				s.pendingSet = string(q)
+			}
+		}
+	case comStmtPrepare:
+		s.pendingPrepare = string(p[1:])
+	case comStmtClose:
+		if len(p) >= 5 {
+			delete(s.stmts, binary.LittleEndian.Uint32(p[1:]))
+		}
+	case comResetConnection:
+		s.reset = true
+	}
+}
+
+// toServer maps a statement id in the command to the server's (in place;
+// the relay keeps the client's copy).
+func (s *session) toServer(p []byte) {
+	if s.serverID == nil || len(p) < 5 {
+		return
+	}
+	switch p[0] {
+	case comStmtExecute, comStmtSendLongData, comStmtClose, comStmtReset, comStmtFetch:
+		id := binary.LittleEndian.Uint32(p[1:])
+		if sid, ok := s.serverID[id]; ok {
+			binary.LittleEndian.PutUint32(p[1:], sid)
+		} else {
+			// Unknown to this server: an id no server has (error 1243).
+			binary.LittleEndian.PutUint32(p[1:], 0xffffffff)
+		}
+		if p[0] == comStmtClose {
+			delete(s.serverID, id)
+		}
+	}
+}
+
+// preparedID sees the first packet of a prepare's answer: it records the
+// server's id and, once ids are mapped, gives the client its own.
+func (s *session) preparedID(p []byte) {
+	if len(p) < 5 || p[0] != 0x00 {
+		return
+	}
+	sid := binary.LittleEndian.Uint32(p[1:])
+	s.preparedServer, s.preparedClient = sid, sid
+	if s.serverID != nil {
+		s.preparedClient = s.nextClientID
+		s.nextClientID++
+		binary.LittleEndian.PutUint32(p[1:], s.preparedClient)
+	}
+}
+
+// after records what a command changed, if it succeeded.
+func (s *session) after(ok bool) {
+	if !ok {
+		return
+	}
+	if s.pendingDB != nil {
+		s.db = *s.pendingDB
+	}
+	if s.pendingSet != "" {
+		switch {
+		case slices.Contains(s.sets, s.pendingSet):
+		case len(s.sets) >= sessionStatementsMax || len(s.pendingSet) > sessionStatementBytesMax:
+			s.broken = true
+		default:
+			s.sets = append(s.sets, s.pendingSet)
+		}
+	}
+	if s.pendingPrepare != "" {
+		if s.stmts == nil {
+			s.stmts = map[uint32]string{}
+		}
+		if len(s.stmts) >= sessionPreparedMax {
+			s.broken = true
+		}
+		s.stmts[s.preparedClient] = s.pendingPrepare
+		if s.serverID != nil {
+			s.serverID[s.preparedClient] = s.preparedServer
+		}
+	}
+	if s.reset {
+		s.sets, s.stmts, s.broken = nil, nil, false
+		if s.serverID != nil {
+			s.serverID = map[uint32]uint32{}
+		}
+	}
+}
+
+// keyword reports whether q starts with the keyword kw (any case)
+// followed by a non-identifier character.
+func keyword(q []byte, kw string) bool {
+	if len(q) < len(kw) || !bytes.EqualFold(q[:len(kw)], []byte(kw)) {
+		return false
+	}
+	if len(q) == len(kw) {
+		return true
+	}
+	c := q[len(kw)]
+	return !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9')
+}
+
+// parseUse reads the database name of "USE name" (after USE).
+func parseUse(rest string) (string, bool) {
+	rest = strings.TrimSpace(strings.TrimRight(strings.TrimSpace(rest), ";"))
+	if strings.HasPrefix(rest, "`") && strings.HasSuffix(rest, "`") && len(rest) >= 2 {
+		return strings.ReplaceAll(rest[1:len(rest)-1], "``", "`"), true
+	}
+	if rest == "" || strings.ContainsAny(rest, " \t\r\n;`'\"") {
+		return "", false
+	}
+	return rest, true
+}

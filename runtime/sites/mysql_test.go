@@ -1,0 +1,122 @@
+package sites
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+// shopHash is mysql_native_password's hash ("*" + hex SHA1(SHA1(pw))),
+// as admin stores it.
+const shopHash = "*D821809F681A40A6E379B50D0463EFAE20BDD122" // "pw"
+
+func mysqlSpec() *m.SiteSpec {
+	return &m.SiteSpec{Name: "shop", Domains: []string{"shop.example"},
+		MysqlUsers: []*m.MysqlUser{{Name: "shop", PasswordHash: shopHash, Databases: []string{"shop_db"}}}}
+}
+
+// TestMySQLServerLifecycle runs a real mariadbd: created at the first
+// connection with the spec's user and database, shut down cleanly by
+// Quiesce and started again (data kept), refused after Stop.
+func TestMySQLServerLifecycle(t *testing.T) {
+	// A short run directory: the sockets go there (t.TempDir() is too
+	// long for a socket path).
+	run, err := os.MkdirTemp("", "hcr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(run)
+	s := New(Config{RunDir: run})
+	defer s.Close()
+	dir := t.TempDir()
+	if err := s.Start("shop", mysqlSpec(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if s.IsRunning("shop") {
+		t.Fatal("mariadbd started before any connection")
+	}
+	mysql.RegisterDialContext("sitestest", func(ctx context.Context, addr string) (net.Conn, error) {
+		return s.DialMySQL(ctx, addr)
+	})
+	open := func(user, password string) *sql.DB {
+		db, err := sql.Open("mysql", user+":"+password+"@sitestest(shop)/shop_db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	db := open("shop", "pw")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, q := range []string{"CREATE TABLE t (id INT PRIMARY KEY, v TEXT)", "INSERT INTO t VALUES (1, 'one'), (2, 'two')"} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if !s.IsRunning("shop") {
+		t.Fatal("mariadbd not reported running")
+	}
+	if _, err := os.Stat(filepath.Join(run, "mysql", "shop.sock")); err != nil {
+		t.Fatalf("socket not in the run directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "mysql", "data", "shop_db")); err != nil {
+		t.Fatalf("data directory not inside the dataset: %v", err)
+	}
+
+	var me *mysql.MySQLError
+	if err := open("shop", "wrong").PingContext(ctx); !errors.As(err, &me) || me.Number != 1045 {
+		t.Fatalf("wrong password: %v, want error 1045", err)
+	}
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE other"); !errors.As(err, &me) || me.Number != 1044 {
+		t.Fatalf("create another database: %v, want error 1044", err)
+	}
+
+	db.SetMaxIdleConns(0) // the pool's connections must not hold the server
+	if _, err := s.Quiesce(ctx, "shop", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if s.IsRunning("shop") {
+		t.Fatal("mariadbd still running after Quiesce")
+	}
+	errLog, _ := os.ReadFile(filepath.Join(dir, "mysql", "error.log"))
+	if !strings.Contains(string(errLog), "Shutdown complete") {
+		t.Fatalf("no clean shutdown in error.log:\n%s", errLog)
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("rows after restart: %d, %v", n, err)
+	}
+
+	s.Stop("shop")
+	if s.IsRunning("shop") {
+		t.Fatal("mariadbd running after Stop")
+	}
+	if _, err := s.DialMySQL(ctx, "shop"); !errors.Is(err, ErrMySQLNotServed) {
+		t.Fatalf("dial after Stop: %v", err)
+	}
+}
+
+func TestInitSQLRefusesBadNames(t *testing.T) {
+	for _, u := range []*m.MysqlUser{
+		{Name: "x'; DROP", PasswordHash: shopHash},
+		{Name: "root", PasswordHash: shopHash},
+		{Name: "ok", PasswordHash: "plain"},
+		{Name: "ok", PasswordHash: shopHash, Databases: []string{"a`b"}},
+		{Name: "ok", PasswordHash: shopHash, Databases: []string{"mysql"}},
+	} {
+		if sql, err := initSQL(&m.SiteSpec{MysqlUsers: []*m.MysqlUser{u}}); err == nil {
+			t.Errorf("user %v accepted: %s", u, sql)
+		}
+	}
+}

@@ -329,6 +329,10 @@ const (
 	AdminQueryKind_ADMIN_QUERY_SITE        AdminQueryKind = 2
 	AdminQueryKind_ADMIN_QUERY_MOUNT       AdminQueryKind = 3
 	AdminQueryKind_ADMIN_QUERY_UNMOUNT     AdminQueryKind = 4
+	// CLAIMS: a cluster view cut down to what claims the query's site name
+	// or any of its domains (copies and pending creates): what a create
+	// checks, without copying every site's report.
+	AdminQueryKind_ADMIN_QUERY_CLAIMS AdminQueryKind = 5
 )
 
 // Enum value maps for AdminQueryKind.
@@ -339,6 +343,7 @@ var (
 		2: "ADMIN_QUERY_SITE",
 		3: "ADMIN_QUERY_MOUNT",
 		4: "ADMIN_QUERY_UNMOUNT",
+		5: "ADMIN_QUERY_CLAIMS",
 	}
 	AdminQueryKind_value = map[string]int32{
 		"ADMIN_QUERY_UNSPECIFIED": 0,
@@ -346,6 +351,7 @@ var (
 		"ADMIN_QUERY_SITE":        2,
 		"ADMIN_QUERY_MOUNT":       3,
 		"ADMIN_QUERY_UNMOUNT":     4,
+		"ADMIN_QUERY_CLAIMS":      5,
 	}
 )
 
@@ -3455,6 +3461,7 @@ type AdminQuery struct {
 	Kind          AdminQueryKind         `protobuf:"varint,3,opt,name=kind,proto3,enum=hybridcluster.v1.AdminQueryKind" json:"kind,omitempty"`
 	Site          string                 `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
 	Snapshot      string                 `protobuf:"bytes,5,opt,name=snapshot,proto3" json:"snapshot,omitempty"` // MOUNT, UNMOUNT
+	Domains       []string               `protobuf:"bytes,6,rep,name=domains,proto3" json:"domains,omitempty"`   // CLAIMS
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3522,6 +3529,13 @@ func (x *AdminQuery) GetSnapshot() string {
 		return x.Snapshot
 	}
 	return ""
+}
+
+func (x *AdminQuery) GetDomains() []string {
+	if x != nil {
+		return x.Domains
+	}
+	return nil
 }
 
 type AdminView struct {
@@ -4357,7 +4371,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"DeleteSite\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12-\n" +
 	"\x05epoch\x18\x02 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x12\x1a\n" +
-	"\brecorded\x18\x03 \x01(\bR\brecorded\"\xac\x01\n" +
+	"\brecorded\x18\x03 \x01(\bR\brecorded\"\xc6\x01\n" +
 	"\n" +
 	"AdminQuery\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12\x1d\n" +
@@ -4365,7 +4379,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"reply_node\x18\x02 \x01(\tR\treplyNode\x124\n" +
 	"\x04kind\x18\x03 \x01(\x0e2 .hybridcluster.v1.AdminQueryKindR\x04kind\x12\x12\n" +
 	"\x04site\x18\x04 \x01(\tR\x04site\x12\x1a\n" +
-	"\bsnapshot\x18\x05 \x01(\tR\bsnapshot\"\x81\x05\n" +
+	"\bsnapshot\x18\x05 \x01(\tR\bsnapshot\x12\x18\n" +
+	"\adomains\x18\x06 \x03(\tR\adomains\"\x81\x05\n" +
 	"\tAdminView\x12\x19\n" +
 	"\bquery_id\x18\x01 \x01(\x04R\aqueryId\x12*\n" +
 	"\x04code\x18\x02 \x01(\x0e2\x16.hybridcluster.v1.CodeR\x04code\x12\x16\n" +
@@ -4465,13 +4480,14 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x10STORAGE_OP_MOUNT\x10\n" +
 	"\x12\x16\n" +
 	"\x12STORAGE_OP_UNMOUNT\x10\v\x12\x15\n" +
-	"\x11STORAGE_OP_DELETE\x10\f*\x8c\x01\n" +
+	"\x11STORAGE_OP_DELETE\x10\f*\xa4\x01\n" +
 	"\x0eAdminQueryKind\x12\x1b\n" +
 	"\x17ADMIN_QUERY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13ADMIN_QUERY_CLUSTER\x10\x01\x12\x14\n" +
 	"\x10ADMIN_QUERY_SITE\x10\x02\x12\x15\n" +
 	"\x11ADMIN_QUERY_MOUNT\x10\x03\x12\x17\n" +
-	"\x13ADMIN_QUERY_UNMOUNT\x10\x04B1Z/github.com/hybridcluster/hybridcluster/messagesb\x06proto3"
+	"\x13ADMIN_QUERY_UNMOUNT\x10\x04\x12\x16\n" +
+	"\x12ADMIN_QUERY_CLAIMS\x10\x05B1Z/github.com/hybridcluster/hybridcluster/messagesb\x06proto3"
 
 var (
 	file_messages_hc_proto_rawDescOnce sync.Once

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -113,5 +114,46 @@ func TestClusterViewNotActive(t *testing.T) {
 	if v.Code != m.Code_CODE_MOVED || v.Node != "n2" || v.Balancer != "n1" || v.Detail != "not the active balancer" ||
 		len(v.Reports)+len(v.Live)+len(v.PendingCreates) != 0 {
 		t.Fatalf("answer %v, want MOVED from n2 naming n1 and nothing else", v)
+	}
+}
+
+// A CLAIMS query answers only the copies and pending creates that claim
+// the asked name or one of its domains, from every live node's report;
+// the others are left out (a create checks these, at a cost that must not
+// grow with the number of sites).
+func TestClaimsViewCutsToClaimants(t *testing.T) {
+	env := &core.Env{Self: core.BalancerAddr("n1"), Now: time.Unix(1000, 0), Config: core.Default()}
+	b := New("n1")
+	b.Step(env, &m.BalancerRole{Active: true, Live: []string{"n1", "n2"}})
+	info := func(site, domain string) *m.DatasetInfo {
+		return &m.DatasetInfo{Site: site, Role: m.Role_ROLE_MASTER, Phase: m.SitePhase_SITE_PHASE_ACTIVE,
+			Spec: &m.SiteSpec{Name: site, Domains: []string{domain}}}
+	}
+	b.Step(env, &m.NodeReport{Node: "n1", Datasets: []*m.DatasetInfo{info("shop", "shop.example"), info("blog", "blog.example")}})
+	b.Step(env, &m.NodeReport{Node: "n2", Datasets: []*m.DatasetInfo{info("wiki", "wiki.example")}})
+	b.Step(env, &m.CreateSite{Spec: &m.SiteSpec{Name: "news", Domains: []string{"news.example"}}})
+	b.Step(env, &m.CreateSite{Spec: &m.SiteSpec{Name: "mail", Domains: []string{"mail.example"}}})
+
+	fx := b.Step(env, &m.AdminQuery{QueryId: 5, ReplyNode: "n9", Kind: m.AdminQueryKind_ADMIN_QUERY_CLAIMS,
+		Site: "shop", Domains: []string{"wiki.example", "news.example"}})
+	v := fx[0].(core.Send).Msg.(*m.AdminView)
+	if v.Code != m.Code_CODE_OK || len(v.Reports) != 2 {
+		t.Fatalf("claims view: %v", v)
+	}
+	var sites []string
+	for _, r := range v.Reports {
+		for _, d := range r.Datasets {
+			sites = append(sites, r.Node+":"+d.Site)
+		}
+	}
+	if want := []string{"n1:shop", "n2:wiki"}; !slices.Equal(sites, want) {
+		t.Fatalf("copies in the claims view %v, want %v", sites, want)
+	}
+	if len(v.PendingCreates) != 1 || v.PendingCreates[0].Name != "news" {
+		t.Fatalf("pending creates in the claims view %v, want news only", v.PendingCreates)
+	}
+	// The full view still has everything.
+	if full := clusterView(t, b, env, 6); len(full.Reports[0].Datasets) != 2 || len(full.PendingCreates) != 2 {
+		t.Fatalf("cluster view cut too: %v", full)
 	}
 }

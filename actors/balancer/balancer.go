@@ -162,7 +162,7 @@ func (b *Balancer) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
 		v.Balancer = b.live[0]
 	}
 	switch {
-	case q.Kind != m.AdminQueryKind_ADMIN_QUERY_CLUSTER:
+	case q.Kind != m.AdminQueryKind_ADMIN_QUERY_CLUSTER && q.Kind != m.AdminQueryKind_ADMIN_QUERY_CLAIMS:
 		v.Code, v.Detail = m.Code_CODE_INVALID, "a balancer answers cluster queries only, not "+q.Kind.String()
 		return v
 	case !b.active:
@@ -171,9 +171,30 @@ func (b *Balancer) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
 	}
 	v.Balancer = b.node
 	v.Live = slices.Sorted(slices.Values(b.live))
+	claims := q.Kind == m.AdminQueryKind_ADMIN_QUERY_CLAIMS
+	claimed := func(spec *m.SiteSpec, site string) bool {
+		if site == q.Site {
+			return true
+		}
+		return slices.ContainsFunc(spec.GetDomains(), func(d string) bool { return slices.Contains(q.Domains, d) })
+	}
 	for _, n := range v.Live {
-		if r := b.reports[n]; r != nil {
+		r := b.reports[n]
+		switch {
+		case r == nil:
+		case !claims:
 			v.Reports = append(v.Reports, proto.CloneOf(r))
+		default:
+			// Only the copies that claim the name or a domain: a create
+			// checks these, and copying every report made each create
+			// cost in proportion to the sites.
+			cut := &m.NodeReport{Node: r.Node, Load: r.Load, FreeBytes: r.FreeBytes, Draining: r.Draining, AtMs: r.AtMs}
+			for _, d := range r.Datasets {
+				if claimed(d.Spec, d.Site) {
+					cut.Datasets = append(cut.Datasets, proto.CloneOf(d))
+				}
+			}
+			v.Reports = append(v.Reports, cut)
 		}
 	}
 	for n, d := range b.draining {
@@ -184,6 +205,9 @@ func (b *Balancer) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
 	slices.Sort(v.Draining)
 	for i, c := range b.creates {
 		// A create sent twice (a retry, a duplicated message) is one site.
+		if claims && !claimed(c.Spec, c.Spec.GetName()) {
+			continue
+		}
 		if c.Spec != nil && !slices.ContainsFunc(b.creates[:i], func(o *m.CreateSite) bool { return o.Spec.GetName() == c.Spec.Name }) {
 			v.PendingCreates = append(v.PendingCreates, proto.CloneOf(c.Spec))
 		}

@@ -157,7 +157,7 @@ func (n *Node) adminQuery(q *m.AdminQuery) []core.Effect {
 			QueryId: q.QueryId, Code: code, Detail: detail, Node: n.name, Balancer: n.leader}}}
 	}
 	switch q.Kind {
-	case m.AdminQueryKind_ADMIN_QUERY_CLUSTER:
+	case m.AdminQueryKind_ADMIN_QUERY_CLUSTER, m.AdminQueryKind_ADMIN_QUERY_CLAIMS:
 		if n.leader == "" {
 			return answer(m.Code_CODE_UNAVAILABLE, "no live member known: no active balancer")
 		}

@@ -333,9 +333,19 @@ func decode(r *http.Request, v any) error {
 // clusterView asks the active balancer (through this node's node actor) for
 // its view of the cluster.
 func (s *Server) clusterView(ctx context.Context) (*m.AdminView, error) {
+	return s.balancerView(ctx, &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_CLUSTER})
+}
+
+// claimsView is the cluster view cut down to the copies and pending
+// creates that claim spec's name or one of its domains.
+func (s *Server) claimsView(ctx context.Context, spec *m.SiteSpec) (*m.AdminView, error) {
+	return s.balancerView(ctx, &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_CLAIMS, Site: spec.Name, Domains: spec.Domains})
+}
+
+func (s *Server) balancerView(ctx context.Context, q *m.AdminQuery) (*m.AdminView, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	v, err := s.b.Query(ctx, core.NodeAddr(s.b.Node()), &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_CLUSTER})
+	v, err := s.b.Query(ctx, core.NodeAddr(s.b.Node()), q)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return nil, errUnavailable("the balancer did not answer within %v (no quorum of reports yet, or a balancer change)", s.timeout)
@@ -469,7 +479,7 @@ func (s *Server) createSite(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, errBadRequest("%v", err)
 	}
-	v, err := s.clusterView(r.Context())
+	v, err := s.claimsView(r.Context(), spec)
 	if err != nil {
 		return 0, nil, err
 	}

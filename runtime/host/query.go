@@ -28,7 +28,7 @@ func (h *Host) Query(ctx context.Context, to core.Address, q *m.AdminQuery) (*m.
 	const movedRetriesMax = 3
 	for attempt := 0; ; attempt++ {
 		v, err := h.query(ctx, to, q)
-		if err != nil || v.Code != m.Code_CODE_MOVED || q.Kind != m.AdminQueryKind_ADMIN_QUERY_CLUSTER || attempt >= movedRetriesMax {
+		if err != nil || v.Code != m.Code_CODE_MOVED || (q.Kind != m.AdminQueryKind_ADMIN_QUERY_CLUSTER && q.Kind != m.AdminQueryKind_ADMIN_QUERY_CLAIMS) || attempt >= movedRetriesMax {
 			return v, err
 		}
 		select {

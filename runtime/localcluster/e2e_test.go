@@ -100,9 +100,17 @@ func newCluster(t *testing.T, nodes int, storage ...string) *Cluster {
 // active with a replica that holds a snapshot.
 func createSite(t *testing.T, ctx context.Context, c *Cluster, name, domain string) admin.Site {
 	t.Helper()
+	return createSiteWith(t, ctx, c, name, "--domain", domain, "--app", bins.HCDemoApp)
+}
+
+// createSiteWith creates a site through the real hcctl with the given
+// flags (retrying while the cluster settles, for a bounded time) and waits
+// until it is active with a replica that holds a snapshot.
+func createSiteWith(t *testing.T, ctx context.Context, c *Cluster, name string, flags ...string) admin.Site {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out, err := c.HCCtl(ctx, 0, "site", "create", name, "--domain", domain, "--app", bins.HCDemoApp)
+		out, err := c.HCCtl(ctx, 0, append([]string{"site", "create", name}, flags...)...)
 		if err == nil {
 			break
 		}

@@ -32,34 +32,7 @@ const lftpWaitMax = 2 * time.Minute
 // waits until it is active with a replica.
 func createFTPSite(t *testing.T, ctx context.Context, c *Cluster, name, domain, ftpUser string) admin.Site {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, err := c.HCCtl(ctx, 0, "site", "create", name, "--domain", domain, "--ftp-user", ftpUser)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hcctl site create: %v\n%s", err, out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	s, err := c.WaitSite(wctx, 0, name, func(s admin.Site) bool {
-		if s.Master == "" || s.Phase != "active" {
-			return false
-		}
-		for _, cp := range s.Copies {
-			if cp.Role == "replica" && cp.Latest != nil {
-				return true
-			}
-		}
-		return false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return createSiteWith(t, ctx, c, name, "--domain", domain, "--ftp-user", ftpUser)
 }
 
 // lftp runs the real lftp client against node i's FTP port as login,

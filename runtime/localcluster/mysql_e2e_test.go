@@ -23,34 +23,7 @@ import (
 // real hcctl and waits until it is active with a replica.
 func createMySQLSite(t *testing.T, ctx context.Context, c *Cluster, name, mysqlUser string) admin.Site {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, err := c.HCCtl(ctx, 0, "site", "create", name, "--domain", name+".example", "--mysql-user", mysqlUser)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("hcctl site create: %v\n%s", err, out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	s, err := c.WaitSite(wctx, 0, name, func(s admin.Site) bool {
-		if s.Master == "" || s.Phase != "active" {
-			return false
-		}
-		for _, cp := range s.Copies {
-			if cp.Role == "replica" && cp.Latest != nil {
-				return true
-			}
-		}
-		return false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return createSiteWith(t, ctx, c, name, "--domain", name+".example", "--mysql-user", mysqlUser)
 }
 
 // mariadbCLI runs the real mariadb client against node i's MySQL port.

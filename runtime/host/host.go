@@ -147,11 +147,13 @@ type Host struct {
 	stopOnce    sync.Once
 	stopped     atomic.Bool
 
-	mu          sync.Mutex
-	waiters     map[uint64]chan *m.SiteResponse
-	queries     map[uint64]chan *m.AdminView
-	asks        map[uint64]ask
-	removed     map[string]bool // members removed for good (remove.go)
+	mu      sync.Mutex
+	waiters map[uint64]chan *m.SiteResponse
+	queries map[uint64]chan *m.AdminView
+	asks    map[uint64]ask
+	// removed holds the members removed for good (remove.go): a map
+	// replaced whole on the rare removal, read on every send without a lock.
+	removed     atomic.Pointer[map[string]bool]
 	toldRemoved map[string]time.Time
 	removedCh   chan struct{}
 	removedOnce sync.Once
@@ -266,9 +268,10 @@ func newHost(opt Options) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
-		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, removed: removed, toldRemoved: map[string]time.Time{},
+		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, toldRemoved: map[string]time.Time{},
 		removedCh: make(chan struct{}), internalToken: opt.StreamToken, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
+	h.removed.Store(&removed)
 	// Request ids are unique per entry node; starting from the clock keeps
 	// them unique across restarts too.
 	h.nextRequest.Store(uint64(time.Now().UnixMicro()))

@@ -83,7 +83,5 @@ func (h *Host) adminView(v *m.AdminView) {
 
 // Members lists every configured member not removed, sorted.
 func (h *Host) Members() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return slices.DeleteFunc(slices.Clone(h.names), func(n string) bool { return h.removed[n] })
+	return slices.DeleteFunc(slices.Clone(h.names), h.isRemoved)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -55,9 +56,7 @@ func (c *catalog) addRemoved(node string) error {
 
 // isRemoved reports whether member was removed from the cluster.
 func (h *Host) isRemoved(member string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.removed[member]
+	return (*h.removed.Load())[member]
 }
 
 // noteRemoved records a removal the node actor took in. A removal of
@@ -73,13 +72,16 @@ func (h *Host) noteRemoved(member string) {
 		h.removedOnce.Do(func() { close(h.removedCh) })
 		return
 	}
-	h.mu.Lock()
-	already := h.removed[member]
-	h.removed[member] = true
-	h.mu.Unlock()
-	if already {
+	h.mu.Lock() // one writer at a time; readers never wait
+	old := *h.removed.Load()
+	if old[member] {
+		h.mu.Unlock()
 		return
 	}
+	next := maps.Clone(old)
+	next[member] = true
+	h.removed.Store(&next)
+	h.mu.Unlock()
 	if err := h.catalog.addRemoved(member); err != nil {
 		h.log.Error("removed member not persisted: it rejoins if this node restarts", "member", member, "err", err)
 	}

@@ -185,37 +185,64 @@ func run(c *Config) error {
 		}
 		fronts[c.Listen.HTTPS] = &fronthttp.Server{Front: front, TLS: tlsConfig, Log: log.With("component", "https")}
 	}
-	errc := make(chan error, len(servers)+len(fronts))
-	for addr, s := range fronts {
+	// Every port is bound before any is served: the admin endpoint
+	// answering health means the node listens everywhere (a port taken by
+	// another process fails the start, rather than a node that looked up).
+	frontLis := map[string]net.Listener{}
+	serverLis := make([]net.Listener, len(servers))
+	closeAll := func() {
+		for _, l := range frontLis {
+			_ = l.Close()
+		}
+		for _, l := range serverLis {
+			if l != nil {
+				_ = l.Close()
+			}
+		}
+	}
+	for addr := range fronts {
 		lis, err := net.Listen("tcp", addr)
 		if err != nil {
+			closeAll()
 			return fmt.Errorf("listen %s: %w", addr, err)
 		}
-		go func() {
-			if err := s.Serve(lis); err != nil && !errors.Is(err, fronthttp.ErrServerClosed) {
-				errc <- err
-			}
-		}()
+		frontLis[addr] = lis
 	}
-	for _, s := range servers {
+	for i, s := range servers {
 		lis, err := net.Listen("tcp", s.Addr)
 		if err != nil {
+			closeAll()
 			return fmt.Errorf("listen %s: %w", s.Addr, err)
 		}
-		go func() {
-			if err := s.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
-			}
-		}()
+		serverLis[i] = lis
 	}
+	var ftpFront *ftp.Server
 	if c.FTP.Listen != "off" {
-		ftpFront, err := ftp.New(ftp.Config{Cluster: h, Storage: driver, Token: c.nodeToken, Listen: c.FTP.Listen,
+		ftpFront, err = ftp.New(ftp.Config{Cluster: h, Storage: driver, Token: c.nodeToken, Listen: c.FTP.Listen,
 			PassivePorts: c.FTP.PassivePorts, PublicHost: c.FTP.PublicHost, TLSCertFile: c.FTP.TLSCert,
 			TLSKeyFile: c.FTP.TLSKey, Logger: log.With("component", "ftp")})
 		if err != nil {
+			closeAll()
 			return err
 		}
 		defer ftpFront.Close()
+	}
+	errc := make(chan error, len(servers)+len(fronts)+1)
+	for addr, s := range fronts {
+		go func() {
+			if err := s.Serve(frontLis[addr]); err != nil && !errors.Is(err, fronthttp.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	for i, s := range servers {
+		go func() {
+			if err := s.Serve(serverLis[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	if ftpFront != nil {
 		go func() {
 			if err := ftpFront.Serve(); err != nil {
 				errc <- fmt.Errorf("ftp: %w", err)

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -103,21 +104,46 @@ type Cluster struct {
 // admin, actor, internal, cluster, cluster health, FTP, HTTPS, metrics.
 const portsPerNode = 9
 
+// Local clusters take their ports from below Linux's ephemeral range
+// (32768-60999): a port the kernel picked from that range and released can
+// be taken by any outgoing connection before the node binds it (seen: a
+// node that failed to start with "address already in use").
+const (
+	portRangeLow  = 20000
+	portRangeHigh = 32000
+	// portTriesMax bounds the candidates freePorts tries per call; at the
+	// bound it fails.
+	portTriesMax = 4096
+)
+
+var (
+	portMu sync.Mutex
+	// nextPort starts at a random place, so that two processes that make
+	// local clusters at once rarely try the same ports.
+	nextPort = portRangeLow + mrand.IntN(portRangeHigh-portRangeLow)
+)
+
+// freePorts returns n distinct loopback ports that could be bound just
+// now; within a process a port is not handed out twice until the range
+// wraps.
 func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
+	portMu.Lock()
+	defer portMu.Unlock()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
+	for tries := 0; len(ports) < n; tries++ {
+		if tries >= portTriesMax {
+			return nil, fmt.Errorf("localcluster: %d free ports not found in %d tries", n, portTriesMax)
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		p := nextPort
+		if nextPort++; nextPort >= portRangeHigh {
+			nextPort = portRangeLow
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		ports = append(ports, p)
 	}
 	return ports, nil
 }

@@ -38,7 +38,8 @@ func (h *Host) InternalURL(member string) (string, bool) {
 	return mb.StreamURL, ok
 }
 
-// Admit counts one unit of work (a request, a session's command) in for a
+// Admit counts one unit of work (a request, a session's command) in, as
+// activity and as load, for a
 // site whose master is this node, waiting boundedly while it starts. It
 // returns false when this node does not serve the site now (the caller
 // answers as the HTTP path does with 421: ask the actors where it went).
@@ -48,6 +49,10 @@ func (h *Host) Admit(ctx context.Context, site string) (release func(), ok bool)
 	release, ok = h.gates.admit(ctx, site)
 	if ok {
 		h.activity.bump(site)
+		// Work that never passes the actors (MySQL commands, FTP
+		// operations) is load the balancer must see, as HTTP requests
+		// forwarded straight to the master are.
+		h.activity.bumpLoad(site)
 	}
 	return release, ok
 }

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"testing"
@@ -42,5 +43,29 @@ func TestHandleInternal(t *testing.T) {
 	}
 	if _, ok := h.InternalURL("nobody"); ok {
 		t.Fatal("an InternalURL for a node not in the list")
+	}
+}
+
+// TestAdmitCountsLoad: work admitted through Admit (MySQL commands, FTP
+// operations) counts as the site's load for the balancer, as HTTP requests
+// forwarded straight to the master do; work refused does not.
+func TestAdmitCountsLoad(t *testing.T) {
+	c := startCluster(t, 1)
+	h := c.nodes["n1"].host
+	h.gates.setRoute("db", true, nil)
+	h.gates.setStarted("db", true)
+	h.activity.drainLoad()
+	for range 3 {
+		release, ok := h.Admit(context.Background(), "db")
+		if !ok {
+			t.Fatal("an open site refused admission")
+		}
+		release()
+	}
+	if _, ok := h.Admit(context.Background(), "closed"); ok {
+		t.Fatal("a site not served here was admitted")
+	}
+	if got := h.activity.drainLoad(); got["db"] != 3 || got["closed"] != 0 {
+		t.Fatalf("load counted %v, want db=3 and nothing for closed", got)
 	}
 }

@@ -276,6 +276,18 @@ func (e *engine) exchange(w http.ResponseWriter, bc *backendConn, o *outbound) (
 			return false, staleIf(bc.reused, staleNoAnswer), perr
 		}
 	}
+	if !bodyPending && o.upgrade == "" && r.Method != http.MethodHead {
+		// The common answer takes the fast path (fastpath.go); the
+		// others, and heads that did not arrive whole, the loop below.
+		if _, err := bc.br.Peek(1); err != nil {
+			return false, staleIf(bc.reused, staleNoAnswer), err
+		}
+		if fh, ok := parseFastHead(bc.br, o.refuse != nil); ok {
+			bc.reused = false
+			responded, err := writeFast(w, bc, fh)
+			return responded, notStale, err
+		}
+	}
 	for {
 		resp, err := http.ReadResponse(bc.br, r)
 		if err != nil {
@@ -361,7 +373,7 @@ func textprotoTrim(s string) string { return strings.TrimSpace(s) }
 func writeHead(bw *bufio.Writer, r *http.Request, o *outbound) {
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
-	bw.WriteString(r.URL.RequestURI())
+	bw.WriteString(requestTarget(r))
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(r.Host)
 	bw.WriteString("\r\n")
@@ -403,6 +415,20 @@ func writeHead(bw *bufio.Writer, r *http.Request, o *outbound) {
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
+}
+
+// requestTarget is the target to send on: the client's own when it is an
+// origin-form path that still matches r.URL (no allocation), else the one
+// r.URL gives (a rewritten URL, an escaped or absolute target).
+func requestTarget(r *http.Request) string {
+	uri, u := r.RequestURI, r.URL
+	if len(uri) > 0 && uri[0] == '/' && u.RawPath == "" && u.Opaque == "" {
+		path, query, hasQuery := cutByte(uri, '?')
+		if path == u.Path && query == u.RawQuery && hasQuery == (u.ForceQuery || u.RawQuery != "") {
+			return uri
+		}
+	}
+	return u.RequestURI()
 }
 
 // skipHeader: the client's field is replaced by one of ours, or is one we

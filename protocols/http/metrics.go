@@ -183,6 +183,24 @@ func (sw *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(sw.ResponseWriter).Hijack()
 }
 
+// startRawHead passes the fast path on (rawHeadWriter), recording the
+// status.
+func (sw *statusWriter) startRawHead(code int, contentLength int64) (*bufio.Writer, bool) {
+	rw, ok := sw.ResponseWriter.(rawHeadWriter)
+	if !ok {
+		return nil, false
+	}
+	bw, ok := rw.startRawHead(code, contentLength)
+	if ok && sw.code == 0 {
+		sw.code = code
+	}
+	return bw, ok
+}
+
+func (sw *statusWriter) endRawHead(hasDate bool) {
+	sw.ResponseWriter.(rawHeadWriter).endRawHead(hasDate)
+}
+
 func (sw *statusWriter) Unwrap() http.ResponseWriter { return sw.ResponseWriter }
 
 var statusWriters = sync.Pool{New: func() any { return new(statusWriter) }}

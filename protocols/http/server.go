@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -57,7 +58,10 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*clientConn]struct{}
 	closing   bool
-	wg        sync.WaitGroup
+	// closed mirrors closing for the connection loop, which checks it
+	// before each request without taking mu.
+	closed atomic.Bool
+	wg     sync.WaitGroup
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -120,6 +124,7 @@ func (s *Server) Serve(lis net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
+	s.closed.Store(true)
 	for l := range s.listeners {
 		l.Close()
 	}
@@ -151,6 +156,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() {
 	s.mu.Lock()
 	s.closing = true
+	s.closed.Store(true)
 	for l := range s.listeners {
 		l.Close()
 	}
@@ -189,23 +195,15 @@ type clientConn struct {
 	bw       *bufio.Writer
 	remote   string
 	tlsState *tls.ConnectionState
-	mu       sync.Mutex
-	waiting  bool // between requests: may be closed by Shutdown
+	waiting  atomic.Bool // between requests: may be closed by Shutdown
 	hijacked bool
 	w        respWriter
+	// reqHeader is the header map of requests read by the fast path,
+	// reused request after request.
+	reqHeader http.Header
 }
 
-func (c *clientConn) idle() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.waiting
-}
-
-func (c *clientConn) setWaiting(v bool) {
-	c.mu.Lock()
-	c.waiting = v
-	c.mu.Unlock()
-}
+func (c *clientConn) idle() bool { return c.waiting.Load() }
 
 var (
 	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, clientBufferBytes) }}
@@ -251,9 +249,10 @@ func (c *clientConn) serve() {
 	c.bw.Reset(c.conn)
 	c.w.c = c
 	c.w.header = http.Header{}
+	c.reqHeader = http.Header{}
 	first := true
 	for {
-		c.setWaiting(true)
+		c.waiting.Store(true)
 		wait := idleWait
 		if first {
 			wait = headerWait
@@ -266,12 +265,16 @@ func (c *clientConn) serve() {
 				return
 			}
 		}
-		c.setWaiting(false)
-		if s.isClosing() {
+		c.waiting.Store(false)
+		if s.closed.Load() {
 			return
 		}
 		_ = c.conn.SetReadDeadline(time.Now().Add(headerWait))
-		req, err := http.ReadRequest(c.br)
+		req, fast := readFastRequest(c.br, c.reqHeader)
+		var err error
+		if !fast {
+			req, err = http.ReadRequest(c.br)
+		}
 		if err != nil {
 			if errors.Is(err, errHeadTooLarge) {
 				io.WriteString(c.conn, "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 26\r\n\r\nrequest head is too large\n")
@@ -281,7 +284,13 @@ func (c *clientConn) serve() {
 			return
 		}
 		c.lr.remain = 1<<63 - 1
-		_ = c.conn.SetReadDeadline(time.Time{})
+		if req.Body != http.NoBody {
+			// The handler reads the body without a deadline (a request
+			// without one leaves the head's deadline in place: the next
+			// request's wait sets its own, a held request or an upgrade
+			// sets or clears it itself).
+			_ = c.conn.SetReadDeadline(time.Time{})
+		}
 		if why := badRequest(req); why != "" {
 			io.WriteString(c.conn, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "+
 				strconv.Itoa(len(why)+1)+"\r\n\r\n"+why+"\n")
@@ -292,12 +301,6 @@ func (c *clientConn) serve() {
 			return
 		}
 	}
-}
-
-func (s *Server) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
 }
 
 // serveOne answers one request; false closes the connection.
@@ -462,6 +465,39 @@ func (w *respWriter) writeHead() {
 	bw.WriteString("\r\n")
 }
 
+// startRawHead implements rawHeadWriter.
+func (w *respWriter) startRawHead(code int, contentLength int64) (*bufio.Writer, bool) {
+	if w.wroteHeader || len(w.header) != 0 {
+		return nil, false
+	}
+	w.wroteHeader, w.status, w.remaining = true, code, contentLength
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	bw := w.c.bw
+	var num [8]byte
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(strconv.AppendInt(num[:0], int64(code), 10))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\n")
+	return bw, true
+}
+
+// endRawHead implements rawHeadWriter.
+func (w *respWriter) endRawHead(hasDate bool) {
+	bw := w.c.bw
+	if !hasDate {
+		bw.WriteString("Date: ")
+		bw.WriteString(httpDate())
+		bw.WriteString("\r\n")
+	}
+	if !w.keep {
+		bw.WriteString("Connection: close\r\n")
+	} else if !w.req.ProtoAtLeast(1, 1) {
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
 func (w *respWriter) Write(p []byte) (int, error) {
 	if !w.wroteHeader {
 		w.writeHead()
@@ -615,6 +651,7 @@ func (w *respWriter) watchClient(parent context.Context) (context.Context, func(
 	}
 	ctx, cancel := context.WithCancel(parent)
 	done := make(chan struct{})
+	_ = c.conn.SetReadDeadline(time.Time{}) // the head's deadline may still be set
 	go func() {
 		defer close(done)
 		if _, err := c.br.Peek(1); err != nil {

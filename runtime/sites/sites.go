@@ -522,10 +522,8 @@ drain:
 // or whose app cannot take the request now (starting past StartWaitMax,
 // too many waiting, quiesced) gets 503 with Retry-After.
 func (s *Supervisor) Serve(site string, w http.ResponseWriter, r *http.Request) {
-	if _, err := storage.ParseSite(site); err != nil {
-		http.Error(w, "400 bad request: invalid site name", http.StatusBadRequest)
-		return
-	}
+	// The name only keys a map here (sites are validated when started);
+	// the hot path does not run the name's pattern.
 	s.mu.Lock()
 	closed := s.closed
 	st := s.sites[site]
@@ -541,16 +539,18 @@ func (s *Supervisor) Serve(site string, w http.ResponseWriter, r *http.Request) 
 		unavailable(w, "site is not served on this node (stopped)")
 		return
 	}
+	// Idle time counts from the end of the last request in flight (the
+	// idle check skips a site with requests in flight), so the clock is
+	// read once per busy period, not twice per request.
 	st.inFlight++
-	st.lastActivity = time.Now()
 	epoch := st.killEpoch
 	static := st.command == ""
 	st.mu.Unlock()
 	defer func() {
 		st.mu.Lock()
 		st.inFlight--
-		st.lastActivity = time.Now()
 		if st.inFlight == 0 {
+			st.lastActivity = time.Now()
 			st.broadcastLocked()
 		}
 		st.mu.Unlock()
@@ -580,6 +580,13 @@ func (s *Supervisor) serveApp(st *siteState, epoch uint64, w http.ResponseWriter
 // requests, until the site's app accepts connections (starting it if
 // none runs) and returns its proxy; otherwise it says why not (for a 503).
 func (s *Supervisor) waitApp(st *siteState, epoch uint64, r *http.Request) (http.Handler, string) {
+	st.mu.Lock()
+	if rn := st.runner; rn != nil && rn.proxy != nil && st.started && st.killEpoch == epoch && st.command != "" {
+		// The app runs: no wait, no timer.
+		st.mu.Unlock()
+		return rn.proxy, ""
+	}
+	st.mu.Unlock()
 	bound := time.NewTimer(s.cfg.StartWaitMax)
 	defer bound.Stop()
 	waiting := false

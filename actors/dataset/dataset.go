@@ -119,6 +119,15 @@ type Dataset struct {
 	demoteEpoch     *m.Epoch
 	lastReported    reportKey
 	reported        bool
+
+	// firstSnapshot: the activation's first snapshot waits for the local
+	// site actor's Activated, which it sends after asking for its
+	// processes. Storage carries out a site's requests in order, so a
+	// snapshot asked for first would hold the site's start behind it (a
+	// full copy of the dataset on some drivers) while clients wait. The
+	// snapshot timer takes it if that answer never comes.
+	firstSnapshot bool
+
 	// mountWaits are admin mount and unmount queries waiting for storage,
 	// by op id (bounded by MountsPendingMax); mounted are the snapshots
 	// mounted read-only here (name -> path): retention keeps them.
@@ -232,6 +241,8 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = d.received(env, msg)
 	case *m.Sync:
 		fx = d.sync(env, msg)
+	case *m.Activated:
+		fx = d.siteActive(env, msg)
 	case *m.AddReplica:
 		if d.active && msg.Node != d.node && !slices.Contains(d.replicas, msg.Node) {
 			d.replicas = append(d.replicas, msg.Node)
@@ -545,10 +556,20 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 	if !wasActive {
 		fx = append(fx, core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval})
 	}
-	// A first snapshot at once (even of an unchanged dataset) gives replicas
-	// a base under the new epoch.
-	fx = append(fx, core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval})
-	return append(fx, d.snapshotNow(env)...)
+	// A first snapshot (even of an unchanged dataset) gives replicas a base
+	// under the new epoch: once the site actor answers (siteActive).
+	d.firstSnapshot = true
+	return append(fx, core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval})
+}
+
+// siteActive: the local site actor serves at a.Epoch and has asked for its
+// processes, so the activation's first snapshot now queues behind their
+// start.
+func (d *Dataset) siteActive(env *core.Env, a *m.Activated) []core.Effect {
+	if !d.firstSnapshot || !d.active || a.Code != m.Code_CODE_OK || core.CompareEpoch(a.Epoch, d.epoch) != 0 {
+		return nil
+	}
+	return d.snapshotNow(env)
 }
 
 // demote turns a master copy into a replica (after a migration, or when a
@@ -564,6 +585,7 @@ func (d *Dataset) demote(env *core.Env, msg *m.Demote) []core.Effect {
 	if !msg.Clean {
 		fx = d.snapshotNow(env)
 	}
+	d.firstSnapshot = false
 	d.active = false
 	d.role = m.Role_ROLE_REPLICA
 	d.fence = core.MaxEpoch(d.fence, msg.Epoch)
@@ -600,6 +622,10 @@ func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
 	case key == timerSnapshot:
 		if !d.active {
 			return nil
+		}
+		if d.firstSnapshot {
+			// The site actor never answered: the first snapshot is due.
+			return append([]core.Effect{core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval}}, d.snapshotNow(env)...)
 		}
 		return d.takeSnapshot(env)
 	case key == timerActivate:
@@ -653,6 +679,10 @@ func (d *Dataset) snapshot(env *core.Env, ifChanged bool) []core.Effect {
 		// now would name the restored data in the old epoch. The restore
 		// takes one at the new epoch when it is done.
 		return nil
+	}
+	if !ifChanged {
+		// Any forced snapshot from here on is at the current epoch.
+		d.firstSnapshot = false
 	}
 	if d.snapTaking {
 		d.snapAgain = d.snapAgain || !ifChanged

@@ -282,6 +282,9 @@ func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bo
 			if err := d.replaceLive(site, m, snapDir(d.siteDir(site), latest.Name), latest, false); err != nil {
 				return err
 			}
+			if err := d.adoptLive(site, latest); err != nil {
+				return err
+			}
 		}
 	}
 	m.ReadOnly = readOnly
@@ -301,6 +304,35 @@ func (d *Driver) replaceLive(site storage.Site, m *siteMeta, snapPath string, ma
 		return err
 	}
 	return d.swapLive(site, m, gen)
+}
+
+// adoptLive records in man, the newest snapshot, which the live tree was
+// just materialized from as writable copies, the identity of each live
+// file, so that the next snapshot hard-links the files the site has not
+// changed since instead of copying every one (captureTree matches a live
+// file to its previous entry by inode and ctime, which any write or chmod
+// changes). The snapshot's own files stay separate inodes: the link is
+// from snapshot to snapshot, never to a live file.
+func (d *Driver) adoptLive(site storage.Site, man *manifest) error {
+	live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))
+	if err != nil {
+		return err
+	}
+	for i := range man.Entries {
+		e := &man.Entries[i]
+		if e.Kind != kindFile {
+			continue
+		}
+		e.LiveIno, e.LiveCtimeNs = 0, 0
+		fi, err := os.Lstat(filepath.Join(live, filepath.FromSlash(e.Path)))
+		if err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() && fi.Size() == e.Size && fi.ModTime().UnixNano() == e.MtimeNs {
+			e.LiveIno, e.LiveCtimeNs = statIdentity(fi)
+		}
+	}
+	return writeJSONAtomic(filepath.Join(snapDir(d.siteDir(site), man.Name), "manifest.json"), man)
 }
 
 func (d *Driver) swapLive(site storage.Site, m *siteMeta, gen int) error {
@@ -682,6 +714,13 @@ func (d *Driver) stashLocked(site storage.Site, keep storage.SnapName, stash sto
 	}
 	if err := d.swapLive(site, m, gen); err != nil {
 		return err
+	}
+	if keepMan != nil && !m.ReadOnly {
+		// keep is the newest snapshot now, and the live tree writable
+		// copies of it.
+		if err := d.adoptLive(site, keepMan); err != nil {
+			return err
+		}
 	}
 	d.log.Info("stashed", "site", site.String(), "stash", stash.String(), "base", keep.String(), "snapshots", len(after))
 	return nil

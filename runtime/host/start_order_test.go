@@ -44,8 +44,10 @@ func (s startRecordingSites) Stop(string) {}
 func (s startRecordingSites) Serve(_ string, w http.ResponseWriter, _ *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
-func (s startRecordingSites) Quiesce(context.Context, string, time.Duration) (int, error) { return 0, nil }
-func (s startRecordingSites) IsRunning(string) bool                                       { return false }
+func (s startRecordingSites) Quiesce(context.Context, string, time.Duration) (int, error) {
+	return 0, nil
+}
+func (s startRecordingSites) IsRunning(string) bool { return false }
 
 // snapshotRecordingDriver records when each snapshot begins.
 type snapshotRecordingDriver struct {

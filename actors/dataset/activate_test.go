@@ -133,3 +133,63 @@ func TestFirstSnapshotWaitsForTheSiteActor(t *testing.T) {
 		t.Fatalf("snapshot timer without the site's answer: %v, want one forced snapshot", snaps)
 	}
 }
+
+func offersTo(fx []core.Effect) map[string]string {
+	out := map[string]string{}
+	for _, e := range fx {
+		if s, ok := e.(core.Send); ok {
+			if o, ok := s.Msg.(*m.StreamOffer); ok {
+				out[s.To.Node] = o.Target.GetName()
+			}
+		}
+	}
+	return out
+}
+
+// A migration's final delta that must wait for a snapshot being taken is
+// not preceded by a stream of the older snapshot to its target: that
+// stream queued behind the snapshot (storage runs a site's requests in
+// order) and the final delta's own stream came only after it, while the
+// site's clients were held. Other replicas are offered as before.
+func TestFinalDeltaWaitsForTheSnapshotBeingTaken(t *testing.T) {
+	env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
+	d := bootedCopy(env, 2, 0)
+	epoch := &m.Epoch{Term: 5, Node: "n1"}
+	st, _ := findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: []string{"n2", "n3"}, Reason: "failover"}))
+	d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+	// snapshot completes the request and answers the offers it makes with
+	// "have it", so that no stream stays in flight; it returns the offers.
+	snapshot := func(fx []core.Effect) ([]core.Effect, map[string]string) {
+		t.Helper()
+		reqs := snapshotRequests(fx)
+		if len(reqs) != 1 {
+			t.Fatalf("effects %v: want one snapshot request", fx)
+		}
+		out := d.Step(env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: "a", OpId: reqs[0].OpId,
+			Code: m.Code_CODE_OK, Snapshot: reqs[0].Snapshot})
+		offers := offersTo(out)
+		for node, target := range offers {
+			d.Step(env, &m.StreamAnswer{Site: "a", StreamId: d.streams[node].id, Code: m.Code_CODE_OK, Have: target, Node: node})
+		}
+		return out, offers
+	}
+	_, offers := snapshot(d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}))
+	if len(offers) != 2 {
+		t.Fatalf("first snapshot offered to %v, want n2 and n3", offers)
+	}
+	inFlight := d.Step(env, &m.Timer{Key: timerSnapshot})
+	if fx := d.Step(env, &m.Sync{Site: "a", Target: "n2", Final: true, SyncId: 7}); len(snapshotRequests(fx)) != 0 {
+		t.Fatalf("second snapshot asked for while one is taken: %v", fx)
+	}
+	fx, offers := snapshot(inFlight)
+	if _, ok := offers["n2"]; ok || offers["n3"] == "" {
+		t.Fatalf("while the final delta's snapshot is taken: offers %v, want n3 only", offers)
+	}
+	final := snapshotRequests(fx)
+	if len(final) != 1 {
+		t.Fatalf("the final delta's snapshot was not asked for: %v", fx)
+	}
+	if _, offers = snapshot(fx); offers["n2"] != final[0].Snapshot.Name {
+		t.Fatalf("after the final delta's snapshot: offers %v, want %s to n2", offers, final[0].Snapshot.Name)
+	}
+}

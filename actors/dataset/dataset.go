@@ -793,6 +793,13 @@ func (d *Dataset) replicate(env *core.Env) []core.Effect {
 		if d.streams[r] != nil || d.cursor[r] == l.Name {
 			continue
 		}
+		if d.snapTaking && d.syncNeedsNewer(r, l) {
+			// A migration waits for the snapshot being taken: sending the
+			// one before it first (the final delta's stream queued behind
+			// that snapshot, then a second stream) would double the time
+			// its clients are held. That snapshot's result offers it.
+			continue
+		}
 		s := &stream{id: d.id(), target: l, startedMs: env.NowMs()}
 		d.streams[r] = s
 		fx = append(fx, core.SetTimer{Key: timerStream + r, After: env.Config.StreamTimeout})
@@ -1257,6 +1264,12 @@ func (d *Dataset) sync(env *core.Env, s *m.Sync) []core.Effect {
 	d.syncs = append(d.syncs, &syncWait{id: s.SyncId, target: s.Target, final: s.Final, needSeq: need})
 	fx = append(fx, d.snapshotNow(env)...)
 	return fx
+}
+
+// syncNeedsNewer reports whether a migration step waits for replica to
+// hold a snapshot newer than l.
+func (d *Dataset) syncNeedsNewer(replica string, l *m.SnapshotRef) bool {
+	return slices.ContainsFunc(d.syncs, func(w *syncWait) bool { return w.target == replica && w.needSeq > l.Seq })
 }
 
 func (d *Dataset) syncsDone(replica string, have *m.SnapshotRef) []core.Effect {

@@ -9,7 +9,8 @@
 // Layout under the root directory:
 //
 //	sites/<site>/meta.json            epoch, read-only flag, quota, holds, mounts
-//	sites/<site>/live -> trees/<gen>  the live files (Mountpoint)
+//	sites/<site>/live -> trees/<gen>  the live files (Mountpoint); on a replica
+//	                                  writable copies of the newest snapshot
 //	sites/<site>/snaps/<snap>/        manifest.json and tree/
 //	stash/<site>/<stash>/             stash.json, snaps/, live/ (base "" = a stash of everything)
 //	tmp/                              receives and stashes in progress
@@ -89,6 +90,10 @@ type siteMeta struct {
 	Mounts     map[string]int      `json:"mounts,omitempty"`
 	LiveGen    int                 `json:"livegen"`
 	NextSeq    uint64              `json:"nextseq"`
+
+	// Warm names the snapshot the live tree is a writable copy of, on a
+	// replica (see warm.go); "" when it is not known to be one.
+	Warm string `json:"warm,omitempty"`
 }
 
 type stashMeta struct {
@@ -258,8 +263,9 @@ func (d *Driver) SetQuota(ctx context.Context, site storage.Site, quotaBytes int
 	return d.writeMeta(site, m)
 }
 
-// SetReadOnly implements storage.Driver. Promoting a replica replaces its
-// live tree (hard links into snapshots) with independent writable copies.
+// SetReadOnly implements storage.Driver. A promoted replica's live tree
+// must be independent writable copies of its newest snapshot: a warm
+// replica's is already (warm.go); any other is copied from the snapshot.
 func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bool) error {
 	if err := checkSite(site); err != nil {
 		return err
@@ -279,14 +285,23 @@ func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bo
 		}
 		if len(snaps) > 0 {
 			latest := snaps[len(snaps)-1]
-			if err := d.replaceLive(site, m, snapDir(d.siteDir(site), latest.Name), latest, false); err != nil {
+			live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))
+			if err != nil {
 				return err
+			}
+			// A warm replica's live tree is already writable copies of its
+			// newest snapshot: nothing to copy.
+			if m.Warm != latest.Name || !warmMatches(live, latest) {
+				if err := d.replaceLive(site, m, snapDir(d.siteDir(site), latest.Name), latest, false); err != nil {
+					return err
+				}
 			}
 			if err := d.adoptLive(site, latest); err != nil {
 				return err
 			}
 		}
 	}
+	m.Warm = "" // the live tree is the master's from here on
 	m.ReadOnly = readOnly
 	d.log.Info("dataset read-only changed", "site", site.String(), "readonly", readOnly)
 	return d.writeMeta(site, m)
@@ -347,6 +362,7 @@ func (d *Driver) swapLive(site storage.Site, m *siteMeta, gen int) error {
 		return err
 	}
 	m.LiveGen = gen
+	m.Warm = "" // a new tree; warmLive marks it warm after
 	if err := d.writeMeta(site, m); err != nil {
 		return err
 	}

@@ -193,3 +193,72 @@ func TestFinalDeltaWaitsForTheSnapshotBeingTaken(t *testing.T) {
 		t.Fatalf("after the final delta's snapshot: offers %v, want %s to n2", offers, final[0].Snapshot.Name)
 	}
 }
+
+// A pre-copy that reaches its target while a (scheduled) snapshot is being
+// taken waits for that snapshot to reach the target too, so that the
+// site's pause does not wait for it and the final delta is smaller; if
+// that snapshot is not taken after all (nothing changed), the pre-copy is
+// done at once with what the target holds.
+func TestPreCopyTakesAnInFlightSnapshotAlong(t *testing.T) {
+	for _, unchanged := range []bool{false, true} {
+		env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
+		d := bootedCopy(env, 2, 0)
+		epoch := &m.Epoch{Term: 5, Node: "n1"}
+		st, _ := findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: []string{"n2"}, Reason: "failover"}))
+		d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+		complete := func(req *m.StorageRequest, code m.Code) []core.Effect {
+			res := &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: "a", OpId: req.OpId, Code: code}
+			if code == m.Code_CODE_OK {
+				res.Snapshot = req.Snapshot
+			}
+			return d.Step(env, res)
+		}
+		// stream carries an offer to n2 through to the end of its send.
+		stream := func(fx []core.Effect) []core.Effect {
+			t.Helper()
+			if offersTo(fx)["n2"] == "" {
+				t.Fatalf("no offer to n2 in %v", fx)
+			}
+			s := d.streams["n2"]
+			send, ok := findEffect[core.Storage](d.Step(env, &m.StreamAnswer{Site: "a", StreamId: s.id, Code: m.Code_CODE_OK, Node: "n2"}))
+			if !ok || send.Req.Op != m.StorageOp_STORAGE_OP_SEND {
+				t.Fatal("no send after the answer")
+			}
+			return d.Step(env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SEND, Site: "a", OpId: send.Req.OpId, Code: m.Code_CODE_OK,
+				StreamId: s.id, ToNode: "n2", Snapshot: send.Req.Snapshot})
+		}
+		syncDone := func(fx []core.Effect) *m.SyncDone {
+			for _, e := range fx {
+				if s, ok := e.(core.Send); ok {
+					if done, ok := s.Msg.(*m.SyncDone); ok {
+						return done
+					}
+				}
+			}
+			return nil
+		}
+		first := snapshotRequests(d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}))
+		stream(complete(first[0], m.Code_CODE_OK))
+
+		precopy := snapshotRequests(d.Step(env, &m.Sync{Site: "a", Target: "n2", SyncId: 3}))
+		fx := complete(precopy[0], m.Code_CODE_OK)
+		scheduled := snapshotRequests(d.Step(env, &m.Timer{Key: timerSnapshot}))
+		if len(scheduled) != 1 {
+			t.Fatal("no scheduled snapshot")
+		}
+		if done := syncDone(stream(fx)); done != nil {
+			t.Fatalf("pre-copy done (%s) while a snapshot is being taken", done.Snapshot.GetName())
+		}
+		if unchanged {
+			done := syncDone(complete(scheduled[0], m.Code_CODE_UNCHANGED))
+			if done == nil || done.Snapshot.GetName() != precopy[0].Snapshot.Name {
+				t.Fatalf("unchanged: pre-copy answer %v, want done with %s", done, precopy[0].Snapshot.Name)
+			}
+			continue
+		}
+		done := syncDone(stream(complete(scheduled[0], m.Code_CODE_OK)))
+		if done == nil || done.Snapshot.GetName() != scheduled[0].Snapshot.Name {
+			t.Fatalf("pre-copy answer %v, want done with the scheduled snapshot %s", done, scheduled[0].Snapshot.Name)
+		}
+	}
+}

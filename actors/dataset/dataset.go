@@ -57,6 +57,9 @@ type syncWait struct {
 	target  string
 	final   bool
 	needSeq uint64
+	// extended: a pre-copy that was done while a snapshot was being taken
+	// waits for that one too, once.
+	extended bool
 }
 
 // Dataset is one copy of one site's dataset.
@@ -758,6 +761,7 @@ func (d *Dataset) storageDone(env *core.Env, r *m.StorageResult) []core.Effect {
 		if d.readOnlyPending && !d.snapTaking {
 			fx = append(fx, d.setReplica())
 		}
+		fx = append(fx, d.settleExtendedSyncs()...)
 		return append(fx, d.replicate(env)...)
 	case m.StorageOp_STORAGE_OP_SEND:
 		s := d.streams[r.ToNode]
@@ -1266,6 +1270,32 @@ func (d *Dataset) sync(env *core.Env, s *m.Sync) []core.Effect {
 	return fx
 }
 
+// settleExtendedSyncs: a pre-copy extended to take a snapshot along
+// (syncsDone) whose snapshot was not taken after all (nothing had changed,
+// or it failed) is done with what its target holds.
+func (d *Dataset) settleExtendedSyncs() []core.Effect {
+	l := d.latest()
+	if d.snapTaking || l == nil {
+		return nil
+	}
+	settled := false
+	for _, w := range d.syncs {
+		if w.extended && w.needSeq > l.Seq {
+			w.needSeq, settled = l.Seq, true
+		}
+	}
+	if !settled {
+		return nil
+	}
+	var fx []core.Effect
+	for _, r := range d.replicas {
+		if d.cursor[r] == l.Name {
+			fx = append(fx, d.syncsDone(r, l)...)
+		}
+	}
+	return fx
+}
+
 // syncNeedsNewer reports whether a migration step waits for replica to
 // hold a snapshot newer than l.
 func (d *Dataset) syncNeedsNewer(replica string, l *m.SnapshotRef) bool {
@@ -1276,6 +1306,15 @@ func (d *Dataset) syncsDone(replica string, have *m.SnapshotRef) []core.Effect {
 	var fx []core.Effect
 	d.syncs = slices.DeleteFunc(d.syncs, func(w *syncWait) bool {
 		if w.target != replica || have.Seq < w.needSeq || core.CompareEpoch(have.Epoch, d.epoch) != 0 {
+			return false
+		}
+		if !w.final && !w.extended && d.snapTaking {
+			// The pre-copy is done but a snapshot is being taken (a
+			// scheduled one): pausing now would hold the site's clients
+			// while it finishes, and the final delta would carry its
+			// changes too. The pre-copy takes it along first (once, so a
+			// busy schedule cannot hold the move).
+			w.needSeq, w.extended = d.seq, true
 			return false
 		}
 		fx = append(fx, core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{

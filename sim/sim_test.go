@@ -64,6 +64,7 @@ func TestMutationsAreCaught(t *testing.T) {
 		name      string
 		invariant string
 		setup     func(o *Options)
+		seedsMax  uint64 // 0: seedsMax below
 	}{
 		{"skip-final-delta", "I2", func(o *Options) {
 			// Busy sites, so that writes land between the pre-copy
@@ -72,13 +73,13 @@ func TestMutationsAreCaught(t *testing.T) {
 			o.Sites, o.RequestRate = 5, 20
 			o.MigrationEvery = 5 * time.Second
 			o.Config.Mutations.SkipFinalDelta = true
-		}},
+		}, 0},
 		{"promote-oldest", "I3", func(o *Options) {
 			o.FaultKinds = []string{"crash", "slowdisk"}
 			o.FaultRate = 3
 			o.Config.Redundancy = 3
 			o.Config.Mutations.PromoteOldest = true
-		}},
+		}, 0},
 		{"forget-tombstones", "DELETE", func(o *Options) {
 			// Copies that miss a deletion: nodes down often and long.
 			o.FaultKinds = []string{"crash"}
@@ -86,20 +87,26 @@ func TestMutationsAreCaught(t *testing.T) {
 			o.DeleteEvery = 15 * time.Second
 			o.Config.Redundancy = 3
 			o.Config.Mutations.ForgetTombstones = true
-		}},
+			// Caught in 2-4% of seeds (9 of seeds 1-260 before an
+			// activation's first snapshot waited for the site actor, 6
+			// after): 24 seeds missed it about half the time.
+		}, 120},
 		{"skip-fencing", "I1", func(o *Options) {
 			o.FaultKinds = []string{"partition", "crash-mid-migration"}
 			o.FaultRate = 3
 			o.MigrationEvery = 5 * time.Second
 			o.Config.Redundancy = 3
 			o.Config.Mutations.SkipFencing = true
-		}},
+		}, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			// A scenario catches its mutation in only some seeds (forget-tombstones:
-			// about 1 in 20), so the search is wide; it stops at the first catch.
-			const seedsMax = 24
+			// A scenario catches its mutation in only some seeds, so the
+			// search is wide; it stops at the first catch.
+			seedsMax := uint64(24)
+			if tc.seedsMax > 0 {
+				seedsMax = tc.seedsMax
+			}
 			for seed := uint64(1); seed <= seedsMax; seed++ {
 				o := small(seed)
 				o.Config = SimConfig()

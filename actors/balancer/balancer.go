@@ -531,13 +531,25 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 }
 
 // heal resolves two masters: the newest history wins at an epoch above both,
-// the others are demoted (their divergent snapshots get stashed).
+// the others are demoted (their divergent snapshots get stashed). Masters
+// of different incarnations (their specs created at epochs of different
+// terms) are decided by creation first: the later one was created after the earlier
+// was deleted (a create above its tombstone), and a balancer that never saw
+// that tombstone (it was away, and the new incarnation's copies no longer
+// report it) must not bring the deleted history back however recently it
+// was written (the sim found this with a delete and a create on either side
+// of a partition). Two first creates (both term 1) racing in a partition
+// are one incarnation as far as this goes: the newest history wins.
 func (b *Balancer) heal(env *core.Env, site string, masters []copyView) []core.Effect {
 	winner := masters[0]
 	var fence *m.Epoch
 	for _, c := range masters {
 		fence = core.MaxEpoch(fence, c.info.Epoch)
-		if core.Newer(c.info.Latest, winner.info.Latest) {
+		created, winnerCreated := c.info.Spec.GetCreated().GetTerm(), winner.info.Spec.GetCreated().GetTerm()
+		switch {
+		case created > winnerCreated:
+			winner = c
+		case created == winnerCreated && core.Newer(c.info.Latest, winner.info.Latest):
 			winner = c
 		}
 	}

@@ -76,3 +76,189 @@ func TestMigrationTargetBusyAnswersItsSource(t *testing.T) {
 		t.Fatalf("effects %v, want Activated BUSY to the source", fx)
 	}
 }
+
+func snapshotRequests(fx []core.Effect) []*m.StorageRequest {
+	var out []*m.StorageRequest
+	for _, e := range fx {
+		if st, ok := e.(core.Storage); ok && st.Req.Op == m.StorageOp_STORAGE_OP_SNAPSHOT {
+			out = append(out, st.Req)
+		}
+	}
+	return out
+}
+
+// An activation's first snapshot is asked for only once the local site
+// actor answers Activated (after asking for its processes), so storage,
+// which carries out a site's requests in order, starts the site first: a
+// snapshot asked for at the role change held a promoted site's start
+// behind it (2 s for a 256 MiB database on the portable driver). If the
+// site actor never answers, the snapshot timer takes the first snapshot,
+// forced, at the new epoch.
+func TestFirstSnapshotWaitsForTheSiteActor(t *testing.T) {
+	env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
+	epoch := &m.Epoch{Term: 5, Node: "n1"}
+	activate := func(d *Dataset) {
+		t.Helper()
+		st, _ := findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: epoch, Reason: "migrate", FromNode: "n2"}))
+		fx := d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+		if snaps := snapshotRequests(fx); len(snaps) != 0 {
+			t.Fatalf("snapshot asked for at the role change, before the site started: %v", snaps)
+		}
+		if s, ok := findEffect[core.Send](fx); !ok || s.To != core.SiteAddr("n1", "a") {
+			t.Fatalf("activation effects %v: the site actor is not told", fx)
+		}
+	}
+
+	d := bootedCopy(env, 2, 0)
+	activate(d)
+	// An answer for another epoch is not the one awaited.
+	if fx := d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: &m.Epoch{Term: 4, Node: "n1"}}); len(snapshotRequests(fx)) != 0 {
+		t.Fatalf("snapshot on a stale Activated: %v", fx)
+	}
+	snaps := snapshotRequests(d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}))
+	if len(snaps) != 1 || snaps[0].IfChanged || snaps[0].Epoch.GetTerm() != 5 {
+		t.Fatalf("after the site's Activated: %v, want one forced snapshot at 5:n1", snaps)
+	}
+	d.Step(env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: "a", OpId: d.nextID, Code: m.Code_CODE_OK, Snapshot: snaps[0].Snapshot})
+	// A repeated answer takes no second snapshot.
+	if fx := d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}); len(snapshotRequests(fx)) != 0 {
+		t.Fatalf("second first snapshot: %v", fx)
+	}
+
+	// No answer: the timer takes it, forced (an unchanged dataset too).
+	d = bootedCopy(env, 2, 0)
+	activate(d)
+	snaps = snapshotRequests(d.Step(env, &m.Timer{Key: timerSnapshot}))
+	if len(snaps) != 1 || snaps[0].IfChanged {
+		t.Fatalf("snapshot timer without the site's answer: %v, want one forced snapshot", snaps)
+	}
+}
+
+func offersTo(fx []core.Effect) map[string]string {
+	out := map[string]string{}
+	for _, e := range fx {
+		if s, ok := e.(core.Send); ok {
+			if o, ok := s.Msg.(*m.StreamOffer); ok {
+				out[s.To.Node] = o.Target.GetName()
+			}
+		}
+	}
+	return out
+}
+
+// A migration's final delta that must wait for a snapshot being taken is
+// not preceded by a stream of the older snapshot to its target: that
+// stream queued behind the snapshot (storage runs a site's requests in
+// order) and the final delta's own stream came only after it, while the
+// site's clients were held. Other replicas are offered as before.
+func TestFinalDeltaWaitsForTheSnapshotBeingTaken(t *testing.T) {
+	env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
+	d := bootedCopy(env, 2, 0)
+	epoch := &m.Epoch{Term: 5, Node: "n1"}
+	st, _ := findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: []string{"n2", "n3"}, Reason: "failover"}))
+	d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+	// snapshot completes the request and answers the offers it makes with
+	// "have it", so that no stream stays in flight; it returns the offers.
+	snapshot := func(fx []core.Effect) ([]core.Effect, map[string]string) {
+		t.Helper()
+		reqs := snapshotRequests(fx)
+		if len(reqs) != 1 {
+			t.Fatalf("effects %v: want one snapshot request", fx)
+		}
+		out := d.Step(env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: "a", OpId: reqs[0].OpId,
+			Code: m.Code_CODE_OK, Snapshot: reqs[0].Snapshot})
+		offers := offersTo(out)
+		for node, target := range offers {
+			d.Step(env, &m.StreamAnswer{Site: "a", StreamId: d.streams[node].id, Code: m.Code_CODE_OK, Have: target, Node: node})
+		}
+		return out, offers
+	}
+	_, offers := snapshot(d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}))
+	if len(offers) != 2 {
+		t.Fatalf("first snapshot offered to %v, want n2 and n3", offers)
+	}
+	inFlight := d.Step(env, &m.Timer{Key: timerSnapshot})
+	if fx := d.Step(env, &m.Sync{Site: "a", Target: "n2", Final: true, SyncId: 7}); len(snapshotRequests(fx)) != 0 {
+		t.Fatalf("second snapshot asked for while one is taken: %v", fx)
+	}
+	fx, offers := snapshot(inFlight)
+	if _, ok := offers["n2"]; ok || offers["n3"] == "" {
+		t.Fatalf("while the final delta's snapshot is taken: offers %v, want n3 only", offers)
+	}
+	final := snapshotRequests(fx)
+	if len(final) != 1 {
+		t.Fatalf("the final delta's snapshot was not asked for: %v", fx)
+	}
+	if _, offers = snapshot(fx); offers["n2"] != final[0].Snapshot.Name {
+		t.Fatalf("after the final delta's snapshot: offers %v, want %s to n2", offers, final[0].Snapshot.Name)
+	}
+}
+
+// A pre-copy that reaches its target while a (scheduled) snapshot is being
+// taken waits for that snapshot to reach the target too, so that the
+// site's pause does not wait for it and the final delta is smaller; if
+// that snapshot is not taken after all (nothing changed), the pre-copy is
+// done at once with what the target holds.
+func TestPreCopyTakesAnInFlightSnapshotAlong(t *testing.T) {
+	for _, unchanged := range []bool{false, true} {
+		env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
+		d := bootedCopy(env, 2, 0)
+		epoch := &m.Epoch{Term: 5, Node: "n1"}
+		st, _ := findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: []string{"n2"}, Reason: "failover"}))
+		d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+		complete := func(req *m.StorageRequest, code m.Code) []core.Effect {
+			res := &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: "a", OpId: req.OpId, Code: code}
+			if code == m.Code_CODE_OK {
+				res.Snapshot = req.Snapshot
+			}
+			return d.Step(env, res)
+		}
+		// stream carries an offer to n2 through to the end of its send.
+		stream := func(fx []core.Effect) []core.Effect {
+			t.Helper()
+			if offersTo(fx)["n2"] == "" {
+				t.Fatalf("no offer to n2 in %v", fx)
+			}
+			s := d.streams["n2"]
+			send, ok := findEffect[core.Storage](d.Step(env, &m.StreamAnswer{Site: "a", StreamId: s.id, Code: m.Code_CODE_OK, Node: "n2"}))
+			if !ok || send.Req.Op != m.StorageOp_STORAGE_OP_SEND {
+				t.Fatal("no send after the answer")
+			}
+			return d.Step(env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SEND, Site: "a", OpId: send.Req.OpId, Code: m.Code_CODE_OK,
+				StreamId: s.id, ToNode: "n2", Snapshot: send.Req.Snapshot})
+		}
+		syncDone := func(fx []core.Effect) *m.SyncDone {
+			for _, e := range fx {
+				if s, ok := e.(core.Send); ok {
+					if done, ok := s.Msg.(*m.SyncDone); ok {
+						return done
+					}
+				}
+			}
+			return nil
+		}
+		first := snapshotRequests(d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}))
+		stream(complete(first[0], m.Code_CODE_OK))
+
+		precopy := snapshotRequests(d.Step(env, &m.Sync{Site: "a", Target: "n2", SyncId: 3}))
+		fx := complete(precopy[0], m.Code_CODE_OK)
+		scheduled := snapshotRequests(d.Step(env, &m.Timer{Key: timerSnapshot}))
+		if len(scheduled) != 1 {
+			t.Fatal("no scheduled snapshot")
+		}
+		if done := syncDone(stream(fx)); done != nil {
+			t.Fatalf("pre-copy done (%s) while a snapshot is being taken", done.Snapshot.GetName())
+		}
+		if unchanged {
+			done := syncDone(complete(scheduled[0], m.Code_CODE_UNCHANGED))
+			if done == nil || done.Snapshot.GetName() != precopy[0].Snapshot.Name {
+				t.Fatalf("unchanged: pre-copy answer %v, want done with %s", done, precopy[0].Snapshot.Name)
+			}
+			continue
+		}
+		done := syncDone(stream(complete(scheduled[0], m.Code_CODE_OK)))
+		if done == nil || done.Snapshot.GetName() != scheduled[0].Snapshot.Name {
+			t.Fatalf("pre-copy answer %v, want done with the scheduled snapshot %s", done, scheduled[0].Snapshot.Name)
+		}
+	}
+}

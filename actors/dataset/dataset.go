@@ -57,6 +57,9 @@ type syncWait struct {
 	target  string
 	final   bool
 	needSeq uint64
+	// extended: a pre-copy that was done while a snapshot was being taken
+	// waits for that one too, once.
+	extended bool
 }
 
 // Dataset is one copy of one site's dataset.
@@ -119,6 +122,15 @@ type Dataset struct {
 	demoteEpoch     *m.Epoch
 	lastReported    reportKey
 	reported        bool
+
+	// firstSnapshot: the activation's first snapshot waits for the local
+	// site actor's Activated, which it sends after asking for its
+	// processes. Storage carries out a site's requests in order, so a
+	// snapshot asked for first would hold the site's start behind it (a
+	// full copy of the dataset on some drivers) while clients wait. The
+	// snapshot timer takes it if that answer never comes.
+	firstSnapshot bool
+
 	// mountWaits are admin mount and unmount queries waiting for storage,
 	// by op id (bounded by MountsPendingMax); mounted are the snapshots
 	// mounted read-only here (name -> path): retention keeps them.
@@ -232,6 +244,8 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 		fx = d.received(env, msg)
 	case *m.Sync:
 		fx = d.sync(env, msg)
+	case *m.Activated:
+		fx = d.siteActive(env, msg)
 	case *m.AddReplica:
 		if d.active && msg.Node != d.node && !slices.Contains(d.replicas, msg.Node) {
 			d.replicas = append(d.replicas, msg.Node)
@@ -545,10 +559,20 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 	if !wasActive {
 		fx = append(fx, core.SetTimer{Key: timerPrune, After: env.Config.PruneInterval})
 	}
-	// A first snapshot at once (even of an unchanged dataset) gives replicas
-	// a base under the new epoch.
-	fx = append(fx, core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval})
-	return append(fx, d.snapshotNow(env)...)
+	// A first snapshot (even of an unchanged dataset) gives replicas a base
+	// under the new epoch: once the site actor answers (siteActive).
+	d.firstSnapshot = true
+	return append(fx, core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval})
+}
+
+// siteActive: the local site actor serves at a.Epoch and has asked for its
+// processes, so the activation's first snapshot now queues behind their
+// start.
+func (d *Dataset) siteActive(env *core.Env, a *m.Activated) []core.Effect {
+	if !d.firstSnapshot || !d.active || a.Code != m.Code_CODE_OK || core.CompareEpoch(a.Epoch, d.epoch) != 0 {
+		return nil
+	}
+	return d.snapshotNow(env)
 }
 
 // demote turns a master copy into a replica (after a migration, or when a
@@ -564,6 +588,7 @@ func (d *Dataset) demote(env *core.Env, msg *m.Demote) []core.Effect {
 	if !msg.Clean {
 		fx = d.snapshotNow(env)
 	}
+	d.firstSnapshot = false
 	d.active = false
 	d.role = m.Role_ROLE_REPLICA
 	d.fence = core.MaxEpoch(d.fence, msg.Epoch)
@@ -600,6 +625,10 @@ func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
 	case key == timerSnapshot:
 		if !d.active {
 			return nil
+		}
+		if d.firstSnapshot {
+			// The site actor never answered: the first snapshot is due.
+			return append([]core.Effect{core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval}}, d.snapshotNow(env)...)
 		}
 		return d.takeSnapshot(env)
 	case key == timerActivate:
@@ -653,6 +682,10 @@ func (d *Dataset) snapshot(env *core.Env, ifChanged bool) []core.Effect {
 		// now would name the restored data in the old epoch. The restore
 		// takes one at the new epoch when it is done.
 		return nil
+	}
+	if !ifChanged {
+		// Any forced snapshot from here on is at the current epoch.
+		d.firstSnapshot = false
 	}
 	if d.snapTaking {
 		d.snapAgain = d.snapAgain || !ifChanged
@@ -728,6 +761,7 @@ func (d *Dataset) storageDone(env *core.Env, r *m.StorageResult) []core.Effect {
 		if d.readOnlyPending && !d.snapTaking {
 			fx = append(fx, d.setReplica())
 		}
+		fx = append(fx, d.settleExtendedSyncs()...)
 		return append(fx, d.replicate(env)...)
 	case m.StorageOp_STORAGE_OP_SEND:
 		s := d.streams[r.ToNode]
@@ -761,6 +795,13 @@ func (d *Dataset) replicate(env *core.Env) []core.Effect {
 	var fx []core.Effect
 	for _, r := range d.replicas {
 		if d.streams[r] != nil || d.cursor[r] == l.Name {
+			continue
+		}
+		if d.snapTaking && d.syncNeedsNewer(r, l) {
+			// A migration waits for the snapshot being taken: sending the
+			// one before it first (the final delta's stream queued behind
+			// that snapshot, then a second stream) would double the time
+			// its clients are held. That snapshot's result offers it.
 			continue
 		}
 		s := &stream{id: d.id(), target: l, startedMs: env.NowMs()}
@@ -1229,10 +1270,51 @@ func (d *Dataset) sync(env *core.Env, s *m.Sync) []core.Effect {
 	return fx
 }
 
+// settleExtendedSyncs: a pre-copy extended to take a snapshot along
+// (syncsDone) whose snapshot was not taken after all (nothing had changed,
+// or it failed) is done with what its target holds.
+func (d *Dataset) settleExtendedSyncs() []core.Effect {
+	l := d.latest()
+	if d.snapTaking || l == nil {
+		return nil
+	}
+	settled := false
+	for _, w := range d.syncs {
+		if w.extended && w.needSeq > l.Seq {
+			w.needSeq, settled = l.Seq, true
+		}
+	}
+	if !settled {
+		return nil
+	}
+	var fx []core.Effect
+	for _, r := range d.replicas {
+		if d.cursor[r] == l.Name {
+			fx = append(fx, d.syncsDone(r, l)...)
+		}
+	}
+	return fx
+}
+
+// syncNeedsNewer reports whether a migration step waits for replica to
+// hold a snapshot newer than l.
+func (d *Dataset) syncNeedsNewer(replica string, l *m.SnapshotRef) bool {
+	return slices.ContainsFunc(d.syncs, func(w *syncWait) bool { return w.target == replica && w.needSeq > l.Seq })
+}
+
 func (d *Dataset) syncsDone(replica string, have *m.SnapshotRef) []core.Effect {
 	var fx []core.Effect
 	d.syncs = slices.DeleteFunc(d.syncs, func(w *syncWait) bool {
 		if w.target != replica || have.Seq < w.needSeq || core.CompareEpoch(have.Epoch, d.epoch) != 0 {
+			return false
+		}
+		if !w.final && !w.extended && d.snapTaking {
+			// The pre-copy is done but a snapshot is being taken (a
+			// scheduled one): pausing now would hold the site's clients
+			// while it finishes, and the final delta would carry its
+			// changes too. The pre-copy takes it along first (once, so a
+			// busy schedule cannot hold the move).
+			w.needSeq, w.extended = d.seq, true
 			return false
 		}
 		fx = append(fx, core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{

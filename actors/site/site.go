@@ -271,6 +271,11 @@ func (s *Site) activate(env *core.Env, a *m.Activate) []core.Effect {
 	if !wasServing {
 		fx = append(fx, core.Process{Req: &m.ProcessRequest{Site: s.site, Start: true, Spec: s.spec}})
 	}
+	// The dataset takes the activation's first snapshot when told, so that
+	// storage starts the processes first (it carries out a site's requests
+	// in order) and clients do not wait for a snapshot.
+	fx = append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Activated{
+		Site: s.site, Node: s.node, Epoch: s.epoch, Code: m.Code_CODE_OK}})
 	if a.FromNode != "" {
 		fx = append(fx, core.Send{To: core.SiteAddr(a.FromNode, s.site), Msg: &m.Activated{
 			Site: s.site, Node: s.node, Epoch: s.epoch, Code: m.Code_CODE_OK}})

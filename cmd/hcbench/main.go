@@ -4,7 +4,7 @@
 //	hcbench sites [-n 1000] [-idle 10s]
 //	hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]
 //	hcbench http [-rounds 3] [-duration 5s] [-connections 64] (see http.go)
-//	hcbench mysql [-duration 3s] [-db-mib 256]   (see mysql.go)
+//	hcbench mysql [-duration 3s] [-db-mib 256] [-zfs]   (see mysql.go)
 //
 // failover: repeated kill -9 of a site's master under continuous writes
 // (hcdemoapp, acknowledged after fsync) through the other nodes. Each run
@@ -71,7 +71,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || os.Args[1] != "failover" {
-		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]\n       hcbench sites [-n N] [-idle 10s]\n       hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]\n       hcbench http [-rounds 3] [-duration 5s] [-skip-move]\n       hcbench mysql [-duration 3s] [-db-mib 256]")
+		fmt.Fprintln(os.Stderr, "usage: hcbench failover [-runs N] [-nodes N] [-keep]\n       hcbench sites [-n N] [-idle 10s]\n       hcbench rpo [-sites-per-node 50] [-rate-kib 1024] [-duration 30s]\n       hcbench http [-rounds 3] [-duration 5s] [-skip-move]\n       hcbench mysql [-duration 3s] [-db-mib 256] [-zfs]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("hcbench failover", flag.ExitOnError)

@@ -3,7 +3,8 @@ package main
 // hcbench mysql: the MySQL front end against a blind TCP proxy (HAProxy)
 // and against the site's server itself, then a planned move under load.
 //
-// One 3-node local cluster (portable storage), one site with a MySQL user.
+// One 3-node local cluster (portable storage, or a file-backed ZFS pool with
+// -zfs), one site with a MySQL user.
 // Point selects by primary key (16 connections, Go's database/sql with
 // go-sql-driver/mysql), each for -duration, one after another in one run:
 //
@@ -64,6 +65,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 3*time.Second, "length of each QPS measurement (each target is measured 3 times, in turn)")
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
+	useZFS := fs.Bool("zfs", false, "put the nodes' datasets on a file-backed ZFS pool (needs root and zfs; default: the portable driver)")
 	_ = fs.Parse(args)
 	if *duration <= 0 || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax {
 		return fmt.Errorf("-duration 1s..10m, -db-mib 0..%d", mysqlDBMiBMax)
@@ -89,11 +91,12 @@ func mysqlBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	c, err := localcluster.Start(ctx, localcluster.Options{Nodes: 3, Dir: dir, Bin: bin})
+	cc, err := startCluster(ctx, localcluster.Options{Nodes: 3, Dir: dir, Bin: bin}, *useZFS)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer cc.Close()
+	c := cc.Cluster
 	const site, user, password, db = "bench", "bench_user", "bench-pw", "bench_db"
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -143,8 +146,14 @@ func mysqlBench(ctx context.Context, args []string) error {
 		}
 	}
 
-	// The site's server: its socket is in the option file in its dataset.
-	sock, err := socketOf(filepath.Join(c.Nodes[master].DataDir, "datasets", "sites", site, "live", "mysql", "my.cnf"))
+	// The site's server: its socket is in the option file in its dataset
+	// (on ZFS the master's dataset <pool>/<node>/sites/<site> is mounted
+	// below the pool's mountpoint, see localcluster.CreatePool).
+	cnf := filepath.Join(c.Nodes[master].DataDir, "datasets", "sites", site, "live", "mysql", "my.cnf")
+	if *useZFS {
+		cnf = filepath.Join(dir, "zfs", c.Nodes[master].Name, "sites", site, "mysql", "my.cnf")
+	}
+	sock, err := socketOf(cnf)
 	if err != nil {
 		return err
 	}
@@ -225,8 +234,12 @@ func mysqlBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("mysql_move db_mib=%d from=%s to=%s move_s=%.2f inserts_acked=%d stall_ms=%d lost_rows=%d errors=%d\n",
-		*dbMiB, s.Master, target, moveTook.Seconds(), acked, stall.Milliseconds(), lost, errs)
+	storageKind := "portable"
+	if *useZFS {
+		storageKind = "zfs"
+	}
+	fmt.Printf("mysql_move storage=%s db_mib=%d from=%s to=%s move_s=%.2f inserts_acked=%d stall_ms=%d lost_rows=%d errors=%d\n",
+		storageKind, *dbMiB, s.Master, target, moveTook.Seconds(), acked, stall.Milliseconds(), lost, errs)
 	fmt.Printf("proxy_vs_haproxy=%.2f proxy_vs_direct=%.2f move_stall_ms=%d lost_rows=%d errors=%d\n",
 		ratio("proxy", "haproxy"), ratio("proxy", "direct"), stall.Milliseconds(), lost, errs)
 	return nil
@@ -290,6 +303,7 @@ func mysqlMoveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, pass
 		took  time.Duration
 		id    int
 		ok    bool
+		via   string
 	}
 	var mu sync.Mutex
 	var ops []op
@@ -316,7 +330,7 @@ func mysqlMoveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, pass
 					err = d.QueryRowContext(context.Background(), "SELECT COUNT(*) FROM load_rows WHERE id = ?", id).Scan(&n)
 				}
 				mu.Lock()
-				ops = append(ops, op{begun, time.Since(begun), id, err == nil})
+				ops = append(ops, op{begun, time.Since(begun), id, err == nil, c.Nodes[i].Name})
 				if err != nil {
 					errs++
 					if errs <= 5 {
@@ -355,6 +369,7 @@ func mysqlMoveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, pass
 		stored[id] = true
 	}
 	rows.Close()
+	var longest op
 	for _, o := range ops {
 		if o.ok {
 			acked++
@@ -362,10 +377,16 @@ func mysqlMoveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, pass
 				lost++
 			}
 		}
-		if o.start.Before(moveEnd) && o.start.Add(o.took).After(moveStart) {
-			stall = max(stall, o.took)
+		if o.start.Before(moveEnd) && o.start.Add(o.took).After(moveStart) && o.took > stall {
+			stall, longest = o.took, o
 		}
 	}
+	// When the longest stall began and ended, to line it up with the
+	// nodes' logs (UTC, as they log).
+	const clock = "15:04:05.000"
+	fmt.Fprintf(os.Stderr, "mysql_move_stall via=%s began=%s ended=%s took_ms=%d migrate_began=%s migrate_ended=%s\n",
+		longest.via, longest.start.UTC().Format(clock), longest.start.Add(longest.took).UTC().Format(clock), stall.Milliseconds(),
+		moveStart.UTC().Format(clock), moveEnd.UTC().Format(clock))
 	return stall, lost, acked, errs, moveEnd.Sub(moveStart), nil
 }
 

@@ -9,7 +9,8 @@
 // Layout under the root directory:
 //
 //	sites/<site>/meta.json            epoch, read-only flag, quota, holds, mounts
-//	sites/<site>/live -> trees/<gen>  the live files (Mountpoint)
+//	sites/<site>/live -> trees/<gen>  the live files (Mountpoint); on a replica
+//	                                  writable copies of the newest snapshot
 //	sites/<site>/snaps/<snap>/        manifest.json and tree/
 //	stash/<site>/<stash>/             stash.json, snaps/, live/ (base "" = a stash of everything)
 //	tmp/                              receives and stashes in progress
@@ -89,6 +90,10 @@ type siteMeta struct {
 	Mounts     map[string]int      `json:"mounts,omitempty"`
 	LiveGen    int                 `json:"livegen"`
 	NextSeq    uint64              `json:"nextseq"`
+
+	// Warm names the snapshot the live tree is a writable copy of, on a
+	// replica (see warm.go); "" when it is not known to be one.
+	Warm string `json:"warm,omitempty"`
 }
 
 type stashMeta struct {
@@ -258,8 +263,9 @@ func (d *Driver) SetQuota(ctx context.Context, site storage.Site, quotaBytes int
 	return d.writeMeta(site, m)
 }
 
-// SetReadOnly implements storage.Driver. Promoting a replica replaces its
-// live tree (hard links into snapshots) with independent writable copies.
+// SetReadOnly implements storage.Driver. A promoted replica's live tree
+// must be independent writable copies of its newest snapshot: a warm
+// replica's is already (warm.go); any other is copied from the snapshot.
 func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bool) error {
 	if err := checkSite(site); err != nil {
 		return err
@@ -279,11 +285,23 @@ func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bo
 		}
 		if len(snaps) > 0 {
 			latest := snaps[len(snaps)-1]
-			if err := d.replaceLive(site, m, snapDir(d.siteDir(site), latest.Name), latest, false); err != nil {
+			live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))
+			if err != nil {
+				return err
+			}
+			// A warm replica's live tree is already writable copies of its
+			// newest snapshot: nothing to copy.
+			if m.Warm != latest.Name || !warmMatches(live, latest) {
+				if err := d.replaceLive(site, m, snapDir(d.siteDir(site), latest.Name), latest, false); err != nil {
+					return err
+				}
+			}
+			if err := d.adoptLive(site, latest); err != nil {
 				return err
 			}
 		}
 	}
+	m.Warm = "" // the live tree is the master's from here on
 	m.ReadOnly = readOnly
 	d.log.Info("dataset read-only changed", "site", site.String(), "readonly", readOnly)
 	return d.writeMeta(site, m)
@@ -303,6 +321,35 @@ func (d *Driver) replaceLive(site storage.Site, m *siteMeta, snapPath string, ma
 	return d.swapLive(site, m, gen)
 }
 
+// adoptLive records in man, the newest snapshot, which the live tree was
+// just materialized from as writable copies, the identity of each live
+// file, so that the next snapshot hard-links the files the site has not
+// changed since instead of copying every one (captureTree matches a live
+// file to its previous entry by inode and ctime, which any write or chmod
+// changes). The snapshot's own files stay separate inodes: the link is
+// from snapshot to snapshot, never to a live file.
+func (d *Driver) adoptLive(site storage.Site, man *manifest) error {
+	live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))
+	if err != nil {
+		return err
+	}
+	for i := range man.Entries {
+		e := &man.Entries[i]
+		if e.Kind != kindFile {
+			continue
+		}
+		e.LiveIno, e.LiveCtimeNs = 0, 0
+		fi, err := os.Lstat(filepath.Join(live, filepath.FromSlash(e.Path)))
+		if err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() && fi.Size() == e.Size && fi.ModTime().UnixNano() == e.MtimeNs {
+			e.LiveIno, e.LiveCtimeNs = statIdentity(fi)
+		}
+	}
+	return writeJSONAtomic(filepath.Join(snapDir(d.siteDir(site), man.Name), "manifest.json"), man)
+}
+
 func (d *Driver) swapLive(site storage.Site, m *siteMeta, gen int) error {
 	dir := d.siteDir(site)
 	oldTarget, _ := os.Readlink(filepath.Join(dir, "live"))
@@ -315,6 +362,7 @@ func (d *Driver) swapLive(site storage.Site, m *siteMeta, gen int) error {
 		return err
 	}
 	m.LiveGen = gen
+	m.Warm = "" // a new tree; warmLive marks it warm after
 	if err := d.writeMeta(site, m); err != nil {
 		return err
 	}
@@ -682,6 +730,13 @@ func (d *Driver) stashLocked(site storage.Site, keep storage.SnapName, stash sto
 	}
 	if err := d.swapLive(site, m, gen); err != nil {
 		return err
+	}
+	if keepMan != nil && !m.ReadOnly {
+		// keep is the newest snapshot now, and the live tree writable
+		// copies of it.
+		if err := d.adoptLive(site, keepMan); err != nil {
+			return err
+		}
 	}
 	d.log.Info("stashed", "site", site.String(), "stash", stash.String(), "base", keep.String(), "snapshots", len(after))
 	return nil

@@ -430,9 +430,11 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		if err := os.MkdirAll(filepath.Join(siteTmp, "trees"), 0o755); err != nil {
 			return storage.Snapshot{}, err
 		}
-		if err := materializeTree(filepath.Join(snapDir(siteTmp, man.Name), "tree"), filepath.Join(siteTmp, "trees", "1"), man, true); err != nil {
+		// Writable copies, kept up to date by later receives (warm.go).
+		if err := materializeTree(filepath.Join(snapDir(siteTmp, man.Name), "tree"), filepath.Join(siteTmp, "trees", "1"), man, false); err != nil {
 			return storage.Snapshot{}, mapFSError(err)
 		}
+		m.Warm = man.Name
 		if err := os.Symlink(filepath.Join("trees", "1"), filepath.Join(siteTmp, "live")); err != nil {
 			return storage.Snapshot{}, err
 		}
@@ -449,8 +451,8 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		if err := d.writeMeta(site, m); err != nil {
 			return storage.Snapshot{}, err
 		}
-		if err := d.replaceLive(site, m, snapDir(d.siteDir(site), man.Name), man, true); err != nil {
-			return storage.Snapshot{}, err
+		if err := d.updateLive(site, m, baseMan, man); err != nil {
+			return storage.Snapshot{}, mapFSError(err)
 		}
 	}
 	d.log.Info("received", "site", site.String(), "snapshot", man.Name, "base", base.String(), "epoch", epoch.String(), "written_bytes", ap.written, "duration", time.Since(started))

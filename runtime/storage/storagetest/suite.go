@@ -58,6 +58,7 @@ func Run(t *testing.T, h Harness) {
 		{"OutOfSpace", testOutOfSpace},
 		{"SnapshotAll", testSnapshotAll},
 		{"SnapshotWhileAppending", testSnapshotWhileAppending},
+		{"PromotedReplicaWritesChangeNoSnapshot", testPromoteReplica},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -1102,4 +1103,56 @@ func testSnapshotWhileAppending(t *testing.T, ctx context.Context, a, b storage.
 	must(t, err, "mount last snapshot")
 	defer func() { _ = a.Unmount(ctx, site, last) }()
 	sameTree(t, "replica after snapshots taken while appending", liveHash(t, ctx, b, site), HashTree(t, view))
+}
+
+// testPromoteReplica: a replica made writable (a planned move's target
+// being promoted) serves exactly its newest snapshot; a write into one of
+// its files in place, as a database writes, changes no snapshot (the
+// promoted files share nothing writable with the snapshots); the next
+// snapshot holds the write and everything else as it was.
+func testPromoteReplica(t *testing.T, ctx context.Context, a, b storage.Driver) {
+	site := siteFor(t, "x")
+	replicate(t, ctx, a, b, site, 0)
+	WriteFile(t, ctx, a, site, "index.html", []byte("<h1>second</h1>\n"))
+	WriteFile(t, ctx, a, site, "data/new.txt", []byte("added before the move"))
+	_, err := a.Snapshot(ctx, site, storage.MustSnap("s2"))
+	must(t, err, "snapshot s2")
+	_, err = Transfer(ctx, a, b, site, epoch1, storage.MustSnap("s1"), storage.MustSnap("s2"))
+	must(t, err, "incremental transfer s2")
+	s2 := liveHash(t, ctx, a, site)
+
+	must(t, b.SetReadOnly(ctx, site, false), "promote the replica")
+	sameTree(t, "promoted live tree", liveHash(t, ctx, b, site), s2)
+	mp, err := b.Mountpoint(ctx, site)
+	must(t, err, "mountpoint")
+	f, err := os.OpenFile(filepath.Join(mp, "data", "blob.bin"), os.O_WRONLY, 0)
+	must(t, err, "open a promoted file for writing")
+	_, err = f.WriteAt([]byte("written in place after the promotion"), 4096)
+	must(t, err, "write in place")
+	must(t, f.Close(), "close")
+	after := liveHash(t, ctx, b, site)
+	if after["data/blob.bin"] == s2["data/blob.bin"] {
+		t.Fatal("the in-place write did not change the live file")
+	}
+	dir, err := b.MountReadOnly(ctx, site, storage.MustSnap("s2"))
+	must(t, err, "mount s2")
+	sameTree(t, "s2 after a write into the promoted live tree", HashTree(t, dir), s2)
+	must(t, b.Unmount(ctx, site, storage.MustSnap("s2")), "unmount s2")
+
+	_, err = b.Snapshot(ctx, site, storage.MustSnap("s3"))
+	must(t, err, "first snapshot after the promotion")
+	dir, err = b.MountReadOnly(ctx, site, storage.MustSnap("s3"))
+	must(t, err, "mount s3")
+	sameTree(t, "s3", HashTree(t, dir), after)
+	must(t, b.Unmount(ctx, site, storage.MustSnap("s3")), "unmount s3")
+	// And the write after s3 is in no snapshot either.
+	f, err = os.OpenFile(filepath.Join(mp, "index.html"), os.O_WRONLY, 0)
+	must(t, err, "open index.html")
+	_, err = f.WriteAt([]byte("<h1>third"), 0)
+	must(t, err, "write index.html in place")
+	must(t, f.Close(), "close")
+	dir, err = b.MountReadOnly(ctx, site, storage.MustSnap("s3"))
+	must(t, err, "mount s3 again")
+	sameTree(t, "s3 after a later write", HashTree(t, dir), after)
+	must(t, b.Unmount(ctx, site, storage.MustSnap("s3")), "unmount s3 again")
 }

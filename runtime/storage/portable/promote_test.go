@@ -1,0 +1,114 @@
+package portable
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/hybridcluster/hybridcluster/runtime/storage"
+)
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func transfer(t *testing.T, ctx context.Context, a, b *Driver, site storage.Site, base, to storage.SnapName) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	sent := make(chan error, 1)
+	go func() {
+		err := a.Send(ctx, site, base, to, pw)
+		pw.CloseWithError(err)
+		sent <- err
+	}()
+	_, err := b.Receive(ctx, site, storage.Epoch{Term: 1, Node: "n1"}, base, pr)
+	pr.CloseWithError(errors.New("receiver done"))
+	if serr := <-sent; err == nil {
+		err = serr
+	}
+	if err != nil {
+		t.Fatalf("transfer %s: %v", to, err)
+	}
+}
+
+// The first snapshot after a promotion copies only what the site changed:
+// the promoted live files are recorded as copies of the newest snapshot's,
+// so that snapshot's unchanged files are hard-linked into the next one (a
+// promoted 256 MiB database was copied whole, 2 s, on the first snapshot).
+// No live file ever shares an inode with a snapshot file.
+func TestFirstSnapshotAfterPromotionLinksUnchangedFiles(t *testing.T) {
+	ctx := context.Background()
+	a, err := New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := storage.MustSite("promoted")
+	if err := a.Create(ctx, site, 0); err != nil {
+		t.Fatal(err)
+	}
+	mp, _ := a.Mountpoint(ctx, site)
+	big := make([]byte, 1<<20)
+	_, _ = rand.Read(big)
+	if err := os.MkdirAll(filepath.Join(mp, "db"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for rel, data := range map[string][]byte{"db/big.ibd": big, "db/log": []byte("log v1")} {
+		if err := os.WriteFile(filepath.Join(mp, rel), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s1 := storage.MustSnap("s1")
+	if _, err := a.Snapshot(ctx, site, s1); err != nil {
+		t.Fatal(err)
+	}
+	transfer(t, ctx, a, b, site, storage.SnapName{}, s1)
+
+	if err := b.SetReadOnly(ctx, site, false); err != nil {
+		t.Fatal(err)
+	}
+	live, _ := b.Mountpoint(ctx, site)
+	f, err := os.OpenFile(filepath.Join(live, "db", "log"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("log v2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s2 := storage.MustSnap("s2")
+	if _, err := b.Snapshot(ctx, site, s2); err != nil {
+		t.Fatal(err)
+	}
+	tree := func(snap, rel string) string {
+		return filepath.Join(snapDir(b.siteDir(site), snap), "tree", filepath.FromSlash(rel))
+	}
+	if inode(t, tree("s2", "db/big.ibd")) != inode(t, tree("s1", "db/big.ibd")) {
+		t.Error("the unchanged file was copied into the first snapshot after the promotion, not linked")
+	}
+	if inode(t, tree("s2", "db/log")) == inode(t, tree("s1", "db/log")) {
+		t.Error("the changed file was linked from the previous snapshot")
+	}
+	if got, _ := os.ReadFile(tree("s2", "db/log")); string(got) != "log v2" {
+		t.Errorf("s2 holds %q, want the write after the promotion", got)
+	}
+	for _, rel := range []string{"db/big.ibd", "db/log"} {
+		ino := inode(t, filepath.Join(live, filepath.FromSlash(rel)))
+		if ino == inode(t, tree("s1", rel)) || ino == inode(t, tree("s2", rel)) {
+			t.Errorf("live %s shares its inode with a snapshot", rel)
+		}
+	}
+}

@@ -333,6 +333,7 @@ func (d *Driver) adoptLive(site storage.Site, man *manifest) error {
 	if err != nil {
 		return err
 	}
+	recordedAt := time.Now()
 	for i := range man.Entries {
 		e := &man.Entries[i]
 		if e.Kind != kindFile {
@@ -344,7 +345,7 @@ func (d *Driver) adoptLive(site storage.Site, man *manifest) error {
 			return err
 		}
 		if fi.Mode().IsRegular() && fi.Size() == e.Size && fi.ModTime().UnixNano() == e.MtimeNs {
-			e.LiveIno, e.LiveCtimeNs = statIdentity(fi)
+			e.LiveIno, e.LiveCtimeNs = trustedIdentity(fi, recordedAt)
 		}
 	}
 	return writeJSONAtomic(filepath.Join(snapDir(d.siteDir(site), man.Name), "manifest.json"), man)

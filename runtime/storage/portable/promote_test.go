@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
 )
@@ -77,6 +78,13 @@ func TestFirstSnapshotAfterPromotionLinksUnchangedFiles(t *testing.T) {
 	}
 	transfer(t, ctx, a, b, site, storage.SnapName{}, s1)
 
+	// The files were just written: a margin of 0 (and a pause longer
+	// than a clock tick) lets their identity be trusted at once, which
+	// is what this test is about (TestRacyFilesAreNotTrusted is about the
+	// margin).
+	defer func(m time.Duration) { identityRacyMargin = m }(identityRacyMargin)
+	identityRacyMargin = 0
+	time.Sleep(50 * time.Millisecond)
 	if err := b.SetReadOnly(ctx, site, false); err != nil {
 		t.Fatal(err)
 	}
@@ -110,5 +118,38 @@ func TestFirstSnapshotAfterPromotionLinksUnchangedFiles(t *testing.T) {
 		if ino == inode(t, tree("s1", rel)) || ino == inode(t, tree("s2", rel)) {
 			t.Errorf("live %s shares its inode with a snapshot", rel)
 		}
+	}
+}
+
+// A file changed just before its identity is recorded may be changed again
+// within the same clock tick without its ctime moving: its identity is not
+// recorded, so the next snapshot copies it rather than link stale content.
+func TestRacyFilesAreNotTrusted(t *testing.T) {
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "tree")
+	if err := os.WriteFile(filepath.Join(src, "fresh"), []byte("v1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	entries, _, err := captureTree(src, dst, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].LiveIno != 0 || entries[0].LiveCtimeNs != 0 {
+		t.Fatalf("a file written just now was trusted by identity: %+v", entries)
+	}
+	// With its identity untrusted, an in-place rewrite of the same size
+	// and mtime is copied into the next snapshot.
+	fi, _ := os.Stat(filepath.Join(src, "fresh"))
+	if err := os.WriteFile(filepath.Join(src, "fresh"), []byte("v2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(filepath.Join(src, "fresh"), fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	dst2 := filepath.Join(t.TempDir(), "tree")
+	if _, _, err := captureTree(src, dst2, &manifest{Entries: entries}, dst); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dst2, "fresh")); string(b) != "v2" {
+		t.Fatalf("the next snapshot holds %q, want the rewrite v2", b)
 	}
 }

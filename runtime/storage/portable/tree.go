@@ -112,6 +112,25 @@ func writeJSONAtomic(path string, v any) error {
 	return writeFileAtomic(path, data)
 }
 
+// identityRacyMargin: a file whose ctime is this close to (or after) the
+// moment its identity is recorded may still be written within the same
+// clock tick without its ctime changing (Linux stamps files from a coarse
+// clock; some file systems keep whole seconds), so its identity is not
+// recorded and the next snapshot copies it again rather than trust it
+// (git's "racy" index entries). Larger than any timestamp granularity of
+// the file systems the driver runs on. (A variable for tests.)
+var identityRacyMargin = 2 * time.Second
+
+// trustedIdentity is statIdentity, or zeros (untrusted: compare by content
+// next time) for a file changed within identityRacyMargin of recordedAt.
+func trustedIdentity(fi fs.FileInfo, recordedAt time.Time) (ino uint64, ctimeNs int64) {
+	ino, ctimeNs = statIdentity(fi)
+	if ctimeNs >= recordedAt.Add(-identityRacyMargin).UnixNano() {
+		return 0, 0
+	}
+	return ino, ctimeNs
+}
+
 func statIdentity(fi fs.FileInfo) (ino uint64, ctimeNs int64) {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		return st.Ino, st.Ctim.Sec*1e9 + st.Ctim.Nsec
@@ -157,6 +176,7 @@ func captureTree(src, dst string, prev *manifest, prevTree string) ([]entry, int
 	}
 	var entries []entry
 	var copied int64
+	started := time.Now()
 	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -194,9 +214,12 @@ func captureTree(src, dst string, prev *manifest, prevTree string) ([]entry, int
 		case fi.Mode().IsRegular():
 			e.Kind = kindFile
 			e.Size = fi.Size()
-			e.LiveIno, e.LiveCtimeNs = statIdentity(fi)
+			// The previous entry's identity was recorded only if it was
+			// not racy then, so a match means no write since.
+			ino, ctimeNs := statIdentity(fi)
+			e.LiveIno, e.LiveCtimeNs = trustedIdentity(fi, started)
 			if p, ok := prevBy[rel]; ok && p.Kind == kindFile && p.Size == e.Size && p.MtimeNs == e.MtimeNs &&
-				p.LiveIno == e.LiveIno && p.LiveCtimeNs == e.LiveCtimeNs && p.LiveIno != 0 {
+				p.LiveIno == ino && p.LiveCtimeNs == ctimeNs && p.LiveIno != 0 {
 				if err := os.Link(filepath.Join(prevTree, filepath.FromSlash(rel)), out); err == nil {
 					e.Hashes = p.Hashes
 					break

@@ -64,6 +64,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 3*time.Second, "length of each QPS measurement (each target is measured 3 times, in turn)")
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
+	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the master node (its MySQL front end) during the proxy runs to `prefix`.N.pprof")
 	_ = fs.Parse(args)
 	if *duration <= 0 || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax {
 		return fmt.Errorf("-duration 1s..10m, -db-mib 0..%d", mysqlDBMiBMax)
@@ -148,21 +149,35 @@ func mysqlBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	hport, stopHAProxy, err := startHAProxy(ctx, haproxy, dir, sock)
+	hport, hpid, stopHAProxy, err := startHAProxy(ctx, haproxy, dir, sock)
 	if err != nil {
 		return err
 	}
 	defer stopHAProxy()
 
-	targets := []struct{ name, addr string }{
-		{"direct", "unix(" + sock + ")"},
-		{"haproxy", fmt.Sprintf("tcp(127.0.0.1:%d)", hport)},
-		{"proxy", "tcp(" + c.Nodes[master].MySQL + ")"},
-		{"proxy_remote", "tcp(" + c.Nodes[remote].MySQL + ")"},
+	// pids are the proxy processes of a target, whose CPU time per query
+	// is reported: a figure a busy shared machine disturbs much less than
+	// QPS (the site's server and the client are not counted).
+	targets := []struct {
+		name, addr string
+		pids       []int
+	}{
+		{"direct", "unix(" + sock + ")", nil},
+		{"haproxy", fmt.Sprintf("tcp(127.0.0.1:%d)", hport), []int{hpid}},
+		{"proxy", "tcp(" + c.Nodes[master].MySQL + ")", []int{c.Pid(master)}},
+		{"proxy_remote", "tcp(" + c.Nodes[remote].MySQL + ")", []int{c.Pid(master), c.Pid(remote)}},
+	}
+	var profile *nodeProfile
+	if *cpuProfile != "" {
+		if profile, err = startNodeProfile(ctx, c, master, *cpuProfile, *duration); err != nil {
+			return err
+		}
+		defer profile.stop()
 	}
 	// Rounds of every target in turn, so that a change in what else runs
 	// on the machine falls on all of them alike.
 	counts := map[string]int64{}
+	cpu := map[string]time.Duration{}
 	for round := range mysqlBenchRounds {
 		for _, mode := range []string{"text", "prepared"} {
 			for _, tg := range targets {
@@ -174,7 +189,15 @@ func mysqlBench(ctx context.Context, args []string) error {
 				if err != nil {
 					return err
 				}
+				if tg.name == "proxy" {
+					profile.resume(ctx)
+				}
+				before := pidsCPU(tg.pids)
 				n, err := pointSelects(ctx, d, mode == "prepared", *duration)
+				cpu[tg.name+"_"+mode] += pidsCPU(tg.pids) - before
+				if tg.name == "proxy" {
+					profile.pause()
+				}
 				d.Close()
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", tg.name, mode, err)
@@ -189,7 +212,11 @@ func mysqlBench(ctx context.Context, args []string) error {
 		for _, tg := range targets {
 			q := float64(counts[tg.name+"_"+mode]) / (duration.Seconds() * mysqlBenchRounds)
 			qps[tg.name+"_"+mode] = q
-			fmt.Printf("mysql_qps target=%s mode=%s connections=%d qps=%.0f\n", tg.name, mode, mysqlBenchConnections, q)
+			cpuUs := 0.0
+			if n := counts[tg.name+"_"+mode]; n > 0 && tg.pids != nil {
+				cpuUs = float64(cpu[tg.name+"_"+mode].Microseconds()) / float64(n)
+			}
+			fmt.Printf("mysql_qps target=%s mode=%s connections=%d qps=%.0f proxy_cpu_us_per_query=%.1f\n", tg.name, mode, mysqlBenchConnections, q, cpuUs)
 		}
 	}
 	ratio := func(a, b string) float64 {
@@ -199,6 +226,13 @@ func mysqlBench(ctx context.Context, args []string) error {
 		qps["proxy_text"]/qps["haproxy_text"], qps["proxy_prepared"]/qps["haproxy_prepared"],
 		qps["proxy_text"]/qps["direct_text"], qps["proxy_prepared"]/qps["direct_prepared"],
 		qps["haproxy_text"]/qps["direct_text"], qps["proxy_remote_text"]/qps["direct_text"])
+	if profile != nil {
+		files, err := profile.stop()
+		if err != nil {
+			return err
+		}
+		fmt.Println("cpu profiles of the master node during the proxy runs (go tool pprof merges them):", strings.Join(files, " "))
+	}
 	stopHAProxy()
 
 	// Grow the database, then move it under load.
@@ -385,13 +419,22 @@ func socketOf(cnf string) (string, error) {
 	return "", fmt.Errorf("%s: no socket", cnf)
 }
 
+// pidsCPU is the CPU time the processes pids have used.
+func pidsCPU(pids []int) time.Duration {
+	var t time.Duration
+	for _, pid := range pids {
+		t += processCPU(pid)
+	}
+	return t
+}
+
 // startHAProxy runs HAProxy in TCP mode from a free loopback port to sock.
-func startHAProxy(ctx context.Context, bin, dir, sock string) (int, func(), error) {
+func startHAProxy(ctx context.Context, bin, dir, sock string) (port, pid int, stop func(), err error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
-	port := l.Addr().(*net.TCPAddr).Port
+	port = l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	text := fmt.Sprintf(`global
@@ -408,15 +451,15 @@ backend site
     server db %s
 `, port, sock)
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	var once sync.Once
-	stop := func() {
+	stop = func() {
 		once.Do(func() {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
@@ -425,10 +468,10 @@ backend site
 	for range 100 {
 		if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
 			conn.Close()
-			return port, stop, nil
+			return port, cmd.Process.Pid, stop, nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	stop()
-	return 0, nil, fmt.Errorf("haproxy did not listen on %d", port)
+	return 0, 0, nil, fmt.Errorf("haproxy did not listen on %d", port)
 }

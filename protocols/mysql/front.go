@@ -77,10 +77,53 @@ type Config struct {
 	// Admit counts a command (or a transaction) in at the master
 	// (host.Host.Admit); nil: this node masters nothing.
 	Admit func(ctx context.Context, site string) (release func(), ok bool)
+	// Admission, when set, is what a session's relay counts its commands
+	// in with at the master, one after another, without an allocation per
+	// command (host.Host.NewAdmission); nil: Admit for each command.
+	Admission func(site string) Admission
 	// TLS is offered to clients; nil means a generated self-signed
 	// certificate (clients that verify certificates need a real one).
 	TLS    *tls.Config
 	Logger *slog.Logger
+}
+
+// Admission counts a session's commands (and transactions) in at the
+// master one at a time (host.Admission): Enter with one held does
+// nothing; Leave with none held does nothing.
+type Admission interface {
+	Enter(ctx context.Context) bool
+	Leave()
+}
+
+// admitEach is an Admission over Config.Admit.
+type admitEach struct {
+	admit   func(ctx context.Context, site string) (release func(), ok bool)
+	site    string
+	release func()
+}
+
+func (a *admitEach) Enter(ctx context.Context) bool {
+	if a.release != nil {
+		return true
+	}
+	release, ok := a.admit(ctx, a.site)
+	a.release = release
+	return ok
+}
+
+func (a *admitEach) Leave() {
+	if a.release != nil {
+		a.release()
+		a.release = nil
+	}
+}
+
+// admission is a new session's Admission for site at this master.
+func (f *Front) admission(site string) Admission {
+	if f.cfg.Admission != nil {
+		return f.cfg.Admission(site)
+	}
+	return &admitEach{admit: f.cfg.Admit, site: site}
 }
 
 // Front is the MySQL front end.
@@ -284,9 +327,9 @@ func (f *Front) fail(rl *relay, e *gm.MyError) {
 
 // attach makes be the relay's server side.
 func (f *Front) attach(rl *relay, be *backend, local bool, site string) {
-	rl.be, rl.tunnel, rl.admit, rl.stale = be, !local, nil, nil
+	rl.be, rl.tunnel, rl.admission, rl.stale = be, !local, nil, nil
 	if local {
-		rl.admit = func() (func(), bool) { return f.cfg.Admit(context.Background(), site) }
+		rl.admission = f.admission(site)
 	}
 	if s, ok := be.conn.(interface{ Stale() bool }); ok {
 		rl.stale = s.Stale

@@ -2,6 +2,7 @@ package mysql
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,10 +53,10 @@ type relay struct {
 	cr *bufio.Reader
 	cw *bufio.Writer
 	be *backend
-	// admit, when set, is asked before a command goes to the server while
-	// no admission is held; false: errNotAdmitted.
-	admit   func() (release func(), ok bool)
-	release func()
+	// admission, when set, counts a command in before it goes to the
+	// server, and its transaction until it ends (Enter with a command or
+	// transaction held does nothing); false: errNotAdmitted.
+	admission Admission
 	// tunnel: the server side is a master's tunnel end, whose
 	// codeNotServing answers mean errNotAdmitted.
 	tunnel bool
@@ -85,9 +86,8 @@ type relay struct {
 
 // releaseAdmission ends the admission held, if any.
 func (r *relay) releaseAdmission() {
-	if r.release != nil {
-		r.release()
-		r.release = nil
+	if r.admission != nil {
+		r.admission.Leave()
 	}
 }
 
@@ -102,18 +102,24 @@ const heldCommandMax = segmentMax
 func (r *relay) run() error {
 	defer r.releaseAdmission()
 	for {
-		if err := r.cw.Flush(); err != nil {
-			return errClient{err}
-		}
-		p, buf, err := readPacket(r.cr, r.cbuf)
-		r.cbuf = buf
-		if err != nil {
-			return errClient{err}
-		}
-		if err := r.command(p); err != nil {
+		if err := r.step(); err != nil {
 			return err
 		}
 	}
+}
+
+// step sends the client what is buffered for it (the last answer), then
+// reads the next command and relays it and its answer.
+func (r *relay) step() error {
+	if err := r.cw.Flush(); err != nil {
+		return errClient{err}
+	}
+	p, buf, err := readPacket(r.cr, r.cbuf)
+	r.cbuf = buf
+	if err != nil {
+		return errClient{err}
+	}
+	return r.command(p)
 }
 
 // command relays one command and its response.
@@ -138,12 +144,8 @@ func (r *relay) command(p packet) error {
 	// Kept until its response ends: a command the server side refuses
 	// unsent goes to the site's next server.
 	r.hold(p)
-	if r.release == nil && r.admit != nil {
-		release, ok := r.admit()
-		if !ok {
-			return errNotAdmitted
-		}
-		r.release = release
+	if r.admission != nil && !r.admission.Enter(context.Background()) {
+		return errNotAdmitted
 	}
 	if r.stale != nil && r.stale() {
 		return errNotAdmitted

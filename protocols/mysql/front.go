@@ -85,6 +85,9 @@ type Config struct {
 	// certificate (clients that verify certificates need a real one).
 	TLS    *tls.Config
 	Logger *slog.Logger
+	// NoEventLoop relays every session in its own goroutine (loop.go says
+	// what the event loops take); for comparisons and tests.
+	NoEventLoop bool
 }
 
 // Admission counts a session's commands (and transactions) in at the
@@ -133,6 +136,7 @@ type Front struct {
 	log    *slog.Logger
 	connID atomic.Uint32
 	conns  atomic.Int64
+	loops  *eventLoops // nil: none
 
 	mu       sync.Mutex
 	closed   bool
@@ -157,7 +161,11 @@ func New(cfg Config) (*Front, error) {
 			return nil, err
 		}
 	}
-	return &Front{cfg: cfg, tls: tc, log: log, open: map[net.Conn]struct{}{}}, nil
+	f := &Front{cfg: cfg, tls: tc, log: log, open: map[net.Conn]struct{}{}}
+	if !cfg.NoEventLoop {
+		f.loops = newEventLoops()
+	}
+	return f, nil
 }
 
 // TunnelHandler is the handler of TunnelPath (register it with
@@ -213,6 +221,9 @@ func (f *Front) Serve(l net.Listener) error {
 
 // Close stops the listeners and closes every client connection.
 func (f *Front) Close() {
+	// The loops first: a connection in a loop is closed only once the
+	// loop handed its session back.
+	f.loops.close()
 	f.mu.Lock()
 	f.closed = true
 	for _, l := range f.listener {
@@ -277,6 +288,11 @@ func (f *Front) serveConn(c net.Conn) {
 	}
 	rl := &relay{cr: a.r, cw: a.w}
 	rl.session.db = a.l.DB
+	if tc, ok := a.conn.(*net.TCPConn); ok && f.loops != nil {
+		if raw, err := tc.SyscallConn(); err == nil {
+			rl.client, rl.loops, rl.lp = tc, f.loops, &loopSession{clientRaw: raw}
+		}
+	}
 	f.attach(rl, be, local, site)
 	if st, ok := okStatus(okp); ok {
 		rl.status = st

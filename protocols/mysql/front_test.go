@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,13 +76,24 @@ func (g *gate) admit(context.Context, string) (func(), bool) {
 
 type testNodes struct {
 	master, entry string // client addresses of the front ends
+	masterFront   *Front
 	gate          *gate
 	sup           *sites.Supervisor
 }
 
+// relayModes are the two ways a session is relayed (loop.go): the tests
+// that cover the relay run in both.
+var relayModes = []struct {
+	name   string
+	config func(*Config)
+}{
+	{"event-loop", func(*Config) {}},
+	{"goroutines", func(c *Config) { c.NoEventLoop = true }},
+}
+
 // startNodes runs a master (site processes, front end, tunnel endpoint)
 // and an entry node whose front end reaches the master by the tunnel.
-func startNodes(t testing.TB) *testNodes {
+func startNodes(t testing.TB, configs ...func(*Config)) *testNodes {
 	t.Helper()
 	sup := sites.New(sites.Config{})
 	t.Cleanup(sup.Close)
@@ -100,8 +112,13 @@ func startNodes(t testing.TB) *testNodes {
 	}
 	var tunnelURL string
 	internal := func(n string) (string, bool) { return tunnelURL, n == "n1" }
-	master, err := New(Config{Cluster: &fakeCluster{node: "n1", users: routes}, Internal: internal, Token: "t",
-		Sites: sup, Admit: g.admit})
+	mc := Config{Cluster: &fakeCluster{node: "n1", users: routes}, Internal: internal, Token: "t", Sites: sup, Admit: g.admit}
+	ec := Config{Cluster: &fakeCluster{node: "n2", users: routes}, Internal: internal, Token: "t"}
+	for _, c := range configs {
+		c(&mc)
+		c(&ec)
+	}
+	master, err := New(mc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +127,7 @@ func startNodes(t testing.TB) *testNodes {
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	tunnelURL = ts.URL
-	entry, err := New(Config{Cluster: &fakeCluster{node: "n2", users: routes}, Internal: internal, Token: "t"})
+	entry, err := New(ec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +140,7 @@ func startNodes(t testing.TB) *testNodes {
 		t.Cleanup(f.Close)
 		return l.Addr().String()
 	}
-	return &testNodes{master: serve(master), entry: serve(entry), gate: g, sup: sup}
+	return &testNodes{master: serve(master), entry: serve(entry), masterFront: master, gate: g, sup: sup}
 }
 
 func openDB(t testing.TB, addr, user, pw, db string, params string) *sql.DB {
@@ -148,7 +165,13 @@ func wantCode(t *testing.T, what string, err error, code uint16) {
 // through another node's (tunnel), text and prepared statements, multi
 // statements, transactions and the server's error codes reach the client.
 func TestFrontRelaysToSiteServer(t *testing.T) {
-	n := startNodes(t)
+	for _, mode := range relayModes {
+		t.Run(mode.name, func(t *testing.T) { testFrontRelays(t, mode.config) })
+	}
+}
+
+func testFrontRelays(t *testing.T, config func(*Config)) {
+	n := startNodes(t, config)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -198,6 +221,11 @@ func TestFrontRelaysToSiteServer(t *testing.T) {
 	if inflight != 0 {
 		t.Fatalf("%d admissions still held with every session idle", inflight)
 	}
+	var probe Config
+	config(&probe)
+	if loop := n.masterFront.LoopCommands(); (loop > 0) != (!probe.NoEventLoop && runtime.GOOS == "linux") {
+		t.Fatalf("%d commands relayed by the master's event loops (NoEventLoop %v)", loop, probe.NoEventLoop)
+	}
 
 	// The real command-line client, over TLS (it asks for it) and not.
 	for _, args := range [][]string{{"--ssl"}, {"--skip-ssl"}} {
@@ -219,7 +247,13 @@ func TestFrontRelaysToSiteServer(t *testing.T) {
 // finds its database, variables and prepared statements as they were. A
 // session inside a transaction gets error 1927 instead.
 func TestSessionSurvivesServerRestart(t *testing.T) {
-	n := startNodes(t)
+	for _, mode := range relayModes {
+		t.Run(mode.name, func(t *testing.T) { testSessionSurvivesServerRestart(t, mode.config) })
+	}
+}
+
+func testSessionSurvivesServerRestart(t *testing.T, config func(*Config)) {
+	n := startNodes(t, config)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	setup := openDB(t, n.master, "shop", "shop-pw", "shop_db", "")

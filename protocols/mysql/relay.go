@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 )
@@ -79,6 +80,13 @@ type relay struct {
 	heldBuf []byte
 
 	cbuf, sbuf []byte
+
+	// client is the client's connection when it is a plain socket, which
+	// the event loops (loops, nil: none) can then relay (loop.go); lp is
+	// the relay's state there.
+	client net.Conn
+	loops  *eventLoops
+	lp     *loopSession
 	// rewrite, when set, may change the next server packet before it is
 	// forwarded (a prepared statement's id).
 	rewrite func([]byte)
@@ -101,7 +109,21 @@ const heldCommandMax = segmentMax
 // run relays commands until the client quits or something fails.
 func (r *relay) run() error {
 	defer r.releaseAdmission()
+	back := false
 	for {
+		// A session the loop handed back runs one command here first
+		// (the one the loop did not take).
+		if !back && r.loopReady() {
+			if err := r.cw.Flush(); err != nil {
+				return errClient{err}
+			}
+			if err := r.inLoop(); err != nil {
+				return err
+			}
+			back = true
+			continue
+		}
+		back = false
 		if err := r.step(); err != nil {
 			return err
 		}

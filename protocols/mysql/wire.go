@@ -24,6 +24,7 @@ const (
 	comQuery            = 0x03
 	comFieldList        = 0x04
 	comStatistics       = 0x09
+	comPing             = 0x0e
 	comProcessKill      = 0x0c
 	comChangeUser       = 0x11
 	comBinlogDump       = 0x12

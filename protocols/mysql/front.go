@@ -288,11 +288,7 @@ func (f *Front) serveConn(c net.Conn) {
 	}
 	rl := &relay{cr: a.r, cw: a.w}
 	rl.session.db = a.l.DB
-	if tc, ok := a.conn.(*net.TCPConn); ok && f.loops != nil {
-		if raw, err := tc.SyscallConn(); err == nil {
-			rl.client, rl.loops, rl.lp = tc, f.loops, &loopSession{clientRaw: raw}
-		}
-	}
+	f.useLoops(rl, a.conn)
 	f.attach(rl, be, local, site)
 	if st, ok := okStatus(okp); ok {
 		rl.status = st
@@ -328,6 +324,16 @@ func (f *Front) serveConn(c net.Conn) {
 		err = rl.resend()
 		if err == nil {
 			err = rl.run()
+		}
+	}
+}
+
+// useLoops lets the event loops relay rl's session when its client side
+// is a plain socket (not TLS).
+func (f *Front) useLoops(rl *relay, client net.Conn) {
+	if tc, ok := client.(*net.TCPConn); ok && f.loops != nil {
+		if raw, err := tc.SyscallConn(); err == nil {
+			rl.client, rl.loops, rl.lp = tc, f.loops, &loopSession{clientRaw: raw}
 		}
 	}
 }

@@ -179,6 +179,7 @@ func (f *Front) tunnelHandler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rl := &relay{cr: brw.Reader, cw: cw, be: be, admission: f.admission(site)}
+	f.useLoops(rl, conn)
 	if s, ok := be.conn.(interface{ Stale() bool }); ok {
 		rl.stale = s.Stale
 	}

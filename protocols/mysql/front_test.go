@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -77,6 +78,9 @@ func (g *gate) admit(context.Context, string) (func(), bool) {
 type testNodes struct {
 	master, entry string // client addresses of the front ends
 	masterFront   *Front
+	// masterGoroutines is another front end of the master, without event
+	// loops (for side by side benchmarks).
+	masterGoroutines string
 	gate          *gate
 	sup           *sites.Supervisor
 }
@@ -118,6 +122,12 @@ func startNodes(t testing.TB, configs ...func(*Config)) *testNodes {
 		c(&mc)
 		c(&ec)
 	}
+	gc := mc
+	gc.NoEventLoop = true
+	masterGoroutines, err := New(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
 	master, err := New(mc)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +150,7 @@ func startNodes(t testing.TB, configs ...func(*Config)) *testNodes {
 		t.Cleanup(f.Close)
 		return l.Addr().String()
 	}
-	return &testNodes{master: serve(master), entry: serve(entry), masterFront: master, gate: g, sup: sup}
+	return &testNodes{master: serve(master), entry: serve(entry), masterFront: master, masterGoroutines: serve(masterGoroutines), gate: g, sup: sup}
 }
 
 func openDB(t testing.TB, addr, user, pw, db string, params string) *sql.DB {
@@ -355,30 +365,62 @@ func BenchmarkPointSelect(b *testing.B) {
 		return n.sup.DialMySQL(ctx, addr)
 	})
 	for _, tc := range []struct{ name, dsn string }{
-		{"direct", "shop:shop-pw@benchsite(shop)/shop_db?interpolateParams=true"},
-		{"proxy", "shop:shop-pw@tcp(" + n.master + ")/shop_db?interpolateParams=true"},
+		{"direct", "shop:shop-pw@benchsite(shop)/shop_db"},
+		{"proxy", "shop:shop-pw@tcp(" + n.master + ")/shop_db"},
+		{"proxy-goroutines", "shop:shop-pw@tcp(" + n.masterGoroutines + ")/shop_db"},
 	} {
-		b.Run(tc.name, func(b *testing.B) {
-			d, err := sql.Open("mysql", tc.dsn)
-			if err != nil {
-				b.Fatal(err)
+		for _, prepared := range []bool{false, true} {
+			name, dsn := tc.name+"/text", tc.dsn+"?interpolateParams=true"
+			if prepared {
+				name, dsn = tc.name+"/prepared", tc.dsn
 			}
-			defer d.Close()
-			d.SetMaxOpenConns(16)
-			d.SetMaxIdleConns(16)
-			b.SetParallelism(8) // 16 goroutines on 2 cores
-			var i atomic.Int64
-			b.RunParallel(func(pb *testing.PB) {
-				var v string
-				for pb.Next() {
-					if err := d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", i.Add(1)%1000).Scan(&v); err != nil {
-						b.Error(err)
-						return
-					}
+			b.Run(name, func(b *testing.B) {
+				d, err := sql.Open("mysql", dsn)
+				if err != nil {
+					b.Fatal(err)
 				}
+				defer d.Close()
+				d.SetMaxOpenConns(16)
+				d.SetMaxIdleConns(16)
+				stmt, err := d.PrepareContext(ctx, "SELECT v FROM kv WHERE id = ?")
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer stmt.Close()
+				b.SetParallelism(8) // 16 goroutines on 2 cores
+				var i atomic.Int64
+				cpu := processCPU()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					var v string
+					for pb.Next() {
+						var row *sql.Row
+						if prepared {
+							row = stmt.QueryRowContext(ctx, i.Add(1)%1000)
+						} else {
+							row = d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", i.Add(1)%1000)
+						}
+						if err := row.Scan(&v); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+				// The whole process's CPU (client, front end): the
+				// front ends' difference is the proxies' difference.
+				b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(b.N), "cpu-us/op")
 			})
-		})
+		}
 	}
+}
+
+// processCPU is this process's user and system CPU time.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // TestFrontRelaysOtherCommands: COM_INIT_DB, COM_FIELD_LIST, COM_PING,

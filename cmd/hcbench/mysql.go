@@ -156,8 +156,9 @@ func mysqlBench(ctx context.Context, args []string) error {
 	defer stopHAProxy()
 
 	// pids are the proxy processes of a target, whose CPU time per query
-	// is reported: a figure a busy shared machine disturbs much less than
-	// QPS (the site's server and the client are not counted).
+	// is reported: a figure a busy shared machine disturbs less than QPS
+	// (the site's server and the client are not counted; for the nodes,
+	// net of their background work).
 	targets := []struct {
 		name, addr string
 		pids       []int
@@ -178,6 +179,13 @@ func mysqlBench(ctx context.Context, args []string) error {
 	// on the machine falls on all of them alike.
 	counts := map[string]int64{}
 	cpu := map[string]time.Duration{}
+	// The nodes' own background work (the site's change checks, the
+	// actors) goes on whatever the front does: its rate, measured while
+	// the direct target runs (the front idle, the site as busy), is taken
+	// out of the proxies' CPU.
+	background := map[int]time.Duration{}
+	var backgroundFor time.Duration
+	nodes := []int{c.Pid(master), c.Pid(remote)}
 	for round := range mysqlBenchRounds {
 		for _, mode := range []string{"text", "prepared"} {
 			for _, tg := range targets {
@@ -192,9 +200,21 @@ func mysqlBench(ctx context.Context, args []string) error {
 				if tg.name == "proxy" {
 					profile.resume(ctx)
 				}
-				before := pidsCPU(tg.pids)
+				before, nodesBefore, begun := pidsCPU(tg.pids), pidCPUs(nodes), time.Now()
 				n, err := pointSelects(ctx, d, mode == "prepared", *duration)
-				cpu[tg.name+"_"+mode] += pidsCPU(tg.pids) - before
+				took := time.Since(begun)
+				used := pidsCPU(tg.pids) - before
+				if tg.name == "direct" {
+					for i, t := range pidCPUs(nodes) {
+						background[nodes[i]] += t - nodesBefore[i]
+					}
+					backgroundFor += took
+				} else if backgroundFor > 0 {
+					for _, pid := range tg.pids {
+						used -= time.Duration(float64(background[pid]) * float64(took) / float64(backgroundFor))
+					}
+				}
+				cpu[tg.name+"_"+mode] += used
 				if tg.name == "proxy" {
 					profile.pause()
 				}
@@ -417,6 +437,15 @@ func socketOf(cnf string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s: no socket", cnf)
+}
+
+// pidCPUs is the CPU time each of pids has used.
+func pidCPUs(pids []int) []time.Duration {
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		out[i] = processCPU(pid)
+	}
+	return out
 }
 
 // pidsCPU is the CPU time the processes pids have used.

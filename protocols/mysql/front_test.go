@@ -81,8 +81,8 @@ type testNodes struct {
 	// masterGoroutines is another front end of the master, without event
 	// loops (for side by side benchmarks).
 	masterGoroutines string
-	gate          *gate
-	sup           *sites.Supervisor
+	gate             *gate
+	sup              *sites.Supervisor
 }
 
 // relayModes are the two ways a session is relayed (loop.go): the tests

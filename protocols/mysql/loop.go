@@ -85,6 +85,7 @@ type loopSession struct {
 	cWatch, sWatch bool
 	answer         answerScan
 	done           chan error
+	budget         int // bytes this turn may still relay
 	handedBack     bool
 	backErr        error
 }

@@ -23,6 +23,9 @@ const (
 	// loopSessionsMax bounds the sessions of one loop; beyond, a session
 	// stays with its goroutine.
 	loopSessionsMax = connectionsMax
+	// progressBytesMax bounds what one session relays before the loop
+	// turns to the others (it goes on after their events).
+	progressBytesMax = 256 << 10
 )
 
 // eventLoops are a front end's event loops; sessions are spread over
@@ -104,6 +107,10 @@ type eventLoop struct {
 	n      int
 	wait   func(fd uintptr) bool
 
+	// again are the sessions whose progress stopped at their budget;
+	// spare is again's other slice.
+	again, spare []*loopSession
+
 	mu       sync.Mutex
 	sessions []*loopSession // by slot; nil: free
 	free     []int32
@@ -145,8 +152,23 @@ func newEventLoop() (*eventLoop, error) {
 func (l *eventLoop) run() {
 	defer close(l.stopped)
 	for {
-		if err := l.raw.Read(l.wait); err != nil || l.n == 0 {
-			break
+		if len(l.again) == 0 {
+			if err := l.raw.Read(l.wait); err != nil || l.n == 0 {
+				break
+			}
+		} else {
+			// Sessions with work left: no waiting.
+			l.mu.Lock()
+			closed := l.closed
+			l.mu.Unlock()
+			if closed {
+				break
+			}
+			n, err := syscall.EpollWait(l.epfd, l.events[:], 0)
+			if err != nil {
+				n = 0
+			}
+			l.n = n
 		}
 		for i := range l.n {
 			ev := l.events[i]
@@ -166,13 +188,19 @@ func (l *eventLoop) run() {
 					s.sReadable = true
 				}
 			}
-			s.progress()
-			if s.handedBack {
-				// The last the loop does with the session: its goroutine
-				// owns it from here.
-				s.done <- s.backErr
+			l.progress(s)
+		}
+		again := l.again
+		l.again = l.spare[:0]
+		for _, s := range again {
+			l.mu.Lock()
+			mine := int(s.slot) < len(l.sessions) && l.sessions[s.slot] == s
+			l.mu.Unlock()
+			if mine && s.r != nil {
+				l.progress(s)
 			}
 		}
+		l.spare = again[:0]
 	}
 	// Closed: every session goes back to its goroutine.
 	l.mu.Lock()
@@ -184,6 +212,23 @@ func (l *eventLoop) run() {
 			s.handBack(errClient{errLoopClosed})
 			s.done <- s.backErr
 		}
+	}
+}
+
+// progress runs a session's relay as far as its sockets allow, or up to
+// progressBytesMax (then again after the next round of events, so that a
+// long answer does not hold up the other sessions).
+func (l *eventLoop) progress(s *loopSession) {
+	s.budget = progressBytesMax
+	s.progress()
+	if s.handedBack {
+		// The last the loop does with the session: its goroutine owns it
+		// from here.
+		s.done <- s.backErr
+		return
+	}
+	if s.budget <= 0 {
+		l.again = append(l.again, s)
 	}
 }
 
@@ -365,6 +410,9 @@ func (s *loopSession) progress() {
 			}
 			s.sReadable = s.sinN+n == len(s.sin) // a short read emptied the socket
 			s.sinN += n
+			if s.budget -= n; s.budget <= 0 {
+				return // more after the other sessions' turn
+			}
 			continue
 		}
 		// Between commands.

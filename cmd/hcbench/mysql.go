@@ -13,7 +13,9 @@ package main
 //	proxy_remote another node's front end (through the tunnel)
 //
 // in text (client-side interpolated COM_QUERY) and prepared (COM_STMT_EXECUTE)
-// form. Then the database is grown to -db-mib MiB, an autocommit
+// form, with the proxies' CPU per query (HAProxy's process, the nodes' net of
+// their background work), then each target's one-connection latency.
+// -cpuprofile writes the master node's CPU profiles during the proxy runs. Then the database is grown to -db-mib MiB, an autocommit
 // insert+select load runs through all nodes, and the site is migrated; the
 // longest client-visible stall, lost rows and client errors are reported.
 // The last line is
@@ -33,6 +35,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,6 +58,10 @@ const (
 	mysqlDBMiBMax = 4096
 	// mysqlMoveLoadWorkers runs the autocommit load of the move.
 	mysqlMoveLoadWorkers = 6
+	// mysqlLatencyFor is each target's one-connection latency run;
+	// mysqlLatencyQueriesMax bounds its queries.
+	mysqlLatencyFor        = 2 * time.Second
+	mysqlLatencyQueriesMax = 200000
 	// mysqlMoveLoadMax bounds the load's inserts.
 	mysqlMoveLoadMax = 200000
 )
@@ -246,6 +253,22 @@ func mysqlBench(ctx context.Context, args []string) error {
 		qps["proxy_text"]/qps["haproxy_text"], qps["proxy_prepared"]/qps["haproxy_prepared"],
 		qps["proxy_text"]/qps["direct_text"], qps["proxy_prepared"]/qps["direct_prepared"],
 		qps["haproxy_text"]/qps["direct_text"], qps["proxy_remote_text"]/qps["direct_text"])
+	// One connection's latency (the median of sequential point selects),
+	// each target in turn, text form.
+	var lat []string
+	for _, tg := range targets {
+		d, err := open(tg.addr, "interpolateParams=true")
+		if err != nil {
+			return err
+		}
+		p50, err := pointSelectLatency(ctx, d, mysqlLatencyFor)
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("%s latency: %w", tg.name, err)
+		}
+		lat = append(lat, fmt.Sprintf("%s=%d", tg.name, p50.Microseconds()))
+	}
+	fmt.Printf("mysql_latency_p50_us %s (1 connection, text)\n", strings.Join(lat, " "))
 	if profile != nil {
 		files, err := profile.stop()
 		if err != nil {
@@ -284,6 +307,26 @@ func mysqlBench(ctx context.Context, args []string) error {
 	fmt.Printf("proxy_vs_haproxy=%.2f proxy_vs_direct=%.2f move_stall_ms=%d lost_rows=%d errors=%d\n",
 		ratio("proxy", "haproxy"), ratio("proxy", "direct"), stall.Milliseconds(), lost, errs)
 	return nil
+}
+
+// pointSelectLatency runs primary-key selects one after another on one
+// connection for d0 and returns their median time.
+func pointSelectLatency(ctx context.Context, d *sql.DB, d0 time.Duration) (time.Duration, error) {
+	d.SetMaxOpenConns(1)
+	if err := d.PingContext(ctx); err != nil {
+		return 0, err
+	}
+	var took []time.Duration
+	var v string
+	for i, end := 0, time.Now().Add(d0); time.Now().Before(end) && len(took) < mysqlLatencyQueriesMax; i++ {
+		begun := time.Now()
+		if err := d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", (i*7919)%mysqlBenchRows).Scan(&v); err != nil {
+			return 0, err
+		}
+		took = append(took, time.Since(begun))
+	}
+	slices.Sort(took)
+	return took[len(took)/2], nil
 }
 
 // pointSelects runs primary-key selects on 16 connections for d and

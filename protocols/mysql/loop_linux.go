@@ -99,12 +99,14 @@ func (ls *eventLoops) close() {
 // eventLoop is one epoll set and the goroutine that waits on it. The
 // goroutine parks in Go's poller on the epoll descriptor itself, so a
 // round of events costs one wake-up however many sessions it serves.
+// (Waiting in epoll_wait itself, as HAProxy's threads do, was tried: the
+// loop then holds a processor while it waits, and the rest of the node
+// and Go's scheduler paid more than the wake-ups cost.)
 type eventLoop struct {
 	epfd   int
 	file   *os.File
 	raw    syscall.RawConn
 	events [loopEventsMax]syscall.EpollEvent
-	n      int
 	wait   func(fd uintptr) bool
 
 	// again are the sessions whose progress stopped at their budget;
@@ -136,41 +138,46 @@ func newEventLoop() (*eventLoop, error) {
 		return nil, err
 	}
 	l := &eventLoop{epfd: epfd, file: file, raw: raw, stopped: make(chan struct{})}
-	l.wait = func(fd uintptr) bool {
-		n, err := syscall.EpollWait(int(fd), l.events[:], 0)
-		if err != nil || n <= 0 {
-			l.n = 0
-			return err != nil && err != syscall.EINTR && err != syscall.EAGAIN
-		}
-		l.n = n
-		return true
-	}
+	l.wait = l.round
 	go l.run()
 	return l, nil
 }
 
 func (l *eventLoop) run() {
 	defer close(l.stopped)
-	for {
-		if len(l.again) == 0 {
-			if err := l.raw.Read(l.wait); err != nil || l.n == 0 {
-				break
-			}
-		} else {
-			// Sessions with work left: no waiting.
-			l.mu.Lock()
-			closed := l.closed
-			l.mu.Unlock()
-			if closed {
-				break
-			}
-			n, err := syscall.EpollWait(l.epfd, l.events[:], 0)
-			if err != nil {
-				n = 0
-			}
-			l.n = n
+	// The rounds run inside one RawConn.Read, which returns only when the
+	// epoll descriptor is closed (or fails): between rounds the goroutine
+	// waits in Go's poller for the descriptor's next edge without the
+	// reset a new Read makes, so a round that took every event is not
+	// followed by an empty epoll_wait before the goroutine parks.
+	_ = l.raw.Read(l.wait)
+	// Closed: every session goes back to its goroutine.
+	l.mu.Lock()
+	l.closed = true
+	sessions := l.sessions
+	l.mu.Unlock()
+	for _, s := range sessions {
+		if s != nil {
+			s.handBack(errClient{errLoopClosed})
+			s.done <- s.backErr
 		}
-		for i := range l.n {
+	}
+}
+
+// round takes the ready events (none: false, the goroutine waits for
+// the descriptor's next edge) and relays what they allow, then the
+// sessions whose turn ended at their budget, until no session has work
+// left. true: stop (the descriptor failed).
+func (l *eventLoop) round(fd uintptr) bool {
+	for {
+		n, err := syscall.EpollWait(int(fd), l.events[:], 0)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return true
+		}
+		for i := range n {
 			ev := l.events[i]
 			l.mu.Lock()
 			var s *loopSession
@@ -190,6 +197,12 @@ func (l *eventLoop) run() {
 			}
 			l.progress(s)
 		}
+		if n == len(l.events) {
+			continue // more may be ready: no edge would say so
+		}
+		if len(l.again) == 0 {
+			return false
+		}
 		again := l.again
 		l.again = l.spare[:0]
 		for _, s := range again {
@@ -201,16 +214,11 @@ func (l *eventLoop) run() {
 			}
 		}
 		l.spare = again[:0]
-	}
-	// Closed: every session goes back to its goroutine.
-	l.mu.Lock()
-	l.closed = true
-	sessions := l.sessions
-	l.mu.Unlock()
-	for _, s := range sessions {
-		if s != nil {
-			s.handBack(errClient{errLoopClosed})
-			s.done <- s.backErr
+		l.mu.Lock()
+		closed := l.closed
+		l.mu.Unlock()
+		if closed {
+			return true
 		}
 	}
 }

@@ -9,9 +9,10 @@ import (
 )
 
 // The event loop relays the common commands of sessions whose client and
-// server are both plain sockets on this node (the master's own front end,
-// no TLS): text queries, executions of prepared statements, pings and
-// statement closes. A profile of the front under load showed its CPU per
+// server are both plain sockets on this node (a client of the master's own
+// front end without TLS, or another node's tunnel, to the site's server):
+// text queries, executions of prepared statements, pings and statement
+// closes. A profile of the front under load showed its CPU per
 // query going mostly to Go's netpoller and scheduler (two goroutine
 // parks and wake-ups per query, a failed read before each park), not to
 // the relay's own work; the loop waits for all its sessions with one

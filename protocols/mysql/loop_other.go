@@ -6,6 +6,8 @@ package mysql
 // relayed by its goroutine.
 type eventLoops struct{}
 
+type eventLoop struct{}
+
 func newEventLoops() *eventLoops { return nil }
 
 func (ls *eventLoops) serve(*relay, int, int) (bool, error) { return false, nil }

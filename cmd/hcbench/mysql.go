@@ -14,7 +14,9 @@ package main
 //	proxy_remote another node's front end (through the tunnel)
 //
 // in text (client-side interpolated COM_QUERY) and prepared (COM_STMT_EXECUTE)
-// form. Then the database is grown to -db-mib MiB, an autocommit
+// form, with the proxies' CPU per query (HAProxy's process, the nodes' net of
+// their background work), then each target's one-connection latency.
+// -cpuprofile writes the master node's CPU profiles during the proxy runs. Then the database is grown to -db-mib MiB, an autocommit
 // insert+select load runs through all nodes, and the site is migrated; the
 // longest client-visible stall, lost rows and client errors are reported.
 // The last line is
@@ -34,6 +36,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +59,10 @@ const (
 	mysqlDBMiBMax = 4096
 	// mysqlMoveLoadWorkers runs the autocommit load of the move.
 	mysqlMoveLoadWorkers = 6
+	// mysqlLatencyFor is each target's one-connection latency run;
+	// mysqlLatencyQueriesMax bounds its queries.
+	mysqlLatencyFor        = 2 * time.Second
+	mysqlLatencyQueriesMax = 200000
 	// mysqlMoveLoadMax bounds the load's inserts.
 	mysqlMoveLoadMax = 200000
 )
@@ -66,6 +73,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
 	useZFS := fs.Bool("zfs", false, "put the nodes' datasets on a file-backed ZFS pool (needs root and zfs; default: the portable driver)")
+	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the master node (its MySQL front end) during the proxy runs to `prefix`.N.pprof")
 	_ = fs.Parse(args)
 	if *duration <= 0 || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax {
 		return fmt.Errorf("-duration 1s..10m, -db-mib 0..%d", mysqlDBMiBMax)
@@ -157,21 +165,43 @@ func mysqlBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	hport, stopHAProxy, err := startHAProxy(ctx, haproxy, dir, sock)
+	hport, hpid, stopHAProxy, err := startHAProxy(ctx, haproxy, dir, sock)
 	if err != nil {
 		return err
 	}
 	defer stopHAProxy()
 
-	targets := []struct{ name, addr string }{
-		{"direct", "unix(" + sock + ")"},
-		{"haproxy", fmt.Sprintf("tcp(127.0.0.1:%d)", hport)},
-		{"proxy", "tcp(" + c.Nodes[master].MySQL + ")"},
-		{"proxy_remote", "tcp(" + c.Nodes[remote].MySQL + ")"},
+	// pids are the proxy processes of a target, whose CPU time per query
+	// is reported: a figure a busy shared machine disturbs less than QPS
+	// (the site's server and the client are not counted; for the nodes,
+	// net of their background work).
+	targets := []struct {
+		name, addr string
+		pids       []int
+	}{
+		{"direct", "unix(" + sock + ")", nil},
+		{"haproxy", fmt.Sprintf("tcp(127.0.0.1:%d)", hport), []int{hpid}},
+		{"proxy", "tcp(" + c.Nodes[master].MySQL + ")", []int{c.Pid(master)}},
+		{"proxy_remote", "tcp(" + c.Nodes[remote].MySQL + ")", []int{c.Pid(master), c.Pid(remote)}},
+	}
+	var profile *nodeProfile
+	if *cpuProfile != "" {
+		if profile, err = startNodeProfile(ctx, c, master, *cpuProfile, *duration); err != nil {
+			return err
+		}
+		defer profile.stop()
 	}
 	// Rounds of every target in turn, so that a change in what else runs
 	// on the machine falls on all of them alike.
 	counts := map[string]int64{}
+	cpu := map[string]time.Duration{}
+	// The nodes' own background work (the site's change checks, the
+	// actors) goes on whatever the front does: its rate, measured while
+	// the direct target runs (the front idle, the site as busy), is taken
+	// out of the proxies' CPU.
+	background := map[int]time.Duration{}
+	var backgroundFor time.Duration
+	nodes := []int{c.Pid(master), c.Pid(remote)}
 	for round := range mysqlBenchRounds {
 		for _, mode := range []string{"text", "prepared"} {
 			for _, tg := range targets {
@@ -183,7 +213,27 @@ func mysqlBench(ctx context.Context, args []string) error {
 				if err != nil {
 					return err
 				}
+				if tg.name == "proxy" {
+					profile.resume(ctx)
+				}
+				before, nodesBefore, begun := pidsCPU(tg.pids), pidCPUs(nodes), time.Now()
 				n, err := pointSelects(ctx, d, mode == "prepared", *duration)
+				took := time.Since(begun)
+				used := pidsCPU(tg.pids) - before
+				if tg.name == "direct" {
+					for i, t := range pidCPUs(nodes) {
+						background[nodes[i]] += t - nodesBefore[i]
+					}
+					backgroundFor += took
+				} else if backgroundFor > 0 {
+					for _, pid := range tg.pids {
+						used -= time.Duration(float64(background[pid]) * float64(took) / float64(backgroundFor))
+					}
+				}
+				cpu[tg.name+"_"+mode] += used
+				if tg.name == "proxy" {
+					profile.pause()
+				}
 				d.Close()
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", tg.name, mode, err)
@@ -198,7 +248,11 @@ func mysqlBench(ctx context.Context, args []string) error {
 		for _, tg := range targets {
 			q := float64(counts[tg.name+"_"+mode]) / (duration.Seconds() * mysqlBenchRounds)
 			qps[tg.name+"_"+mode] = q
-			fmt.Printf("mysql_qps target=%s mode=%s connections=%d qps=%.0f\n", tg.name, mode, mysqlBenchConnections, q)
+			cpuUs := 0.0
+			if n := counts[tg.name+"_"+mode]; n > 0 && tg.pids != nil {
+				cpuUs = float64(cpu[tg.name+"_"+mode].Microseconds()) / float64(n)
+			}
+			fmt.Printf("mysql_qps target=%s mode=%s connections=%d qps=%.0f proxy_cpu_us_per_query=%.1f\n", tg.name, mode, mysqlBenchConnections, q, cpuUs)
 		}
 	}
 	ratio := func(a, b string) float64 {
@@ -208,6 +262,29 @@ func mysqlBench(ctx context.Context, args []string) error {
 		qps["proxy_text"]/qps["haproxy_text"], qps["proxy_prepared"]/qps["haproxy_prepared"],
 		qps["proxy_text"]/qps["direct_text"], qps["proxy_prepared"]/qps["direct_prepared"],
 		qps["haproxy_text"]/qps["direct_text"], qps["proxy_remote_text"]/qps["direct_text"])
+	// One connection's latency (the median of sequential point selects),
+	// each target in turn, text form.
+	var lat []string
+	for _, tg := range targets {
+		d, err := open(tg.addr, "interpolateParams=true")
+		if err != nil {
+			return err
+		}
+		p50, err := pointSelectLatency(ctx, d, mysqlLatencyFor)
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("%s latency: %w", tg.name, err)
+		}
+		lat = append(lat, fmt.Sprintf("%s=%d", tg.name, p50.Microseconds()))
+	}
+	fmt.Printf("mysql_latency_p50_us %s (1 connection, text)\n", strings.Join(lat, " "))
+	if profile != nil {
+		files, err := profile.stop()
+		if err != nil {
+			return err
+		}
+		fmt.Println("cpu profiles of the master node during the proxy runs (go tool pprof merges them):", strings.Join(files, " "))
+	}
 	stopHAProxy()
 
 	// Grow the database, then move it under load.
@@ -243,6 +320,26 @@ func mysqlBench(ctx context.Context, args []string) error {
 	fmt.Printf("proxy_vs_haproxy=%.2f proxy_vs_direct=%.2f move_stall_ms=%d lost_rows=%d errors=%d\n",
 		ratio("proxy", "haproxy"), ratio("proxy", "direct"), stall.Milliseconds(), lost, errs)
 	return nil
+}
+
+// pointSelectLatency runs primary-key selects one after another on one
+// connection for d0 and returns their median time.
+func pointSelectLatency(ctx context.Context, d *sql.DB, d0 time.Duration) (time.Duration, error) {
+	d.SetMaxOpenConns(1)
+	if err := d.PingContext(ctx); err != nil {
+		return 0, err
+	}
+	var took []time.Duration
+	var v string
+	for i, end := 0, time.Now().Add(d0); time.Now().Before(end) && len(took) < mysqlLatencyQueriesMax; i++ {
+		begun := time.Now()
+		if err := d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", (i*7919)%mysqlBenchRows).Scan(&v); err != nil {
+			return 0, err
+		}
+		took = append(took, time.Since(begun))
+	}
+	slices.Sort(took)
+	return took[len(took)/2], nil
 }
 
 // pointSelects runs primary-key selects on 16 connections for d and
@@ -406,13 +503,31 @@ func socketOf(cnf string) (string, error) {
 	return "", fmt.Errorf("%s: no socket", cnf)
 }
 
+// pidCPUs is the CPU time each of pids has used.
+func pidCPUs(pids []int) []time.Duration {
+	out := make([]time.Duration, len(pids))
+	for i, pid := range pids {
+		out[i] = processCPU(pid)
+	}
+	return out
+}
+
+// pidsCPU is the CPU time the processes pids have used.
+func pidsCPU(pids []int) time.Duration {
+	var t time.Duration
+	for _, pid := range pids {
+		t += processCPU(pid)
+	}
+	return t
+}
+
 // startHAProxy runs HAProxy in TCP mode from a free loopback port to sock.
-func startHAProxy(ctx context.Context, bin, dir, sock string) (int, func(), error) {
+func startHAProxy(ctx context.Context, bin, dir, sock string) (port, pid int, stop func(), err error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
-	port := l.Addr().(*net.TCPAddr).Port
+	port = l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	text := fmt.Sprintf(`global
@@ -429,15 +544,15 @@ backend site
     server db %s
 `, port, sock)
 	if err := os.WriteFile(cfg, []byte(text), 0o600); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return 0, nil, err
+		return 0, 0, nil, err
 	}
 	var once sync.Once
-	stop := func() {
+	stop = func() {
 		once.Do(func() {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
@@ -446,10 +561,10 @@ backend site
 	for range 100 {
 		if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
 			conn.Close()
-			return port, stop, nil
+			return port, cmd.Process.Pid, stop, nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	stop()
-	return 0, nil, fmt.Errorf("haproxy did not listen on %d", port)
+	return 0, 0, nil, fmt.Errorf("haproxy did not listen on %d", port)
 }

@@ -150,6 +150,7 @@ func run(c *Config) error {
 		return err
 	}
 	defer h.Stop()
+	serveProfile(h)
 
 	front, err := fronthttp.New(fronthttp.Config{Cluster: h, Token: c.nodeToken, Logger: log.With("component", "http"),
 		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }, Local: h.ServeLocal,

@@ -14,8 +14,9 @@ import (
 // tunnel endpoint on the internal port. The returned func stops it.
 func startMySQL(c *Config, h *host.Host, runner *sites.Supervisor, internal map[string]string, log *slog.Logger) (func(), error) {
 	front, err := frontmysql.New(frontmysql.Config{Cluster: h, Token: c.nodeToken, Sites: runner, Admit: h.Admit,
-		Logger:   log.With("component", "mysql"),
-		Internal: func(n string) (string, bool) { u, ok := internal[n]; return u, ok }})
+		Admission: func(site string) frontmysql.Admission { return h.NewAdmission(site) },
+		Logger:    log.With("component", "mysql"),
+		Internal:  func(n string) (string, bool) { u, ok := internal[n]; return u, ok }})
 	if err != nil {
 		return nil, err
 	}

@@ -77,10 +77,56 @@ type Config struct {
 	// Admit counts a command (or a transaction) in at the master
 	// (host.Host.Admit); nil: this node masters nothing.
 	Admit func(ctx context.Context, site string) (release func(), ok bool)
+	// Admission, when set, is what a session's relay counts its commands
+	// in with at the master, one after another, without an allocation per
+	// command (host.Host.NewAdmission); nil: Admit for each command.
+	Admission func(site string) Admission
 	// TLS is offered to clients; nil means a generated self-signed
 	// certificate (clients that verify certificates need a real one).
 	TLS    *tls.Config
 	Logger *slog.Logger
+	// NoEventLoop relays every session in its own goroutine (loop.go says
+	// what the event loops take); for comparisons and tests.
+	NoEventLoop bool
+}
+
+// Admission counts a session's commands (and transactions) in at the
+// master one at a time (host.Admission): Enter with one held does
+// nothing; Leave with none held does nothing.
+type Admission interface {
+	Enter(ctx context.Context) bool
+	Leave()
+}
+
+// admitEach is an Admission over Config.Admit.
+type admitEach struct {
+	admit   func(ctx context.Context, site string) (release func(), ok bool)
+	site    string
+	release func()
+}
+
+func (a *admitEach) Enter(ctx context.Context) bool {
+	if a.release != nil {
+		return true
+	}
+	release, ok := a.admit(ctx, a.site)
+	a.release = release
+	return ok
+}
+
+func (a *admitEach) Leave() {
+	if a.release != nil {
+		a.release()
+		a.release = nil
+	}
+}
+
+// admission is a new session's Admission for site at this master.
+func (f *Front) admission(site string) Admission {
+	if f.cfg.Admission != nil {
+		return f.cfg.Admission(site)
+	}
+	return &admitEach{admit: f.cfg.Admit, site: site}
 }
 
 // Front is the MySQL front end.
@@ -90,6 +136,7 @@ type Front struct {
 	log    *slog.Logger
 	connID atomic.Uint32
 	conns  atomic.Int64
+	loops  *eventLoops // nil: none
 
 	mu       sync.Mutex
 	closed   bool
@@ -114,7 +161,11 @@ func New(cfg Config) (*Front, error) {
 			return nil, err
 		}
 	}
-	return &Front{cfg: cfg, tls: tc, log: log, open: map[net.Conn]struct{}{}}, nil
+	f := &Front{cfg: cfg, tls: tc, log: log, open: map[net.Conn]struct{}{}}
+	if !cfg.NoEventLoop {
+		f.loops = newEventLoops()
+	}
+	return f, nil
 }
 
 // TunnelHandler is the handler of TunnelPath (register it with
@@ -170,6 +221,9 @@ func (f *Front) Serve(l net.Listener) error {
 
 // Close stops the listeners and closes every client connection.
 func (f *Front) Close() {
+	// The loops first: a connection in a loop is closed only once the
+	// loop handed its session back.
+	f.loops.close()
 	f.mu.Lock()
 	f.closed = true
 	for _, l := range f.listener {
@@ -234,6 +288,7 @@ func (f *Front) serveConn(c net.Conn) {
 	}
 	rl := &relay{cr: a.r, cw: a.w}
 	rl.session.db = a.l.DB
+	f.useLoops(rl, a.conn)
 	f.attach(rl, be, local, site)
 	if st, ok := okStatus(okp); ok {
 		rl.status = st
@@ -273,6 +328,16 @@ func (f *Front) serveConn(c net.Conn) {
 	}
 }
 
+// useLoops lets the event loops relay rl's session when its client side
+// is a plain socket (not TLS).
+func (f *Front) useLoops(rl *relay, client net.Conn) {
+	if tc, ok := client.(*net.TCPConn); ok && f.loops != nil {
+		if raw, err := tc.SyscallConn(); err == nil {
+			rl.client, rl.loops, rl.lp = tc, f.loops, &loopSession{clientRaw: raw}
+		}
+	}
+}
+
 // fail answers the command in flight with e (the session then ends).
 func (f *Front) fail(rl *relay, e *gm.MyError) {
 	if rl.forwarded {
@@ -284,9 +349,9 @@ func (f *Front) fail(rl *relay, e *gm.MyError) {
 
 // attach makes be the relay's server side.
 func (f *Front) attach(rl *relay, be *backend, local bool, site string) {
-	rl.be, rl.tunnel, rl.admit, rl.stale = be, !local, nil, nil
+	rl.be, rl.tunnel, rl.admission, rl.stale = be, !local, nil, nil
 	if local {
-		rl.admit = func() (func(), bool) { return f.cfg.Admit(context.Background(), site) }
+		rl.admission = f.admission(site)
 	}
 	if s, ok := be.conn.(interface{ Stale() bool }); ok {
 		rl.stale = s.Stale

@@ -11,9 +11,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,13 +77,27 @@ func (g *gate) admit(context.Context, string) (func(), bool) {
 
 type testNodes struct {
 	master, entry string // client addresses of the front ends
-	gate          *gate
-	sup           *sites.Supervisor
+	masterFront   *Front
+	// masterGoroutines is another front end of the master, without event
+	// loops (for side by side benchmarks).
+	masterGoroutines string
+	gate             *gate
+	sup              *sites.Supervisor
+}
+
+// relayModes are the two ways a session is relayed (loop.go): the tests
+// that cover the relay run in both.
+var relayModes = []struct {
+	name   string
+	config func(*Config)
+}{
+	{"event-loop", func(*Config) {}},
+	{"goroutines", func(c *Config) { c.NoEventLoop = true }},
 }
 
 // startNodes runs a master (site processes, front end, tunnel endpoint)
 // and an entry node whose front end reaches the master by the tunnel.
-func startNodes(t testing.TB) *testNodes {
+func startNodes(t testing.TB, configs ...func(*Config)) *testNodes {
 	t.Helper()
 	sup := sites.New(sites.Config{})
 	t.Cleanup(sup.Close)
@@ -100,8 +116,19 @@ func startNodes(t testing.TB) *testNodes {
 	}
 	var tunnelURL string
 	internal := func(n string) (string, bool) { return tunnelURL, n == "n1" }
-	master, err := New(Config{Cluster: &fakeCluster{node: "n1", users: routes}, Internal: internal, Token: "t",
-		Sites: sup, Admit: g.admit})
+	mc := Config{Cluster: &fakeCluster{node: "n1", users: routes}, Internal: internal, Token: "t", Sites: sup, Admit: g.admit}
+	ec := Config{Cluster: &fakeCluster{node: "n2", users: routes}, Internal: internal, Token: "t"}
+	for _, c := range configs {
+		c(&mc)
+		c(&ec)
+	}
+	gc := mc
+	gc.NoEventLoop = true
+	masterGoroutines, err := New(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master, err := New(mc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +137,7 @@ func startNodes(t testing.TB) *testNodes {
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	tunnelURL = ts.URL
-	entry, err := New(Config{Cluster: &fakeCluster{node: "n2", users: routes}, Internal: internal, Token: "t"})
+	entry, err := New(ec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +150,7 @@ func startNodes(t testing.TB) *testNodes {
 		t.Cleanup(f.Close)
 		return l.Addr().String()
 	}
-	return &testNodes{master: serve(master), entry: serve(entry), gate: g, sup: sup}
+	return &testNodes{master: serve(master), entry: serve(entry), masterFront: master, masterGoroutines: serve(masterGoroutines), gate: g, sup: sup}
 }
 
 func openDB(t testing.TB, addr, user, pw, db string, params string) *sql.DB {
@@ -148,7 +175,13 @@ func wantCode(t *testing.T, what string, err error, code uint16) {
 // through another node's (tunnel), text and prepared statements, multi
 // statements, transactions and the server's error codes reach the client.
 func TestFrontRelaysToSiteServer(t *testing.T) {
-	n := startNodes(t)
+	for _, mode := range relayModes {
+		t.Run(mode.name, func(t *testing.T) { testFrontRelays(t, mode.config) })
+	}
+}
+
+func testFrontRelays(t *testing.T, config func(*Config)) {
+	n := startNodes(t, config)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -198,6 +231,11 @@ func TestFrontRelaysToSiteServer(t *testing.T) {
 	if inflight != 0 {
 		t.Fatalf("%d admissions still held with every session idle", inflight)
 	}
+	var probe Config
+	config(&probe)
+	if loop := n.masterFront.LoopCommands(); (loop > 0) != (!probe.NoEventLoop && runtime.GOOS == "linux") {
+		t.Fatalf("%d commands relayed by the master's event loops (NoEventLoop %v)", loop, probe.NoEventLoop)
+	}
 
 	// The real command-line client, over TLS (it asks for it) and not.
 	for _, args := range [][]string{{"--ssl"}, {"--skip-ssl"}} {
@@ -219,7 +257,13 @@ func TestFrontRelaysToSiteServer(t *testing.T) {
 // finds its database, variables and prepared statements as they were. A
 // session inside a transaction gets error 1927 instead.
 func TestSessionSurvivesServerRestart(t *testing.T) {
-	n := startNodes(t)
+	for _, mode := range relayModes {
+		t.Run(mode.name, func(t *testing.T) { testSessionSurvivesServerRestart(t, mode.config) })
+	}
+}
+
+func testSessionSurvivesServerRestart(t *testing.T, config func(*Config)) {
+	n := startNodes(t, config)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	setup := openDB(t, n.master, "shop", "shop-pw", "shop_db", "")
@@ -321,30 +365,62 @@ func BenchmarkPointSelect(b *testing.B) {
 		return n.sup.DialMySQL(ctx, addr)
 	})
 	for _, tc := range []struct{ name, dsn string }{
-		{"direct", "shop:shop-pw@benchsite(shop)/shop_db?interpolateParams=true"},
-		{"proxy", "shop:shop-pw@tcp(" + n.master + ")/shop_db?interpolateParams=true"},
+		{"direct", "shop:shop-pw@benchsite(shop)/shop_db"},
+		{"proxy", "shop:shop-pw@tcp(" + n.master + ")/shop_db"},
+		{"proxy-goroutines", "shop:shop-pw@tcp(" + n.masterGoroutines + ")/shop_db"},
 	} {
-		b.Run(tc.name, func(b *testing.B) {
-			d, err := sql.Open("mysql", tc.dsn)
-			if err != nil {
-				b.Fatal(err)
+		for _, prepared := range []bool{false, true} {
+			name, dsn := tc.name+"/text", tc.dsn+"?interpolateParams=true"
+			if prepared {
+				name, dsn = tc.name+"/prepared", tc.dsn
 			}
-			defer d.Close()
-			d.SetMaxOpenConns(16)
-			d.SetMaxIdleConns(16)
-			b.SetParallelism(8) // 16 goroutines on 2 cores
-			var i atomic.Int64
-			b.RunParallel(func(pb *testing.PB) {
-				var v string
-				for pb.Next() {
-					if err := d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", i.Add(1)%1000).Scan(&v); err != nil {
-						b.Error(err)
-						return
-					}
+			b.Run(name, func(b *testing.B) {
+				d, err := sql.Open("mysql", dsn)
+				if err != nil {
+					b.Fatal(err)
 				}
+				defer d.Close()
+				d.SetMaxOpenConns(16)
+				d.SetMaxIdleConns(16)
+				stmt, err := d.PrepareContext(ctx, "SELECT v FROM kv WHERE id = ?")
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer stmt.Close()
+				b.SetParallelism(8) // 16 goroutines on 2 cores
+				var i atomic.Int64
+				cpu := processCPU()
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					var v string
+					for pb.Next() {
+						var row *sql.Row
+						if prepared {
+							row = stmt.QueryRowContext(ctx, i.Add(1)%1000)
+						} else {
+							row = d.QueryRowContext(ctx, "SELECT v FROM kv WHERE id = ?", i.Add(1)%1000)
+						}
+						if err := row.Scan(&v); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+				// The whole process's CPU (client, front end): the
+				// front ends' difference is the proxies' difference.
+				b.ReportMetric(float64((processCPU()-cpu).Microseconds())/float64(b.N), "cpu-us/op")
 			})
-		})
+		}
 	}
+}
+
+// processCPU is this process's user and system CPU time.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // TestFrontRelaysOtherCommands: COM_INIT_DB, COM_FIELD_LIST, COM_PING,

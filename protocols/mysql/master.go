@@ -178,7 +178,8 @@ func (f *Front) tunnelHandler(w http.ResponseWriter, r *http.Request) {
 	if err := writePacket(cw, 0, okp); err != nil {
 		return
 	}
-	rl := &relay{cr: brw.Reader, cw: cw, be: be, admit: func() (func(), bool) { return f.cfg.Admit(context.Background(), site) }}
+	rl := &relay{cr: brw.Reader, cw: cw, be: be, admission: f.admission(site)}
+	f.useLoops(rl, conn)
 	if s, ok := be.conn.(interface{ Stale() bool }); ok {
 		rl.stale = s.Stale
 	}

@@ -2,9 +2,11 @@ package mysql
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 )
@@ -52,10 +54,10 @@ type relay struct {
 	cr *bufio.Reader
 	cw *bufio.Writer
 	be *backend
-	// admit, when set, is asked before a command goes to the server while
-	// no admission is held; false: errNotAdmitted.
-	admit   func() (release func(), ok bool)
-	release func()
+	// admission, when set, counts a command in before it goes to the
+	// server, and its transaction until it ends (Enter with a command or
+	// transaction held does nothing); false: errNotAdmitted.
+	admission Admission
 	// tunnel: the server side is a master's tunnel end, whose
 	// codeNotServing answers mean errNotAdmitted.
 	tunnel bool
@@ -78,6 +80,13 @@ type relay struct {
 	heldBuf []byte
 
 	cbuf, sbuf []byte
+
+	// client is the client's connection when it is a plain socket, which
+	// the event loops (loops, nil: none) can then relay (loop.go); lp is
+	// the relay's state there.
+	client net.Conn
+	loops  *eventLoops
+	lp     *loopSession
 	// rewrite, when set, may change the next server packet before it is
 	// forwarded (a prepared statement's id).
 	rewrite func([]byte)
@@ -85,9 +94,8 @@ type relay struct {
 
 // releaseAdmission ends the admission held, if any.
 func (r *relay) releaseAdmission() {
-	if r.release != nil {
-		r.release()
-		r.release = nil
+	if r.admission != nil {
+		r.admission.Leave()
 	}
 }
 
@@ -101,19 +109,39 @@ const heldCommandMax = segmentMax
 // run relays commands until the client quits or something fails.
 func (r *relay) run() error {
 	defer r.releaseAdmission()
+	back := false
 	for {
-		if err := r.cw.Flush(); err != nil {
-			return errClient{err}
+		// A session the loop handed back runs one command here first
+		// (the one the loop did not take).
+		if !back && r.loopReady() {
+			if err := r.cw.Flush(); err != nil {
+				return errClient{err}
+			}
+			if err := r.inLoop(); err != nil {
+				return err
+			}
+			back = true
+			continue
 		}
-		p, buf, err := readPacket(r.cr, r.cbuf)
-		r.cbuf = buf
-		if err != nil {
-			return errClient{err}
-		}
-		if err := r.command(p); err != nil {
+		back = false
+		if err := r.step(); err != nil {
 			return err
 		}
 	}
+}
+
+// step sends the client what is buffered for it (the last answer), then
+// reads the next command and relays it and its answer.
+func (r *relay) step() error {
+	if err := r.cw.Flush(); err != nil {
+		return errClient{err}
+	}
+	p, buf, err := readPacket(r.cr, r.cbuf)
+	r.cbuf = buf
+	if err != nil {
+		return errClient{err}
+	}
+	return r.command(p)
 }
 
 // command relays one command and its response.
@@ -138,12 +166,8 @@ func (r *relay) command(p packet) error {
 	// Kept until its response ends: a command the server side refuses
 	// unsent goes to the site's next server.
 	r.hold(p)
-	if r.release == nil && r.admit != nil {
-		release, ok := r.admit()
-		if !ok {
-			return errNotAdmitted
-		}
-		r.release = release
+	if r.admission != nil && !r.admission.Enter(context.Background()) {
+		return errNotAdmitted
 	}
 	if r.stale != nil && r.stale() {
 		return errNotAdmitted

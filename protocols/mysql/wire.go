@@ -24,6 +24,7 @@ const (
 	comQuery            = 0x03
 	comFieldList        = 0x04
 	comStatistics       = 0x09
+	comPing             = 0x0e
 	comProcessKill      = 0x0c
 	comChangeUser       = 0x11
 	comBinlogDump       = 0x12
@@ -44,13 +45,32 @@ type packet struct {
 	payload []byte
 }
 
-// readPacket reads one packet into buf (grown as needed).
+// readPacket reads one packet. Its payload is in r's buffer when it fits
+// there (valid until r's next read; nothing is copied or allocated), in buf
+// (grown as needed) otherwise.
 func readPacket(r *bufio.Reader, buf []byte) (packet, []byte, error) {
-	var h [4]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
+	h, err := r.Peek(4)
+	if err != nil {
+		if err == io.EOF && len(h) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		return packet{}, buf, err
 	}
 	n := int(h[0]) | int(h[1])<<8 | int(h[2])<<16
+	seq := h[3]
+	if 4+n <= r.Size() {
+		// The whole packet fits in the reader's buffer: Peek waits for it.
+		b, err := r.Peek(4 + n)
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return packet{}, buf, err
+		}
+		_, _ = r.Discard(4 + n)
+		return packet{seq: seq, payload: b[4:]}, buf, nil
+	}
+	_, _ = r.Discard(4)
 	if cap(buf) < n {
 		buf = make([]byte, n)
 	}
@@ -58,7 +78,7 @@ func readPacket(r *bufio.Reader, buf []byte) (packet, []byte, error) {
 	if _, err := io.ReadFull(r, buf); err != nil {
 		return packet{}, buf, err
 	}
-	return packet{seq: h[3], payload: buf}, buf, nil
+	return packet{seq: seq, payload: buf}, buf, nil
 }
 
 // writePacket writes one packet (payload at most segmentMax).
@@ -67,10 +87,18 @@ func writePacket(w *bufio.Writer, seq byte, payload []byte) error {
 	if n > segmentMax {
 		return fmt.Errorf("mysql: packet of %d bytes", n)
 	}
-	if _, err := w.Write([]byte{byte(n), byte(n >> 8), byte(n >> 16), seq}); err != nil {
+	// The header goes straight into w's buffer: a header of its own would
+	// be allocated for every packet (Write may hand it to the connection).
+	if w.Available() < 4 {
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	_, err := w.Write(append(w.AvailableBuffer(), byte(n), byte(n>>8), byte(n>>16), seq))
+	if err != nil {
 		return err
 	}
-	_, err := w.Write(payload)
+	_, err = w.Write(payload)
 	return err
 }
 

@@ -56,3 +56,40 @@ func (h *Host) Admit(ctx context.Context, site string) (release func(), ok bool)
 	}
 	return release, ok
 }
+
+// Admission is Admit for a long session that counts its units of work in
+// and out one after another (a MySQL session's commands): Enter and Leave
+// allocate nothing and take the gates' lock once each. It holds at most
+// one unit at a time. Not safe for concurrent use.
+type Admission struct {
+	h    *Host
+	site string
+	g    *gate // the gate entered; nil: nothing held
+}
+
+// NewAdmission returns an Admission for site (nothing held).
+func (h *Host) NewAdmission(site string) *Admission { return &Admission{h: h, site: site} }
+
+// Enter counts one unit of work in as Admit does (false: this node does
+// not serve the site now). With a unit already held it does nothing.
+func (a *Admission) Enter(ctx context.Context) bool {
+	if a.g != nil {
+		return true
+	}
+	g, ok := a.h.gates.enter(ctx, a.site)
+	if !ok {
+		return false
+	}
+	a.g = g
+	a.h.activity.bump(a.site)
+	a.h.activity.bumpLoad(a.site)
+	return true
+}
+
+// Leave counts the unit held out (nothing held: nothing done).
+func (a *Admission) Leave() {
+	if a.g != nil {
+		a.h.gates.leave(a.g)
+		a.g = nil
+	}
+}

@@ -141,7 +141,7 @@ type gate struct {
 	started   bool
 	epoch     *m.Epoch
 	inflight  int
-	zero      chan struct{} // closed when inflight returns to 0
+	zero      chan struct{} // made by a waiter; closed when inflight returns to 0
 	changed   chan struct{} // closed (and replaced) when routeOpen or started change
 }
 
@@ -204,8 +204,19 @@ const gateStartWaitMax = 5 * time.Second
 // gateStartWaitMax and ctx) while the site is active here but not yet
 // started.
 func (gs *gates) admit(ctx context.Context, site string) (release func(), ok bool) {
-	// The timer only when a wait is needed: admit runs for every MySQL
-	// command, and an open gate needs none.
+	g, ok := gs.enter(ctx, site)
+	if !ok {
+		return nil, false
+	}
+	var once sync.Once
+	return func() { once.Do(func() { gs.leave(g) }) }, true
+}
+
+// enter is admit without the release func, which costs allocations: the
+// caller calls leave(g) once. An open gate costs no allocation (enter runs
+// for every MySQL command).
+func (gs *gates) enter(ctx context.Context, site string) (*gate, bool) {
+	// The timer only when a wait is needed: an open gate needs none.
 	var deadline *time.Timer
 	defer func() {
 		if deadline != nil {
@@ -239,21 +250,19 @@ func (gs *gates) admit(ctx context.Context, site string) (release func(), ok boo
 	if g == nil || !g.open() {
 		return nil, false
 	}
-	if g.inflight == 0 {
-		g.zero = make(chan struct{})
-	}
 	g.inflight++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			gs.mu.Lock()
-			defer gs.mu.Unlock()
-			g.inflight--
-			if g.inflight == 0 {
-				close(g.zero)
-			}
-		})
-	}, true
+	return g, true
+}
+
+// leave counts out a request that enter counted in.
+func (gs *gates) leave(g *gate) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	g.inflight--
+	if g.inflight == 0 && g.zero != nil {
+		close(g.zero)
+		g.zero = nil
+	}
 }
 
 // waitIdle waits up to max for site's requests in flight to end; it
@@ -264,6 +273,11 @@ func (gs *gates) waitIdle(ctx context.Context, site string, max time.Duration) i
 	if g == nil || g.inflight == 0 {
 		gs.mu.Unlock()
 		return 0
+	}
+	// Made only when someone waits: a channel per request would be an
+	// allocation per MySQL command.
+	if g.zero == nil {
+		g.zero = make(chan struct{})
 	}
 	zero := g.zero
 	gs.mu.Unlock()

@@ -414,6 +414,16 @@ type mysqlConn struct {
 // exited (or another one runs now): a command sent on it cannot run.
 func (c *mysqlConn) Stale() bool { return c.site.generation.Load() != c.generation }
 
+// SyscallConn is the socket's, for a relay that reads and writes it in an
+// event loop (protocols/mysql).
+func (c *mysqlConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("mysql: connection without a descriptor")
+	}
+	return sc.SyscallConn()
+}
+
 func (c *mysqlConn) Close() error {
 	c.once.Do(c.release)
 	return c.Conn.Close()

@@ -47,6 +47,7 @@ type Driver struct {
 	mu        sync.Mutex
 	siteLocks map[string]*sync.Mutex
 	sending   map[string]int // "<site>@<snap>" -> streams in progress
+	heads     headCache      // manifest heads for listings (listcache.go)
 }
 
 var _ storage.Driver = (*Driver)(nil)
@@ -65,6 +66,9 @@ func New(root string, log *slog.Logger) (*Driver, error) {
 		if err := os.MkdirAll(filepath.Join(abs, dir), 0o755); err != nil {
 			return nil, fmt.Errorf("portable store %s: %w", abs, err)
 		}
+	}
+	if err := probeTimestampGranularity(filepath.Join(abs, "tmp")); err != nil {
+		return nil, fmt.Errorf("portable store %s: %w", abs, err)
 	}
 	// Leftovers of interrupted receives and stashes are never valid state.
 	if ents, err := os.ReadDir(filepath.Join(abs, "tmp")); err == nil {
@@ -279,12 +283,17 @@ func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bo
 		return nil
 	}
 	if !readOnly {
-		snaps, err := d.listManifests(site)
+		// Only the newest manifest is read whole (a promotion runs inside
+		// a move's pause).
+		heads, err := d.listHeads(site)
 		if err != nil {
 			return err
 		}
-		if len(snaps) > 0 {
-			latest := snaps[len(snaps)-1]
+		if len(heads) > 0 {
+			latest, err := readManifest(filepath.Join(snapDir(d.siteDir(site), heads[len(heads)-1].name), "manifest.json"))
+			if err != nil {
+				return err
+			}
 			live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))
 			if err != nil {
 				return err
@@ -438,14 +447,18 @@ func (d *Driver) snapshotLocked(site storage.Site, name string, allowReadOnly bo
 	if _, err := os.Stat(final); err == nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", site, name, storage.ErrExists)
 	}
-	snaps, err := d.listManifests(site)
+	// Only the newest manifest is read whole (a move's final snapshot is
+	// taken inside its pause).
+	heads, err := d.listHeads(site)
 	if err != nil {
 		return storage.Snapshot{}, err
 	}
 	var prev *manifest
 	prevTree := ""
-	if len(snaps) > 0 {
-		prev = snaps[len(snaps)-1]
+	if len(heads) > 0 {
+		if prev, err = readManifest(filepath.Join(snapDir(dir, heads[len(heads)-1].name), "manifest.json")); err != nil {
+			return storage.Snapshot{}, err
+		}
 		prevTree = filepath.Join(snapDir(dir, prev.Name), "tree")
 	}
 	started := time.Now()
@@ -541,15 +554,18 @@ func (d *Driver) ListSnapshots(ctx context.Context, site storage.Site) ([]storag
 	if err != nil {
 		return nil, err
 	}
-	mans, err := d.listManifests(site)
+	heads, err := d.listHeads(site)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]storage.Snapshot, 0, len(mans))
-	for _, man := range mans {
-		if man.listed() {
-			out = append(out, d.toSnapshot(site, m, man))
+	out := make([]storage.Snapshot, 0, len(heads))
+	for _, h := range heads {
+		name, err := storage.ParseSnapName(h.name)
+		if err != nil {
+			continue // a rollback's safety snapshot: not listed, as on ZFS
 		}
+		out = append(out, storage.Snapshot{Name: name, GUID: h.guid, Created: h.created, ReferencedBytes: h.bytes,
+			Holds: len(m.Holds[h.name])})
 	}
 	return out, nil
 }

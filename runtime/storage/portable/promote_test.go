@@ -82,8 +82,8 @@ func TestFirstSnapshotAfterPromotionLinksUnchangedFiles(t *testing.T) {
 	// than a clock tick) lets their identity be trusted at once, which
 	// is what this test is about (TestRacyFilesAreNotTrusted is about the
 	// margin).
-	defer func(m time.Duration) { identityRacyMargin = m }(identityRacyMargin)
-	identityRacyMargin = 0
+	defer identityRacyMargin.Store(identityRacyMargin.Load())
+	identityRacyMargin.Store(0)
 	time.Sleep(50 * time.Millisecond)
 	if err := b.SetReadOnly(ctx, site, false); err != nil {
 		t.Fatal(err)
@@ -125,6 +125,9 @@ func TestFirstSnapshotAfterPromotionLinksUnchangedFiles(t *testing.T) {
 // within the same clock tick without its ctime moving: its identity is not
 // recorded, so the next snapshot copies it rather than link stale content.
 func TestRacyFilesAreNotTrusted(t *testing.T) {
+	// An hour's margin makes "just written" hold however slow the machine.
+	defer identityRacyMargin.Store(identityRacyMargin.Load())
+	identityRacyMargin.Store(int64(time.Hour))
 	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "tree")
 	if err := os.WriteFile(filepath.Join(src, "fresh"), []byte("v1"), 0o644); err != nil {
 		t.Fatal(err)
@@ -151,5 +154,55 @@ func TestRacyFilesAreNotTrusted(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dst2, "fresh")); string(b) != "v2" {
 		t.Fatalf("the next snapshot holds %q, want the rewrite v2", b)
+	}
+}
+
+// Listings come from cached manifest heads: a manifest replaced on disk
+// (a new file) and a snapshot removed are seen at the next listing.
+func TestListingFollowsManifestsOnDisk(t *testing.T) {
+	ctx := context.Background()
+	d, err := New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site, _ := storage.ParseSite("listing")
+	if err := d.Create(ctx, site, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"s1", "s2"} {
+		sn, _ := storage.ParseSnapName(n)
+		if _, err := d.Snapshot(ctx, site, sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func() []storage.Snapshot {
+		t.Helper()
+		l, err := d.ListSnapshots(ctx, site)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	first := list()
+	if len(first) != 2 {
+		t.Fatalf("listed %d snapshots, want 2", len(first))
+	}
+	path := filepath.Join(snapDir(d.siteDir(site), "s2"), "manifest.json")
+	man, err := readManifest(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	man.GUID++
+	if err := writeJSONAtomic(path, man); err != nil {
+		t.Fatal(err)
+	}
+	if l := list(); l[1].GUID != first[1].GUID+1 {
+		t.Fatalf("a replaced manifest still lists GUID %d", l[1].GUID)
+	}
+	if err := os.RemoveAll(snapDir(d.siteDir(site), "s1")); err != nil {
+		t.Fatal(err)
+	}
+	if l := list(); len(l) != 1 || l[0].Name.String() != "s2" {
+		t.Fatalf("after removing s1: %v", l)
 	}
 }

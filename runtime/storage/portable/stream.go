@@ -307,16 +307,17 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		return storage.Snapshot{}, storage.ErrNotReplica
 	}
 	var have []storage.Snapshot
-	var mans []*manifest
-	var all []string // every snapshot, safety snapshots included
+	var heads []manifestHead // only heads: a receive may be a move's final delta
+	var all []string         // every snapshot, safety snapshots included
 	if exists {
-		if mans, err = d.listManifests(site); err != nil {
+		if heads, err = d.listHeads(site); err != nil {
 			return storage.Snapshot{}, err
 		}
-		for _, man := range mans {
-			all = append(all, man.Name)
-			if man.listed() {
-				have = append(have, d.toSnapshot(site, m, man))
+		for _, h := range heads {
+			all = append(all, h.name)
+			if name, err := storage.ParseSnapName(h.name); err == nil {
+				have = append(have, storage.Snapshot{Name: name, GUID: h.guid, Created: h.created, ReferencedBytes: h.bytes,
+					Holds: len(m.Holds[h.name])})
 			}
 		}
 	}
@@ -336,22 +337,28 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		// everything left it): only if its live tree is empty, so nothing
 		// unsnapshotted is overwritten, and only if no unlisted (safety)
 		// snapshot is left either, as on ZFS.
-		if len(mans) > 0 {
-			return storage.Snapshot{}, fmt.Errorf("%w: full stream for a dataset that has %d snapshot(s) (e.g. %s)", storage.ErrNoCommonSnapshot, len(mans), mans[0].Name)
+		if len(heads) > 0 {
+			return storage.Snapshot{}, fmt.Errorf("%w: full stream for a dataset that has %d snapshot(s) (e.g. %s)", storage.ErrNoCommonSnapshot, len(heads), heads[0].name)
 		}
 		if err := d.checkLiveEmpty(site); err != nil {
 			return storage.Snapshot{}, err
 		}
 	}
-	for _, man := range mans {
-		if man.Name == h.To.Name {
+	for _, hd := range heads {
+		if hd.name == h.To.Name {
 			return storage.Snapshot{}, fmt.Errorf("snapshot %s: %w", h.To.Name, storage.ErrExists)
 		}
 	}
 	var baseMan *manifest
 	baseTree := ""
 	if h.From != nil {
-		baseMan = mans[len(mans)-1]
+		if len(heads) == 0 {
+			return storage.Snapshot{}, fmt.Errorf("%w: incremental stream for a dataset without snapshots", storage.ErrNoCommonSnapshot)
+		}
+		last := heads[len(heads)-1].name
+		if baseMan, err = readManifest(filepath.Join(snapDir(d.siteDir(site), last), "manifest.json")); err != nil {
+			return storage.Snapshot{}, err
+		}
 		baseTree = filepath.Join(snapDir(d.siteDir(site), baseMan.Name), "tree")
 	}
 	budget := int64(-1)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -112,20 +113,62 @@ func writeJSONAtomic(path string, v any) error {
 	return writeFileAtomic(path, data)
 }
 
-// identityRacyMargin: a file whose ctime is this close to (or after) the
-// moment its identity is recorded may still be written within the same
-// clock tick without its ctime changing (Linux stamps files from a coarse
-// clock; some file systems keep whole seconds), so its identity is not
-// recorded and the next snapshot copies it again rather than trust it
-// (git's "racy" index entries). Larger than any timestamp granularity of
-// the file systems the driver runs on. (A variable for tests.)
-var identityRacyMargin = 2 * time.Second
+// identityRacyMargin (nanoseconds): a file whose ctime is this close to
+// (or after) the moment its identity is recorded may still be written
+// within the same clock tick without its ctime changing (Linux stamps
+// files from a coarse clock), so its identity is not recorded and the next
+// snapshot copies it again rather than trust it (git's "racy" index
+// entries). It must exceed the file system's timestamp granularity:
+// fineRacyMargin covers Linux's tick (at most 10 ms) on file systems with
+// nanosecond stamps (ext4, xfs, btrfs, tmpfs); New raises it to
+// coarseRacyMargin when its directory's stamps turn out to be whole
+// seconds. It is kept short because a racy file is copied whole again: a
+// large file changed just before a move's pre-copy would otherwise be
+// copied again inside the pause.
+var identityRacyMargin atomic.Int64
 
-// trustedIdentity is statIdentity, or zeros (untrusted: compare by content
-// next time) for a file changed within identityRacyMargin of recordedAt.
+const (
+	fineRacyMargin   = 50 * time.Millisecond
+	coarseRacyMargin = 2 * time.Second
+)
+
+func init() { identityRacyMargin.Store(int64(fineRacyMargin)) }
+
+// probeTimestampGranularity raises identityRacyMargin to coarseRacyMargin
+// if files written in dir get whole-second ctimes.
+func probeTimestampGranularity(dir string) error {
+	probe := filepath.Join(dir, ".timestamp-probe")
+	defer os.Remove(probe)
+	whole := 0
+	for i := 0; i < 3; i++ {
+		if err := os.WriteFile(probe, []byte{byte(i)}, 0o600); err != nil {
+			return err
+		}
+		fi, err := os.Lstat(probe)
+		if err != nil {
+			return err
+		}
+		if _, ctimeNs := statIdentity(fi); ctimeNs%int64(time.Second) == 0 {
+			whole++
+		}
+		time.Sleep(3 * time.Millisecond)
+	}
+	if whole == 3 {
+		for {
+			cur := identityRacyMargin.Load()
+			if cur >= int64(coarseRacyMargin) || identityRacyMargin.CompareAndSwap(cur, int64(coarseRacyMargin)) {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// trustedIdentity is statIdentity, or zeros (untrusted: copy it next
+// time) for a file changed within identityRacyMargin of recordedAt.
 func trustedIdentity(fi fs.FileInfo, recordedAt time.Time) (ino uint64, ctimeNs int64) {
 	ino, ctimeNs = statIdentity(fi)
-	if ctimeNs >= recordedAt.Add(-identityRacyMargin).UnixNano() {
+	if ctimeNs >= recordedAt.UnixNano()-identityRacyMargin.Load() {
 		return 0, 0
 	}
 	return ino, ctimeNs

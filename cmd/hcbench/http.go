@@ -21,6 +21,10 @@ package main
 // The last line is
 //
 //	front_vs_haproxy=R front_vs_direct=R2 added_p50_ms=A move_hold_p99_ms=M failed=F
+//
+// M is the worse of the two hold figures: the p99 latency of requests
+// during the moves under load, and the p99 over runs of the 256 MiB
+// move's pause (unless -skip-pause). F counts both parts' failures.
 
 import (
 	"bufio"

@@ -1,6 +1,7 @@
 package portable
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -50,6 +51,7 @@ type cachedHead struct {
 type headCache struct {
 	mu    sync.Mutex
 	sites map[string]map[string]cachedHead // site -> snapshot dir name -> head
+	trees map[string]*cachedTree           // site -> newest snapshot's entries (Changed)
 }
 
 func identityOf(fi fs.FileInfo) fileIdentity {
@@ -101,4 +103,124 @@ func (d *Driver) listHeads(site storage.Site) ([]manifestHead, error) {
 	d.heads.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
 	return out, nil
+}
+
+// liveTreeEntriesMax bounds the live entries Changed compares; a larger
+// tree counts as changed (a needless snapshot is cheap, a walk of millions
+// of files every interval is not).
+const liveTreeEntriesMax = 100_000
+
+// cachedTree is the newest snapshot's entries of a site, by path, for
+// Changed; valid while its manifest file's identity holds.
+type cachedTree struct {
+	name    string
+	id      fileIdentity
+	entries map[string]*entry
+}
+
+var errTreeDiffers = errors.New("live tree differs")
+
+// Changed reports whether the site's live tree may differ from its newest
+// snapshot (the host's ChangeDetector): it is the test captureTree applies
+// to link a file, so "unchanged" means a snapshot would copy nothing. A
+// regular file is unchanged only if its inode and ctime are the ones
+// recorded, and recorded ones are never racy (trustedIdentity): a rewrite
+// that keeps size and mtime (rsync -t) or lands in the snapshot's clock
+// tick counts as a change. Directories and links compare by kind (and
+// target). Unlike the host's generic check, it neither mounts the
+// snapshot nor parses its manifest again while the manifest is unchanged.
+func (d *Driver) Changed(ctx context.Context, site storage.Site) (bool, error) {
+	if err := checkSite(site); err != nil {
+		return false, err
+	}
+	heads, err := d.listHeads(site)
+	if err != nil {
+		return false, err
+	}
+	if len(heads) == 0 {
+		return true, nil
+	}
+	newest := heads[len(heads)-1].name
+	path := filepath.Join(snapDir(d.siteDir(site), newest), "manifest.json")
+	fi, err := os.Stat(path)
+	if err != nil {
+		return false, err
+	}
+	id := identityOf(fi)
+	d.heads.mu.Lock()
+	t := d.heads.trees[site.String()]
+	d.heads.mu.Unlock()
+	if t == nil || t.name != newest || t.id != id {
+		man, err := readManifest(path)
+		if err != nil {
+			return false, err
+		}
+		t = &cachedTree{name: newest, id: id, entries: man.byPath()}
+		d.heads.mu.Lock()
+		if d.heads.trees == nil || len(d.heads.trees) >= manifestHeadsSitesMax {
+			d.heads.trees = map[string]*cachedTree{}
+		}
+		d.heads.trees[site.String()] = t
+		d.heads.mu.Unlock()
+	}
+	live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))
+	if err != nil {
+		return false, err
+	}
+	seen := 0
+	err = filepath.WalkDir(live, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == live {
+			return nil
+		}
+		typ := de.Type()
+		if typ&(fs.ModeDevice|fs.ModeNamedPipe|fs.ModeSocket|fs.ModeCharDevice|fs.ModeIrregular) != 0 {
+			return nil // not site data: snapshots leave them out too
+		}
+		if seen++; seen > liveTreeEntriesMax {
+			return errTreeDiffers
+		}
+		rel, err := filepath.Rel(live, p)
+		if err != nil {
+			return err
+		}
+		e, ok := t.entries[filepath.ToSlash(rel)]
+		if !ok {
+			return errTreeDiffers
+		}
+		switch {
+		case typ.IsDir():
+			if e.Kind != kindDir {
+				return errTreeDiffers
+			}
+		case typ&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil || e.Kind != kindSymlink || target != e.Target {
+				return errTreeDiffers
+			}
+		default:
+			info, err := de.Info()
+			if err != nil {
+				return err
+			}
+			ino, ctimeNs := statIdentity(info)
+			if e.Kind != kindFile || e.LiveIno == 0 || ino != e.LiveIno || ctimeNs != e.LiveCtimeNs ||
+				info.Size() != e.Size || info.ModTime().UnixNano() != e.MtimeNs {
+				return errTreeDiffers
+			}
+		}
+		return nil
+	})
+	if errors.Is(err, errTreeDiffers) || errors.Is(err, fs.ErrNotExist) {
+		return true, nil // a file that went away mid-walk is a change too
+	}
+	if err != nil {
+		return false, err
+	}
+	return seen != len(t.entries), nil
 }

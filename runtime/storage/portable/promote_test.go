@@ -206,3 +206,73 @@ func TestListingFollowsManifestsOnDisk(t *testing.T) {
 		t.Fatalf("after removing s1: %v", l)
 	}
 }
+
+// Changed is captureTree's link test: a file counts as unchanged only with
+// the inode and ctime recorded (never racy ones), so a rewrite that keeps
+// size and mtime is a change, and a file written just before a snapshot
+// stays "changed" until a snapshot records it settled.
+func TestChangedFollowsTheLinkTest(t *testing.T) {
+	ctx := context.Background()
+	d, err := New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := storage.MustSite("changes")
+	if err := d.Create(ctx, site, 0); err != nil {
+		t.Fatal(err)
+	}
+	check := func(want bool, why string) {
+		t.Helper()
+		got, err := d.Changed(ctx, site)
+		if err != nil || got != want {
+			t.Fatalf("%s: changed %v (%v), want %v", why, got, err, want)
+		}
+	}
+	snap := func(name string) {
+		t.Helper()
+		if _, err := d.Snapshot(ctx, site, storage.MustSnap(name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(true, "no snapshot")
+	snap("s1")
+	check(false, "empty tree, snapshotted")
+	live, _ := d.Mountpoint(ctx, site)
+	page := filepath.Join(live, "index.html")
+	if err := os.WriteFile(page, []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check(true, "new file")
+	snap("s2")
+	check(true, "a file written just before the snapshot (racy)")
+	time.Sleep(2 * time.Duration(identityRacyMargin.Load()))
+	snap("s3")
+	check(false, "settled and snapshotted")
+	fi, _ := os.Stat(page)
+	if err := os.WriteFile(page, []byte("world"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(page, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	check(true, "same size and mtime, new content (rsync -t)")
+	time.Sleep(2 * time.Duration(identityRacyMargin.Load()))
+	snap("s4")
+	check(false, "snapshotted again")
+	if err := os.Symlink("index.html", filepath.Join(live, "home")); err != nil {
+		t.Fatal(err)
+	}
+	check(true, "new link")
+	time.Sleep(2 * time.Duration(identityRacyMargin.Load()))
+	snap("s5")
+	check(false, "link snapshotted")
+	os.Remove(filepath.Join(live, "home"))
+	if err := os.Symlink("other.html", filepath.Join(live, "home")); err != nil {
+		t.Fatal(err)
+	}
+	check(true, "link retargeted")
+	if err := os.Remove(filepath.Join(live, "home")); err != nil {
+		t.Fatal(err)
+	}
+	check(true, "link removed")
+}

@@ -495,11 +495,19 @@ func (b *Balancer) resolveProbe(env *core.Env, site string) []core.Effect {
 		holders = append(holders, n)
 		seen = append(seen, n+"="+a.Latest.GetName())
 		fence = core.MaxEpoch(fence, a.Epoch)
+		created, bestCreated := a.Spec.GetCreated().GetTerm(), best.GetSpec().GetCreated().GetTerm()
 		switch {
 		case best == nil:
 			best = a
 		case env.Config.Mutations.PromoteOldest && later(best.Latest, a.Latest):
 			best = a
+		case !env.Config.Mutations.PromoteOldest && created != bestCreated:
+			// Copies of different incarnations (as in heal): the one
+			// created later was created above the other's tombstone, so
+			// the deleted history is never promoted, however new.
+			if created > bestCreated {
+				best = a
+			}
 		case !env.Config.Mutations.PromoteOldest && later(a.Latest, best.Latest):
 			best = a
 		case !env.Config.Mutations.PromoteOldest && !later(best.Latest, a.Latest) && a.Node == a.Latest.GetEpoch().GetNode():

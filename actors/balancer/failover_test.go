@@ -11,6 +11,12 @@ import (
 // failoverChoice runs one failover over copies (node -> latest snapshot) and
 // returns the node the balancer activates.
 func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []string) string {
+	return failoverChoiceCreated(t, copies, nil, order)
+}
+
+// failoverChoiceCreated is failoverChoice with each copy's spec created at
+// created[node] (nil: unset).
+func failoverChoiceCreated(t *testing.T, copies map[string]*m.SnapshotRef, created map[string]*m.Epoch, order []string) string {
 	t.Helper()
 	cfg := core.Default()
 	b := New("n0")
@@ -20,7 +26,7 @@ func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []stri
 	b.Step(env(), &m.BalancerRole{Active: true, Live: live})
 	for _, n := range order {
 		b.Step(env(), &m.NodeReport{Node: n, Datasets: []*m.DatasetInfo{{Site: "a", Node: n, Role: m.Role_ROLE_REPLICA,
-			Epoch: copies[n].GetEpoch(), Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}})
+			Epoch: copies[n].GetEpoch(), Latest: copies[n], Spec: &m.SiteSpec{Name: "a", Created: created[n]}}}})
 	}
 	now = now.Add(cfg.BalancerWarmup + time.Second)
 	var probeID uint64
@@ -37,7 +43,7 @@ func failoverChoice(t *testing.T, copies map[string]*m.SnapshotRef, order []stri
 	var chosen string
 	for _, n := range order {
 		for _, fx := range b.Step(env(), &m.ProbeAnswer{Site: "a", ProbeId: probeID, Info: &m.DatasetInfo{
-			Site: "a", Node: n, Role: m.Role_ROLE_REPLICA, Epoch: copies[n].GetEpoch(), Latest: copies[n], Spec: &m.SiteSpec{Name: "a"}}}) {
+			Site: "a", Node: n, Role: m.Role_ROLE_REPLICA, Epoch: copies[n].GetEpoch(), Latest: copies[n], Spec: &m.SiteSpec{Name: "a", Created: created[n]}}}) {
 			if s, ok := fx.(core.Send); ok {
 				if a, ok := s.Msg.(*m.Activate); ok {
 					chosen = s.To.Node
@@ -165,5 +171,24 @@ func TestRepairInFlightDoesNotDelayFailover(t *testing.T) {
 	}
 	if !probed {
 		t.Fatalf("failover held up by the repair sent to the dead master (ActionTimeout %v)", cfg.ActionTimeout)
+	}
+}
+
+// Copies of two incarnations (a site deleted and created again while a
+// node was away, which kept a copy of the deleted one): the failover
+// promotes the later incarnation even against newer writes of the deleted
+// one, as a heal does (TestHealPrefersTheLaterIncarnation); within one
+// incarnation the newest history wins as before.
+func TestFailoverPrefersTheLaterIncarnation(t *testing.T) {
+	copies := map[string]*m.SnapshotRef{"n2": taken(snapRef(59_000, "n2", 40), 58_000), "n3": taken(snapRef(45_750, "n3", 29), 45_760)}
+	created := map[string]*m.Epoch{"n2": {Term: 1, Node: "n2"}, "n3": {Term: 45_750, Node: "n3"}}
+	for _, order := range [][]string{{"n2", "n3"}, {"n3", "n2"}} {
+		if got := failoverChoiceCreated(t, copies, created, order); got != "n3" {
+			t.Fatalf("order %v: promoted %s, the deleted incarnation's copy", order, got)
+		}
+	}
+	same := map[string]*m.Epoch{"n2": {Term: 1, Node: "n1"}, "n3": {Term: 1, Node: "n1"}}
+	if got := failoverChoiceCreated(t, copies, same, []string{"n3", "n2"}); got != "n2" {
+		t.Fatalf("one incarnation: promoted %s, want the newest history n2", got)
 	}
 }

@@ -560,12 +560,9 @@ func (d *Driver) ListSnapshots(ctx context.Context, site storage.Site) ([]storag
 	}
 	out := make([]storage.Snapshot, 0, len(heads))
 	for _, h := range heads {
-		name, err := storage.ParseSnapName(h.name)
-		if err != nil {
-			continue // a rollback's safety snapshot: not listed, as on ZFS
+		if s, ok := h.snapshot(m); ok {
+			out = append(out, s)
 		}
-		out = append(out, storage.Snapshot{Name: name, GUID: h.guid, Created: h.created, ReferencedBytes: h.bytes,
-			Holds: len(m.Holds[h.name])})
 	}
 	return out, nil
 }

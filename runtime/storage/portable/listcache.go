@@ -37,6 +37,17 @@ type manifestHead struct {
 	bytes   int64
 }
 
+// snapshot is the head as ListSnapshots shows it; false for a snapshot
+// that is not listed (a rollback's safety snapshot, as on ZFS).
+func (h manifestHead) snapshot(m *siteMeta) (storage.Snapshot, bool) {
+	name, err := storage.ParseSnapName(h.name)
+	if err != nil {
+		return storage.Snapshot{}, false
+	}
+	return storage.Snapshot{Name: name, GUID: h.guid, Created: h.created, ReferencedBytes: h.bytes,
+		Holds: len(m.Holds[h.name])}, true
+}
+
 type fileIdentity struct {
 	ino              uint64
 	size             int64

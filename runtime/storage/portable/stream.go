@@ -315,9 +315,8 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 		}
 		for _, h := range heads {
 			all = append(all, h.name)
-			if name, err := storage.ParseSnapName(h.name); err == nil {
-				have = append(have, storage.Snapshot{Name: name, GUID: h.guid, Created: h.created, ReferencedBytes: h.bytes,
-					Holds: len(m.Holds[h.name])})
+			if s, ok := h.snapshot(m); ok {
+				have = append(have, s)
 			}
 		}
 	}

@@ -15,8 +15,12 @@ package main
 //
 // in text (client-side interpolated COM_QUERY) and prepared (COM_STMT_EXECUTE)
 // form, with the proxies' CPU per query (HAProxy's process, the nodes' net of
-// their background work), then each target's one-connection latency.
-// -cpuprofile writes the master node's CPU profiles during the proxy runs. Then the database is grown to -db-mib MiB, an autocommit
+// their background work), where the whole machine's CPU went per query
+// (client, server, busy in all, idle and stolen), then each target's
+// one-connection latency. -cpuprofile writes the master node's CPU
+// profiles during the proxy runs; -perf-events counts perf events
+// machine-wide per query (e.g. context-switches). Then the database is
+// grown to -db-mib MiB, an autocommit
 // insert+select load runs through all nodes, and the site is migrated; the
 // longest client-visible stall, lost rows and client errors are reported.
 // The last line is
@@ -28,6 +32,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"database/sql"
 	"flag"
@@ -37,6 +42,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +79,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
 	useZFS := fs.Bool("zfs", false, "put the nodes' datasets on a file-backed ZFS pool (needs root and zfs; default: the portable driver)")
+	perfEvents := fs.String("perf-events", "", "count these perf events machine-wide (`list`, as perf stat -e takes it, e.g. context-switches) during each QPS run and print them per query")
 	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the master node (its MySQL front end) during the proxy runs to `prefix`.N.pprof")
 	_ = fs.Parse(args)
 	if *duration <= 0 || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax {
@@ -165,6 +172,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	serverPid := pidOf(cnf)
 	hport, hpid, stopHAProxy, err := startHAProxy(ctx, haproxy, dir, sock)
 	if err != nil {
 		return err
@@ -200,6 +208,10 @@ func mysqlBench(ctx context.Context, args []string) error {
 	// the direct target runs (the front idle, the site as busy), is taken
 	// out of the proxies' CPU.
 	background := map[int]time.Duration{}
+	// Where the whole machine's CPU went per query (the client is this
+	// process): a proxy that costs little itself can still cost QPS by
+	// the work it makes elsewhere, or by leaving processors idle.
+	client, server, machine := map[string]time.Duration{}, map[string]time.Duration{}, map[string]machineCPU{}
 	var backgroundFor time.Duration
 	nodes := []int{c.Pid(master), c.Pid(remote)}
 	for round := range mysqlBenchRounds {
@@ -217,8 +229,21 @@ func mysqlBench(ctx context.Context, args []string) error {
 					profile.resume(ctx)
 				}
 				before, nodesBefore, begun := pidsCPU(tg.pids), pidCPUs(nodes), time.Now()
+				clientBefore, serverBefore, machineBefore := processCPU(os.Getpid()), processCPU(serverPid), readMachineCPU()
+				key := tg.name + "_" + mode
+				perf := startPerfStat(*perfEvents)
 				n, err := pointSelects(ctx, d, mode == "prepared", *duration)
 				took := time.Since(begun)
+				client[key] += processCPU(os.Getpid()) - clientBefore
+				server[key] += processCPU(serverPid) - serverBefore
+				machine[key] = machine[key].add(readMachineCPU().sub(machineBefore))
+				if counts := perf.stop(); len(counts) > 0 && n > 0 {
+					var parts []string
+					for _, c := range counts {
+						parts = append(parts, fmt.Sprintf("%s=%.2f", c.event, c.value/float64(n)))
+					}
+					fmt.Fprintf(os.Stderr, "mysql_perf_per_query round=%d target=%s mode=%s %s\n", round+1, tg.name, mode, strings.Join(parts, " "))
+				}
 				used := pidsCPU(tg.pids) - before
 				if tg.name == "direct" {
 					for i, t := range pidCPUs(nodes) {
@@ -253,6 +278,12 @@ func mysqlBench(ctx context.Context, args []string) error {
 				cpuUs = float64(cpu[tg.name+"_"+mode].Microseconds()) / float64(n)
 			}
 			fmt.Printf("mysql_qps target=%s mode=%s connections=%d qps=%.0f proxy_cpu_us_per_query=%.1f\n", tg.name, mode, mysqlBenchConnections, q, cpuUs)
+			if n := counts[tg.name+"_"+mode]; n > 0 {
+				key, per := tg.name+"_"+mode, func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+				m := machine[key]
+				fmt.Printf("mysql_machine target=%s mode=%s busy_us_per_query=%.1f client_us=%.1f server_us=%.1f idle_pct=%.1f steal_pct=%.1f\n",
+					tg.name, mode, per(m.busy), per(client[key]), per(server[key]), m.idlePercent(), m.percent(m.steal))
+			}
 		}
 	}
 	ratio := func(a, b string) float64 {
@@ -501,6 +532,123 @@ func socketOf(cnf string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s: no socket", cnf)
+}
+
+// pidOf is the pid in the pid-file that the my.cnf at cnf names (0: none).
+func pidOf(cnf string) int {
+	b, err := os.ReadFile(cnf)
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "pid-file="); ok {
+			p, err := os.ReadFile(v)
+			if err != nil {
+				return 0
+			}
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(p)))
+			return pid
+		}
+	}
+	return 0
+}
+
+// perfStat is a machine-wide perf stat run (nil: none).
+type perfStat struct {
+	cmd *exec.Cmd
+	out bytes.Buffer
+}
+
+type perfCount struct {
+	event string
+	value float64
+}
+
+// startPerfStat counts events machine-wide until stop ("": nothing, and
+// a perf that does not start is reported and skipped).
+func startPerfStat(events string) *perfStat {
+	if events == "" {
+		return nil
+	}
+	p := &perfStat{}
+	p.cmd = exec.Command("perf", "stat", "-a", "-x,", "-e", events)
+	p.cmd.Stderr = &p.out
+	if err := p.cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "perf stat:", err)
+		return nil
+	}
+	return p
+}
+
+// stop ends the count and returns it (perf stat -x, lines: value,unit,event,...).
+func (p *perfStat) stop() []perfCount {
+	if p == nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	_ = p.cmd.Wait()
+	var out []perfCount
+	for line := range strings.Lines(p.out.String()) {
+		f := strings.Split(line, ",")
+		if len(f) < 3 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+			out = append(out, perfCount{f[2], v})
+		}
+	}
+	return out
+}
+
+// machineCPU is the machine's CPU time (all processors) by whether it
+// was busy, from /proc/stat.
+type machineCPU struct{ busy, idle, steal time.Duration }
+
+func readMachineCPU() machineCPU {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineCPU{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return machineCPU{}
+	}
+	var m machineCPU
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	for i, v := range f[1:] {
+		t, _ := strconv.ParseInt(v, 10, 64)
+		d := time.Duration(t) * time.Second / ticksPerSecond
+		switch i {
+		case 3, 4: // idle, iowait
+			m.idle += d
+		case 7: // steal: the hypervisor ran something else
+			m.steal += d
+		case 8, 9: // guest, guest_nice: already in user and nice
+		default:
+			m.busy += d
+		}
+	}
+	return m
+}
+
+func (m machineCPU) sub(o machineCPU) machineCPU {
+	return machineCPU{m.busy - o.busy, m.idle - o.idle, m.steal - o.steal}
+}
+
+func (m machineCPU) add(o machineCPU) machineCPU {
+	return machineCPU{m.busy + o.busy, m.idle + o.idle, m.steal + o.steal}
+}
+
+func (m machineCPU) idlePercent() float64 {
+	return m.percent(m.idle)
+}
+
+func (m machineCPU) percent(d time.Duration) float64 {
+	if m.busy+m.idle+m.steal <= 0 {
+		return 0
+	}
+	return 100 * float64(d) / float64(m.busy+m.idle+m.steal)
 }
 
 // pidCPUs is the CPU time each of pids has used.

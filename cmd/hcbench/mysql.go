@@ -57,8 +57,8 @@ import (
 const (
 	// mysqlBenchConnections is the client concurrency of the QPS runs.
 	mysqlBenchConnections = 16
-	// mysqlBenchRounds: each target is measured this many times, in turn.
-	mysqlBenchRounds = 3
+	// mysqlBenchRoundsMax bounds -rounds.
+	mysqlBenchRoundsMax = 100
 	// mysqlBenchRows is the point-select table's size.
 	mysqlBenchRows = 10000
 	// mysqlDBMiBMax bounds -db-mib.
@@ -75,15 +75,16 @@ const (
 
 func mysqlBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("hcbench mysql", flag.ExitOnError)
-	duration := fs.Duration("duration", 3*time.Second, "length of each QPS measurement (each target is measured 3 times, in turn)")
+	duration := fs.Duration("duration", 1500*time.Millisecond, "length of each QPS measurement")
+	rounds := fs.Int("rounds", 6, "how many times each target is measured, in turn (short interleaved rounds let a change in the machine's load fall on every target alike)")
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
 	useZFS := fs.Bool("zfs", false, "put the nodes' datasets on a file-backed ZFS pool (needs root and zfs; default: the portable driver)")
 	perfEvents := fs.String("perf-events", "", "count these perf events machine-wide (`list`, as perf stat -e takes it, e.g. context-switches) during each QPS run and print them per query")
 	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the master node (its MySQL front end) during the proxy runs to `prefix`.N.pprof")
 	_ = fs.Parse(args)
-	if *duration <= 0 || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax {
-		return fmt.Errorf("-duration 1s..10m, -db-mib 0..%d", mysqlDBMiBMax)
+	if *duration < 100*time.Millisecond || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax || *rounds < 1 || *rounds > mysqlBenchRoundsMax {
+		return fmt.Errorf("-duration 100ms..10m, -rounds 1..%d, -db-mib 0..%d", mysqlBenchRoundsMax, mysqlDBMiBMax)
 	}
 	haproxy, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -214,7 +215,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	client, server, machine := map[string]time.Duration{}, map[string]time.Duration{}, map[string]machineCPU{}
 	var backgroundFor time.Duration
 	nodes := []int{c.Pid(master), c.Pid(remote)}
-	for round := range mysqlBenchRounds {
+	for round := range *rounds {
 		for _, mode := range []string{"text", "prepared"} {
 			for _, tg := range targets {
 				params := "interpolateParams=true"
@@ -271,7 +272,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	qps := map[string]float64{}
 	for _, mode := range []string{"text", "prepared"} {
 		for _, tg := range targets {
-			q := float64(counts[tg.name+"_"+mode]) / (duration.Seconds() * mysqlBenchRounds)
+			q := float64(counts[tg.name+"_"+mode]) / (duration.Seconds() * float64(*rounds))
 			qps[tg.name+"_"+mode] = q
 			cpuUs := 0.0
 			if n := counts[tg.name+"_"+mode]; n > 0 && tg.pids != nil {
@@ -384,10 +385,28 @@ func pointSelects(ctx context.Context, d *sql.DB, prepared bool, d0 time.Duratio
 		}
 		defer stmt.Close()
 	}
-	// Warm the pool.
-	if err := d.PingContext(ctx); err != nil {
-		return 0, err
+	// Warm the pool: every connection is opened (and authenticated) before
+	// the clock starts, so that no target's figure includes its handshakes.
+	conns := make([]*sql.Conn, 0, mysqlBenchConnections)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range mysqlBenchConnections {
+		c, err := d.Conn(ctx)
+		if err != nil {
+			return 0, err
+		}
+		conns = append(conns, c)
+		if err := c.PingContext(ctx); err != nil {
+			return 0, err
+		}
 	}
+	for _, c := range conns {
+		c.Close() // back to the pool, idle
+	}
+	conns = nil
 	var n atomic.Int64
 	var firstErr error
 	var mu sync.Mutex

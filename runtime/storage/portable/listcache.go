@@ -63,6 +63,23 @@ type headCache struct {
 	mu    sync.Mutex
 	sites map[string]map[string]cachedHead // site -> snapshot dir name -> head
 	trees map[string]*cachedTree           // site -> newest snapshot's entries (Changed)
+	// sitesMax and entriesMax: manifestHeadsSitesMax and
+	// liveTreeEntriesMax when 0 (tests set smaller ones).
+	sitesMax, entriesMax int
+}
+
+func (c *headCache) sitesBound() int {
+	if c.sitesMax > 0 {
+		return c.sitesMax
+	}
+	return manifestHeadsSitesMax
+}
+
+func (c *headCache) entriesBound() int {
+	if c.entriesMax > 0 {
+		return c.entriesMax
+	}
+	return liveTreeEntriesMax
 }
 
 func identityOf(fi fs.FileInfo) fileIdentity {
@@ -107,7 +124,7 @@ func (d *Driver) listHeads(site storage.Site) ([]manifestHead, error) {
 		out = append(out, c.head)
 	}
 	d.heads.mu.Lock()
-	if d.heads.sites == nil || len(d.heads.sites) >= manifestHeadsSitesMax {
+	if _, known := d.heads.sites[site.String()]; d.heads.sites == nil || !known && len(d.heads.sites) >= d.heads.sitesBound() {
 		d.heads.sites = map[string]map[string]cachedHead{}
 	}
 	d.heads.sites[site.String()] = fresh
@@ -168,7 +185,7 @@ func (d *Driver) Changed(ctx context.Context, site storage.Site) (bool, error) {
 		}
 		t = &cachedTree{name: newest, id: id, entries: man.byPath()}
 		d.heads.mu.Lock()
-		if d.heads.trees == nil || len(d.heads.trees) >= manifestHeadsSitesMax {
+		if _, known := d.heads.trees[site.String()]; d.heads.trees == nil || !known && len(d.heads.trees) >= d.heads.sitesBound() {
 			d.heads.trees = map[string]*cachedTree{}
 		}
 		d.heads.trees[site.String()] = t
@@ -178,7 +195,7 @@ func (d *Driver) Changed(ctx context.Context, site storage.Site) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	seen := 0
+	seen, entriesMax := 0, d.heads.entriesBound()
 	err = filepath.WalkDir(live, func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -193,7 +210,7 @@ func (d *Driver) Changed(ctx context.Context, site storage.Site) (bool, error) {
 		if typ&(fs.ModeDevice|fs.ModeNamedPipe|fs.ModeSocket|fs.ModeCharDevice|fs.ModeIrregular) != 0 {
 			return nil // not site data: snapshots leave them out too
 		}
-		if seen++; seen > liveTreeEntriesMax {
+		if seen++; seen > entriesMax {
 			return errTreeDiffers
 		}
 		rel, err := filepath.Rel(live, p)

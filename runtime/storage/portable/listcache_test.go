@@ -16,10 +16,7 @@ import (
 // already cached at the bound keeps the others.
 func TestHeadCacheBound(t *testing.T) {
 	ctx := context.Background()
-	d, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDriver(t)
 	d.heads.sitesMax = 2
 	var sites []storage.Site
 	for i := range 3 {
@@ -78,10 +75,7 @@ func TestHeadCacheBound(t *testing.T) {
 // same tree under the bound is unchanged).
 func TestChangedCountsALargeTreeAsChanged(t *testing.T) {
 	ctx := context.Background()
-	d, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDriver(t)
 	site := storage.MustSite("large")
 	if err := d.Create(ctx, site, 0); err != nil {
 		t.Fatal(err)
@@ -118,4 +112,14 @@ func TestChangedCountsALargeTreeAsChanged(t *testing.T) {
 	if changed() {
 		t.Fatal("a tree of 5 entries at a bound of 5 is reported changed")
 	}
+}
+
+// newTestDriver is a driver on a fresh directory of the test's.
+func newTestDriver(t *testing.T) *Driver {
+	t.Helper()
+	d, err := New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -49,14 +49,8 @@ func transfer(t *testing.T, ctx context.Context, a, b *Driver, site storage.Site
 // No live file ever shares an inode with a snapshot file.
 func TestFirstSnapshotAfterPromotionLinksUnchangedFiles(t *testing.T) {
 	ctx := context.Background()
-	a, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newTestDriver(t)
+	b := newTestDriver(t)
 	site := storage.MustSite("promoted")
 	if err := a.Create(ctx, site, 0); err != nil {
 		t.Fatal(err)
@@ -161,10 +155,7 @@ func TestRacyFilesAreNotTrusted(t *testing.T) {
 // (a new file) and a snapshot removed are seen at the next listing.
 func TestListingFollowsManifestsOnDisk(t *testing.T) {
 	ctx := context.Background()
-	d, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDriver(t)
 	site, _ := storage.ParseSite("listing")
 	if err := d.Create(ctx, site, 0); err != nil {
 		t.Fatal(err)
@@ -213,10 +204,7 @@ func TestListingFollowsManifestsOnDisk(t *testing.T) {
 // stays "changed" until a snapshot records it settled.
 func TestChangedFollowsTheLinkTest(t *testing.T) {
 	ctx := context.Background()
-	d, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDriver(t)
 	site := storage.MustSite("changes")
 	if err := d.Create(ctx, site, 0); err != nil {
 		t.Fatal(err)

@@ -102,14 +102,8 @@ func snapshotInodes(t *testing.T, d *Driver, site storage.Site) map[uint64]strin
 // sharing no inode with any snapshot; promoting it copies nothing.
 func TestReplicaLiveTreeStaysAWarmCopy(t *testing.T) {
 	ctx := context.Background()
-	a, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newTestDriver(t)
+	b := newTestDriver(t)
 	site := storage.MustSite("warm")
 	if err := a.Create(ctx, site, 0); err != nil {
 		t.Fatal(err)
@@ -258,8 +252,8 @@ func TestReplicaLiveTreeStaysAWarmCopy(t *testing.T) {
 // it is copied from the snapshot again.
 func TestPromotionCopiesAChangedWarmTree(t *testing.T) {
 	ctx := context.Background()
-	a, _ := New(t.TempDir(), nil)
-	b, _ := New(t.TempDir(), nil)
+	a := newTestDriver(t)
+	b := newTestDriver(t)
 	site := storage.MustSite("tampered")
 	if err := a.Create(ctx, site, 0); err != nil {
 		t.Fatal(err)

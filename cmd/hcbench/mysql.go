@@ -31,7 +31,6 @@ package main
 // front end, as HAProxy runs beside the server).
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"database/sql"
@@ -41,6 +40,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +83,9 @@ func mysqlBench(ctx context.Context, args []string) error {
 	perfEvents := fs.String("perf-events", "", "count these perf events machine-wide (`list`, as perf stat -e takes it, e.g. context-switches) during each QPS run and print them per query")
 	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the master node (its MySQL front end) during the proxy runs to `prefix`.N.pprof")
 	_ = fs.Parse(args)
+	if !perfEventsPattern.MatchString(*perfEvents) {
+		return fmt.Errorf("-perf-events: a comma-separated list of perf event names, got %q", *perfEvents)
+	}
 	if *duration < 100*time.Millisecond || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax || *rounds < 1 || *rounds > mysqlBenchRoundsMax {
 		return fmt.Errorf("-duration 100ms..10m, -rounds 1..%d, -db-mib 0..%d", mysqlBenchRoundsMax, mysqlDBMiBMax)
 	}
@@ -169,11 +172,11 @@ func mysqlBench(ctx context.Context, args []string) error {
 	if *useZFS {
 		cnf = filepath.Join(dir, "zfs", c.Nodes[master].Name, "sites", site, "mysql", "my.cnf")
 	}
-	sock, err := socketOf(cnf)
+	sock, err := cnfValue(cnf, "socket")
 	if err != nil {
 		return err
 	}
-	serverPid := pidOf(cnf)
+	serverPid := serverPidOf(cnf)
 	hport, hpid, stopHAProxy, err := startHAProxy(ctx, haproxy, dir, sock)
 	if err != nil {
 		return err
@@ -537,40 +540,39 @@ func mysqlMoveUnderLoad(ctx context.Context, c *localcluster.Cluster, user, pass
 	return stall, lost, acked, errs, moveEnd.Sub(moveStart), nil
 }
 
-// socketOf reads the socket of a site's server from its option file.
-func socketOf(cnf string) (string, error) {
-	f, err := os.Open(cnf)
+// cnfValue reads key's value from a site server's option file (the
+// key=value lines runtime/sites writes).
+func cnfValue(cnf, key string) (string, error) {
+	b, err := os.ReadFile(cnf)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "socket="); ok {
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), key+"="); ok {
 			return v, nil
 		}
 	}
-	return "", fmt.Errorf("%s: no socket", cnf)
+	return "", fmt.Errorf("%s: no %s", cnf, key)
 }
 
-// pidOf is the pid in the pid-file that the my.cnf at cnf names (0: none).
-func pidOf(cnf string) int {
-	b, err := os.ReadFile(cnf)
+// serverPidOf is the pid of a site's server, from the pid-file its option
+// file names (0: not known; its CPU is then not reported).
+func serverPidOf(cnf string) int {
+	file, err := cnfValue(cnf, "pid-file")
 	if err != nil {
 		return 0
 	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "pid-file="); ok {
-			p, err := os.ReadFile(v)
-			if err != nil {
-				return 0
-			}
-			pid, _ := strconv.Atoi(strings.TrimSpace(string(p)))
-			return pid
-		}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
 	}
-	return 0
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }
+
+// perfEventsPattern is what -perf-events takes (empty: none): event names
+// as perf stat -e lists them, never an option of perf's.
+var perfEventsPattern = regexp.MustCompile(`^([A-Za-z0-9_][A-Za-z0-9_:.-]*(,[A-Za-z0-9_][A-Za-z0-9_:.-]*)*)?$`)
 
 // perfStat is a machine-wide perf stat run (nil: none).
 type perfStat struct {

@@ -82,6 +82,17 @@ func (c *headCache) entriesBound() int {
 	return liveTreeEntriesMax
 }
 
+// putBounded sets m[key] and returns the map: a new key when m holds max
+// keys already starts a new map (the cache refills as sites are listed
+// again); a known key only replaces its value.
+func putBounded[V any](m map[string]V, key string, v V, max int) map[string]V {
+	if _, known := m[key]; m == nil || !known && len(m) >= max {
+		m = map[string]V{}
+	}
+	m[key] = v
+	return m
+}
+
 func identityOf(fi fs.FileInfo) fileIdentity {
 	id := fileIdentity{size: fi.Size(), mtimeNs: fi.ModTime().UnixNano()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
@@ -124,10 +135,7 @@ func (d *Driver) listHeads(site storage.Site) ([]manifestHead, error) {
 		out = append(out, c.head)
 	}
 	d.heads.mu.Lock()
-	if _, known := d.heads.sites[site.String()]; d.heads.sites == nil || !known && len(d.heads.sites) >= d.heads.sitesBound() {
-		d.heads.sites = map[string]map[string]cachedHead{}
-	}
-	d.heads.sites[site.String()] = fresh
+	d.heads.sites = putBounded(d.heads.sites, site.String(), fresh, d.heads.sitesBound())
 	d.heads.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
 	return out, nil
@@ -185,10 +193,7 @@ func (d *Driver) Changed(ctx context.Context, site storage.Site) (bool, error) {
 		}
 		t = &cachedTree{name: newest, id: id, entries: man.byPath()}
 		d.heads.mu.Lock()
-		if _, known := d.heads.trees[site.String()]; d.heads.trees == nil || !known && len(d.heads.trees) >= d.heads.sitesBound() {
-			d.heads.trees = map[string]*cachedTree{}
-		}
-		d.heads.trees[site.String()] = t
+		d.heads.trees = putBounded(d.heads.trees, site.String(), t, d.heads.sitesBound())
 		d.heads.mu.Unlock()
 	}
 	live, err := filepath.EvalSymlinks(filepath.Join(d.siteDir(site), "live"))

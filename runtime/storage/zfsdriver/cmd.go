@@ -139,6 +139,11 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string { return string(t.buf) }
 
 func (d *Driver) do(ctx context.Context, c call) error {
+	if d.forgetsLocations(c.argv) {
+		// Before and after: a locate that probes meanwhile is not kept.
+		d.forgetLocations()
+		defer d.forgetLocations()
+	}
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%s: %w", strings.Join(c.argv, " "), err)
@@ -158,6 +163,11 @@ func (d *Driver) do(ctx context.Context, c call) error {
 		if ctx.Err() != nil {
 			kind = nil
 			err = errors.Join(err, ctx.Err())
+		}
+		if c.op != opProbe && errors.Is(kind, storage.ErrNoDataset) {
+			// A dataset the driver thought was there is not: what it
+			// knows of locations may be stale too.
+			d.forgetLocations()
 		}
 		cerr := &CommandError{Argv: c.argv, Stderr: stderr, Kind: kind, Err: err}
 		retry := c.retryBusy && errors.Is(kind, storage.ErrBusy) && attempt < busyRetryMax

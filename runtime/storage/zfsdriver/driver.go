@@ -81,6 +81,10 @@ type Driver struct {
 	siteLocks    map[string]*sync.Mutex
 	sending      map[string]int
 	sendNoDryRun bool // this zfs has no `send -n` (zfs-fuse)
+	// locations keeps where each site's dataset is (locate.go); locGen
+	// counts the times they were all forgotten.
+	locations map[string]location
+	locGen    uint64
 }
 
 var _ storage.Driver = (*Driver)(nil)
@@ -90,7 +94,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if !rootPattern.MatchString(cfg.Root) || strings.Contains(cfg.Root, "..") {
 		return nil, fmt.Errorf("%w: zfs root %q", storage.ErrInvalidName, cfg.Root)
 	}
-	d := &Driver{root: cfg.Root, log: newLogger(cfg.Logger).With("driver", Kind), siteLocks: map[string]*sync.Mutex{}, sending: map[string]int{}}
+	d := &Driver{root: cfg.Root, log: newLogger(cfg.Logger).With("driver", Kind), siteLocks: map[string]*sync.Mutex{}, sending: map[string]int{},
+		locations: map[string]location{}}
 	for _, ds := range []string{d.root, d.root + "/sites", d.root + "/replicas", d.root + "/stash", d.root + "/views", d.root + "/swap"} {
 		if err := d.ensureFilesystem(ctx, ds); err != nil {
 			return nil, fmt.Errorf("zfs driver root: %w", err)
@@ -193,26 +198,6 @@ func (d *Driver) viewDS(site storage.Site, snap storage.SnapName) string {
 	return d.viewParent(site) + "/" + snap.String()
 }
 func (d *Driver) swapDS(site storage.Site) string { return d.root + "/swap/" + site.String() }
-
-// locate finds the site's dataset and whether it is a read-only replica.
-func (d *Driver) locate(ctx context.Context, site storage.Site) (string, bool, error) {
-	if err := checkSite(site); err != nil {
-		return "", false, err
-	}
-	for _, c := range []struct {
-		ds string
-		ro bool
-	}{{d.writableDS(site), false}, {d.replicaDS(site), true}} {
-		ok, err := d.datasetExists(ctx, c.ds)
-		if err != nil {
-			return "", false, err
-		}
-		if ok {
-			return c.ds, c.ro, nil
-		}
-	}
-	return "", false, fmt.Errorf("%w: site %s", storage.ErrNoDataset, site)
-}
 
 // Create implements storage.Driver.
 func (d *Driver) Create(ctx context.Context, site storage.Site, quotaBytes int64) error {
@@ -687,16 +672,27 @@ func (d *Driver) EstimateSendSize(ctx context.Context, site storage.Site, from, 
 			return 0, err
 		}
 	}
-	toSnap, err := d.findSnapshot(ctx, ds, to)
+	snaps, err := d.snapshots(ctx, ds) // one listing for both ends
 	if err != nil {
 		return 0, err
+	}
+	var toSnap, fromSnap *storage.Snapshot
+	for i := range snaps {
+		switch snaps[i].Name {
+		case to:
+			toSnap = &snaps[i]
+		case from:
+			fromSnap = &snaps[i]
+		}
+	}
+	if toSnap == nil {
+		return 0, fmt.Errorf("%w: snapshot %s@%s", storage.ErrNoDataset, ds, to)
 	}
 	if from.IsZero() {
 		return toSnap.ReferencedBytes + estimateOverheadBytes, nil
 	}
-	fromSnap, err := d.findSnapshot(ctx, ds, from)
-	if err != nil {
-		return 0, err
+	if fromSnap == nil {
+		return 0, fmt.Errorf("%w: snapshot %s@%s", storage.ErrNoDataset, ds, from)
 	}
 	return max(0, toSnap.ReferencedBytes-fromSnap.ReferencedBytes) + fromSnap.UsedBytes + estimateOverheadBytes, nil
 }

@@ -161,6 +161,7 @@ type Host struct {
 	gates       *gates
 	sites       SiteRunner
 	activity    activity
+	trees       treeMarks // what the newest snapshots hold, for treeChanged
 	nextRequest atomic.Uint64
 
 	panics atomic.Int64

@@ -36,8 +36,9 @@ const (
 
 // ChangeDetector is implemented by drivers that can tell whether a dataset
 // changed since its newest snapshot (OpenZFS: the written property). For a
-// driver that cannot tell, the host compares the live tree with the newest
-// snapshot's (treeChanged), erring towards taking the snapshot.
+// driver that cannot tell, the host compares the live tree with what it
+// was when the newest snapshot was taken (treeChanged), erring towards
+// taking the snapshot.
 type ChangeDetector interface {
 	Changed(ctx context.Context, site storage.Site) (bool, error)
 }
@@ -274,7 +275,7 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 			if cd, ok := d.(ChangeDetector); ok {
 				changed, err = cd.Changed(ctx, site)
 			} else {
-				changed, err = treeChanged(ctx, d, site)
+				changed, err = h.treeChanged(ctx, site)
 			}
 			if err != nil {
 				return fail(fmt.Errorf("snapshot %s: changed: %w", site, err))
@@ -289,7 +290,12 @@ func (h *Host) storageLocal(ctx context.Context, req *m.StorageRequest) *m.Stora
 		if err != nil {
 			return fail(err)
 		}
-		snap, err := d.Snapshot(ctx, site, name)
+		var snap storage.Snapshot
+		if _, ok := d.(ChangeDetector); ok {
+			snap, err = d.Snapshot(ctx, site, name)
+		} else {
+			snap, err = h.treeSnapshot(ctx, site, name)
+		}
 		if errors.Is(err, storage.ErrReadOnly) {
 			// A replica's tree cannot change: there is nothing to capture.
 			// (A demotion's deferred last snapshot can land after its role

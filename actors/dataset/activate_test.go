@@ -195,12 +195,14 @@ func TestFinalDeltaWaitsForTheSnapshotBeingTaken(t *testing.T) {
 }
 
 // A pre-copy that reaches its target while a (scheduled) snapshot is being
-// taken waits for that snapshot to reach the target too, so that the
-// site's pause does not wait for it and the final delta is smaller; if
-// that snapshot is not taken after all (nothing changed), the pre-copy is
-// done at once with what the target holds.
+// taken, or after one was taken during its stream, waits for that
+// snapshot to reach the target too, so that the site's pause does not wait
+// for its stream and the final delta is smaller; if that snapshot is not
+// taken after all (nothing changed), the pre-copy is done at once with
+// what the target holds.
 func TestPreCopyTakesAnInFlightSnapshotAlong(t *testing.T) {
-	for _, unchanged := range []bool{false, true} {
+	for _, mode := range []string{"taking", "unchanged", "taken during the stream"} {
+		unchanged := mode == "unchanged"
 		env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
 		d := bootedCopy(env, 2, 0)
 		epoch := &m.Epoch{Term: 5, Node: "n1"}
@@ -245,6 +247,20 @@ func TestPreCopyTakesAnInFlightSnapshotAlong(t *testing.T) {
 		scheduled := snapshotRequests(d.Step(env, &m.Timer{Key: timerSnapshot}))
 		if len(scheduled) != 1 {
 			t.Fatal("no scheduled snapshot")
+		}
+		if mode == "taken during the stream" {
+			if offers := offersTo(complete(scheduled[0], m.Code_CODE_OK)); len(offers) != 0 {
+				t.Fatalf("offers %v while the pre-copy's stream is in flight", offers)
+			}
+			next := stream(fx)
+			if done := syncDone(next); done != nil {
+				t.Fatalf("pre-copy done with %s while a newer snapshot waits to be streamed", done.Snapshot.GetName())
+			}
+			done := syncDone(stream(next))
+			if done == nil || done.Snapshot.GetName() != scheduled[0].Snapshot.Name {
+				t.Fatalf("pre-copy answer %v, want done with the scheduled snapshot %s", done, scheduled[0].Snapshot.Name)
+			}
+			continue
 		}
 		if done := syncDone(stream(fx)); done != nil {
 			t.Fatalf("pre-copy done (%s) while a snapshot is being taken", done.Snapshot.GetName())

@@ -1308,12 +1308,13 @@ func (d *Dataset) syncsDone(replica string, have *m.SnapshotRef) []core.Effect {
 		if w.target != replica || have.Seq < w.needSeq || core.CompareEpoch(have.Epoch, d.epoch) != 0 {
 			return false
 		}
-		if !w.final && !w.extended && d.snapTaking {
-			// The pre-copy is done but a snapshot is being taken (a
-			// scheduled one): pausing now would hold the site's clients
-			// while it finishes, and the final delta would carry its
-			// changes too. The pre-copy takes it along first (once, so a
-			// busy schedule cannot hold the move).
+		if !w.final && !w.extended && (d.snapTaking || d.latest().GetSeq() > have.Seq) {
+			// The pre-copy is done but a newer snapshot is being taken or
+			// was taken meanwhile (a scheduled one): pausing now would hold
+			// the site's clients while it finishes and streams, and the
+			// final delta would carry its changes too. The pre-copy takes
+			// it along first (once, so a busy schedule cannot hold the
+			// move).
 			w.needSeq, w.extended = d.seq, true
 			return false
 		}

@@ -194,16 +194,18 @@ func waitReplicated(ctx context.Context, c *localcluster.Cluster, via int, site 
 	})
 }
 
-// startCluster starts a local cluster, on a fresh file-backed ZFS pool in
-// opt.Dir when useZFS (the pool is destroyed when the cluster closes).
+// startCluster starts a local cluster, on fresh file-backed ZFS pools in
+// opt.Dir when useZFS, one per node (destroyed when the cluster closes).
 func startCluster(ctx context.Context, opt localcluster.Options, useZFS bool) (*closingCluster, error) {
 	var destroy func()
 	if useZFS {
-		pool, env, d, err := localcluster.CreatePool(ctx, opt.Dir)
+		// A pool per node: nodes are separate machines with disks of
+		// their own.
+		pools, env, d, err := localcluster.CreateNodePools(ctx, opt.Dir, opt.Nodes)
 		if err != nil {
-			return nil, fmt.Errorf("zfs pool: %w", err)
+			return nil, fmt.Errorf("zfs pools: %w", err)
 		}
-		opt.ZFSPool, opt.Env, destroy = pool, append(opt.Env, env...), d
+		opt.ZFSPools, opt.Env, destroy = pools, append(opt.Env, env...), d
 	}
 	c, err := localcluster.Start(ctx, opt)
 	if err != nil {

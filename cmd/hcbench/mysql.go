@@ -79,7 +79,8 @@ func mysqlBench(ctx context.Context, args []string) error {
 	rounds := fs.Int("rounds", 6, "how many times each target is measured, in turn (short interleaved rounds let a change in the machine's load fall on every target alike)")
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
-	useZFS := fs.Bool("zfs", false, "put the nodes' datasets on a file-backed ZFS pool (needs root and zfs; default: the portable driver)")
+	logLevel := fs.String("log-level", "info", "the nodes' log level: debug (every zfs command and its duration), info, warn or error")
+	useZFS := fs.Bool("zfs", false, "put each node's datasets on a file-backed ZFS pool of its own (needs root and zfs; default: the portable driver)")
 	perfEvents := fs.String("perf-events", "", "count these perf events machine-wide (`list`, as perf stat -e takes it, e.g. context-switches) during each QPS run and print them per query")
 	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the master node (its MySQL front end) during the proxy runs to `prefix`.N.pprof")
 	_ = fs.Parse(args)
@@ -88,6 +89,11 @@ func mysqlBench(ctx context.Context, args []string) error {
 	}
 	if *duration < 100*time.Millisecond || *duration > 10*time.Minute || *dbMiB < 0 || *dbMiB > mysqlDBMiBMax || *rounds < 1 || *rounds > mysqlBenchRoundsMax {
 		return fmt.Errorf("-duration 100ms..10m, -rounds 1..%d, -db-mib 0..%d", mysqlBenchRoundsMax, mysqlDBMiBMax)
+	}
+	switch *logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("-log-level: debug, info, warn or error, got %q", *logLevel)
 	}
 	haproxy, err := exec.LookPath("haproxy")
 	if err != nil {
@@ -110,7 +116,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cc, err := startCluster(ctx, localcluster.Options{Nodes: 3, Dir: dir, Bin: bin}, *useZFS)
+	cc, err := startCluster(ctx, localcluster.Options{Nodes: 3, Dir: dir, Bin: bin, Args: []string{"-log-level", *logLevel}}, *useZFS)
 	if err != nil {
 		return err
 	}
@@ -165,12 +171,10 @@ func mysqlBench(ctx context.Context, args []string) error {
 		}
 	}
 
-	// The site's server: its socket is in the option file in its dataset
-	// (on ZFS the master's dataset <pool>/<node>/sites/<site> is mounted
-	// below the pool's mountpoint, see localcluster.CreatePool).
+	// The site's server: its socket is in the option file in its dataset.
 	cnf := filepath.Join(c.Nodes[master].DataDir, "datasets", "sites", site, "live", "mysql", "my.cnf")
 	if *useZFS {
-		cnf = filepath.Join(dir, "zfs", c.Nodes[master].Name, "sites", site, "mysql", "my.cnf")
+		cnf = filepath.Join(c.ZFSLiveDir(master, site), "mysql", "my.cnf")
 	}
 	sock, err := cnfValue(cnf, "socket")
 	if err != nil {

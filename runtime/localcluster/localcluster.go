@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
@@ -76,6 +75,9 @@ type Options struct {
 	// ZFSPool, when set, puts node n's datasets under <ZFSPool>/<n> on ZFS
 	// (see CreatePool); otherwise the portable driver under its data dir.
 	ZFSPool string
+	// ZFSPools, when set, gives node i a pool of its own, ZFSPools[i]
+	// (see CreateNodePools); it takes precedence over ZFSPool.
+	ZFSPools []string
 }
 
 // Node is one hcnode process.
@@ -154,10 +156,16 @@ func token() string {
 	return hex.EncodeToString(b)
 }
 
+// nodesMax bounds the nodes of a local cluster (ports, pools and
+// processes on one machine).
+const nodesMax = 64
+
+func nodeName(i int) string { return fmt.Sprintf("n%d", i+1) }
+
 // Start starts opt.Nodes nodes (n1..nN) and waits until each answers.
 func Start(ctx context.Context, opt Options) (*Cluster, error) {
-	if opt.Nodes < 1 || opt.Bin == nil || opt.Dir == "" {
-		return nil, errors.New("localcluster: need nodes, binaries and a directory")
+	if opt.Nodes < 1 || opt.Nodes > nodesMax || opt.Bin == nil || opt.Dir == "" {
+		return nil, fmt.Errorf("localcluster: need 1..%d nodes, binaries and a directory", nodesMax)
 	}
 	ports, err := freePorts(portsPerNode * opt.Nodes)
 	if err != nil {
@@ -177,7 +185,7 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	}
 	for i := range opt.Nodes {
 		p := ports[portsPerNode*i : portsPerNode*(i+1)]
-		name := fmt.Sprintf("n%d", i+1)
+		name := nodeName(i)
 		c.Nodes = append(c.Nodes, &Node{Name: name,
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
@@ -200,6 +208,11 @@ func (c *Cluster) args(n *Node) []string {
 	storageArgs := []string{"-storage", "portable"}
 	if c.opt.ZFSPool != "" {
 		storageArgs = []string{"-storage", "zfs", "-zfs-root", c.opt.ZFSPool + "/" + n.Name}
+	}
+	for i, mb := range c.Nodes {
+		if mb == n && i < len(c.opt.ZFSPools) {
+			storageArgs = []string{"-storage", "zfs", "-zfs-root", c.opt.ZFSPools[i] + "/" + n.Name}
+		}
 	}
 	args := append([]string{"-node", n.Name, "-data-dir", n.DataDir}, storageArgs...)
 	args = append(args,
@@ -367,37 +380,90 @@ func ZFSAvailable(ctx context.Context) (bool, string) {
 	return zfsdriver.NewPools(nil).Available(ctx)
 }
 
-// CreatePool creates a file-backed pool in dir for a ZFS cluster and
-// returns its name, the environment the nodes need (the zfs-fuse shim, when
-// this zfs is zfs-fuse; production runs stock OpenZFS), and a destroy func.
+// CreatePool creates a file-backed pool in dir for a ZFS cluster, shared by
+// its nodes, and returns its name, the environment the nodes need (the
+// zfs-fuse shim, when this zfs is zfs-fuse; production runs stock OpenZFS),
+// and a destroy func.
 func CreatePool(ctx context.Context, dir string) (name string, env []string, destroy func(), err error) {
-	pools := zfsdriver.NewPools(nil)
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	name = "hcl" + hex.EncodeToString(b[:])
-	file := filepath.Join(dir, "pool.img")
-	f, err := os.Create(file)
+	names, env, destroy, err := createPools(ctx, dir, []string{""})
 	if err != nil {
 		return "", nil, nil, err
 	}
-	if err := f.Truncate(poolBytes); err != nil {
-		f.Close()
-		return "", nil, nil, err
+	return names[0], env, destroy, nil
+}
+
+// CreateNodePools creates one file-backed pool per node in dir, for
+// Options.ZFSPools: each node gets a disk of its own, as on separate
+// machines, so that one node's receive does not hold up another node's
+// writes in a shared pool's transaction group.
+func CreateNodePools(ctx context.Context, dir string, nodes int) (names []string, env []string, destroy func(), err error) {
+	if nodes < 1 || nodes > nodesMax {
+		return nil, nil, nil, fmt.Errorf("localcluster: %d nodes (1..%d)", nodes, nodesMax)
 	}
-	f.Close()
+	var nodeNames []string
+	for i := range nodes {
+		nodeNames = append(nodeNames, nodeName(i))
+	}
+	return createPools(ctx, dir, nodeNames)
+}
+
+// createPools creates a pool per suffix ("" for the shared pool), mounted
+// at dir/zfs or dir/zfs/<suffix>; a failure destroys those made.
+func createPools(ctx context.Context, dir string, suffixes []string) (names []string, env []string, destroy func(), err error) {
+	pools := zfsdriver.NewPools(nil)
 	if pools.NeedsShim(ctx) {
 		shim, err := zfsdriver.ShimDir()
 		if err != nil {
-			return "", nil, nil, err
+			return nil, nil, nil, err
 		}
 		env = append(env, "HC_ZFS_SHIM_DIR="+shim)
 	}
-	if err := pools.CreateFilePool(ctx, name, file, filepath.Join(dir, "zfs")); err != nil {
-		return "", nil, nil, err
-	}
-	return name, env, func() {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	base := "hcl" + hex.EncodeToString(b[:])
+	destroy = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		_ = pools.DestroyPool(ctx, name)
-	}, nil
+		for _, name := range names {
+			_ = pools.DestroyPool(ctx, name)
+		}
+	}
+	for _, suffix := range suffixes {
+		name, file, mnt := base, filepath.Join(dir, "pool.img"), filepath.Join(dir, "zfs")
+		if suffix != "" {
+			name, file, mnt = base+suffix, filepath.Join(dir, "pool-"+suffix+".img"), filepath.Join(dir, "zfs", suffix)
+		}
+		if err := createPoolFile(file); err != nil {
+			destroy()
+			return nil, nil, nil, err
+		}
+		if err := pools.CreateFilePool(ctx, name, file, mnt); err != nil {
+			destroy()
+			return nil, nil, nil, err
+		}
+		names = append(names, name)
+	}
+	return names, env, destroy, nil
+}
+
+func createPoolFile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(poolBytes); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// ZFSLiveDir is where node i's dataset of site is mounted while node i is
+// its master, on the pools of CreatePool or CreateNodePools in Options.Dir.
+func (c *Cluster) ZFSLiveDir(i int, site string) string {
+	n := c.Nodes[i].Name
+	if len(c.opt.ZFSPools) > 0 {
+		return filepath.Join(c.opt.Dir, "zfs", n, n, "sites", site)
+	}
+	return filepath.Join(c.opt.Dir, "zfs", n, "sites", site)
 }

@@ -20,8 +20,8 @@ type commandCounter struct {
 }
 
 func (c *commandCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (c *commandCounter) WithAttrs([]slog.Attr) slog.Handler      { return c }
-func (c *commandCounter) WithGroup(string) slog.Handler           { return c }
+func (c *commandCounter) WithAttrs([]slog.Attr) slog.Handler       { return c }
+func (c *commandCounter) WithGroup(string) slog.Handler            { return c }
 func (c *commandCounter) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "zfs done" && r.Message != "zfs failed" {
 		return nil

@@ -479,9 +479,12 @@ func (h *Host) push(req *m.StorageRequest) *m.StorageResult {
 	started := time.Now()
 	client := h.clients[req.ToNode]
 	site, err := storage.ParseSite(req.Site)
-	var to storage.SnapName
+	var to, base storage.SnapName
 	if err == nil {
 		to, err = storage.ParseSnapName(req.Snapshot.GetName())
+	}
+	if err == nil {
+		base, err = storage.ParseSnapNameOrEmpty(req.Base)
 	}
 	if err == nil && client == nil {
 		err = fmt.Errorf("no stream endpoint for node %q", req.ToNode)
@@ -492,7 +495,10 @@ func (h *Host) push(req *m.StorageRequest) *m.StorageResult {
 	}
 	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.StreamTimeout)
 	defer cancel()
-	pushed, err := client.Push(ctx, site, toStorageEpoch(req.Epoch), to, nil)
+	// The receiver's answer to the offer named its newest snapshot (the
+	// base): stream at once; the client asks for its state only if the
+	// receiver refuses that base.
+	pushed, err := client.PushFrom(ctx, site, toStorageEpoch(req.Epoch), base, to, nil)
 	res.TookMs = time.Since(started).Milliseconds()
 	res.StreamBase = pushed.Base.String()
 	res.Bytes = uint64(max(0, pushed.SentBytes))

@@ -179,6 +179,38 @@ func (c *Client) Push(ctx context.Context, site storage.Site, epoch storage.Epoc
 	if !st.Exists {
 		base = storage.SnapName{}
 	}
+	return c.send(ctx, site, epoch, base, to, progress, started)
+}
+
+// PushFrom is Push when the caller already knows the receiver's newest
+// snapshot (base, from the receiver's answer to an offer): it streams the
+// increment at once, without first asking for the receiver's snapshots and
+// epoch (an HTTP round trip and three or four zfs commands there, while a
+// move's clients wait). The receiver checks the base, the fence and
+// divergence itself. If it refuses the base (its state moved on: it has
+// the snapshot already, newer ones, or not the base) or the base is gone
+// here, PushFrom falls back to Push, which plans from what the receiver
+// reports. A zero base is Push.
+func (c *Client) PushFrom(ctx context.Context, site storage.Site, epoch storage.Epoch, base, to storage.SnapName, progress ProgressFunc) (Result, error) {
+	if base.IsZero() {
+		return c.Push(ctx, site, epoch, to, progress)
+	}
+	if site.IsZero() || to.IsZero() {
+		return Result{}, fmt.Errorf("%w: push needs a site and a snapshot", storage.ErrInvalidName)
+	}
+	res, err := c.send(ctx, site, epoch, base, to, progress, time.Now())
+	if errors.Is(err, storage.ErrDiverged) || errors.Is(err, storage.ErrNoCommonSnapshot) || errors.Is(err, storage.ErrExists) ||
+		errors.Is(err, storage.ErrNoDataset) {
+		c.log.Debug("stream base refused: asking the receiver's state", "site", site.String(), "base", base.String(),
+			"snapshot", to.String(), "err", err)
+		return c.Push(ctx, site, epoch, to, progress)
+	}
+	return res, err
+}
+
+// send streams site's snapshot to (incremental from base unless zero).
+func (c *Client) send(ctx context.Context, site storage.Site, epoch storage.Epoch, base, to storage.SnapName, progress ProgressFunc, started time.Time) (Result, error) {
+	res := Result{Base: base}
 	est, err := c.driver.EstimateSendSize(ctx, site, base, to)
 	if err != nil {
 		return res, fmt.Errorf("push %s: %w", site, err)

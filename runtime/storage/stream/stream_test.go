@@ -46,6 +46,7 @@ type env struct {
 	sender, receiver storage.Driver
 	srv              *httptest.Server
 	client           *stream.Client
+	stateAsked       atomic.Int64 // GETs of the receiver's state
 }
 
 func newEnv(t *testing.T, a, b storage.Driver, bound int) *env {
@@ -53,13 +54,20 @@ func newEnv(t *testing.T, a, b storage.Driver, bound int) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(server) // listens on 127.0.0.1
+	e := &env{sender: a, receiver: b}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			e.stateAsked.Add(1)
+		}
+		server.ServeHTTP(w, r)
+	})) // listens on 127.0.0.1
 	t.Cleanup(srv.Close)
 	client, err := stream.NewClient(stream.ClientConfig{BaseURL: srv.URL, Token: token, Driver: a})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{sender: a, receiver: b, srv: srv, client: client}
+	e.srv, e.client = srv, client
+	return e
 }
 
 func must(t *testing.T, err error, what string) {
@@ -126,6 +134,40 @@ func runStreamTests(t *testing.T, pair func(t *testing.T) (storage.Driver, stora
 		must(t, err, "push up to date")
 		if !res.UpToDate {
 			t.Fatalf("second push of s2 = %+v, want UpToDate", res)
+		}
+
+		// With the receiver's newest snapshot known, the increment goes at
+		// once, without asking for the receiver's state.
+		storagetest.WriteFile(t, ctx, a, site, "index.html", []byte("third"))
+		_, err = a.Snapshot(ctx, site, storage.MustSnap("s3"))
+		must(t, err, "snapshot s3")
+		asked := e.stateAsked.Load()
+		res, err = e.client.PushFrom(ctx, site, epoch, storage.MustSnap("s2"), storage.MustSnap("s3"), nil)
+		must(t, err, "push from a known base")
+		if res.Base.String() != "s2" || e.stateAsked.Load() != asked {
+			t.Fatalf("push from s2 = %+v, receiver's state asked %d times", res, e.stateAsked.Load()-asked)
+		}
+		// A stale base (the receiver has moved on) falls back to planning
+		// from the receiver's state; so does a snapshot it has already.
+		storagetest.WriteFile(t, ctx, a, site, "index.html", []byte("fourth"))
+		_, err = a.Snapshot(ctx, site, storage.MustSnap("s4"))
+		must(t, err, "snapshot s4")
+		res, err = e.client.PushFrom(ctx, site, epoch, storage.MustSnap("s2"), storage.MustSnap("s4"), nil)
+		must(t, err, "push from a stale base")
+		if res.Base.String() != "s3" || e.stateAsked.Load() == asked {
+			t.Fatalf("push from stale s2 = %+v, want planned from s3", res)
+		}
+		res, err = e.client.PushFrom(ctx, site, epoch, storage.MustSnap("s3"), storage.MustSnap("s4"), nil)
+		must(t, err, "push of a snapshot the receiver has")
+		if !res.UpToDate {
+			t.Fatalf("push of s4 again = %+v, want UpToDate", res)
+		}
+		if got := snapNames(t, b, site); got != "s1,s2,s3,s4" {
+			t.Fatalf("receiver snapshots %s", got)
+		}
+		mb, _ = b.Mountpoint(ctx, site)
+		if got := storagetest.HashTree(t, mb)["index.html"]; got != storagetest.HashTree(t, ma)["index.html"] {
+			t.Fatal("receiver's index.html differs from the sender's after the pushes from known bases")
 		}
 	})
 

@@ -46,6 +46,10 @@ type call struct {
 	// runs before each retry, e.g. to unmount.
 	retryBusy   bool
 	beforeRetry func(ctx context.Context)
+	// movesNothing: the caller knows this command creates, removes and
+	// renames no dataset (e.g. a receive into a dataset that exists),
+	// so kept locations stay (locate.go).
+	movesNothing bool
 }
 
 // CommandError is a failed zfs or zpool command.
@@ -139,7 +143,7 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string { return string(t.buf) }
 
 func (d *Driver) do(ctx context.Context, c call) error {
-	if d.forgetsLocations(c.argv) {
+	if !c.movesNothing && d.forgetsLocations(c.argv) {
 		// Before and after: a locate that probes meanwhile is not kept.
 		d.forgetLocations()
 		defer d.forgetLocations()
@@ -202,12 +206,18 @@ func (d *Driver) command(ctx context.Context, op string, prog string, args []str
 // commandRetry is command with bounded retries while the target is busy
 // (only for commands without stdin, which cannot be replayed).
 func (d *Driver) commandRetry(ctx context.Context, op string, prog string, args []string, stdin io.Reader, stdout io.Writer, retryBusy bool) ([]byte, error) {
+	return d.commandCall(ctx, call{op: op, retryBusy: retryBusy && stdin == nil}, prog, args, stdin, stdout)
+}
+
+// commandCall runs prog with args as c describes (c.argv and c.run are
+// filled in here).
+func (d *Driver) commandCall(ctx context.Context, c call, prog string, args []string, stdin io.Reader, stdout io.Writer) ([]byte, error) {
 	var out bytes.Buffer
 	if stdout == nil {
 		stdout = &out
 	}
-	argv := append([]string{prog}, args...)
-	err := d.do(ctx, call{op: op, argv: argv, retryBusy: retryBusy && stdin == nil, run: func(ctx context.Context) (string, error) {
+	c.argv = append([]string{prog}, args...)
+	c.run = func(ctx context.Context) (string, error) {
 		out.Reset()
 		cmd := exec.CommandContext(ctx, prog, args...)
 		cmd.Stdin = stdin
@@ -217,7 +227,8 @@ func (d *Driver) commandRetry(ctx context.Context, op string, prog string, args 
 		cmd.WaitDelay = commandWaitDelay
 		err := cmd.Run()
 		return stderr.String(), err
-	}})
+	}
+	err := d.do(ctx, c)
 	return out.Bytes(), err
 }
 

@@ -222,6 +222,7 @@ func (d *Driver) Create(ctx context.Context, site storage.Site, quotaBytes int64
 	if err != nil {
 		return fmt.Errorf("create %s: %w", site, err)
 	}
+	d.knowLocation(site, ds, false)
 	d.log.Info("dataset created", "site", site.String(), "quota", quotaBytes)
 	return nil
 }
@@ -367,10 +368,12 @@ func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bo
 		if err := d.rename(ctx, ds, d.replicaDS(site)); err != nil {
 			return fmt.Errorf("demote %s: %w", site, err)
 		}
+		d.knowLocation(site, d.replicaDS(site), true)
 	} else {
 		if err := d.rename(ctx, ds, d.writableDS(site)); err != nil {
 			return fmt.Errorf("promote %s: %w", site, err)
 		}
+		d.knowLocation(site, d.writableDS(site), false)
 		for _, kv := range [][2]string{{"readonly", "off"}, {"atime", "on"}} {
 			if err := d.setProp(ctx, d.writableDS(site), kv[0], kv[1]); err != nil {
 				return err
@@ -868,8 +871,13 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	}
 	args = append(args, ds)
 	started := time.Now()
-	if _, err := d.command(ctx, "receive", "zfs", args, br, nil); err != nil {
+	// Into a dataset that exists (the site's lock is held) a receive
+	// moves nothing; otherwise it creates the replica.
+	if _, err := d.commandCall(ctx, call{op: "receive", movesNothing: exists}, "zfs", args, br, nil); err != nil {
 		return storage.Snapshot{}, err
+	}
+	if !exists {
+		d.knowLocation(site, ds, true)
 	}
 	if err := d.raiseEpoch(ctx, ds, epoch); err != nil {
 		return storage.Snapshot{}, err

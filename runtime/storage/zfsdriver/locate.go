@@ -77,6 +77,18 @@ func (d *Driver) forgetLocations() {
 	d.mu.Unlock()
 }
 
+// knowLocation records where the site's dataset is now, after the driver
+// itself put it there (the caller holds the site's lock, and the command
+// that moved it has forgotten the older answers).
+func (d *Driver) knowLocation(site storage.Site, ds string, ro bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.locations) >= locationsMax {
+		clear(d.locations)
+	}
+	d.locations[site.String()] = location{ds: ds, ro: ro, probed: time.Now()}
+}
+
 // locate finds the site's dataset and whether it is a read-only replica.
 func (d *Driver) locate(ctx context.Context, site storage.Site) (string, bool, error) {
 	if err := checkSite(site); err != nil {

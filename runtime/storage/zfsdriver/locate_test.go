@@ -64,12 +64,16 @@ func TestLocationIsProbedOnce(t *testing.T) {
 	if n := counter.count("probe") - before; n > 1 {
 		t.Fatalf("five Exists and ListSnapshots probed the dataset %d times; want at most once", n)
 	}
-	// A rename through the driver is seen at once.
+	// A rename through the driver is seen at once, without probing.
+	before = counter.count("probe")
 	if err := d.SetReadOnly(ctx, site, true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.Snapshot(ctx, site, storage.MustSnap("s1")); !errors.Is(err, storage.ErrReadOnly) {
 		t.Fatalf("snapshot of a demoted dataset: %v, want ErrReadOnly", err)
+	}
+	if n := counter.count("probe") - before; n > 0 {
+		t.Fatalf("a demotion and a snapshot probed %d times; the driver knows where it put the dataset", n)
 	}
 	// So is a missing site, and its creation.
 	other := storage.MustSite("other")

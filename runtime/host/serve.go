@@ -403,4 +403,24 @@ func (h *Host) runProcess(ctx context.Context, req *m.ProcessRequest) {
 		return
 	}
 	h.gates.setStarted(req.Site, true)
+	if w, ok := h.sites.(startAwaiter); ok {
+		// The site's next storage request (the new master's first
+		// snapshot) waits in this queue until the processes started
+		// ahead of requests are up: the two would compete for the disk
+		// while a move's held clients wait for the processes.
+		wctx, cancel := context.WithTimeout(ctx, processStartWaitMax)
+		w.AwaitStarted(wctx, req.Site)
+		cancel()
+	}
 }
+
+// startAwaiter is a SiteRunner that starts processes ahead of requests and
+// can tell when they are up (sites.Supervisor: a moved site's mariadbd).
+type startAwaiter interface {
+	AwaitStarted(ctx context.Context, site string)
+}
+
+// processStartWaitMax bounds how long a site's storage queue waits for the
+// processes a start began; past it the queue goes on and they start
+// alongside.
+const processStartWaitMax = 5 * time.Second

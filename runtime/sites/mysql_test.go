@@ -42,6 +42,12 @@ func TestMySQLServerLifecycle(t *testing.T) {
 	if err := s.Start("shop", mysqlSpec(), dir); err != nil {
 		t.Fatal(err)
 	}
+	quick, cancelQuick := context.WithTimeout(context.Background(), time.Second)
+	s.AwaitStarted(quick, "shop") // nothing started ahead: returns at once
+	if quick.Err() != nil {
+		t.Fatal("AwaitStarted waited for a site with no database yet")
+	}
+	cancelQuick()
 	if s.IsRunning("shop") {
 		t.Fatal("mariadbd started before any connection")
 	}
@@ -104,6 +110,20 @@ func TestMySQLServerLifecycle(t *testing.T) {
 	}
 	if _, err := s.DialMySQL(ctx, "shop"); !errors.Is(err, ErrMySQLNotServed) {
 		t.Fatalf("dial after Stop: %v", err)
+	}
+
+	// Started again over a dataset that holds a database (as after a
+	// move): the server starts ahead of any connection, and AwaitStarted
+	// returns once it is up.
+	if err := s.Start("shop", mysqlSpec(), dir); err != nil {
+		t.Fatal(err)
+	}
+	s.AwaitStarted(ctx, "shop")
+	if !s.IsRunning("shop") {
+		t.Fatal("AwaitStarted returned before the moved site's mariadbd was up")
+	}
+	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("rows after the start ahead of connections: %d, %v", n, err)
 	}
 }
 

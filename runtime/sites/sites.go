@@ -442,6 +442,13 @@ func (s *Supervisor) InFlight(site string) int {
 	return st.inFlight
 }
 
+// AwaitStarted waits until the processes that Start began ahead of the
+// site's first request (its mariadbd, when the dataset holds a database)
+// are up or have failed, or until ctx ends.
+func (s *Supervisor) AwaitStarted(ctx context.Context, site string) {
+	s.mysql.awaitWarm(ctx, site)
+}
+
 // Quiesce waits until no request of the site is in flight, up to max. New
 // requests are still accepted (the caller has stopped routing them here).
 // At the bound it kills the app's process group with SIGKILL, so that the

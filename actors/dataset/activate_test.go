@@ -202,79 +202,135 @@ func TestFinalDeltaWaitsForTheSnapshotBeingTaken(t *testing.T) {
 // what the target holds.
 func TestPreCopyTakesAnInFlightSnapshotAlong(t *testing.T) {
 	for _, mode := range []string{"taking", "unchanged", "taken during the stream"} {
-		unchanged := mode == "unchanged"
-		env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
-		d := bootedCopy(env, 2, 0)
-		epoch := &m.Epoch{Term: 5, Node: "n1"}
-		st, _ := findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: epoch, Replicas: []string{"n2"}, Reason: "failover"}))
-		d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
-		complete := func(req *m.StorageRequest, code m.Code) []core.Effect {
-			res := &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: "a", OpId: req.OpId, Code: code}
-			if code == m.Code_CODE_OK {
-				res.Snapshot = req.Snapshot
-			}
-			return d.Step(env, res)
-		}
-		// stream carries an offer to n2 through to the end of its send.
-		stream := func(fx []core.Effect) []core.Effect {
-			t.Helper()
-			if offersTo(fx)["n2"] == "" {
-				t.Fatalf("no offer to n2 in %v", fx)
-			}
-			s := d.streams["n2"]
-			send, ok := findEffect[core.Storage](d.Step(env, &m.StreamAnswer{Site: "a", StreamId: s.id, Code: m.Code_CODE_OK, Node: "n2"}))
-			if !ok || send.Req.Op != m.StorageOp_STORAGE_OP_SEND {
-				t.Fatal("no send after the answer")
-			}
-			return d.Step(env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SEND, Site: "a", OpId: send.Req.OpId, Code: m.Code_CODE_OK,
-				StreamId: s.id, ToNode: "n2", Snapshot: send.Req.Snapshot})
-		}
-		syncDone := func(fx []core.Effect) *m.SyncDone {
-			for _, e := range fx {
-				if s, ok := e.(core.Send); ok {
-					if done, ok := s.Msg.(*m.SyncDone); ok {
-						return done
-					}
-				}
-			}
-			return nil
-		}
-		first := snapshotRequests(d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}))
-		stream(complete(first[0], m.Code_CODE_OK))
-
-		precopy := snapshotRequests(d.Step(env, &m.Sync{Site: "a", Target: "n2", SyncId: 3}))
-		fx := complete(precopy[0], m.Code_CODE_OK)
-		scheduled := snapshotRequests(d.Step(env, &m.Timer{Key: timerSnapshot}))
+		f := newMigrationFixture(t)
+		precopy := snapshotRequests(f.d.Step(f.env, &m.Sync{Site: "a", Target: "n2", SyncId: 3}))
+		fx := f.complete(precopy[0], m.Code_CODE_OK)
+		scheduled := snapshotRequests(f.d.Step(f.env, &m.Timer{Key: timerSnapshot}))
 		if len(scheduled) != 1 {
 			t.Fatal("no scheduled snapshot")
 		}
 		if mode == "taken during the stream" {
-			if offers := offersTo(complete(scheduled[0], m.Code_CODE_OK)); len(offers) != 0 {
+			if offers := offersTo(f.complete(scheduled[0], m.Code_CODE_OK)); len(offers) != 0 {
 				t.Fatalf("offers %v while the pre-copy's stream is in flight", offers)
 			}
-			next := stream(fx)
+			next := f.stream(fx)
 			if done := syncDone(next); done != nil {
 				t.Fatalf("pre-copy done with %s while a newer snapshot waits to be streamed", done.Snapshot.GetName())
 			}
-			done := syncDone(stream(next))
+			done := syncDone(f.stream(next))
 			if done == nil || done.Snapshot.GetName() != scheduled[0].Snapshot.Name {
 				t.Fatalf("pre-copy answer %v, want done with the scheduled snapshot %s", done, scheduled[0].Snapshot.Name)
 			}
 			continue
 		}
-		if done := syncDone(stream(fx)); done != nil {
+		if done := syncDone(f.stream(fx)); done != nil {
 			t.Fatalf("pre-copy done (%s) while a snapshot is being taken", done.Snapshot.GetName())
 		}
-		if unchanged {
-			done := syncDone(complete(scheduled[0], m.Code_CODE_UNCHANGED))
+		if mode == "unchanged" {
+			done := syncDone(f.complete(scheduled[0], m.Code_CODE_UNCHANGED))
 			if done == nil || done.Snapshot.GetName() != precopy[0].Snapshot.Name {
 				t.Fatalf("unchanged: pre-copy answer %v, want done with %s", done, precopy[0].Snapshot.Name)
 			}
 			continue
 		}
-		done := syncDone(stream(complete(scheduled[0], m.Code_CODE_OK)))
+		done := syncDone(f.stream(f.complete(scheduled[0], m.Code_CODE_OK)))
 		if done == nil || done.Snapshot.GetName() != scheduled[0].Snapshot.Name {
 			t.Fatalf("pre-copy answer %v, want done with the scheduled snapshot %s", done, scheduled[0].Snapshot.Name)
 		}
 	}
+}
+
+// When the pre-copy ends with a newer snapshot already taken that it may
+// not take along (it took one along already), the target is offered
+// nothing until the final delta's Sync: the final delta then streams from
+// the pre-copy's snapshot straight to its own, instead of queueing behind
+// a stream of the one in between while the site's clients are held. If no
+// final Sync comes, the next scheduled snapshot offers to the target again.
+func TestPauseHoldsOffersUntilTheFinalDelta(t *testing.T) {
+	for _, final := range []bool{true, false} {
+		f := newMigrationFixture(t)
+		precopy := snapshotRequests(f.d.Step(f.env, &m.Sync{Site: "a", Target: "n2", SyncId: 3}))
+		fx := f.complete(precopy[0], m.Code_CODE_OK)
+		// Two scheduled snapshots, each taken during a stream.
+		first := snapshotRequests(f.d.Step(f.env, &m.Timer{Key: timerSnapshot}))
+		f.complete(first[0], m.Code_CODE_OK)
+		next := f.stream(fx) // takes the first along
+		second := snapshotRequests(f.d.Step(f.env, &m.Timer{Key: timerSnapshot}))
+		f.complete(second[0], m.Code_CODE_OK)
+		out := f.stream(next)
+		if done := syncDone(out); done == nil || done.Snapshot.GetName() != first[0].Snapshot.Name {
+			t.Fatalf("pre-copy answer %v, want done with %s", done, first[0].Snapshot.Name)
+		}
+		if offers := offersTo(out); offers["n2"] != "" {
+			t.Fatalf("offered %s to the migration target between its pre-copy and its final delta", offers["n2"])
+		}
+		if !final {
+			if offers := offersTo(f.d.Step(f.env, &m.Timer{Key: timerSnapshot})); offers["n2"] != second[0].Snapshot.Name {
+				t.Fatalf("no final delta, next scheduled snapshot: offers %v, want %s to n2", offers, second[0].Snapshot.Name)
+			}
+			continue
+		}
+		fin := snapshotRequests(f.d.Step(f.env, &m.Sync{Site: "a", Target: "n2", Final: true, SyncId: 4}))
+		if len(fin) != 1 {
+			t.Fatal("the final delta asked for no snapshot")
+		}
+		offers := offersTo(f.complete(fin[0], m.Code_CODE_OK))
+		if offers["n2"] != fin[0].Snapshot.Name || f.d.cursor["n2"] != first[0].Snapshot.Name {
+			t.Fatalf("final delta: offers %v from %s, want %s from %s", offers, f.d.cursor["n2"], fin[0].Snapshot.Name, first[0].Snapshot.Name)
+		}
+	}
+}
+
+// migrationFixture is a master copy of site a at 5:n1 with replica n2,
+// its first snapshot streamed to n2.
+type migrationFixture struct {
+	t   *testing.T
+	env *core.Env
+	d   *Dataset
+}
+
+func newMigrationFixture(t *testing.T) *migrationFixture {
+	env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
+	f := &migrationFixture{t: t, env: env, d: bootedCopy(env, 2, 0)}
+	epoch := &m.Epoch{Term: 5, Node: "n1"}
+	st, _ := findEffect[core.Storage](f.d.Step(env, &m.Activate{Spec: f.d.spec, Epoch: epoch, Replicas: []string{"n2"}, Reason: "failover"}))
+	f.d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+	first := snapshotRequests(f.d.Step(env, &m.Activated{Site: "a", Node: "n1", Epoch: epoch}))
+	f.stream(f.complete(first[0], m.Code_CODE_OK))
+	return f
+}
+
+// complete answers a snapshot request.
+func (f *migrationFixture) complete(req *m.StorageRequest, code m.Code) []core.Effect {
+	res := &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SNAPSHOT, Site: "a", OpId: req.OpId, Code: code}
+	if code == m.Code_CODE_OK {
+		res.Snapshot = req.Snapshot
+	}
+	return f.d.Step(f.env, res)
+}
+
+// stream carries an offer to n2 in fx through to the end of its send.
+func (f *migrationFixture) stream(fx []core.Effect) []core.Effect {
+	f.t.Helper()
+	if offersTo(fx)["n2"] == "" {
+		f.t.Fatalf("no offer to n2 in %v", fx)
+	}
+	s := f.d.streams["n2"]
+	send, ok := findEffect[core.Storage](f.d.Step(f.env, &m.StreamAnswer{Site: "a", StreamId: s.id, Code: m.Code_CODE_OK, Node: "n2"}))
+	if !ok || send.Req.Op != m.StorageOp_STORAGE_OP_SEND {
+		f.t.Fatal("no send after the answer")
+	}
+	return f.d.Step(f.env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SEND, Site: "a", OpId: send.Req.OpId, Code: m.Code_CODE_OK,
+		StreamId: s.id, ToNode: "n2", Snapshot: send.Req.Snapshot})
+}
+
+func syncDone(fx []core.Effect) *m.SyncDone {
+	for _, e := range fx {
+		if s, ok := e.(core.Send); ok {
+			if done, ok := s.Msg.(*m.SyncDone); ok {
+				return done
+			}
+		}
+	}
+	return nil
 }

@@ -79,6 +79,12 @@ type Dataset struct {
 	cursor     map[string]string // replica -> newest snapshot it holds from us
 	streams    map[string]*stream
 	syncs      []*syncWait
+	// pausing holds back offers to a migration target between its
+	// pre-copy's end and its final delta's request (the site pauses in
+	// between): an offer of an older snapshot then would stream ahead of
+	// the final delta while the site's clients are held. The final Sync
+	// or the next scheduled snapshot lifts it.
+	pausing map[string]bool
 
 	nextID     uint64
 	snapTaking bool
@@ -602,6 +608,7 @@ func (d *Dataset) demote(env *core.Env, msg *m.Demote) []core.Effect {
 	}
 	d.streams = map[string]*stream{}
 	d.syncs = nil
+	d.pausing = nil
 	d.replicas = nil
 	if d.snapTaking {
 		// The copy turns read-only only after its last snapshot is taken
@@ -663,6 +670,12 @@ func (d *Dataset) takeSnapshot(env *core.Env) []core.Effect {
 		return nil
 	}
 	fx := []core.Effect{core.SetTimer{Key: timerSnapshot, After: env.Config.SnapshotInterval}}
+	if len(d.pausing) > 0 {
+		// A pause whose final delta was not asked for by now (the
+		// migration ended otherwise): replicate to its target again.
+		clear(d.pausing)
+		fx = append(fx, d.replicate(env)...)
+	}
 	return append(fx, d.snapshot(env, true)...)
 }
 
@@ -794,7 +807,7 @@ func (d *Dataset) replicate(env *core.Env) []core.Effect {
 	}
 	var fx []core.Effect
 	for _, r := range d.replicas {
-		if d.streams[r] != nil || d.cursor[r] == l.Name {
+		if d.streams[r] != nil || d.cursor[r] == l.Name || d.pausing[r] {
 			continue
 		}
 		if d.snapTaking && d.syncNeedsNewer(r, l) {
@@ -1262,6 +1275,9 @@ func (d *Dataset) sync(env *core.Env, s *m.Sync) []core.Effect {
 		d.replicas = append(d.replicas, s.Target)
 		slices.Sort(d.replicas)
 	}
+	if s.Final {
+		delete(d.pausing, s.Target)
+	}
 	// The snapshot must be taken after this point: the next sequence number
 	// not yet asked for, or the one after if one is being taken.
 	need := d.seq + 1
@@ -1317,6 +1333,12 @@ func (d *Dataset) syncsDone(replica string, have *m.SnapshotRef) []core.Effect {
 			// move).
 			w.needSeq, w.extended = d.seq, true
 			return false
+		}
+		if !w.final {
+			if d.pausing == nil {
+				d.pausing = map[string]bool{}
+			}
+			d.pausing[replica] = true
 		}
 		fx = append(fx, core.Send{To: core.SiteAddr(d.node, d.site), Msg: &m.SyncDone{
 			Site: d.site, Target: replica, SyncId: w.id, Code: m.Code_CODE_OK, Snapshot: have}})

@@ -138,7 +138,7 @@ type mysqlSite struct {
 	starting chan struct{}
 	// warmed is closed when the start ahead of the first connection
 	// (warm) has ended, either way; nil when none was made.
-	warmed chan struct{}
+	warmed   chan struct{}
 	startErr error
 	conns    int
 	lastUsed time.Time

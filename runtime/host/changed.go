@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
@@ -163,12 +162,7 @@ func walkTree(root string) (digest [sha256.Size]byte, newest time.Time, ok bool,
 		if err != nil {
 			return err
 		}
-		st, _ := fi.Sys().(*syscall.Stat_t)
-		var ino uint64
-		var ctime time.Time
-		if st != nil {
-			ino, ctime = st.Ino, time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
-		}
+		ino, ctime := fileIdentity(fi)
 		mtime := fi.ModTime()
 		newest = maxTime(newest, maxTime(mtime, ctime))
 		rel, _ := filepath.Rel(root, p)

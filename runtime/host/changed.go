@@ -66,15 +66,10 @@ func (t *treeMarks) set(site string, mk treeMark, ok bool) {
 		delete(t.m, site)
 		return
 	}
-	if t.m == nil || (len(t.m) >= treeMarksMax && !hasKey(t.m, site)) {
+	if _, known := t.m[site]; t.m == nil || (len(t.m) >= treeMarksMax && !known) {
 		t.m = map[string]treeMark{}
 	}
 	t.m[site] = mk
-}
-
-func hasKey[V any](m map[string]V, k string) bool {
-	_, ok := m[k]
-	return ok
 }
 
 // treeSnapshot takes a snapshot for a driver without a ChangeDetector and

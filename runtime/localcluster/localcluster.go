@@ -89,6 +89,7 @@ type Node struct {
 	HTTPS, Metrics               string // host:port of the HTTPS front end and of /metrics
 	MySQL                        string // host:port of its MySQL front end
 	DataDir, LogPath             string
+	zfsRoot                      string // its datasets' parent on ZFS; "" for the portable driver
 	cmd                          *exec.Cmd
 	done                         chan struct{}
 }
@@ -186,7 +187,15 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	for i := range opt.Nodes {
 		p := ports[portsPerNode*i : portsPerNode*(i+1)]
 		name := nodeName(i)
-		c.Nodes = append(c.Nodes, &Node{Name: name,
+		pool := opt.ZFSPool
+		if i < len(opt.ZFSPools) {
+			pool = opt.ZFSPools[i]
+		}
+		zfsRoot := ""
+		if pool != "" {
+			zfsRoot = pool + "/" + name
+		}
+		c.Nodes = append(c.Nodes, &Node{Name: name, zfsRoot: zfsRoot,
 			HTTP: fmt.Sprintf("127.0.0.1:%d", p[0]), Admin: fmt.Sprintf("127.0.0.1:%d", p[1]),
 			Actor: fmt.Sprintf("127.0.0.1:%d", p[2]), Internal: fmt.Sprintf("127.0.0.1:%d", p[3]),
 			Cluster: fmt.Sprintf("127.0.0.1:%d", p[4]), ClusterHealth: fmt.Sprintf("127.0.0.1:%d", p[5]),
@@ -206,13 +215,8 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 
 func (c *Cluster) args(n *Node) []string {
 	storageArgs := []string{"-storage", "portable"}
-	if c.opt.ZFSPool != "" {
-		storageArgs = []string{"-storage", "zfs", "-zfs-root", c.opt.ZFSPool + "/" + n.Name}
-	}
-	for i, mb := range c.Nodes {
-		if mb == n && i < len(c.opt.ZFSPools) {
-			storageArgs = []string{"-storage", "zfs", "-zfs-root", c.opt.ZFSPools[i] + "/" + n.Name}
-		}
+	if n.zfsRoot != "" {
+		storageArgs = []string{"-storage", "zfs", "-zfs-root", n.zfsRoot}
 	}
 	args := append([]string{"-node", n.Name, "-data-dir", n.DataDir}, storageArgs...)
 	args = append(args,

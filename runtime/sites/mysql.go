@@ -212,12 +212,14 @@ func (p *mysqlPool) start(site string, spec *m.SiteSpec, dir string) {
 	// connection: the sessions the move holds wait for it. An unused one
 	// stops again after the idle bound.
 	if _, err := os.Stat(filepath.Join(dir, "mysql", "data")); err == nil {
+		warmed := make(chan struct{})
+		ms.mu.Lock()
+		ms.warmed = warmed
+		ms.mu.Unlock()
 		p.mu.Lock()
-		if !p.closed {
-			warmed := make(chan struct{})
-			ms.mu.Lock()
-			ms.warmed = warmed
-			ms.mu.Unlock()
+		if p.closed {
+			close(warmed)
+		} else {
 			p.warming.Go(func() {
 				defer close(warmed)
 				p.warm(site)

@@ -47,6 +47,24 @@ type env struct {
 	srv              *httptest.Server
 	client           *stream.Client
 	stateAsked       atomic.Int64 // GETs of the receiver's state
+	handling         atomic.Int64 // requests whose handler has not returned yet
+}
+
+// handlersDrainMax bounds awaitIdle: a handler still running after it failed the test.
+const handlersDrainMax = 10 * time.Second
+
+// awaitIdle waits for every request handler to return. A client can see its
+// request end (it closed the body, or read the reply) before the server's
+// handler has returned and given back its stream slot.
+func (e *env) awaitIdle(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(handlersDrainMax)
+	for e.handling.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stream handlers still running after %v", e.handling.Load(), handlersDrainMax)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func newEnv(t *testing.T, a, b storage.Driver, bound int) *env {
@@ -56,6 +74,8 @@ func newEnv(t *testing.T, a, b storage.Driver, bound int) *env {
 	}
 	e := &env{sender: a, receiver: b}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.handling.Add(1)
+		defer e.handling.Add(-1)
 		if r.Method == http.MethodGet {
 			e.stateAsked.Add(1)
 		}
@@ -245,6 +265,7 @@ func runStreamTests(t *testing.T, pair func(t *testing.T) (storage.Driver, stora
 		}
 		pw.CloseWithError(errors.New("test done"))
 		<-done
+		e.awaitIdle(t) // the occupying stream's handler gives its slot back as it returns
 		_, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), nil)
 		must(t, err, "push after the slot freed")
 	})

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,6 +49,35 @@ type env struct {
 	client           *stream.Client
 	stateAsked       atomic.Int64 // GETs of the receiver's state
 	handling         atomic.Int64 // requests whose handler has not returned yet
+	bodyRead         chan string  // the path of each receive whose body the server began to read (it holds a stream slot then)
+}
+
+// firstRead reports the first Read of a request body.
+type firstRead struct {
+	io.ReadCloser
+	once   sync.Once
+	notify func()
+}
+
+func (f *firstRead) Read(p []byte) (int, error) {
+	f.once.Do(f.notify)
+	return f.ReadCloser.Read(p)
+}
+
+// awaitBodyRead waits until the server reads the body of a receive at path.
+func (e *env) awaitBodyRead(t *testing.T, path string) {
+	t.Helper()
+	timeout := time.After(handlersDrainMax)
+	for {
+		select {
+		case got := <-e.bodyRead:
+			if got == path {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("the server did not read %s within %v", path, handlersDrainMax)
+		}
+	}
 }
 
 // handlersDrainMax bounds awaitIdle: a handler still running after it failed the test.
@@ -72,12 +102,21 @@ func newEnv(t *testing.T, a, b storage.Driver, bound int) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{sender: a, receiver: b}
+	e := &env{sender: a, receiver: b, bodyRead: make(chan string, 64)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.handling.Add(1)
 		defer e.handling.Add(-1)
 		if r.Method == http.MethodGet {
 			e.stateAsked.Add(1)
+		}
+		if r.Method == http.MethodPost {
+			path := r.URL.Path
+			r.Body = &firstRead{ReadCloser: r.Body, notify: func() {
+				select {
+				case e.bodyRead <- path:
+				default: // nobody waits for these; the buffer is only for the test that does
+				}
+			}}
 		}
 		server.ServeHTTP(w, r)
 	})) // listens on 127.0.0.1
@@ -253,8 +292,8 @@ func runStreamTests(t *testing.T, pair func(t *testing.T) (storage.Driver, stora
 				resp.Body.Close()
 			}
 		}()
-		_, _ = pw.Write([]byte("HCSTREAM1\n")) // the server is now reading this stream
-		time.Sleep(100 * time.Millisecond)
+		_, _ = pw.Write([]byte("HCSTREAM1\n"))
+		e.awaitBodyRead(t, stream.PathPrefix+"sites/other/receive") // the server holds the slot while it reads
 		_, err = e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), nil)
 		if !errors.Is(err, stream.ErrTooManyStreams) || !errors.Is(err, storage.ErrBusy) {
 			t.Fatalf("push at the bound: %v", err)

@@ -34,7 +34,18 @@ if [ "$(id -u)" -eq 0 ] && command -v zpool >/dev/null 2>&1 && zpool list >/dev/
 		zpool create -m "$RUN_DIR/zfs" hcrun "$RUN_DIR/zpool.img" 2>/dev/null ||
 			zpool import -d "$RUN_DIR" hcrun 2>/dev/null || true
 	fi
-	zpool list hcrun >/dev/null 2>&1 && STORAGE=zfs
+	# A zfs-fuse daemon that died leaves its mounts behind, dead ("Transport
+	# endpoint is not connected"), and the next daemon's mounts of the pool
+	# fail under them: unmount what is dead under the pool's directory and
+	# import the pool again, which mounts it afresh.
+	if zpool list hcrun >/dev/null 2>&1 && ! ls "$RUN_DIR/zfs" >/dev/null 2>&1; then
+		log "the pool's mounts are dead (a zfs-fuse daemon restarted); mounting it again"
+		awk -v r="$RUN_DIR/zfs" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts | sort -r |
+			while read -r m; do umount -l "$m" 2>/dev/null || true; done
+		zpool export hcrun 2>/dev/null || true
+		zpool import -d "$RUN_DIR" hcrun 2>/dev/null || true
+	fi
+	zpool list hcrun >/dev/null 2>&1 && ls "$RUN_DIR/zfs" >/dev/null 2>&1 && STORAGE=zfs
 fi
 log "storage: $STORAGE"
 

@@ -105,8 +105,14 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	// moment a full receive creates them. The parent itself is not mounted
 	// (canmount=off), or its read-only mount would leave nowhere to create
 	// the children's mountpoints.
+	// A property is set only if it differs: setting one remounts the
+	// children, which fails while a replica's mount is busy (a restart
+	// must not depend on that).
 	replicas := d.root + "/replicas"
 	for _, kv := range [][2]string{{"canmount", "off"}, {"readonly", "on"}, {"atime", "off"}} {
+		if v, err := d.getProp(ctx, replicas, kv[0]); err == nil && v == kv[1] {
+			continue
+		}
 		if err := d.setProp(ctx, replicas, kv[0], kv[1]); err != nil {
 			return nil, err
 		}

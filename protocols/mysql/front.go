@@ -310,8 +310,14 @@ func (f *Front) serveConn(c net.Conn) {
 			// snapshot are lost with it anyway.
 		default:
 			f.log.Info("mysql session ended by the server side", "site", site, "user", a.l.User, "err", err)
-			f.fail(rl, &gm.MyError{Code: erConnectionKilled, State: "70100",
-				Message: "connection to the site's server lost; an open transaction was rolled back"})
+			if rl.serverLastWord() {
+				return
+			}
+			msg := "connection to the site's server lost"
+			if rl.inTransaction() {
+				msg += "; an open transaction was rolled back"
+			}
+			f.fail(rl, &gm.MyError{Code: erConnectionKilled, State: "70100", Message: msg})
 			return
 		}
 		begun := time.Now()
@@ -343,7 +349,7 @@ func (f *Front) fail(rl *relay, e *gm.MyError) {
 	if rl.forwarded {
 		return // part of an answer went out: closing is all that is left
 	}
-	_ = writePacket(rl.cw, rl.heldSeq+1, errPayload(e))
+	_ = writePacket(rl.cw, rl.lastSeq+1, errPayload(e))
 	_ = rl.cw.Flush()
 }
 

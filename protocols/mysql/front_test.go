@@ -220,6 +220,12 @@ func testFrontRelays(t *testing.T, config func(*Config)) {
 			t.Fatalf("%s: rolled back row: %d %v", addr, c, err)
 		}
 
+		// Longer than the server's max_allowed_packet (16 MiB): the
+		// server's own error as it closes the session, not a lost
+		// connection.
+		_, err = openDB(t, addr, "shop", "shop-pw", "shop_db", "").ExecContext(ctx, "SELECT LENGTH('"+strings.Repeat("a", 20<<20)+"')")
+		wantCode(t, addr+": a command over max_allowed_packet", err, 1153)
+
 		wantCode(t, addr+": wrong password", openDB(t, addr, "shop", "nope", "", "").PingContext(ctx), 1045)
 		wantCode(t, addr+": unknown user", openDB(t, addr, "nobody", "nope", "", "").PingContext(ctx), 1045)
 		wantCode(t, addr+": user not in the master's spec", openDB(t, addr, "ghost", "x", "", "").PingContext(ctx), 1045)

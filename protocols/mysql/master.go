@@ -184,11 +184,16 @@ func (f *Front) tunnelHandler(w http.ResponseWriter, r *http.Request) {
 		rl.stale = s.Stale
 	}
 	err = rl.run()
-	if errors.Is(err, errNotAdmitted) {
+	switch {
+	case errors.Is(err, errNotAdmitted):
 		// The command did not run: the entry node sends it to the new
 		// master.
-		_ = writePacket(cw, rl.heldSeq+1, errPayload(gm.NewError(codeNotServing, "hc: site not served here")))
+		_ = writePacket(cw, rl.lastSeq+1, errPayload(gm.NewError(codeNotServing, "hc: site not served here")))
 		_ = cw.Flush()
+	case errors.As(err, new(errServer)):
+		// The server's own error as it closed (e.g. a packet over its
+		// max_allowed_packet) goes to the entry node as the answer.
+		rl.serverLastWord()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	gm "github.com/go-mysql-org/go-mysql/mysql"
 )
@@ -75,9 +76,11 @@ type relay struct {
 	// held is the command not sent when run returned errNotAdmitted (a
 	// copy; nil if it was too long to keep).
 	held []byte
-	// heldSeq is the sequence number of the last command read.
-	heldSeq byte
-	heldBuf []byte
+	// heldSeq is the sequence number of the last command read (of its
+	// first segment); lastSeq, of its last segment read, which an answer
+	// follows.
+	heldSeq, lastSeq byte
+	heldBuf          []byte
 
 	cbuf, sbuf []byte
 
@@ -150,7 +153,7 @@ func (r *relay) command(p packet) error {
 		return errClient{errors.New("empty command")}
 	}
 	cmd := p.payload[0]
-	r.heldSeq = p.seq
+	r.heldSeq, r.lastSeq = p.seq, p.seq
 	switch cmd {
 	case comQuit:
 		return errQuit
@@ -167,10 +170,10 @@ func (r *relay) command(p packet) error {
 	// unsent goes to the site's next server.
 	r.hold(p)
 	if r.admission != nil && !r.admission.Enter(context.Background()) {
-		return errNotAdmitted
+		return r.notSent(p, errNotAdmitted)
 	}
 	if r.stale != nil && r.stale() {
-		return errNotAdmitted
+		return r.notSent(p, errNotAdmitted)
 	}
 	r.session.before(p.payload)
 	r.session.toServer(p.payload)
@@ -198,10 +201,38 @@ func (r *relay) hold(p packet) {
 	}
 }
 
+// commandSkipMax bounds what the relay reads and drops of a command it
+// does not send on (MariaDB's largest max_allowed_packet): past it the
+// session ends without an answer.
+const commandSkipMax = 1 << 30
+
+// errCommandTooLong: a command not sent on was longer than commandSkipMax.
+var errCommandTooLong = errors.New("mysql: command too long to skip")
+
+// notSent reads and drops the rest of the command whose last segment read
+// is last (a full segment: the client is still sending it), so that an
+// answer to it can follow, then returns err.
+func (r *relay) notSent(last packet, err error) error {
+	total := len(last.payload)
+	for len(last.payload) == segmentMax {
+		if total > commandSkipMax {
+			return errClient{errCommandTooLong}
+		}
+		p, buf, rerr := readPacket(r.cr, r.cbuf)
+		r.cbuf = buf
+		if rerr != nil {
+			return errClient{rerr}
+		}
+		r.lastSeq, last = p.seq, p
+		total += len(p.payload)
+	}
+	return err
+}
+
 // send forwards the command packet p (and its continuation segments).
 func (r *relay) send(p packet) error {
 	if err := writePacket(r.be.w, p.seq, p.payload); err != nil {
-		return errServer{err, false}
+		return r.notSent(p, errServer{err, false})
 	}
 	for len(p.payload) == segmentMax {
 		var err error
@@ -211,8 +242,9 @@ func (r *relay) send(p packet) error {
 		if err != nil {
 			return errClient{err}
 		}
+		r.lastSeq = p.seq
 		if err := writePacket(r.be.w, p.seq, p.payload); err != nil {
-			return errServer{err, true}
+			return r.notSent(p, errServer{err, true})
 		}
 	}
 	if err := r.be.w.Flush(); err != nil {
@@ -504,4 +536,37 @@ func (r *relay) restore(autocommit bool) error {
 	}
 	r.session.serverID, r.session.nextClientID = ids, next
 	return nil
+}
+
+// lastWordWaitMax bounds the wait for the error a server sends as it
+// closes a session (e.g. 1153 for a packet over its max_allowed_packet),
+// after its side of the relay failed.
+const lastWordWaitMax = 250 * time.Millisecond
+
+// lastWordMax bounds that error packet.
+const lastWordMax = 4 << 10
+
+// serverLastWord forwards, as the answer to the command in flight, the
+// error packet the server sent before its side failed, if there is one and
+// nothing of an answer went out yet. A tunnel's codeNotServing is not one.
+func (r *relay) serverLastWord() bool {
+	if r.forwarded || r.be == nil {
+		return false
+	}
+	_ = r.be.conn.SetReadDeadline(time.Now().Add(lastWordWaitMax))
+	h, err := r.be.r.Peek(7)
+	if err != nil || h[4] != 0xff || int(h[0])|int(h[1])<<8|int(h[2])<<16 > lastWordMax {
+		return false
+	}
+	if binary.LittleEndian.Uint16(h[5:]) == codeNotServing {
+		return false
+	}
+	p, _, err := readPacket(r.be.r, nil)
+	if err != nil {
+		return false
+	}
+	if writePacket(r.cw, r.lastSeq+1, p.payload) != nil {
+		return false
+	}
+	return r.cw.Flush() == nil
 }

@@ -38,8 +38,14 @@ import (
 // Bounds.
 const (
 	// handshakeMax bounds a client's connection phase (greeting to login
-	// answer). At the bound the connection is closed.
-	handshakeMax = 30 * time.Second
+	// answer), as MariaDB's connect_timeout (10 s) does. At the bound the
+	// connection is closed.
+	handshakeMax = 10 * time.Second
+	// handshakesPerHostMax bounds the connections from one client address
+	// that have not logged in yet, so that one host holding connections
+	// open without a login cannot take every connection of the node.
+	// Beyond, a new connection from it gets error 1040 at once.
+	handshakesPerHostMax = 128
 	// connectWaitMax bounds how long a login (or a session's reconnect)
 	// waits for its site to be served (a move or a failover under way).
 	// At the bound the client gets error 1053 (server shutdown in
@@ -138,11 +144,14 @@ type Front struct {
 	conns  atomic.Int64
 	loops  *eventLoops // nil: none
 
-	mu       sync.Mutex
-	closed   bool
-	open     map[net.Conn]struct{}
-	wg       sync.WaitGroup
-	listener []net.Listener
+	mu     sync.Mutex
+	closed bool
+	open   map[net.Conn]struct{}
+	// handshaking counts each client address's connections not logged
+	// in yet (handshakesPerHostMax).
+	handshaking map[string]int
+	wg          sync.WaitGroup
+	listener    []net.Listener
 }
 
 // New returns a front end.
@@ -244,15 +253,21 @@ func (f *Front) serveConn(c net.Conn) {
 		return
 	}
 	defer f.conns.Add(-1)
-	_ = c.SetDeadline(time.Now().Add(handshakeMax))
-	a, err := serverHandshake(c, f.tls, f.connID.Add(1))
-	if err != nil {
-		f.log.Debug("mysql handshake failed", "remote", c.RemoteAddr().String(), "err", err)
-		return
-	}
 	clientHost := "unknown"
 	if h, _, err := net.SplitHostPort(c.RemoteAddr().String()); err == nil {
 		clientHost = h
+	}
+	if !f.handshakeBegins(clientHost) {
+		f.log.Debug("mysql connection refused: too many logins under way from its host", "remote", clientHost, "bound", handshakesPerHostMax)
+		f.refuse(c, gm.NewDefaultError(gm.ER_CON_COUNT_ERROR))
+		return
+	}
+	_ = c.SetDeadline(time.Now().Add(handshakeMax))
+	a, err := serverHandshake(c, f.tls, f.connID.Add(1))
+	f.handshakeEnds(clientHost)
+	if err != nil {
+		f.log.Debug("mysql handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		return
 	}
 	tl := tunnelLogin{login: a.l, ClientHost: clientHost}
 	route, ok := f.cfg.Cluster.RouteByMysqlUser(a.l.User)
@@ -411,6 +426,31 @@ func unavailable(site string) *gm.MyError {
 	return &gm.MyError{Code: gm.ER_SERVER_SHUTDOWN, State: "08S01", Message: "site " + site + " is not available now; retry"}
 }
 
+// handshakeBegins counts a connection from host in, unless host has
+// handshakesPerHostMax connections not logged in yet.
+func (f *Front) handshakeBegins(host string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.handshaking[host] >= handshakesPerHostMax {
+		return false
+	}
+	if f.handshaking == nil {
+		f.handshaking = map[string]int{}
+	}
+	f.handshaking[host]++
+	return true
+}
+
+// handshakeEnds counts a connection from host out.
+func (f *Front) handshakeEnds(host string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.handshaking[host]--; f.handshaking[host] <= 0 {
+		delete(f.handshaking, host)
+	}
+}
+
+// refuse sends e in place of the greeting.
 func (f *Front) refuse(c net.Conn, e *gm.MyError) {
 	_ = c.SetDeadline(time.Now().Add(time.Second))
 	// The greeting may be an error packet.

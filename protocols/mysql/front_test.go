@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -272,17 +274,75 @@ func testSessionSurvivesServerRestart(t *testing.T, config func(*Config)) {
 	n := startNodes(t, config)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	sessions := openSessions(t, ctx, n)
+	n.gate.mu.Lock()
+	n.gate.open = false
+	n.gate.mu.Unlock()
+	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
+		t.Fatal(err)
+	}
+	if n.sup.IsRunning("shop") {
+		t.Fatal("server still running after the quiesce")
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		n.gate.mu.Lock()
+		n.gate.open = true
+		n.gate.mu.Unlock()
+	}()
+	checkSessions(t, ctx, sessions)
+}
+
+// TestSessionSurvivesServerCrash: after a kill -9 of the site's server, a
+// session between transactions runs its next command on the server the
+// supervisor starts again, its state restored; one inside a transaction
+// gets 1927.
+func TestSessionSurvivesServerCrash(t *testing.T) {
+	n := startNodes(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sessions := openSessions(t, ctx, n)
+	var pidFile string
+	if err := openDB(t, n.master, "shop", "shop-pw", "shop_db", "").QueryRowContext(ctx, "SELECT @@pid_file").Scan(&pidFile); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("pid file %s: %q", pidFile, b)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	checkSessions(t, ctx, sessions)
+	if b, err := os.ReadFile(pidFile); err != nil || strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+		t.Fatalf("the server after the kill: pid file %q %v, killed %d", b, err, pid)
+	}
+}
+
+// testSession is a client session with state to restore: its database, a
+// user variable, a character set, a prepared statement and, for tx, an
+// open transaction that inserted a row into t.
+type testSession struct {
+	name string
+	conn *sql.Conn
+	stmt *sql.Stmt
+	tx   *sql.Tx
+}
+
+// openSessions creates the table t and opens, through the master's front
+// end and the entry node's, a session between transactions and one inside
+// a transaction.
+func openSessions(t *testing.T, ctx context.Context, n *testNodes) []*testSession {
+	t.Helper()
 	setup := openDB(t, n.master, "shop", "shop-pw", "shop_db", "")
 	if _, err := setup.ExecContext(ctx, "CREATE TABLE t (id INT PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
-	type sess struct {
-		name string
-		conn *sql.Conn
-		stmt *sql.Stmt
-		tx   *sql.Tx
-	}
-	var sessions []*sess
+	var sessions []*testSession
 	for _, addr := range []string{n.master, n.entry} {
 		db := openDB(t, addr, "shop", "shop-pw", "", "")
 		for _, inTx := range []bool{false, true} {
@@ -290,7 +350,7 @@ func testSessionSurvivesServerRestart(t *testing.T, config func(*Config)) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s := &sess{name: addr, conn: c}
+			s := &testSession{name: addr, conn: c}
 			for _, q := range []string{"USE shop_db", "SET @v = 42", "SET NAMES latin1"} {
 				if _, err := c.ExecContext(ctx, q); err != nil {
 					t.Fatalf("%s: %v", q, err)
@@ -311,22 +371,13 @@ func testSessionSurvivesServerRestart(t *testing.T, config func(*Config)) {
 			sessions = append(sessions, s)
 		}
 	}
+	return sessions
+}
 
-	n.gate.mu.Lock()
-	n.gate.open = false
-	n.gate.mu.Unlock()
-	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
-		t.Fatal(err)
-	}
-	if n.sup.IsRunning("shop") {
-		t.Fatal("server still running after the quiesce")
-	}
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		n.gate.mu.Lock()
-		n.gate.open = true
-		n.gate.mu.Unlock()
-	}()
+// checkSessions runs the next command of each session after its server
+// went away: 1927 inside a transaction, else the session as it was.
+func checkSessions(t *testing.T, ctx context.Context, sessions []*testSession) {
+	t.Helper()
 	for _, s := range sessions {
 		if s.tx != nil {
 			_, err := s.tx.ExecContext(ctx, "INSERT INTO t VALUES (100)")

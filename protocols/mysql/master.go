@@ -35,6 +35,15 @@ const (
 	tunnelBufferSize = 16 << 10
 )
 
+// A login tried again because the site's server died under it:
+// loginRetriesMax bounds the tries, serverExitWaitMax how long a failed
+// login waits to learn that the server exited. Past either, the login's
+// error stands.
+const (
+	loginRetriesMax   = 3
+	serverExitWaitMax = 2 * time.Second
+)
+
 // Sites is what the master side needs of the node's site processes
 // (runtime/sites.Supervisor).
 type Sites interface {
@@ -90,23 +99,51 @@ func masterLogin(ctx context.Context, sites Sites, site string, tl tunnelLogin) 
 	if !ok {
 		return nil, nil, accessDenied(tl.User, tl.ClientHost, len(tl.Answer) > 0)
 	}
-	conn, err := sites.DialMySQL(ctx, site)
-	if err != nil {
-		if sites.SiteSpec(site) == nil {
-			return nil, nil, errNotServed
+	for attempt := 0; ; attempt++ {
+		conn, err := sites.DialMySQL(ctx, site)
+		if err != nil {
+			if sites.SiteSpec(site) == nil {
+				return nil, nil, errNotServed
+			}
+			return nil, nil, err
 		}
-		return nil, nil, err
+		if dl, ok := ctx.Deadline(); ok {
+			_ = conn.SetDeadline(dl)
+		}
+		be, okp, err := backendLogin(conn, tl.login, stage1)
+		if err != nil {
+			conn.Close()
+			if attempt < loginRetriesMax && serverDied(ctx, conn, err) {
+				continue // the next dial starts the server again
+			}
+			return nil, nil, err
+		}
+		_ = conn.SetDeadline(time.Time{})
+		return be, okp, nil
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
+}
+
+// serverDied reports whether a login failed on conn because the site's
+// server died under it (kill -9, the OOM killer: a connection can land in a
+// dying server's backlog): an I/O failure, and the server's exit noticed
+// within serverExitWaitMax.
+func serverDied(ctx context.Context, conn net.Conn, err error) bool {
+	if errors.As(err, new(*gm.MyError)) {
+		return false // the server answered
 	}
-	be, okp, err := backendLogin(conn, tl.login, stage1)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
+	c, ok := conn.(interface{ ServerExited() <-chan struct{} })
+	if !ok || c.ServerExited() == nil {
+		return false
 	}
-	_ = conn.SetDeadline(time.Time{})
-	return be, okp, nil
+	t := time.NewTimer(serverExitWaitMax)
+	defer t.Stop()
+	select {
+	case <-c.ServerExited():
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // tunnelHandler serves TunnelPath on a master: it logs the client in to

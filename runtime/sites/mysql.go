@@ -387,15 +387,21 @@ func (p *mysqlPool) dial(ctx context.Context, site string) (net.Conn, error) {
 		if ms.proc != nil && ms.ready {
 			ms.conns++
 			ms.lastUsed = time.Now()
-			gen := ms.generation.Load()
+			gen, exited := ms.generation.Load(), ms.exited
 			ms.mu.Unlock()
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "unix", p.socketPath(site))
 			if err != nil {
 				p.release(ms)
+				// A server that died (kill -9, the OOM killer) counts as
+				// ready until its exit is noticed: wait for that and
+				// start it again.
+				if exitNoticed(ctx, exited) {
+					continue
+				}
 				return nil, fmt.Errorf("mysql %s: %w", site, err)
 			}
-			return &mysqlConn{Conn: c, release: func() { p.release(ms) }, site: ms, generation: gen}, nil
+			return &mysqlConn{Conn: c, release: func() { p.release(ms) }, site: ms, generation: gen, exited: exited}, nil
 		}
 		if ch := ms.starting; ch != nil {
 			ms.mu.Unlock()
@@ -429,6 +435,23 @@ func (p *mysqlPool) dial(ctx context.Context, site string) (net.Conn, error) {
 	}
 }
 
+// exitNoticeWaitMax bounds how long a failed dial waits for the server's
+// exit to be noticed; at the bound the dial's error stands.
+const exitNoticeWaitMax = 2 * time.Second
+
+// exitNoticed reports whether exited closes within exitNoticeWaitMax.
+func exitNoticed(ctx context.Context, exited <-chan struct{}) bool {
+	t := time.NewTimer(exitNoticeWaitMax)
+	defer t.Stop()
+	select {
+	case <-exited:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
 func (p *mysqlPool) release(ms *mysqlSite) {
 	ms.mu.Lock()
 	ms.conns--
@@ -442,7 +465,13 @@ type mysqlConn struct {
 	release    func()
 	site       *mysqlSite
 	generation uint64
+	exited     <-chan struct{}
 }
+
+// ServerExited is closed when the server this connection was made to has
+// exited (a login that failed on it can be tried again: the next dial
+// starts the server again).
+func (c *mysqlConn) ServerExited() <-chan struct{} { return c.exited }
 
 // Stale reports whether the server this connection was made to has
 // exited (or another one runs now): a command sent on it cannot run.

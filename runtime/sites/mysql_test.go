@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,6 +104,46 @@ func TestMySQLServerLifecycle(t *testing.T) {
 	var n int
 	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&n); err != nil || n != 2 {
 		t.Fatalf("rows after restart: %d, %v", n, err)
+	}
+
+	// kill -9 (the OOM killer): a dial right after it starts the server
+	// again, crash-recovered, instead of failing on the dead socket.
+	for round := range 3 {
+		var pidFile string
+		if err := db.QueryRowContext(ctx, "SELECT @@pid_file").Scan(&pidFile); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(pidFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatalf("pid file %s: %q", pidFile, b)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		// Dead once its socket refuses connections (until then a
+		// connection may still land in the dying server's backlog).
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			c, err := net.Dial("unix", filepath.Join(run, "mysql", "shop.sock"))
+			if err != nil {
+				break
+			}
+			c.Close()
+			if time.Now().After(deadline) {
+				t.Fatalf("mariadbd %d still accepts connections 10 s after kill -9", pid)
+			}
+		}
+		c, err := s.DialMySQL(ctx, "shop")
+		if err != nil {
+			t.Fatalf("round %d: dial right after kill -9: %v", round, err)
+		}
+		c.Close()
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&n); err != nil || n != 2 {
+			t.Fatalf("round %d: rows after kill -9: %d, %v", round, n, err)
+		}
 	}
 
 	s.Stop("shop")

@@ -80,6 +80,7 @@ func (g *gate) admit(context.Context, string) (func(), bool) {
 type testNodes struct {
 	master, entry string // client addresses of the front ends
 	masterFront   *Front
+	entryFront    *Front
 	// masterGoroutines is another front end of the master, without event
 	// loops (for side by side benchmarks).
 	masterGoroutines string
@@ -152,7 +153,7 @@ func startNodes(t testing.TB, configs ...func(*Config)) *testNodes {
 		t.Cleanup(f.Close)
 		return l.Addr().String()
 	}
-	return &testNodes{master: serve(master), entry: serve(entry), masterFront: master, masterGoroutines: serve(masterGoroutines), gate: g, sup: sup}
+	return &testNodes{master: serve(master), entry: serve(entry), masterFront: master, entryFront: entry, masterGoroutines: serve(masterGoroutines), gate: g, sup: sup}
 }
 
 func openDB(t testing.TB, addr, user, pw, db string, params string) *sql.DB {
@@ -243,6 +244,9 @@ func testFrontRelays(t *testing.T, config func(*Config)) {
 	config(&probe)
 	if loop := n.masterFront.LoopCommands(); (loop > 0) != (!probe.NoEventLoop && runtime.GOOS == "linux") {
 		t.Fatalf("%d commands relayed by the master's event loops (NoEventLoop %v)", loop, probe.NoEventLoop)
+	}
+	if loop := n.entryFront.LoopCommands(); (loop > 0) != (!probe.NoEventLoop && runtime.GOOS == "linux") {
+		t.Fatalf("%d commands relayed by the entry node's event loops (tunnel sessions; NoEventLoop %v)", loop, probe.NoEventLoop)
 	}
 
 	// The real command-line client, over TLS (it asks for it) and not.

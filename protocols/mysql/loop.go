@@ -3,6 +3,7 @@ package mysql
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"context"
 	"net"
 	"syscall"
@@ -95,7 +96,7 @@ type loopSession struct {
 // prepares it to).
 func (r *relay) loopReady() bool {
 	lp := r.lp
-	if lp == nil || r.loops == nil || r.tunnel || r.be == nil || r.session.serverID != nil || r.rewrite != nil {
+	if lp == nil || r.loops == nil || r.be == nil || r.session.serverID != nil || r.rewrite != nil {
 		return false
 	}
 	if lp.client == nil {
@@ -145,6 +146,17 @@ func (r *relay) inLoop() error {
 		r.loops = nil // no loop (closed): the goroutine relays from now on
 	}
 	return err
+}
+
+// refusedByMaster reports whether the answer in b, of a command sent
+// through a tunnel, starts with the master's codeNotServing error (the
+// command did not run there: the session's goroutine sends it to the
+// site's next master), and whether that packet is all in b.
+func (r *relay) refusedByMaster(b []byte) (refused, whole bool) {
+	if !r.tunnel || r.forwarded || len(b) < 7 || b[4] != 0xff || binary.LittleEndian.Uint16(b[5:]) != codeNotServing {
+		return false, false
+	}
+	return true, len(b) >= 4+(int(b[0])|int(b[1])<<8|int(b[2])<<16)
 }
 
 // loopCommand reports whether the loop relays the command p: the common

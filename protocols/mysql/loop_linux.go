@@ -410,7 +410,16 @@ func (s *loopSession) progress() {
 				s.finish()
 				continue
 			}
-			if s.sinN > s.scanned {
+			refused, whole := false, false
+			if s.scanned == 0 {
+				refused, whole = r.refusedByMaster(s.sin[:s.sinN])
+			}
+			if refused && whole {
+				s.sinN = 0 // the master closes the tunnel after it
+				s.handBack(errNotAdmitted)
+				return
+			}
+			if s.sinN > s.scanned && !refused { // refused: its rest is still to read
 				n, err := s.answer.scan(s.sin[s.scanned:s.sinN])
 				if err != nil {
 					s.handBack(err)

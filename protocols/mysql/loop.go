@@ -3,8 +3,8 @@ package mysql
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"net"
 	"syscall"
 )

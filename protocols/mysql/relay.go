@@ -176,7 +176,7 @@ func (r *relay) command(p packet) error {
 		return r.notSent(p, errNotAdmitted)
 	}
 	r.session.before(p.payload)
-	r.session.toServer(p.payload)
+	p.payload = r.session.toServer(p.payload)
 	r.forwarded, r.failed = false, false
 	if err := r.send(p); err != nil {
 		return err
@@ -526,12 +526,13 @@ func (r *relay) restore(autocommit bool) error {
 	}
 	ids := map[uint32]uint32{}
 	next := r.session.nextClientID
-	for id, q := range r.session.stmts {
-		ok, err := r.execInternal(append([]byte{comStmtPrepare}, q...))
+	for id, st := range r.session.stmts {
+		ok, err := r.execInternal(append([]byte{comStmtPrepare}, st.sql...))
 		if err != nil || !ok {
-			return fmt.Errorf("preparing %.60q again: %v", q, err)
+			return fmt.Errorf("preparing %.60q again: %v", st.sql, err)
 		}
 		ids[id] = r.session.preparedServer
+		st.typesOwed = st.params > 0
 		next = max(next, id+1)
 	}
 	r.session.serverID, r.session.nextClientID = ids, next

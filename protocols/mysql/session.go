@@ -16,7 +16,10 @@ import (
 //     and is not kept), replayed in their order;
 //   - autocommit, from the server's status flags;
 //   - prepared statements (their SQL), prepared again: the client keeps
-//     its statement ids, which the relay maps to the new server's.
+//     its statement ids, which the relay maps to the new server's. A
+//     client sends a statement's parameter types with its first execute
+//     only (libmysqlclient does); the new server has not seen them, so
+//     the first execute there gets the types the client last sent.
 //
 // Not restored: temporary tables, locks (LOCK TABLES, GET_LOCK), an open
 // transaction (a session inside one is not moved: see front.go), and state
@@ -27,8 +30,8 @@ type session struct {
 	sets []string
 	// broken: a SET was not kept (bound); a reconnect fails.
 	broken bool
-	// stmts: client statement id -> its SQL.
-	stmts map[uint32]string
+	// stmts: the prepared statements by client statement id.
+	stmts map[uint32]*stmt
 	// serverID maps client statement ids to the server's, once a
 	// reconnect made them differ (nil before: ids pass unchanged).
 	serverID map[uint32]uint32
@@ -41,7 +44,21 @@ type session struct {
 	pendingPrepare string
 	preparedClient uint32 // the id the client got for pendingPrepare
 	preparedServer uint32
+	preparedParams int
 	reset          bool
+	// withTypes holds an execute with the parameter types put in.
+	withTypes []byte
+}
+
+// stmt is a prepared statement, as a reconnect prepares it again.
+type stmt struct {
+	sql    string
+	params int
+	// types are the parameter types (2 bytes each) the client last sent;
+	// typesOwed: the server prepared the statement again and has not
+	// received them yet.
+	types     []byte
+	typesOwed bool
 }
 
 // sessionStatementsMax bounds the SET statements a session keeps for a
@@ -77,6 +94,10 @@ func (s *session) before(p []byte) {
 		}
 	case comStmtPrepare:
 		s.pendingPrepare = string(p[1:])
+	case comStmtExecute:
+		if st, at := s.executed(p); st != nil && p[at] == 1 {
+			st.types = append(st.types[:0], p[at+1:at+1+2*st.params]...)
+		}
 	case comStmtClose:
 		if len(p) >= 5 {
 			delete(s.stmts, binary.LittleEndian.Uint32(p[1:]))
@@ -86,11 +107,38 @@ func (s *session) before(p []byte) {
 	}
 }
 
-// toServer maps a statement id in the command to the server's (in place;
-// the relay keeps the client's copy).
-func (s *session) toServer(p []byte) {
+// executed finds the statement a COM_STMT_EXECUTE (p, the client's) runs
+// and where its new-parameters-bound flag is (the types follow it); nil:
+// unknown, without parameters, or too short to hold the types.
+func (s *session) executed(p []byte) (*stmt, int) {
+	if len(p) < 5 {
+		return nil, 0
+	}
+	st := s.stmts[binary.LittleEndian.Uint32(p[1:])]
+	if st == nil || st.params == 0 {
+		return nil, 0
+	}
+	at := 10 + (st.params+7)/8 // command, id, flags, iteration count, null bitmap
+	if len(p) < at+1+2*st.params {
+		return nil, 0
+	}
+	return st, at
+}
+
+// toServer maps a statement id in the command to the server's, and puts
+// the parameter types a server owes into an execute that does not carry
+// them (in place, or in a buffer of the session's: the relay keeps the
+// client's copy). It returns the command to send.
+func (s *session) toServer(p []byte) []byte {
 	if s.serverID == nil || len(p) < 5 {
-		return
+		return p
+	}
+	if st, at := s.executed(p); st != nil && st.typesOwed {
+		st.typesOwed = false
+		if p[at] == 0 && len(st.types) == 2*st.params && len(p)+len(st.types) < segmentMax {
+			s.withTypes = append(append(append(append(s.withTypes[:0], p[:at]...), 1), st.types...), p[at+1:]...)
+			p = s.withTypes
+		}
 	}
 	switch p[0] {
 	case comStmtExecute, comStmtSendLongData, comStmtClose, comStmtReset, comStmtFetch:
@@ -105,6 +153,7 @@ func (s *session) toServer(p []byte) {
 			delete(s.serverID, id)
 		}
 	}
+	return p
 }
 
 // preparedID sees the first packet of a prepare's answer: it records the
@@ -114,7 +163,10 @@ func (s *session) preparedID(p []byte) {
 		return
 	}
 	sid := binary.LittleEndian.Uint32(p[1:])
-	s.preparedServer, s.preparedClient = sid, sid
+	s.preparedServer, s.preparedClient, s.preparedParams = sid, sid, 0
+	if len(p) >= 9 {
+		s.preparedParams = int(binary.LittleEndian.Uint16(p[7:]))
+	}
 	if s.serverID != nil {
 		s.preparedClient = s.nextClientID
 		s.nextClientID++
@@ -141,12 +193,12 @@ func (s *session) after(ok bool) {
 	}
 	if s.pendingPrepare != "" {
 		if s.stmts == nil {
-			s.stmts = map[uint32]string{}
+			s.stmts = map[uint32]*stmt{}
 		}
 		if len(s.stmts) >= sessionPreparedMax {
 			s.broken = true
 		}
-		s.stmts[s.preparedClient] = s.pendingPrepare
+		s.stmts[s.preparedClient] = &stmt{sql: s.pendingPrepare, params: s.preparedParams}
 		if s.serverID != nil {
 			s.serverID[s.preparedClient] = s.preparedServer
 		}

@@ -30,7 +30,10 @@ token "$RUN_DIR/admin.token"
 STORAGE=portable
 if [ "$(id -u)" -eq 0 ] && command -v zpool >/dev/null 2>&1 && zpool list >/dev/null 2>&1; then
 	if ! zpool list hcrun >/dev/null 2>&1; then
-		[ -f "$RUN_DIR/zpool.img" ] || truncate -s 2G "$RUN_DIR/zpool.img"
+		# Sparse, shared by the three nodes. Every snapshot of the last
+		# hour is kept (the retention's default), so a busy database's
+		# churn adds up: 2 GiB filled in minutes under sysbench.
+		[ -f "$RUN_DIR/zpool.img" ] || truncate -s 8G "$RUN_DIR/zpool.img"
 		zpool create -m "$RUN_DIR/zfs" hcrun "$RUN_DIR/zpool.img" 2>/dev/null ||
 			zpool import -d "$RUN_DIR" hcrun 2>/dev/null || true
 	fi

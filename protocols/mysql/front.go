@@ -392,6 +392,9 @@ func (f *Front) reconnect(rl *relay, site string, tl tunnelLogin) *gm.MyError {
 	case rl.session.broken:
 		return &gm.MyError{Code: erConnectionKilled, State: "70100",
 			Message: "the site moved and this session's state is too large to restore"}
+	case rl.session.longData:
+		return &gm.MyError{Code: erConnectionKilled, State: "70100",
+			Message: "the site moved while this session was sending long data for a statement"}
 	case rl.held == nil:
 		return &gm.MyError{Code: erConnectionKilled, State: "70100",
 			Message: "the site moved and this command is too long to hold"}

@@ -22,14 +22,19 @@ import (
 //     the first execute there gets the types the client last sent.
 //
 // Not restored: temporary tables, locks (LOCK TABLES, GET_LOCK), an open
-// transaction (a session inside one is not moved: see front.go), and state
-// changed inside stored programs. A session whose SET statements exceed
+// transaction (a session inside one is not moved: see front.go), long
+// data sent for a statement not executed yet (such a session is not
+// moved either), and state changed inside stored programs. A session whose SET statements exceed
 // sessionStatementsMax cannot be restored: a move ends it with an error.
 type session struct {
 	db   string
 	sets []string
 	// broken: a SET was not kept (bound); a reconnect fails.
 	broken bool
+	// longData: COM_STMT_SEND_LONG_DATA went to the server since the
+	// last execute, reset or close answered; a reconnect fails (the new
+	// server would execute without it).
+	longData bool
 	// stmts: the prepared statements by client statement id.
 	stmts map[uint32]*stmt
 	// serverID maps client statement ids to the server's, once a
@@ -46,6 +51,7 @@ type session struct {
 	preparedServer uint32
 	preparedParams int
 	reset          bool
+	longDataUsed   bool
 	// withTypes holds an execute with the parameter types put in.
 	withTypes []byte
 }
@@ -73,8 +79,12 @@ const (
 
 // before looks at a command about to be sent (payload: the client's).
 func (s *session) before(p []byte) {
-	s.pendingDB, s.pendingSet, s.pendingPrepare, s.reset = nil, "", "", false
+	s.pendingDB, s.pendingSet, s.pendingPrepare, s.reset, s.longDataUsed = nil, "", "", false, false
 	switch p[0] {
+	case comStmtSendLongData:
+		s.longData = true // it has no answer: it counts as sent now
+	case comStmtReset:
+		s.longDataUsed = true
 	case comInitDB:
 		db := string(p[1:])
 		s.pendingDB = &db
@@ -95,15 +105,17 @@ func (s *session) before(p []byte) {
 	case comStmtPrepare:
 		s.pendingPrepare = string(p[1:])
 	case comStmtExecute:
+		s.longDataUsed = true
 		if st, at := s.executed(p); st != nil && p[at] == 1 {
 			st.types = append(st.types[:0], p[at+1:at+1+2*st.params]...)
 		}
 	case comStmtClose:
+		s.longDataUsed = true
 		if len(p) >= 5 {
 			delete(s.stmts, binary.LittleEndian.Uint32(p[1:]))
 		}
 	case comResetConnection:
-		s.reset = true
+		s.reset, s.longDataUsed = true, true
 	}
 }
 
@@ -176,6 +188,9 @@ func (s *session) preparedID(p []byte) {
 
 // after records what a command changed, if it succeeded.
 func (s *session) after(ok bool) {
+	if s.longDataUsed {
+		s.longData = false // answered, even with an error: the server let go of it
+	}
 	if !ok {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,5 +120,57 @@ func TestExecuteWithoutTypesAfterAMove(t *testing.T) {
 	var count int
 	if err := openDB(t, n.master, "shop", "shop-pw", "shop_db", "").QueryRowContext(ctx, "SELECT COUNT(*) FROM typed").Scan(&count); err != nil || count != 8 {
 		t.Fatalf("rows: %d %v, want 8", count, err)
+	}
+}
+
+// TestLongDataIsNotLostInAMove: a session that sent long data for a
+// statement and executes it after a move gets 1927 (the new server never
+// got the data) instead of a row without it.
+func TestLongDataIsNotLostInAMove(t *testing.T) {
+	n := startNodes(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stmts []*rawStmt
+	for _, addr := range []string{n.master, n.entry} {
+		c, err := client.Connect(addr, "shop", "shop-pw", "shop_db")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Execute("CREATE TABLE IF NOT EXISTS docs (body TEXT)"); err != nil {
+			t.Fatal(err)
+		}
+		s := prepareRaw(t, c, "INSERT INTO docs VALUES (?)")
+		long := []byte{0, 0, 0, 0, comStmtSendLongData, 0, 0, 0, 0, 0, 0} // header, command, id, parameter 0
+		binary.LittleEndian.PutUint32(long[5:], s.id)
+		c.ResetSequence()
+		if err := c.WritePacket(append(long, "a chunk of a long text"...)); err != nil { // no answer
+			t.Fatal(err)
+		}
+		stmts = append(stmts, s)
+	}
+	n.gate.mu.Lock()
+	n.gate.open = false
+	n.gate.mu.Unlock()
+	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		n.gate.mu.Lock()
+		n.gate.open = true
+		n.gate.mu.Unlock()
+	}()
+	for i, s := range stmts {
+		// Types bound (MYSQL_TYPE_BLOB), the value left out: it was sent as long data.
+		p := []byte{comStmtExecute, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0xfc, 0}
+		binary.LittleEndian.PutUint32(p[1:], s.id)
+		if _, err := s.roundTrip(p); err == nil || !strings.Contains(err.Error(), "error 1927") {
+			t.Fatalf("session %d: execute after a move with its long data sent before: %v, want error 1927", i, err)
+		}
+	}
+	var count int
+	if err := openDB(t, n.master, "shop", "shop-pw", "shop_db", "").QueryRowContext(ctx, "SELECT COUNT(*) FROM docs").Scan(&count); err != nil || count != 0 {
+		t.Fatalf("rows: %d %v, want none", count, err)
 	}
 }

@@ -19,6 +19,9 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need="$need ha
 # tests start their own on loopback; the packaged service is not used).
 command -v etcd >/dev/null 2>&1 || need="$need etcd-server"
 command -v lftp >/dev/null 2>&1 || need="$need lftp"
+# A real MySQL application on libmysqlclient (prepared statements as PHP's
+# mysqli sends them) runs through planned moves.
+command -v sysbench >/dev/null 2>&1 || need="$need sysbench"
 if [ -n "$need" ]; then
 	log "installing:$need"
 	export DEBIAN_FRONTEND=noninteractive

@@ -83,21 +83,28 @@ type Mutations struct {
 	ForgetTombstones bool
 }
 
-// Retention keeps every snapshot younger than KeepAll, one per hour for
-// KeepHourly, one per day for KeepDaily; older ones are pruned unless protected.
+// Retention keeps every snapshot younger than KeepAll, one per minute for
+// KeepMinutely, one per hour for KeepHourly, one per day for KeepDaily;
+// older ones are pruned unless protected. A tier no longer than the one
+// before it keeps nothing of its own.
 type Retention struct {
-	KeepAll    time.Duration
-	KeepHourly time.Duration
-	KeepDaily  time.Duration
+	KeepAll      time.Duration
+	KeepMinutely time.Duration
+	KeepHourly   time.Duration
+	KeepDaily    time.Duration
 }
 
 // Default returns the embedded defaults.
 func Default() *Config {
 	return &Config{
-		Redundancy:          2,
-		SnapshotInterval:    time.Second,
-		PruneInterval:       time.Minute,
-		Retention:           Retention{KeepAll: time.Hour, KeepHourly: 24 * time.Hour, KeepDaily: 7 * 24 * time.Hour},
+		Redundancy:       2,
+		SnapshotInterval: time.Second,
+		PruneInterval:    time.Minute,
+		// Snapshots are taken every second a site changes: a busy
+		// database's kept for an hour held 612 MiB for an 80 MiB database
+		// within minutes under sysbench, most of it the same pages
+		// rewritten. Every one for ten minutes, then one a minute.
+		Retention:           Retention{KeepAll: 10 * time.Minute, KeepMinutely: time.Hour, KeepHourly: 24 * time.Hour, KeepDaily: 7 * 24 * time.Hour},
 		HeldRequestsMax:     1024,
 		HeldBytesMax:        64 << 20,
 		HoldDeadline:        15 * time.Second,

@@ -1371,8 +1371,9 @@ func (d *Dataset) prune(env *core.Env) []core.Effect {
 }
 
 // Prune returns the names of snapshots (oldest first) that retention drops:
-// everything younger than KeepAll stays; then one per hour until KeepHourly,
-// one per day until KeepDaily; older ones go. The newest snapshot and the
+// everything younger than KeepAll stays; then one per minute until
+// KeepMinutely, one per hour until KeepHourly, one per day until KeepDaily;
+// older ones go. The newest snapshot and the
 // protected ones always stay.
 func Prune(r core.Retention, nowMs int64, snaps []*m.SnapshotRef, protected map[string]bool) []string {
 	keep := make([]bool, len(snaps))
@@ -1385,6 +1386,8 @@ func Prune(r core.Retention, nowMs int64, snaps []*m.SnapshotRef, protected map[
 		case i == len(snaps)-1 || protected[s.Name] || age < r.KeepAll:
 			keep[i] = true
 			continue
+		case age < r.KeepMinutely:
+			bucket = fmt.Sprintf("m%d", s.TakenMs/int64(time.Minute/time.Millisecond))
 		case age < r.KeepHourly:
 			bucket = fmt.Sprintf("h%d", s.TakenMs/int64(time.Hour/time.Millisecond))
 		case age < r.KeepDaily:

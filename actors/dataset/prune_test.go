@@ -57,3 +57,26 @@ func TestPrune(t *testing.T) {
 		}
 	}
 }
+
+func TestPruneMinutely(t *testing.T) {
+	r := core.Retention{KeepAll: 10 * time.Minute, KeepMinutely: time.Hour, KeepHourly: 24 * time.Hour, KeepDaily: 7 * 24 * time.Hour}
+	now := day0.Add(12 * time.Hour) // noon
+	h, mn, sec := time.Hour, time.Minute, time.Second
+	for _, tc := range []struct {
+		name string
+		ages []time.Duration
+		want []string
+	}{
+		{"every snapshot younger than KeepAll stays", []time.Duration{9*mn + 50*sec, 9*mn + 40*sec, 9*mn + 30*sec, 1 * mn}, nil},
+		// 11:29:20, 11:29:40 and 11:29:50 share a minute: its newest stays.
+		{"a minute keeps its newest", []time.Duration{30*mn + 40*sec, 30*mn + 20*sec, 30*mn + 10*sec, 5 * mn}, []string{"s0", "s1"}},
+		{"separate minutes are kept", []time.Duration{32 * mn, 31 * mn, 30 * mn, 5 * mn}, nil},
+		// Past KeepMinutely: 09:50 and 09:55 share an hour.
+		{"then hourly", []time.Duration{2*h + 10*mn, 2*h + 5*mn, 5 * mn}, []string{"s0"}},
+	} {
+		got := dataset.Prune(r, now.UnixMilli(), snaps(now, tc.ages...), nil)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: Prune = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

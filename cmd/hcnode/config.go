@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/hybridcluster/hybridcluster/actors/core"
 	"github.com/hybridcluster/hybridcluster/protocols/ftp"
 )
 
@@ -77,6 +79,17 @@ type Config struct {
 		TLSCert string `yaml:"tls_cert"`
 		TLSKey  string `yaml:"tls_key"`
 	} `yaml:"ftp"`
+	// Snapshots is what each node keeps of the snapshots of its copies:
+	// every one younger than keep_all, then one per minute, hour and day
+	// until keep_minutely, keep_hourly and keep_daily (durations: 10m,
+	// 1h, 168h). A snapshot a replica still needs as its base, or that is
+	// mounted, is always kept.
+	Snapshots struct {
+		KeepAll      time.Duration `yaml:"keep_all"`
+		KeepMinutely time.Duration `yaml:"keep_minutely"`
+		KeepHourly   time.Duration `yaml:"keep_hourly"`
+		KeepDaily    time.Duration `yaml:"keep_daily"`
+	} `yaml:"snapshots"`
 	Log struct {
 		Level      string `yaml:"level"`  // debug, info, warn, error
 		Format     string `yaml:"format"` // text, json
@@ -110,7 +123,18 @@ func defaults() *Config {
 	c.Listen.MySQL = "127.0.0.1:3306"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
+	r := core.Default().Retention
+	c.Snapshots.KeepAll, c.Snapshots.KeepMinutely, c.Snapshots.KeepHourly, c.Snapshots.KeepDaily = r.KeepAll, r.KeepMinutely, r.KeepHourly, r.KeepDaily
 	return c
+}
+
+// actorConfig is the actors' configuration: the embedded defaults with
+// this file's retention.
+func (c *Config) actorConfig() *core.Config {
+	cfg := core.Default()
+	cfg.Retention = core.Retention{KeepAll: c.Snapshots.KeepAll, KeepMinutely: c.Snapshots.KeepMinutely,
+		KeepHourly: c.Snapshots.KeepHourly, KeepDaily: c.Snapshots.KeepDaily}
+	return cfg
 }
 
 // memberFlags collects repeated -member name=actor,internal[,seed] flags.
@@ -155,6 +179,7 @@ files. Example file:
     - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
   secrets: {node_token_file: /etc/hybridcluster/node.token, admin_token_file: /etc/hybridcluster/admin.token}
   ftp: {listen: 0.0.0.0:21, passive_ports: 30000-30099, tls_cert: /etc/hybridcluster/ftp.pem, tls_key: /etc/hybridcluster/ftp.key}
+  snapshots: {keep_all: 10m, keep_minutely: 1h, keep_hourly: 24h, keep_daily: 168h}   # the defaults
   log: {level: info, format: text}
 
 Flags:
@@ -279,6 +304,12 @@ func secret(env, file, what string) (string, error) {
 
 func (c *Config) validate() error {
 	var errs []error
+	for what, d := range map[string]time.Duration{"keep_all": c.Snapshots.KeepAll, "keep_minutely": c.Snapshots.KeepMinutely,
+		"keep_hourly": c.Snapshots.KeepHourly, "keep_daily": c.Snapshots.KeepDaily} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("snapshots %s %v: want a duration of zero or more", what, d))
+		}
+	}
 	if c.Node == "" {
 		errs = append(errs, errors.New("no node name (-node or node:)"))
 	} else if !validName(c.Node) {

@@ -145,7 +145,7 @@ func run(c *Config) error {
 	}
 	h, err := host.Start(host.Options{Node: c.Node, Members: members, Driver: driver,
 		StateDir: filepath.Join(c.DataDir, "state"), StreamToken: c.nodeToken, StreamListener: internalLis,
-		Logger: log, ProtoactorLogger: plog, Sites: runner, Cluster: clusterOpt})
+		Logger: log, ProtoactorLogger: plog, Sites: runner, Cluster: clusterOpt, Config: c.actorConfig()})
 	if err != nil {
 		return err
 	}

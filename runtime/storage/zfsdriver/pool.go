@@ -78,7 +78,7 @@ func ShimDir() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory")
+			return "", fmt.Errorf("this zfs (zfs-fuse) needs scripts/zfs-shim: run from the repository, or set HC_ZFS_SHIM_DIR to that directory (no go.mod above the working directory)")
 		}
 		dir = parent
 	}

@@ -81,8 +81,8 @@ type Config struct {
 	} `yaml:"ftp"`
 	// Snapshots is what each node keeps of the snapshots of its copies:
 	// every one younger than keep_all, then one per minute, hour and day
-	// until keep_minutely, keep_hourly and keep_daily (durations: 10m,
-	// 1h, 168h). A snapshot a replica still needs as its base, or that is
+	// until keep_minutely, keep_hourly and keep_daily (durations: 2m,
+	// 15m, 24h, 168h). A snapshot a replica still needs as its base, or that is
 	// mounted, is always kept.
 	Snapshots struct {
 		KeepAll      time.Duration `yaml:"keep_all"`
@@ -179,7 +179,7 @@ files. Example file:
     - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
   secrets: {node_token_file: /etc/hybridcluster/node.token, admin_token_file: /etc/hybridcluster/admin.token}
   ftp: {listen: 0.0.0.0:21, passive_ports: 30000-30099, tls_cert: /etc/hybridcluster/ftp.pem, tls_key: /etc/hybridcluster/ftp.key}
-  snapshots: {keep_all: 10m, keep_minutely: 1h, keep_hourly: 24h, keep_daily: 168h}   # the defaults
+  snapshots: {keep_all: 2m, keep_minutely: 15m, keep_hourly: 24h, keep_daily: 168h}   # the defaults
   log: {level: info, format: text}
 
 Flags:

@@ -3046,6 +3046,61 @@ func (x *NodeReport) GetAtMs() int64 {
 	return 0
 }
 
+// StorageLow: the node's pool has less than Config.StorageLowBytes free
+// (node actor -> each of its datasets, at every report while it lasts);
+// the dataset prunes what only the recent tiers of retention keep.
+type StorageLow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	FreeBytes     uint64                 `protobuf:"varint,2,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StorageLow) Reset() {
+	*x = StorageLow{}
+	mi := &file_messages_hc_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StorageLow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StorageLow) ProtoMessage() {}
+
+func (x *StorageLow) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_hc_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StorageLow.ProtoReflect.Descriptor instead.
+func (*StorageLow) Descriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *StorageLow) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *StorageLow) GetFreeBytes() uint64 {
+	if x != nil {
+		return x.FreeBytes
+	}
+	return 0
+}
+
 type DrainNode struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -3055,7 +3110,7 @@ type DrainNode struct {
 
 func (x *DrainNode) Reset() {
 	*x = DrainNode{}
-	mi := &file_messages_hc_proto_msgTypes[32]
+	mi := &file_messages_hc_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3067,7 +3122,7 @@ func (x *DrainNode) String() string {
 func (*DrainNode) ProtoMessage() {}
 
 func (x *DrainNode) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[32]
+	mi := &file_messages_hc_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3080,7 +3135,7 @@ func (x *DrainNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNode.ProtoReflect.Descriptor instead.
 func (*DrainNode) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{32}
+	return file_messages_hc_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DrainNode) GetNode() string {
@@ -3103,7 +3158,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_messages_hc_proto_msgTypes[33]
+	mi := &file_messages_hc_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3115,7 +3170,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[33]
+	mi := &file_messages_hc_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3183,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{33}
+	return file_messages_hc_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveNode) GetNode() string {
@@ -3148,7 +3203,7 @@ type Timer struct {
 
 func (x *Timer) Reset() {
 	*x = Timer{}
-	mi := &file_messages_hc_proto_msgTypes[34]
+	mi := &file_messages_hc_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3160,7 +3215,7 @@ func (x *Timer) String() string {
 func (*Timer) ProtoMessage() {}
 
 func (x *Timer) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[34]
+	mi := &file_messages_hc_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3173,7 +3228,7 @@ func (x *Timer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timer.ProtoReflect.Descriptor instead.
 func (*Timer) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{34}
+	return file_messages_hc_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Timer) GetKey() string {
@@ -3192,7 +3247,7 @@ type AdminSnapshot struct {
 
 func (x *AdminSnapshot) Reset() {
 	*x = AdminSnapshot{}
-	mi := &file_messages_hc_proto_msgTypes[35]
+	mi := &file_messages_hc_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3204,7 +3259,7 @@ func (x *AdminSnapshot) String() string {
 func (*AdminSnapshot) ProtoMessage() {}
 
 func (x *AdminSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[35]
+	mi := &file_messages_hc_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3217,7 +3272,7 @@ func (x *AdminSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminSnapshot.ProtoReflect.Descriptor instead.
 func (*AdminSnapshot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{35}
+	return file_messages_hc_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AdminSnapshot) GetSite() string {
@@ -3237,7 +3292,7 @@ type AdminRollback struct {
 
 func (x *AdminRollback) Reset() {
 	*x = AdminRollback{}
-	mi := &file_messages_hc_proto_msgTypes[36]
+	mi := &file_messages_hc_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3249,7 +3304,7 @@ func (x *AdminRollback) String() string {
 func (*AdminRollback) ProtoMessage() {}
 
 func (x *AdminRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[36]
+	mi := &file_messages_hc_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3262,7 +3317,7 @@ func (x *AdminRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRollback.ProtoReflect.Descriptor instead.
 func (*AdminRollback) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{36}
+	return file_messages_hc_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AdminRollback) GetSite() string {
@@ -3292,7 +3347,7 @@ type AdminRestoreStash struct {
 
 func (x *AdminRestoreStash) Reset() {
 	*x = AdminRestoreStash{}
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3304,7 +3359,7 @@ func (x *AdminRestoreStash) String() string {
 func (*AdminRestoreStash) ProtoMessage() {}
 
 func (x *AdminRestoreStash) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3317,7 +3372,7 @@ func (x *AdminRestoreStash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRestoreStash.ProtoReflect.Descriptor instead.
 func (*AdminRestoreStash) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{37}
+	return file_messages_hc_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AdminRestoreStash) GetSite() string {
@@ -3347,7 +3402,7 @@ type AdminDeleteSite struct {
 
 func (x *AdminDeleteSite) Reset() {
 	*x = AdminDeleteSite{}
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3359,7 +3414,7 @@ func (x *AdminDeleteSite) String() string {
 func (*AdminDeleteSite) ProtoMessage() {}
 
 func (x *AdminDeleteSite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3372,7 +3427,7 @@ func (x *AdminDeleteSite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminDeleteSite.ProtoReflect.Descriptor instead.
 func (*AdminDeleteSite) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{38}
+	return file_messages_hc_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AdminDeleteSite) GetSite() string {
@@ -3405,7 +3460,7 @@ type DeleteSite struct {
 
 func (x *DeleteSite) Reset() {
 	*x = DeleteSite{}
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3472,7 @@ func (x *DeleteSite) String() string {
 func (*DeleteSite) ProtoMessage() {}
 
 func (x *DeleteSite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3485,7 @@ func (x *DeleteSite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSite.ProtoReflect.Descriptor instead.
 func (*DeleteSite) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{39}
+	return file_messages_hc_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *DeleteSite) GetSite() string {
@@ -3468,7 +3523,7 @@ type AdminQuery struct {
 
 func (x *AdminQuery) Reset() {
 	*x = AdminQuery{}
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3480,7 +3535,7 @@ func (x *AdminQuery) String() string {
 func (*AdminQuery) ProtoMessage() {}
 
 func (x *AdminQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3493,7 +3548,7 @@ func (x *AdminQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminQuery.ProtoReflect.Descriptor instead.
 func (*AdminQuery) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{40}
+	return file_messages_hc_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AdminQuery) GetQueryId() uint64 {
@@ -3565,7 +3620,7 @@ type AdminView struct {
 
 func (x *AdminView) Reset() {
 	*x = AdminView{}
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3577,7 +3632,7 @@ func (x *AdminView) String() string {
 func (*AdminView) ProtoMessage() {}
 
 func (x *AdminView) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3590,7 +3645,7 @@ func (x *AdminView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminView.ProtoReflect.Descriptor instead.
 func (*AdminView) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{41}
+	return file_messages_hc_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *AdminView) GetQueryId() uint64 {
@@ -3712,7 +3767,7 @@ type Sync struct {
 
 func (x *Sync) Reset() {
 	*x = Sync{}
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3724,7 +3779,7 @@ func (x *Sync) String() string {
 func (*Sync) ProtoMessage() {}
 
 func (x *Sync) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3737,7 +3792,7 @@ func (x *Sync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sync.ProtoReflect.Descriptor instead.
 func (*Sync) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{42}
+	return file_messages_hc_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Sync) GetSite() string {
@@ -3782,7 +3837,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3794,7 +3849,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3807,7 +3862,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{43}
+	return file_messages_hc_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SyncDone) GetSite() string {
@@ -3867,7 +3922,7 @@ type DatasetBoot struct {
 
 func (x *DatasetBoot) Reset() {
 	*x = DatasetBoot{}
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3879,7 +3934,7 @@ func (x *DatasetBoot) String() string {
 func (*DatasetBoot) ProtoMessage() {}
 
 func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3892,7 +3947,7 @@ func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatasetBoot.ProtoReflect.Descriptor instead.
 func (*DatasetBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{44}
+	return file_messages_hc_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DatasetBoot) GetInfo() *DatasetInfo {
@@ -3935,7 +3990,7 @@ type NodeBoot struct {
 
 func (x *NodeBoot) Reset() {
 	*x = NodeBoot{}
-	mi := &file_messages_hc_proto_msgTypes[45]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3947,7 +4002,7 @@ func (x *NodeBoot) String() string {
 func (*NodeBoot) ProtoMessage() {}
 
 func (x *NodeBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[45]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3960,7 +4015,7 @@ func (x *NodeBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeBoot.ProtoReflect.Descriptor instead.
 func (*NodeBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{45}
+	return file_messages_hc_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *NodeBoot) GetNode() string {
@@ -4002,7 +4057,7 @@ type RouteTable struct {
 
 func (x *RouteTable) Reset() {
 	*x = RouteTable{}
-	mi := &file_messages_hc_proto_msgTypes[46]
+	mi := &file_messages_hc_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4014,7 +4069,7 @@ func (x *RouteTable) String() string {
 func (*RouteTable) ProtoMessage() {}
 
 func (x *RouteTable) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[46]
+	mi := &file_messages_hc_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4027,7 +4082,7 @@ func (x *RouteTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTable.ProtoReflect.Descriptor instead.
 func (*RouteTable) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{46}
+	return file_messages_hc_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RouteTable) GetRoutes() []*RouteUpdate {
@@ -4049,7 +4104,7 @@ type BalancerRole struct {
 
 func (x *BalancerRole) Reset() {
 	*x = BalancerRole{}
-	mi := &file_messages_hc_proto_msgTypes[47]
+	mi := &file_messages_hc_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4061,7 +4116,7 @@ func (x *BalancerRole) String() string {
 func (*BalancerRole) ProtoMessage() {}
 
 func (x *BalancerRole) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[47]
+	mi := &file_messages_hc_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4074,7 +4129,7 @@ func (x *BalancerRole) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerRole.ProtoReflect.Descriptor instead.
 func (*BalancerRole) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{47}
+	return file_messages_hc_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *BalancerRole) GetActive() bool {
@@ -4348,7 +4403,12 @@ const file_messages_hc_proto_rawDesc = "" +
 	"free_bytes\x18\x03 \x01(\x04R\tfreeBytes\x129\n" +
 	"\bdatasets\x18\x04 \x03(\v2\x1d.hybridcluster.v1.DatasetInfoR\bdatasets\x12\x1a\n" +
 	"\bdraining\x18\x05 \x01(\bR\bdraining\x12\x13\n" +
-	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\"\x1f\n" +
+	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\"?\n" +
+	"\n" +
+	"StorageLow\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1d\n" +
+	"\n" +
+	"free_bytes\x18\x02 \x01(\x04R\tfreeBytes\"\x1f\n" +
 	"\tDrainNode\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\" \n" +
 	"\n" +
@@ -4502,7 +4562,7 @@ func file_messages_hc_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_messages_hc_proto_goTypes = []any{
 	(SitePhase)(0),            // 0: hybridcluster.v1.SitePhase
 	(Role)(0),                 // 1: hybridcluster.v1.Role
@@ -4541,25 +4601,26 @@ var file_messages_hc_proto_goTypes = []any{
 	(*Heartbeat)(nil),         // 34: hybridcluster.v1.Heartbeat
 	(*MemberEvent)(nil),       // 35: hybridcluster.v1.MemberEvent
 	(*NodeReport)(nil),        // 36: hybridcluster.v1.NodeReport
-	(*DrainNode)(nil),         // 37: hybridcluster.v1.DrainNode
-	(*RemoveNode)(nil),        // 38: hybridcluster.v1.RemoveNode
-	(*Timer)(nil),             // 39: hybridcluster.v1.Timer
-	(*AdminSnapshot)(nil),     // 40: hybridcluster.v1.AdminSnapshot
-	(*AdminRollback)(nil),     // 41: hybridcluster.v1.AdminRollback
-	(*AdminRestoreStash)(nil), // 42: hybridcluster.v1.AdminRestoreStash
-	(*AdminDeleteSite)(nil),   // 43: hybridcluster.v1.AdminDeleteSite
-	(*DeleteSite)(nil),        // 44: hybridcluster.v1.DeleteSite
-	(*AdminQuery)(nil),        // 45: hybridcluster.v1.AdminQuery
-	(*AdminView)(nil),         // 46: hybridcluster.v1.AdminView
-	(*Sync)(nil),              // 47: hybridcluster.v1.Sync
-	(*SyncDone)(nil),          // 48: hybridcluster.v1.SyncDone
-	(*DatasetBoot)(nil),       // 49: hybridcluster.v1.DatasetBoot
-	(*NodeBoot)(nil),          // 50: hybridcluster.v1.NodeBoot
-	(*RouteTable)(nil),        // 51: hybridcluster.v1.RouteTable
-	(*BalancerRole)(nil),      // 52: hybridcluster.v1.BalancerRole
-	nil,                       // 53: hybridcluster.v1.SiteState.ReplicaCursorEntry
-	nil,                       // 54: hybridcluster.v1.AdminView.MountsEntry
-	nil,                       // 55: hybridcluster.v1.DatasetBoot.MountsEntry
+	(*StorageLow)(nil),        // 37: hybridcluster.v1.StorageLow
+	(*DrainNode)(nil),         // 38: hybridcluster.v1.DrainNode
+	(*RemoveNode)(nil),        // 39: hybridcluster.v1.RemoveNode
+	(*Timer)(nil),             // 40: hybridcluster.v1.Timer
+	(*AdminSnapshot)(nil),     // 41: hybridcluster.v1.AdminSnapshot
+	(*AdminRollback)(nil),     // 42: hybridcluster.v1.AdminRollback
+	(*AdminRestoreStash)(nil), // 43: hybridcluster.v1.AdminRestoreStash
+	(*AdminDeleteSite)(nil),   // 44: hybridcluster.v1.AdminDeleteSite
+	(*DeleteSite)(nil),        // 45: hybridcluster.v1.DeleteSite
+	(*AdminQuery)(nil),        // 46: hybridcluster.v1.AdminQuery
+	(*AdminView)(nil),         // 47: hybridcluster.v1.AdminView
+	(*Sync)(nil),              // 48: hybridcluster.v1.Sync
+	(*SyncDone)(nil),          // 49: hybridcluster.v1.SyncDone
+	(*DatasetBoot)(nil),       // 50: hybridcluster.v1.DatasetBoot
+	(*NodeBoot)(nil),          // 51: hybridcluster.v1.NodeBoot
+	(*RouteTable)(nil),        // 52: hybridcluster.v1.RouteTable
+	(*BalancerRole)(nil),      // 53: hybridcluster.v1.BalancerRole
+	nil,                       // 54: hybridcluster.v1.SiteState.ReplicaCursorEntry
+	nil,                       // 55: hybridcluster.v1.AdminView.MountsEntry
+	nil,                       // 56: hybridcluster.v1.DatasetBoot.MountsEntry
 }
 var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4570,7 +4631,7 @@ var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 5: hybridcluster.v1.SiteState.epoch:type_name -> hybridcluster.v1.Epoch
 	0,  // 6: hybridcluster.v1.SiteState.phase:type_name -> hybridcluster.v1.SitePhase
 	6,  // 7: hybridcluster.v1.SiteState.latest:type_name -> hybridcluster.v1.SnapshotRef
-	53, // 8: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
+	54, // 8: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
 	2,  // 9: hybridcluster.v1.SiteResponse.code:type_name -> hybridcluster.v1.Code
 	5,  // 10: hybridcluster.v1.SiteResponse.epoch:type_name -> hybridcluster.v1.Epoch
 	5,  // 11: hybridcluster.v1.RouteUpdate.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4618,13 +4679,13 @@ var file_messages_hc_proto_depIdxs = []int32{
 	9,  // 53: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
 	26, // 54: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
 	6,  // 55: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	54, // 56: hybridcluster.v1.AdminView.mounts:type_name -> hybridcluster.v1.AdminView.MountsEntry
+	55, // 56: hybridcluster.v1.AdminView.mounts:type_name -> hybridcluster.v1.AdminView.MountsEntry
 	2,  // 57: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
 	6,  // 58: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
 	26, // 59: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
 	6,  // 60: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	55, // 61: hybridcluster.v1.DatasetBoot.mounts:type_name -> hybridcluster.v1.DatasetBoot.MountsEntry
-	49, // 62: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	56, // 61: hybridcluster.v1.DatasetBoot.mounts:type_name -> hybridcluster.v1.DatasetBoot.MountsEntry
+	50, // 62: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
 	13, // 63: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
 	64, // [64:64] is the sub-list for method output_type
 	64, // [64:64] is the sub-list for method input_type
@@ -4644,7 +4705,7 @@ func file_messages_hc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_hc_proto_rawDesc), len(file_messages_hc_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   51,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -17,6 +17,11 @@ type Config struct {
 	// PruneInterval is how often retention runs on each copy.
 	PruneInterval time.Duration
 	Retention     Retention
+	// StorageLowBytes: below this much free space in its pool a node's
+	// copies prune what only retention's recent tiers keep (every
+	// snapshot, one a minute), at once and then every PruneInterval while
+	// it lasts. 0: never.
+	StorageLowBytes uint64
 
 	// HeldRequestsMax, HeldBytesMax and HoldDeadline bound the requests a
 	// paused site holds: past the count or byte bound a request is answered
@@ -107,6 +112,7 @@ func Default() *Config {
 		// every one for an hour held 2.8 GB after five minutes (27 GB an
 		// hour). Every one for two minutes, then one a minute for a
 		// quarter of an hour: about 1.2 GB for that site.
+		StorageLowBytes:     1 << 30,
 		Retention:           Retention{KeepAll: 2 * time.Minute, KeepMinutely: 15 * time.Minute, KeepHourly: 24 * time.Hour, KeepDaily: 7 * 24 * time.Hour},
 		HeldRequestsMax:     1024,
 		HeldBytesMax:        64 << 20,

@@ -266,6 +266,10 @@ func (d *Dataset) Step(env *core.Env, in proto.Message) []core.Effect {
 			delete(d.streams, msg.Node)
 			fx = append(fx, core.CancelTimer{Key: timerStream + msg.Node})
 		}
+	case *m.StorageLow:
+		// No report: a message that spawned this actor (a copy gone
+		// since the node listed it) leaves nothing behind.
+		return d.pruneForSpace(env, msg)
 	case *m.Probe:
 		fx = append(fx, core.Send{To: core.BalancerAddr(msg.ReplyNode), Msg: &m.ProbeAnswer{Site: d.site, ProbeId: msg.ProbeId, Info: d.Info()}})
 		return fx
@@ -1350,6 +1354,24 @@ func (d *Dataset) syncsDone(replica string, have *m.SnapshotRef) []core.Effect {
 // prune applies retention, keeping the newest snapshot and every snapshot a
 // replica still needs as its incremental base.
 func (d *Dataset) prune(env *core.Env) []core.Effect {
+	return d.pruneWith(env, env.Config.Retention)
+}
+
+// pruneForSpace prunes as retention does without its recent tiers (every
+// snapshot, one a minute): the node's pool is low on space. Snapshots a
+// stream is sending stay too.
+func (d *Dataset) pruneForSpace(env *core.Env, msg *m.StorageLow) []core.Effect {
+	r := env.Config.Retention
+	r.KeepAll, r.KeepMinutely = 0, 0
+	fx := d.pruneWith(env, r)
+	if len(fx) > 0 {
+		fx = append(fx, core.Warn("pruning for space", "site", d.site, "node", d.node, "free_bytes", msg.FreeBytes,
+			"snapshots", len(fx[0].(core.Storage).Req.Names)))
+	}
+	return fx
+}
+
+func (d *Dataset) pruneWith(env *core.Env, r core.Retention) []core.Effect {
 	if d.pruning || len(d.snaps) < 2 {
 		return nil
 	}
@@ -1360,7 +1382,12 @@ func (d *Dataset) prune(env *core.Env) []core.Effect {
 	for name := range d.mounted {
 		protected[name] = true
 	}
-	drop := Prune(env.Config.Retention, env.NowMs(), d.snaps, protected)
+	for _, s := range d.streams {
+		if s.target != nil {
+			protected[s.target.Name] = true
+		}
+	}
+	drop := Prune(r, env.NowMs(), d.snaps, protected)
 	if len(drop) == 0 {
 		return nil
 	}

@@ -55,6 +55,10 @@ type Node struct {
 	draining    bool
 	booted      bool
 	freeBytes   uint64 // from the host (NodeReport input)
+	// storageLow: the last free figure was under Config.StorageLowBytes;
+	// lowToldMs is when the datasets were last told (StorageLow).
+	storageLow bool
+	lowToldMs  int64
 }
 
 var _ core.Actor = (*Node)(nil)
@@ -115,6 +119,7 @@ func (n *Node) Step(env *core.Env, in proto.Message) []core.Effect {
 		// The host's disk figure, passed on in our reports.
 		if msg.Node == n.name {
 			n.freeBytes = msg.FreeBytes
+			return n.storageFigure(env)
 		}
 		return nil
 	case *m.SiteRequest:
@@ -466,4 +471,29 @@ func sortedKeys[K interface{ ~string | ~uint64 }, V any](mp map[K]V) []K {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// storageFigure tells every local copy to prune for space (StorageLow)
+// when the pool's free space is under Config.StorageLowBytes: at once,
+// then every PruneInterval while it lasts.
+func (n *Node) storageFigure(env *core.Env) []core.Effect {
+	low := env.Config.StorageLowBytes > 0 && n.freeBytes < env.Config.StorageLowBytes
+	var fx []core.Effect
+	switch {
+	case low && !n.storageLow:
+		fx = append(fx, core.Warn("storage low: copies prune for space", "node", n.name, "free_bytes", n.freeBytes,
+			"bound", env.Config.StorageLowBytes, "copies", len(n.datasets)))
+	case !low && n.storageLow:
+		fx = append(fx, core.Info("storage no longer low", "node", n.name, "free_bytes", n.freeBytes))
+	}
+	was := n.storageLow
+	n.storageLow = low
+	if !low || was && env.NowMs()-n.lowToldMs < env.Config.PruneInterval.Milliseconds() {
+		return fx
+	}
+	n.lowToldMs = env.NowMs()
+	for _, site := range sortedKeys(n.datasets) {
+		fx = append(fx, core.Send{To: core.DatasetAddr(n.name, site), Msg: &m.StorageLow{Site: site, FreeBytes: n.freeBytes}})
+	}
+	return fx
 }

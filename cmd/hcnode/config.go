@@ -83,12 +83,15 @@ type Config struct {
 	// every one younger than keep_all, then one per minute, hour and day
 	// until keep_minutely, keep_hourly and keep_daily (durations: 2m,
 	// 15m, 24h, 168h). A snapshot a replica still needs as its base, or that is
-	// mounted, is always kept.
+	// mounted, is always kept. Below low_free_mib MiB free in the pool
+	// (0: never), the node's copies also drop what keep_all and
+	// keep_minutely keep.
 	Snapshots struct {
 		KeepAll      time.Duration `yaml:"keep_all"`
 		KeepMinutely time.Duration `yaml:"keep_minutely"`
 		KeepHourly   time.Duration `yaml:"keep_hourly"`
 		KeepDaily    time.Duration `yaml:"keep_daily"`
+		LowFreeMiB   uint64        `yaml:"low_free_mib"`
 	} `yaml:"snapshots"`
 	Log struct {
 		Level      string `yaml:"level"`  // debug, info, warn, error
@@ -125,6 +128,7 @@ func defaults() *Config {
 	c.Log.Format = "text"
 	r := core.Default().Retention
 	c.Snapshots.KeepAll, c.Snapshots.KeepMinutely, c.Snapshots.KeepHourly, c.Snapshots.KeepDaily = r.KeepAll, r.KeepMinutely, r.KeepHourly, r.KeepDaily
+	c.Snapshots.LowFreeMiB = core.Default().StorageLowBytes >> 20
 	return c
 }
 
@@ -134,6 +138,7 @@ func (c *Config) actorConfig() *core.Config {
 	cfg := core.Default()
 	cfg.Retention = core.Retention{KeepAll: c.Snapshots.KeepAll, KeepMinutely: c.Snapshots.KeepMinutely,
 		KeepHourly: c.Snapshots.KeepHourly, KeepDaily: c.Snapshots.KeepDaily}
+	cfg.StorageLowBytes = c.Snapshots.LowFreeMiB << 20
 	return cfg
 }
 
@@ -179,7 +184,7 @@ files. Example file:
     - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
   secrets: {node_token_file: /etc/hybridcluster/node.token, admin_token_file: /etc/hybridcluster/admin.token}
   ftp: {listen: 0.0.0.0:21, passive_ports: 30000-30099, tls_cert: /etc/hybridcluster/ftp.pem, tls_key: /etc/hybridcluster/ftp.key}
-  snapshots: {keep_all: 2m, keep_minutely: 15m, keep_hourly: 24h, keep_daily: 168h}   # the defaults
+  snapshots: {keep_all: 2m, keep_minutely: 15m, keep_hourly: 24h, keep_daily: 168h, low_free_mib: 1024}   # the defaults
   log: {level: info, format: text}
 
 Flags:

@@ -22,9 +22,12 @@ func loadFile(t *testing.T, yaml string) (*Config, error) {
 // The snapshots section sets the actors' retention; without it the
 // embedded defaults apply; a negative or unparsable duration is refused.
 func TestSnapshotRetentionFromTheFile(t *testing.T) {
-	c, err := loadFile(t, "node: n1\nsnapshots: {keep_all: 2m, keep_minutely: 30m, keep_hourly: 12h, keep_daily: 72h}\n")
+	c, err := loadFile(t, "node: n1\nsnapshots: {keep_all: 2m, keep_minutely: 30m, keep_hourly: 12h, keep_daily: 72h, low_free_mib: 256}\n")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := c.actorConfig().StorageLowBytes; got != 256<<20 {
+		t.Fatalf("low_free_mib 256: StorageLowBytes %d", got)
 	}
 	want := core.Retention{KeepAll: 2 * time.Minute, KeepMinutely: 30 * time.Minute, KeepHourly: 12 * time.Hour, KeepDaily: 72 * time.Hour}
 	if got := c.actorConfig().Retention; got != want {
@@ -42,8 +45,8 @@ func TestSnapshotRetentionFromTheFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.actorConfig().Retention; got != def {
-		t.Fatalf("no snapshots section: retention %+v, want the defaults %+v", got, def)
+	if got := c.actorConfig(); got.Retention != def || got.StorageLowBytes != core.Default().StorageLowBytes {
+		t.Fatalf("no snapshots section: retention %+v, low %d, want the defaults", got.Retention, got.StorageLowBytes)
 	}
 	if _, err := loadFile(t, "node: n1\nsnapshots: {keep_hourly: -1h}\n"); err == nil || !strings.Contains(err.Error(), "keep_hourly") {
 		t.Fatalf("a negative duration: %v, want an error naming keep_hourly", err)

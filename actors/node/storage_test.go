@@ -1,0 +1,65 @@
+package node
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	m "github.com/hybridcluster/hybridcluster/messages"
+)
+
+// told returns the sites effects tell to prune for space.
+func told(fx []core.Effect) []string {
+	var sites []string
+	for _, e := range fx {
+		if s, ok := e.(core.Send); ok {
+			if low, ok := s.Msg.(*m.StorageLow); ok {
+				if s.To != core.DatasetAddr("n1", low.Site) {
+					panic("StorageLow to " + s.To.String())
+				}
+				sites = append(sites, low.Site)
+			}
+		}
+	}
+	return sites
+}
+
+// Under Config.StorageLowBytes free, every local copy is told to prune for
+// space at once, then once per PruneInterval while it lasts; above it,
+// none is. Without a figure from the host (the simulator), nothing.
+func TestStorageLowTellsTheCopies(t *testing.T) {
+	cfg := core.Default()
+	n := New("n1")
+	now := time.Unix(1000, 0)
+	env := func() *core.Env { return &core.Env{Self: core.NodeAddr("n1"), Now: now, Config: cfg} }
+	n.Step(env(), &m.NodeBoot{Node: "n1", Members: []string{"n1", "n2"}})
+	for _, site := range []string{"shop", "blog"} {
+		n.Step(env(), &m.DatasetInfo{Site: site, Node: "n1", Role: m.Role_ROLE_REPLICA})
+	}
+	low := cfg.StorageLowBytes - 1
+	if got := told(n.Step(env(), &m.NodeReport{Node: "n1", FreeBytes: cfg.StorageLowBytes + 1})); got != nil {
+		t.Fatalf("told %v with enough space", got)
+	}
+	if got := told(n.Step(env(), &m.NodeReport{Node: "n1", FreeBytes: low})); !slices.Equal(got, []string{"blog", "shop"}) {
+		t.Fatalf("told %v when space went low, want every copy", got)
+	}
+	now = now.Add(cfg.PruneInterval / 2)
+	if got := told(n.Step(env(), &m.NodeReport{Node: "n1", FreeBytes: low})); got != nil {
+		t.Fatalf("told %v again within PruneInterval", got)
+	}
+	now = now.Add(cfg.PruneInterval / 2)
+	if got := told(n.Step(env(), &m.NodeReport{Node: "n1", FreeBytes: low})); len(got) != 2 {
+		t.Fatalf("told %v after PruneInterval, still low", got)
+	}
+	if got := told(n.Step(env(), &m.NodeReport{Node: "n1", FreeBytes: cfg.StorageLowBytes})); got != nil {
+		t.Fatalf("told %v once space came back", got)
+	}
+	if got := told(n.Step(env(), &m.NodeReport{Node: "n2", FreeBytes: 0})); got != nil {
+		t.Fatalf("another node's figure told %v", got)
+	}
+	cfg.StorageLowBytes = 0
+	if got := told(n.Step(env(), &m.NodeReport{Node: "n1", FreeBytes: 0})); got != nil {
+		t.Fatalf("told %v with the bound off", got)
+	}
+}

@@ -156,6 +156,25 @@ func startNodes(t testing.TB, configs ...func(*Config)) *testNodes {
 	return &testNodes{master: serve(master), entry: serve(entry), masterFront: master, entryFront: entry, masterGoroutines: serve(masterGoroutines), gate: g, sup: sup}
 }
 
+// pauseAndRestart is a move as the sessions see it: the gate closes (the
+// pause), the site's server shuts down cleanly, and the gate opens again
+// 300 ms later (the site is served again, by a new server).
+func (n *testNodes) pauseAndRestart(t *testing.T, ctx context.Context) {
+	t.Helper()
+	n.gate.mu.Lock()
+	n.gate.open = false
+	n.gate.mu.Unlock()
+	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		n.gate.mu.Lock()
+		n.gate.open = true
+		n.gate.mu.Unlock()
+	}()
+}
+
 func openDB(t testing.TB, addr, user, pw, db string, params string) *sql.DB {
 	t.Helper()
 	d, err := sql.Open("mysql", user+":"+pw+"@tcp("+addr+")/"+db+"?"+params)
@@ -279,21 +298,10 @@ func testSessionSurvivesServerRestart(t *testing.T, config func(*Config)) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	sessions := openSessions(t, ctx, n)
-	n.gate.mu.Lock()
-	n.gate.open = false
-	n.gate.mu.Unlock()
-	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
-		t.Fatal(err)
-	}
+	n.pauseAndRestart(t, ctx)
 	if n.sup.IsRunning("shop") {
 		t.Fatal("server still running after the quiesce")
 	}
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		n.gate.mu.Lock()
-		n.gate.open = true
-		n.gate.mu.Unlock()
-	}()
 	checkSessions(t, ctx, sessions)
 }
 

@@ -98,18 +98,7 @@ func TestExecuteWithoutTypesAfterAMove(t *testing.T) {
 		}
 		stmts = append(stmts, s)
 	}
-	n.gate.mu.Lock()
-	n.gate.open = false
-	n.gate.mu.Unlock()
-	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		n.gate.mu.Lock()
-		n.gate.open = true
-		n.gate.mu.Unlock()
-	}()
+	n.pauseAndRestart(t, ctx)
 	for i, s := range stmts {
 		for k := range 2 {
 			if err := s.execInt(int64(10*i+3+k), false); err != nil {
@@ -149,18 +138,7 @@ func TestLongDataIsNotLostInAMove(t *testing.T) {
 		}
 		stmts = append(stmts, s)
 	}
-	n.gate.mu.Lock()
-	n.gate.open = false
-	n.gate.mu.Unlock()
-	if _, err := n.sup.Quiesce(ctx, "shop", 0); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		time.Sleep(300 * time.Millisecond)
-		n.gate.mu.Lock()
-		n.gate.open = true
-		n.gate.mu.Unlock()
-	}()
+	n.pauseAndRestart(t, ctx)
 	for i, s := range stmts {
 		// Types bound (MYSQL_TYPE_BLOB), the value left out: it was sent as long data.
 		p := []byte{comStmtExecute, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0xfc, 0}

@@ -303,6 +303,28 @@ func testSessionSurvivesServerRestart(t *testing.T, config func(*Config)) {
 		t.Fatal("server still running after the quiesce")
 	}
 	checkSessions(t, ctx, sessions)
+
+	// The moved sessions' prepared statements (ids mapped to the new
+	// server's) are executed by the event loops again.
+	before := n.masterFront.LoopCommands() + n.entryFront.LoopCommands()
+	executes := 0
+	for _, s := range sessions {
+		if s.tx != nil {
+			continue
+		}
+		var sum int
+		var db, cs string
+		if err := s.stmt.QueryRowContext(ctx, 2).Scan(&sum, &db, &cs); err != nil || sum != 44 {
+			t.Fatalf("%s: prepared statement again after the move: %d %v", s.name, sum, err)
+		}
+		executes++
+	}
+	var probe Config
+	config(&probe)
+	loops := n.masterFront.LoopCommands() + n.entryFront.LoopCommands() - before
+	if wantLoop := !probe.NoEventLoop && runtime.GOOS == "linux"; wantLoop && loops < uint64(executes) || !wantLoop && loops != 0 {
+		t.Fatalf("%d of %d executes after the move relayed by event loops (NoEventLoop %v)", loops, executes, probe.NoEventLoop)
+	}
 }
 
 // TestSessionSurvivesServerCrash: after a kill -9 of the site's server, a

@@ -96,7 +96,7 @@ type loopSession struct {
 // prepares it to).
 func (r *relay) loopReady() bool {
 	lp := r.lp
-	if lp == nil || r.loops == nil || r.be == nil || r.session.serverID != nil || r.rewrite != nil {
+	if lp == nil || r.loops == nil || r.be == nil || r.rewrite != nil {
 		return false
 	}
 	if lp.client == nil {

@@ -489,7 +489,10 @@ func (s *loopSession) progress() {
 func (s *loopSession) command(n int) {
 	r := s.r
 	p := packet{seq: s.cin[3], payload: s.cin[4 : 4+n]}
-	if !loopCommand(p.payload) || r.session.serverID != nil {
+	// After a move the statement ids are mapped in place, which the loop
+	// does too; an execute that needs its parameter types put in grows,
+	// which only the goroutine's relay does.
+	if !loopCommand(p.payload) || r.session.grows(p.payload) {
 		s.handBack(nil)
 		return
 	}
@@ -503,6 +506,7 @@ func (s *loopSession) command(n int) {
 		return
 	}
 	r.session.before(p.payload)
+	r.session.toServer(p.payload) // in place: grows said it would not grow
 	r.forwarded, r.failed = false, false
 	cmd := p.payload[0]
 	w, err := rawWrite(s.sfd, s.cin[:4+n])

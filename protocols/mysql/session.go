@@ -137,6 +137,16 @@ func (s *session) executed(p []byte) (*stmt, int) {
 	return st, at
 }
 
+// grows reports whether toServer would put parameter types into the
+// command p (so that it cannot be changed in place).
+func (s *session) grows(p []byte) bool {
+	if s.serverID == nil {
+		return false
+	}
+	st, at := s.executed(p)
+	return st != nil && st.typesOwed && p[at] == 0 && len(st.types) == 2*st.params && len(p)+len(st.types) < segmentMax
+}
+
 // toServer maps a statement id in the command to the server's, and puts
 // the parameter types a server owes into an execute that does not carry
 // them (in place, or in a buffer of the session's: the relay keeps the
@@ -146,11 +156,11 @@ func (s *session) toServer(p []byte) []byte {
 		return p
 	}
 	if st, at := s.executed(p); st != nil && st.typesOwed {
-		st.typesOwed = false
-		if p[at] == 0 && len(st.types) == 2*st.params && len(p)+len(st.types) < segmentMax {
+		if s.grows(p) {
 			s.withTypes = append(append(append(append(s.withTypes[:0], p[:at]...), 1), st.types...), p[at+1:]...)
 			p = s.withTypes
 		}
+		st.typesOwed = false // this execute carries them
 	}
 	switch p[0] {
 	case comStmtExecute, comStmtSendLongData, comStmtClose, comStmtReset, comStmtFetch:

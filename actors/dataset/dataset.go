@@ -1364,9 +1364,12 @@ func (d *Dataset) pruneForSpace(env *core.Env, msg *m.StorageLow) []core.Effect 
 	r := env.Config.Retention
 	r.KeepAll, r.KeepMinutely = 0, 0
 	fx := d.pruneWith(env, r)
-	if len(fx) > 0 {
-		fx = append(fx, core.Warn("pruning for space", "site", d.site, "node", d.node, "free_bytes", msg.FreeBytes,
-			"snapshots", len(fx[0].(core.Storage).Req.Names)))
+	for _, e := range fx {
+		if st, ok := e.(core.Storage); ok {
+			fx = append(fx, core.Warn("pruning for space", "site", d.site, "node", d.node, "free_bytes", msg.FreeBytes,
+				"snapshots", len(st.Req.Names)))
+			break
+		}
 	}
 	return fx
 }

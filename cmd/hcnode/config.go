@@ -126,9 +126,10 @@ func defaults() *Config {
 	c.Listen.MySQL = "127.0.0.1:3306"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
-	r := core.Default().Retention
+	def := core.Default()
+	r := def.Retention
 	c.Snapshots.KeepAll, c.Snapshots.KeepMinutely, c.Snapshots.KeepHourly, c.Snapshots.KeepDaily = r.KeepAll, r.KeepMinutely, r.KeepHourly, r.KeepDaily
-	c.Snapshots.LowFreeMiB = core.Default().StorageLowBytes >> 20
+	c.Snapshots.LowFreeMiB = def.StorageLowBytes >> 20
 	return c
 }
 

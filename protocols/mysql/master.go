@@ -35,14 +35,10 @@ const (
 	tunnelBufferSize = 16 << 10
 )
 
-// A login tried again because the site's server died under it:
-// loginRetriesMax bounds the tries, serverExitWaitMax how long a failed
-// login waits to learn that the server exited. Past either, the login's
-// error stands.
-const (
-	loginRetriesMax   = 3
-	serverExitWaitMax = 2 * time.Second
-)
+// loginRetriesMax bounds the logins tried again because the site's server
+// died under them (how long a failed login waits to learn that is the
+// site supervisor's bound). Past it, the login's error stands.
+const loginRetriesMax = 3
 
 // Sites is what the master side needs of the node's site processes
 // (runtime/sites.Supervisor).
@@ -125,25 +121,13 @@ func masterLogin(ctx context.Context, sites Sites, site string, tl tunnelLogin) 
 
 // serverDied reports whether a login failed on conn because the site's
 // server died under it (kill -9, the OOM killer: a connection can land in a
-// dying server's backlog): an I/O failure, and the server's exit noticed
-// within serverExitWaitMax.
+// dying server's backlog): an I/O failure, and the server's exit noticed.
 func serverDied(ctx context.Context, conn net.Conn, err error) bool {
 	if errors.As(err, new(*gm.MyError)) {
 		return false // the server answered
 	}
-	c, ok := conn.(interface{ ServerExited() <-chan struct{} })
-	if !ok || c.ServerExited() == nil {
-		return false
-	}
-	t := time.NewTimer(serverExitWaitMax)
-	defer t.Stop()
-	select {
-	case <-c.ServerExited():
-		return true
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	return false
+	c, ok := conn.(interface{ ServerExited(context.Context) bool })
+	return ok && c.ServerExited(ctx)
 }
 
 // tunnelHandler serves TunnelPath on a master: it logs the client in to

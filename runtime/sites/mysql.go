@@ -468,10 +468,10 @@ type mysqlConn struct {
 	exited     <-chan struct{}
 }
 
-// ServerExited is closed when the server this connection was made to has
-// exited (a login that failed on it can be tried again: the next dial
-// starts the server again).
-func (c *mysqlConn) ServerExited() <-chan struct{} { return c.exited }
+// ServerExited reports whether the server this connection was made to
+// exits within exitNoticeWaitMax (or has): a login that failed on it can be
+// tried again, as the next dial starts the server again.
+func (c *mysqlConn) ServerExited(ctx context.Context) bool { return exitNoticed(ctx, c.exited) }
 
 // Stale reports whether the server this connection was made to has
 // exited (or another one runs now): a command sent on it cannot run.

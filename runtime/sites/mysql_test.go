@@ -81,6 +81,11 @@ func TestMySQLServerLifecycle(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "mysql", "data", "shop_db")); err != nil {
 		t.Fatalf("data directory not inside the dataset: %v", err)
 	}
+	// The settings of mysqlOptions are the ones the server runs with.
+	var threads string
+	if err := db.QueryRowContext(ctx, "SELECT @@thread_handling").Scan(&threads); err != nil || threads != "pool-of-threads" {
+		t.Fatalf("thread_handling %q, %v: want the thread pool", threads, err)
+	}
 
 	var me *mysql.MySQLError
 	if err := open("shop", "wrong").PingContext(ctx); !errors.As(err, &me) || me.Number != 1045 {

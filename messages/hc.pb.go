@@ -2970,6 +2970,7 @@ type NodeReport struct {
 	Datasets      []*DatasetInfo         `protobuf:"bytes,4,rep,name=datasets,proto3" json:"datasets,omitempty"`
 	Draining      bool                   `protobuf:"varint,5,opt,name=draining,proto3" json:"draining,omitempty"`
 	AtMs          int64                  `protobuf:"varint,6,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	SizeBytes     uint64                 `protobuf:"varint,7,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"` // the pool's size as the node's datasets see it (held + free)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3042,6 +3043,13 @@ func (x *NodeReport) GetDraining() bool {
 func (x *NodeReport) GetAtMs() int64 {
 	if x != nil {
 		return x.AtMs
+	}
+	return 0
+}
+
+func (x *NodeReport) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
 	}
 	return 0
 }
@@ -4394,7 +4402,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"1\n" +
 	"\vMemberEvent\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x0e\n" +
-	"\x02up\x18\x02 \x01(\bR\x02up\"\xbf\x01\n" +
+	"\x02up\x18\x02 \x01(\bR\x02up\"\xde\x01\n" +
 	"\n" +
 	"NodeReport\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
@@ -4403,7 +4411,9 @@ const file_messages_hc_proto_rawDesc = "" +
 	"free_bytes\x18\x03 \x01(\x04R\tfreeBytes\x129\n" +
 	"\bdatasets\x18\x04 \x03(\v2\x1d.hybridcluster.v1.DatasetInfoR\bdatasets\x12\x1a\n" +
 	"\bdraining\x18\x05 \x01(\bR\bdraining\x12\x13\n" +
-	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\"?\n" +
+	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\a \x01(\x04R\tsizeBytes\"?\n" +
 	"\n" +
 	"StorageLow\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1d\n" +

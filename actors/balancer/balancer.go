@@ -188,7 +188,7 @@ func (b *Balancer) view(env *core.Env, q *m.AdminQuery) *m.AdminView {
 			// Only the copies that claim the name or a domain: a create
 			// checks these, and copying every report made each create
 			// cost in proportion to the sites.
-			cut := &m.NodeReport{Node: r.Node, Load: r.Load, FreeBytes: r.FreeBytes, Draining: r.Draining, AtMs: r.AtMs}
+			cut := &m.NodeReport{Node: r.Node, Load: r.Load, FreeBytes: r.FreeBytes, SizeBytes: r.SizeBytes, Draining: r.Draining, AtMs: r.AtMs}
 			for _, d := range r.Datasets {
 				if claimed(d.Spec, d.Site) {
 					cut.Datasets = append(cut.Datasets, proto.CloneOf(d))

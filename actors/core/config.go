@@ -22,6 +22,11 @@ type Config struct {
 	// snapshot, one a minute), at once and then every PruneInterval while
 	// it lasts. 0: never.
 	StorageLowBytes uint64
+	// StorageLowPercent lowers that bound for a small pool: space is low
+	// below the lower of StorageLowBytes and this share of the pool's
+	// size (so that a pool smaller than StorageLowBytes is not low for
+	// good). 0: StorageLowBytes alone.
+	StorageLowPercent uint64
 
 	// HeldRequestsMax, HeldBytesMax and HoldDeadline bound the requests a
 	// paused site holds: past the count or byte bound a request is answered
@@ -113,6 +118,7 @@ func Default() *Config {
 		// hour). Every one for two minutes, then one a minute for a
 		// quarter of an hour: about 1.2 GB for that site.
 		StorageLowBytes:     1 << 30,
+		StorageLowPercent:   10,
 		Retention:           Retention{KeepAll: 2 * time.Minute, KeepMinutely: 15 * time.Minute, KeepHourly: 24 * time.Hour, KeepDaily: 7 * 24 * time.Hour},
 		HeldRequestsMax:     1024,
 		HeldBytesMax:        64 << 20,
@@ -158,5 +164,6 @@ func (c *Config) Validate() error {
 	check(c.StepTimeout > 0 && c.ActivateAttemptsMax >= 1, "migration step bounds must be positive")
 	check(c.LoadHysteresis >= 0 && c.LoadHysteresis < 1, "load hysteresis %v: want [0,1)", c.LoadHysteresis)
 	check(c.MovesInFlightMax >= 0, "moves in flight must not be negative")
+	check(c.StorageLowPercent <= 100, "storage low percent %d: want 0..100", c.StorageLowPercent)
 	return errors.Join(errs...)
 }

@@ -55,7 +55,8 @@ type Node struct {
 	draining    bool
 	booted      bool
 	freeBytes   uint64 // from the host (NodeReport input)
-	// storageLow: the last free figure was under Config.StorageLowBytes;
+	sizeBytes   uint64 // the same; 0: not known
+	// storageLow: the last free figure was under the bound (lowBound);
 	// lowToldMs is when the datasets were last told (StorageLow).
 	storageLow bool
 	lowToldMs  int64
@@ -118,7 +119,7 @@ func (n *Node) Step(env *core.Env, in proto.Message) []core.Effect {
 	case *m.NodeReport:
 		// The host's disk figure, passed on in our reports.
 		if msg.Node == n.name {
-			n.freeBytes = msg.FreeBytes
+			n.freeBytes, n.sizeBytes = msg.FreeBytes, msg.SizeBytes
 			return n.storageFigure(env)
 		}
 		return nil
@@ -301,7 +302,7 @@ func (n *Node) timer(env *core.Env, key string) []core.Effect {
 }
 
 func (n *Node) report(env *core.Env) *m.NodeReport {
-	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs(), FreeBytes: n.freeBytes}
+	r := &m.NodeReport{Node: n.name, Load: n.load, Draining: n.draining, AtMs: env.NowMs(), FreeBytes: n.freeBytes, SizeBytes: n.sizeBytes}
 	n.load = 0
 	for _, site := range sortedKeys(n.datasets) {
 		d, s, load := n.datasets[site], n.sites[site], n.siteLoad[site]
@@ -474,15 +475,16 @@ func sortedKeys[K interface{ ~string | ~uint64 }, V any](mp map[K]V) []K {
 }
 
 // storageFigure tells every local copy to prune for space (StorageLow)
-// when the pool's free space is under Config.StorageLowBytes: at once,
-// then every PruneInterval while it lasts.
+// when the pool's free space is under lowBound: at once, then every
+// PruneInterval while it lasts.
 func (n *Node) storageFigure(env *core.Env) []core.Effect {
-	low := env.Config.StorageLowBytes > 0 && n.freeBytes < env.Config.StorageLowBytes
+	bound := n.lowBound(env.Config)
+	low := n.freeBytes < bound
 	var fx []core.Effect
 	switch {
 	case low && !n.storageLow:
 		fx = append(fx, core.Warn("storage low: copies prune for space", "node", n.name, "free_bytes", n.freeBytes,
-			"bound", env.Config.StorageLowBytes, "copies", len(n.datasets)))
+			"bound", bound, "size_bytes", n.sizeBytes, "copies", len(n.datasets)))
 	case !low && n.storageLow:
 		fx = append(fx, core.Info("storage no longer low", "node", n.name, "free_bytes", n.freeBytes))
 	}
@@ -496,4 +498,15 @@ func (n *Node) storageFigure(env *core.Env) []core.Effect {
 		fx = append(fx, core.Send{To: core.DatasetAddr(n.name, site), Msg: &m.StorageLow{Site: site, FreeBytes: n.freeBytes}})
 	}
 	return fx
+}
+
+// lowBound is the free space under which the pool is low: the lower of
+// Config.StorageLowBytes and Config.StorageLowPercent of its size (when
+// the host reported one). 0: never low.
+func (n *Node) lowBound(cfg *core.Config) uint64 {
+	bound := cfg.StorageLowBytes
+	if cfg.StorageLowPercent > 0 && n.sizeBytes > 0 {
+		bound = min(bound, n.sizeBytes/100*cfg.StorageLowPercent)
+	}
+	return bound
 }

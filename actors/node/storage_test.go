@@ -63,3 +63,41 @@ func TestStorageLowTellsTheCopies(t *testing.T) {
 		t.Fatalf("told %v with the bound off", got)
 	}
 }
+
+// A pool smaller than StorageLowBytes is low only below StorageLowPercent
+// of its size; without a size figure, or with the percentage off, the
+// bytes bound alone applies.
+func TestStorageLowOnASmallPool(t *testing.T) {
+	cfg := core.Default()
+	const size = 512 << 20 // 10%: 51.2 MiB
+	for _, tc := range []struct {
+		name      string
+		percent   uint64
+		size      uint64
+		free      uint64
+		wantTold  bool
+		wantBound uint64
+	}{
+		{"half the pool free", 10, size, 256 << 20, false, size / 100 * 10},
+		{"under the share", 10, size, 50 << 20, true, size / 100 * 10},
+		{"no size reported", 10, 0, 256 << 20, true, cfg.StorageLowBytes},
+		{"share off", 0, size, 256 << 20, true, cfg.StorageLowBytes},
+		{"large pool: the bytes bound is lower", 10, 1 << 40, (1 << 30) - 1, true, cfg.StorageLowBytes},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := *cfg
+			c.StorageLowPercent = tc.percent
+			n := New("n1")
+			env := &core.Env{Self: core.NodeAddr("n1"), Now: time.Unix(1000, 0), Config: &c}
+			n.Step(env, &m.NodeBoot{Node: "n1", Members: []string{"n1"}})
+			n.Step(env, &m.DatasetInfo{Site: "shop", Node: "n1", Role: m.Role_ROLE_REPLICA})
+			got := told(n.Step(env, &m.NodeReport{Node: "n1", FreeBytes: tc.free, SizeBytes: tc.size}))
+			if (got != nil) != tc.wantTold {
+				t.Fatalf("free %d of %d (%d%%): told %v, want told %v", tc.free, tc.size, tc.percent, got, tc.wantTold)
+			}
+			if b := n.lowBound(&c); b != tc.wantBound {
+				t.Fatalf("bound %d, want %d", b, tc.wantBound)
+			}
+		})
+	}
+}

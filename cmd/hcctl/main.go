@@ -972,11 +972,15 @@ func (c *cli) nodes(o *opts, args []string) error {
 		return "no"
 	}
 	tw := c.table()
-	fmt.Fprintln(tw, "NAME\tLIVE\tDRAINING\tLOAD\tFREE\tMASTERS\tREPLICAS\tBALANCER\tREPORTED\tCLUSTER MEMBER")
+	fmt.Fprintln(tw, "NAME\tLIVE\tDRAINING\tLOAD\tFREE/SIZE\tMASTERS\tREPLICAS\tBALANCER\tREPORTED\tCLUSTER MEMBER")
 	for _, n := range nodes {
 		free, reported := "-", "-"
 		if !n.ReportedAt.IsZero() {
-			free, reported = fmtBytes(n.FreeBytes), age(n.ReportedAt)
+			size := "-"
+			if n.SizeBytes > 0 {
+				size = fmtBytes(n.SizeBytes)
+			}
+			free, reported = fmtBytes(n.FreeBytes)+"/"+size, age(n.ReportedAt)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%s\t%s\t%s\n", n.Name, yes(n.Live), yes(n.Draining), n.Load,
 			free, n.Masters, n.Replicas, yes(n.Balancer), reported, orDash(n.ClusterMember))

@@ -135,7 +135,7 @@ func TestSiteShowAndNodes(t *testing.T) {
 
 	r = hcctl(srv, "nodes").ok(t)
 	n := rows(r.stdout)
-	if n["n1"] != "n1 yes no 42 100.0G 3 0 yes 0s ago -" || n["n4"] != "n4 no no 0 - 0 0 no - -" || !strings.HasPrefix(n["n3"], "n3 yes yes") {
+	if n["n1"] != "n1 yes no 42 100.0G/400.0G 3 0 yes 0s ago -" || n["n4"] != "n4 no no 0 - 0 0 no - -" || !strings.HasPrefix(n["n3"], "n3 yes yes") {
 		t.Errorf("nodes:\n%s", r.stdout)
 	}
 }

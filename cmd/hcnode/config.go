@@ -84,14 +84,16 @@ type Config struct {
 	// until keep_minutely, keep_hourly and keep_daily (durations: 2m,
 	// 15m, 24h, 168h). A snapshot a replica still needs as its base, or that is
 	// mounted, is always kept. Below low_free_mib MiB free in the pool
-	// (0: never), the node's copies also drop what keep_all and
-	// keep_minutely keep.
+	// (0: never), or below low_free_percent of the pool's size if that is
+	// less (0: the MiB alone), the node's copies also drop what keep_all
+	// and keep_minutely keep.
 	Snapshots struct {
 		KeepAll      time.Duration `yaml:"keep_all"`
 		KeepMinutely time.Duration `yaml:"keep_minutely"`
 		KeepHourly   time.Duration `yaml:"keep_hourly"`
 		KeepDaily    time.Duration `yaml:"keep_daily"`
 		LowFreeMiB   uint64        `yaml:"low_free_mib"`
+		LowFreePct   uint64        `yaml:"low_free_percent"`
 	} `yaml:"snapshots"`
 	Log struct {
 		Level      string `yaml:"level"`  // debug, info, warn, error
@@ -129,7 +131,7 @@ func defaults() *Config {
 	def := core.Default()
 	r := def.Retention
 	c.Snapshots.KeepAll, c.Snapshots.KeepMinutely, c.Snapshots.KeepHourly, c.Snapshots.KeepDaily = r.KeepAll, r.KeepMinutely, r.KeepHourly, r.KeepDaily
-	c.Snapshots.LowFreeMiB = def.StorageLowBytes >> 20
+	c.Snapshots.LowFreeMiB, c.Snapshots.LowFreePct = def.StorageLowBytes>>20, def.StorageLowPercent
 	return c
 }
 
@@ -139,7 +141,7 @@ func (c *Config) actorConfig() *core.Config {
 	cfg := core.Default()
 	cfg.Retention = core.Retention{KeepAll: c.Snapshots.KeepAll, KeepMinutely: c.Snapshots.KeepMinutely,
 		KeepHourly: c.Snapshots.KeepHourly, KeepDaily: c.Snapshots.KeepDaily}
-	cfg.StorageLowBytes = c.Snapshots.LowFreeMiB << 20
+	cfg.StorageLowBytes, cfg.StorageLowPercent = c.Snapshots.LowFreeMiB<<20, c.Snapshots.LowFreePct
 	return cfg
 }
 
@@ -185,7 +187,7 @@ files. Example file:
     - {name: n2, actor: 10.0.0.2:7946, internal: http://10.0.0.2:7947}
   secrets: {node_token_file: /etc/hybridcluster/node.token, admin_token_file: /etc/hybridcluster/admin.token}
   ftp: {listen: 0.0.0.0:21, passive_ports: 30000-30099, tls_cert: /etc/hybridcluster/ftp.pem, tls_key: /etc/hybridcluster/ftp.key}
-  snapshots: {keep_all: 2m, keep_minutely: 15m, keep_hourly: 24h, keep_daily: 168h, low_free_mib: 1024}   # the defaults
+  snapshots: {keep_all: 2m, keep_minutely: 15m, keep_hourly: 24h, keep_daily: 168h, low_free_mib: 1024, low_free_percent: 10}   # the defaults
   log: {level: info, format: text}
 
 Flags:
@@ -315,6 +317,9 @@ func (c *Config) validate() error {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("snapshots %s %v: want a duration of zero or more", what, d))
 		}
+	}
+	if c.Snapshots.LowFreePct > 100 {
+		errs = append(errs, fmt.Errorf("snapshots low_free_percent %d: want 0..100", c.Snapshots.LowFreePct))
 	}
 	if c.Node == "" {
 		errs = append(errs, errors.New("no node name (-node or node:)"))

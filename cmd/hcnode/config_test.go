@@ -22,12 +22,12 @@ func loadFile(t *testing.T, yaml string) (*Config, error) {
 // The snapshots section sets the actors' retention; without it the
 // embedded defaults apply; a negative or unparsable duration is refused.
 func TestSnapshotRetentionFromTheFile(t *testing.T) {
-	c, err := loadFile(t, "node: n1\nsnapshots: {keep_all: 2m, keep_minutely: 30m, keep_hourly: 12h, keep_daily: 72h, low_free_mib: 256}\n")
+	c, err := loadFile(t, "node: n1\nsnapshots: {keep_all: 2m, keep_minutely: 30m, keep_hourly: 12h, keep_daily: 72h, low_free_mib: 256, low_free_percent: 5}\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.actorConfig().StorageLowBytes; got != 256<<20 {
-		t.Fatalf("low_free_mib 256: StorageLowBytes %d", got)
+	if got := c.actorConfig(); got.StorageLowBytes != 256<<20 || got.StorageLowPercent != 5 {
+		t.Fatalf("low_free_mib 256, low_free_percent 5: StorageLowBytes %d, StorageLowPercent %d", got.StorageLowBytes, got.StorageLowPercent)
 	}
 	want := core.Retention{KeepAll: 2 * time.Minute, KeepMinutely: 30 * time.Minute, KeepHourly: 12 * time.Hour, KeepDaily: 72 * time.Hour}
 	if got := c.actorConfig().Retention; got != want {
@@ -45,11 +45,14 @@ func TestSnapshotRetentionFromTheFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.actorConfig(); got.Retention != def || got.StorageLowBytes != core.Default().StorageLowBytes {
+	if got := c.actorConfig(); got.Retention != def || got.StorageLowBytes != core.Default().StorageLowBytes || got.StorageLowPercent != core.Default().StorageLowPercent {
 		t.Fatalf("no snapshots section: retention %+v, low %d, want the defaults", got.Retention, got.StorageLowBytes)
 	}
 	if _, err := loadFile(t, "node: n1\nsnapshots: {keep_hourly: -1h}\n"); err == nil || !strings.Contains(err.Error(), "keep_hourly") {
 		t.Fatalf("a negative duration: %v, want an error naming keep_hourly", err)
+	}
+	if _, err := loadFile(t, "node: n1\nsnapshots: {low_free_percent: 101}\n"); err == nil || !strings.Contains(err.Error(), "low_free_percent") {
+		t.Fatalf("low_free_percent 101: %v, want an error naming it", err)
 	}
 	if _, err := loadFile(t, "node: n1\nsnapshots: {keep_all: ten minutes}\n"); err == nil {
 		t.Fatal("an unparsable duration was accepted")

@@ -123,6 +123,7 @@ type Node struct {
 	Draining   bool      `json:"draining"`
 	Load       uint64    `json:"load"` // requests served in the last report interval
 	FreeBytes  uint64    `json:"free_bytes"`
+	SizeBytes  uint64    `json:"size_bytes"` // the pool's size as the node's datasets see it; 0: not known
 	Masters    int       `json:"masters"`
 	Replicas   int       `json:"replicas"`
 	Balancer   bool      `json:"balancer"`

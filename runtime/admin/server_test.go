@@ -565,7 +565,7 @@ func TestNodesAndDrain(t *testing.T) {
 		t.Fatalf("nodes %+v", nodes)
 	}
 	n1, n3, n4 := nodes[0], nodes[2], nodes[3]
-	if n1.Name != "n1" || !n1.Live || !n1.Balancer || n1.Load != 42 || n1.Masters != 3 || n1.Replicas != 0 || n1.FreeBytes != 100<<30 {
+	if n1.Name != "n1" || !n1.Live || !n1.Balancer || n1.Load != 42 || n1.Masters != 3 || n1.Replicas != 0 || n1.FreeBytes != 100<<30 || n1.SizeBytes != 400<<30 {
 		t.Errorf("n1 %+v", n1)
 	}
 	if n3.Name != "n3" || !n3.Draining || n3.Balancer || n3.Masters != 1 || n3.Replicas != 2 {

@@ -287,7 +287,7 @@ func buildNodes(members []string, v *m.AdminView) []Node {
 		}
 		if r := reports[name]; r != nil {
 			n.Load = r.GetLoad()
-			n.FreeBytes = r.GetFreeBytes()
+			n.FreeBytes, n.SizeBytes = r.GetFreeBytes(), r.GetSizeBytes()
 			n.Draining = n.Draining || r.GetDraining()
 			n.ReportedAt = msTime(r.GetAtMs())
 			for _, d := range r.GetDatasets() {

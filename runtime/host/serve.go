@@ -344,9 +344,13 @@ func (h *Host) reportFigures() {
 		}
 		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.ReportInterval)
 		free, err := h.driver.Free(ctx)
+		size, serr := h.driver.Size(ctx)
 		cancel()
+		if serr != nil || size < free {
+			size = 0 // not known: the node goes by the bytes bound alone
+		}
 		if err == nil && free >= 0 {
-			h.deliverLocal(core.NodeAddr(h.node), &m.NodeReport{Node: h.node, FreeBytes: uint64(free)})
+			h.deliverLocal(core.NodeAddr(h.node), &m.NodeReport{Node: h.node, FreeBytes: uint64(free), SizeBytes: uint64(size)})
 		}
 	}
 }

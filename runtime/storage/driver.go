@@ -210,7 +210,9 @@ type Driver interface {
 	ListMounts(ctx context.Context, site Site) ([]Mount, error)
 
 	// Usage is the dataset's space; Free is the space left for new data on
-	// this node.
+	// this node; Size is the space the node's datasets have in all (what
+	// they hold and Free).
 	Usage(ctx context.Context, site Site) (Usage, error)
 	Free(ctx context.Context) (int64, error)
+	Size(ctx context.Context) (int64, error)
 }

@@ -15,7 +15,11 @@ type RetentionPolicy struct {
 	KeepDailyFor  time.Duration
 }
 
-// DefaultRetention: every snapshot for an hour, hourly for a day, daily for a week.
+// DefaultRetention: every snapshot for an hour, hourly for a day, daily for
+// a week. The conformance suite prunes with it; nodes do not: their copies
+// are pruned by the dataset actors after core.Retention (core.Default, or
+// hcnode's snapshots: section), which the host carries out snapshot by
+// snapshot.
 var DefaultRetention = RetentionPolicy{
 	KeepAllFor:    time.Hour,
 	KeepHourlyFor: 24 * time.Hour,

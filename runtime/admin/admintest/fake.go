@@ -269,7 +269,7 @@ func Replica(spec *m.SiteSpec, node string, e *m.Epoch, latest *m.SnapshotRef) *
 
 // Report is a node's report with its datasets.
 func Report(node string, atMs int64, datasets ...*m.DatasetInfo) *m.NodeReport {
-	return &m.NodeReport{Node: node, AtMs: atMs, FreeBytes: 100 << 30, Datasets: datasets}
+	return &m.NodeReport{Node: node, AtMs: atMs, FreeBytes: 100 << 30, SizeBytes: 400 << 30, Datasets: datasets}
 }
 
 // View is a cluster view answered by balancer at atMs; every reporting node is live.

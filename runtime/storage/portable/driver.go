@@ -1066,6 +1066,16 @@ func (d *Driver) Free(ctx context.Context) (int64, error) {
 	return int64(st.Bavail) * int64(st.Bsize), nil
 }
 
+// Size implements storage.Driver: the file system's size, less the blocks
+// reserved for root (which Free does not count either).
+func (d *Driver) Size(ctx context.Context) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(d.root, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Blocks-(st.Bfree-st.Bavail)) * int64(st.Bsize), nil
+}
+
 func (d *Driver) isSending(site storage.Site, snap string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -292,6 +292,11 @@ func testCreateWriteSnapshot(t *testing.T, ctx context.Context, a, b storage.Dri
 	if free <= 0 {
 		t.Fatalf("free = %d", free)
 	}
+	size, err := a.Size(ctx)
+	must(t, err, "size")
+	if size < free || size < u.UsedBytes {
+		t.Fatalf("size = %d, less than free (%d) or the site's use (%d)", size, free, u.UsedBytes)
+	}
 	_, err = a.ListSnapshots(ctx, storage.MustSite("no-such-site"))
 	wantErr(t, err, storage.ErrNoDataset, "list of missing site")
 	must(t, a.Destroy(ctx, site), "destroy")

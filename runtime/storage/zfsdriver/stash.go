@@ -706,3 +706,25 @@ func (d *Driver) Free(ctx context.Context) (int64, error) {
 	}
 	return strconv.ParseInt(v, 10, 64)
 }
+
+// Size implements storage.Driver: what the root and its descendants hold
+// and what it can still take.
+func (d *Driver) Size(ctx context.Context) (int64, error) {
+	v, err := d.getProp(ctx, d.root, "used,available")
+	if err != nil {
+		return 0, err
+	}
+	var size int64
+	lines := strings.Fields(v)
+	if len(lines) != 2 {
+		return 0, fmt.Errorf("zfs get used,available %s: %q", d.root, v)
+	}
+	for _, l := range lines {
+		n, err := strconv.ParseInt(l, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("zfs get used,available %s: %w", d.root, err)
+		}
+		size += n
+	}
+	return size, nil
+}

@@ -324,13 +324,20 @@ func (h *Host) serveInternal(w http.ResponseWriter, r *http.Request, token strin
 	h.sites.Serve(site, w, r)
 }
 
+// sizeFigureEvery is how often the pool's size is asked for again: it
+// changes only when the pool does (or what else shares it), while free
+// space is asked for at every report (a zfs command each).
+const sizeFigureEvery = time.Minute
+
 // reportFigures passes, every report interval, what the actors cannot see
 // to the node actor: the requests forwarded straight to this node as master
-// (load for the balancer) and the storage's free space.
+// (load for the balancer) and the storage's free space and size.
 func (h *Host) reportFigures() {
 	defer h.figuresDone.Done()
 	t := time.NewTicker(h.cfg.ReportInterval)
 	defer t.Stop()
+	var size int64
+	var sizeAt time.Time
 	for first := true; ; first = false {
 		if !first {
 			select {
@@ -344,12 +351,19 @@ func (h *Host) reportFigures() {
 		}
 		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.ReportInterval)
 		free, err := h.driver.Free(ctx)
-		size, serr := h.driver.Size(ctx)
-		cancel()
-		if serr != nil || size < free {
-			size = 0 // not known: the node goes by the bytes bound alone
+		if sizeAt.IsZero() || time.Since(sizeAt) >= sizeFigureEvery {
+			var serr error
+			if size, serr = h.driver.Size(ctx); serr != nil {
+				size = 0 // not known: the node goes by the bytes bound alone
+			}
+			sizeAt = time.Now()
 		}
+		cancel()
 		if err == nil && free >= 0 {
+			if size < free {
+				// Stale (the pool grew): not passed on, asked for again.
+				size, sizeAt = 0, time.Time{}
+			}
 			h.deliverLocal(core.NodeAddr(h.node), &m.NodeReport{Node: h.node, FreeBytes: uint64(free), SizeBytes: uint64(size)})
 		}
 	}

@@ -182,21 +182,22 @@ func TestE2EServedByEveryNode(t *testing.T) {
 	}
 
 	// The balancer sees the requests the front ends forwarded straight to
-	// the master (its load) and every node's free space.
+	// the master (its load) and every node's free space and pool size.
 	loadSeen, freeSeen := false, false
+	var nodes []admin.Node
 	for attempt := 0; attempt < 60 && !(loadSeen && freeSeen); attempt++ {
 		for range 20 {
 			if st, _, err := c.Do(ctx, 2, "GET", "shop.example", "/health", nil); err != nil || st != 200 {
 				t.Fatalf("GET /health: %d %v", st, err)
 			}
 		}
-		nodes, err := c.Client(0).Nodes(ctx)
-		if err != nil {
+		var err error
+		if nodes, err = c.Client(0).Nodes(ctx); err != nil {
 			t.Fatal(err)
 		}
 		freeSeen = true
 		for _, n := range nodes {
-			if !n.Live || n.FreeBytes == 0 {
+			if !n.Live || n.FreeBytes == 0 || n.SizeBytes < n.FreeBytes {
 				freeSeen = false
 			}
 			if n.Name == s.Master && n.Load > 0 {
@@ -206,7 +207,7 @@ func TestE2EServedByEveryNode(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	if !loadSeen || !freeSeen {
-		t.Fatalf("the balancer's view lacks the master's load (%v) or a node's free space (%v)", loadSeen, freeSeen)
+		t.Fatalf("the balancer's view lacks the master's load (%v) or a node's free space and size (%v): %+v", loadSeen, freeSeen, nodes)
 	}
 
 	// The three processes are one protoactor cluster (the automanaged

@@ -281,14 +281,22 @@ Flags:
 			c.Members[i].Seed = defaultSeed(c.Members[i].Actor, c.Listen.ClusterHealth)
 		}
 	}
+	// Every problem at once, so that an operator mends them in one go.
+	var errs []error
 	var err error
 	if c.nodeToken, err = secret(getenv("HC_NODE_TOKEN"), c.Secrets.NodeTokenFile, "node token"); err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
 	if c.adminToken, err = secret(getenv("HC_ADMIN_TOKEN"), c.Secrets.AdminTokenFile, "admin token"); err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
-	return c, c.validate()
+	if err := c.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
 }
 
 // secret reads a token from the environment or a file; never logged.

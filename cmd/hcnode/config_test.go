@@ -58,3 +58,21 @@ func TestSnapshotRetentionFromTheFile(t *testing.T) {
 		t.Fatal("an unparsable duration was accepted")
 	}
 }
+
+// A configuration with several problems is refused with all of them: the
+// missing tokens and a setting out of range.
+func TestConfigReportsEveryProblem(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "hc.yaml")
+	if err := os.WriteFile(f, []byte("node: n1\nsnapshots: {low_free_percent: 150}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadConfig([]string{"-config", f, "-data-dir", t.TempDir()}, func(string) string { return "" })
+	if err == nil {
+		t.Fatal("accepted without tokens and with low_free_percent 150")
+	}
+	for _, want := range []string{"node token", "admin token", "low_free_percent"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}

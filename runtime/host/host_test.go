@@ -17,6 +17,7 @@ import (
 
 	"github.com/hybridcluster/hybridcluster/actors/core"
 	m "github.com/hybridcluster/hybridcluster/messages"
+	"github.com/hybridcluster/hybridcluster/runtime/internal/loopback"
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/portable"
 )
@@ -69,14 +70,17 @@ type testCluster struct {
 	names []string
 }
 
+// freePort is a loopback port for an address protoactor binds itself,
+// from below the ephemeral range (loopback.FreePorts): a port the kernel
+// handed out and took back can go to another test's connection before
+// protoactor binds it.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := loopback.FreePorts(1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // startCluster starts n hosts on 127.0.0.1, each with its own protoactor
@@ -107,6 +111,23 @@ func startClusterWith(t *testing.T, n int, tweak func(name string, opt *Options)
 		c.names = append(c.names, name)
 	}
 	dir := t.TempDir()
+	// Registered before the first start, so that a node that fails to
+	// start does not leave the ones started before it running (their
+	// connections would count in the next test's).
+	t.Cleanup(func() {
+		for _, name := range c.names {
+			if n := c.nodes[name]; n != nil && n.host != nil {
+				h := n.host
+				if p := h.Panics(); p != 0 {
+					t.Errorf("%s: %d actor panics", name, p)
+				}
+				h.Stop()
+			}
+		}
+		if t.Failed() || os.Getenv("HC_HOST_LOG") != "" {
+			t.Logf("cluster log:\n%s", logs.String())
+		}
+	})
 	for _, mb := range members {
 		drv, err := portable.New(filepath.Join(dir, mb.Name, "store"), nil)
 		if err != nil {
@@ -124,19 +145,6 @@ func startClusterWith(t *testing.T, n int, tweak func(name string, opt *Options)
 		}
 		c.nodes[mb.Name] = &testNode{opt: opt, driver: drv, host: h}
 	}
-	t.Cleanup(func() {
-		for _, name := range c.names {
-			if h := c.nodes[name].host; h != nil {
-				if p := h.Panics(); p != 0 {
-					t.Errorf("%s: %d actor panics", name, p)
-				}
-				h.Stop()
-			}
-		}
-		if t.Failed() || os.Getenv("HC_HOST_LOG") != "" {
-			t.Logf("cluster log:\n%s", logs.String())
-		}
-	})
 	return c
 }
 

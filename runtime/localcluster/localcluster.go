@@ -9,8 +9,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hybridcluster/hybridcluster/runtime/admin"
+	"github.com/hybridcluster/hybridcluster/runtime/internal/loopback"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver"
 )
 
@@ -107,50 +106,6 @@ type Cluster struct {
 // admin, actor, internal, cluster, cluster health, FTP, HTTPS, metrics.
 const portsPerNode = 9
 
-// Local clusters take their ports from below Linux's ephemeral range
-// (32768-60999): a port the kernel picked from that range and released can
-// be taken by any outgoing connection before the node binds it (seen: a
-// node that failed to start with "address already in use").
-const (
-	portRangeLow  = 20000
-	portRangeHigh = 32000
-	// portTriesMax bounds the candidates freePorts tries per call; at the
-	// bound it fails.
-	portTriesMax = 4096
-)
-
-var (
-	portMu sync.Mutex
-	// nextPort starts at a random place, so that two processes that make
-	// local clusters at once rarely try the same ports.
-	nextPort = portRangeLow + mrand.IntN(portRangeHigh-portRangeLow)
-)
-
-// freePorts returns n distinct loopback ports that could be bound just
-// now; within a process a port is not handed out twice until the range
-// wraps.
-func freePorts(n int) ([]int, error) {
-	portMu.Lock()
-	defer portMu.Unlock()
-	var ports []int
-	for tries := 0; len(ports) < n; tries++ {
-		if tries >= portTriesMax {
-			return nil, fmt.Errorf("localcluster: %d free ports not found in %d tries", n, portTriesMax)
-		}
-		p := nextPort
-		if nextPort++; nextPort >= portRangeHigh {
-			nextPort = portRangeLow
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			continue
-		}
-		_ = l.Close()
-		ports = append(ports, p)
-	}
-	return ports, nil
-}
-
 func token() string {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
@@ -168,11 +123,11 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if opt.Nodes < 1 || opt.Nodes > nodesMax || opt.Bin == nil || opt.Dir == "" {
 		return nil, fmt.Errorf("localcluster: need 1..%d nodes, binaries and a directory", nodesMax)
 	}
-	ports, err := freePorts(portsPerNode * opt.Nodes)
+	ports, err := loopback.FreePorts(portsPerNode * opt.Nodes)
 	if err != nil {
 		return nil, err
 	}
-	mysqlPorts, err := freePorts(opt.Nodes)
+	mysqlPorts, err := loopback.FreePorts(opt.Nodes)
 	if err != nil {
 		return nil, err
 	}

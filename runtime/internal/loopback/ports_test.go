@@ -9,10 +9,16 @@ import (
 // FreePorts gives distinct ports below the ephemeral range that can be
 // bound, and passes over a port that is taken.
 func TestFreePorts(t *testing.T) {
-	busy := portRangeLow + 100
-	held, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(busy))
-	if err != nil {
-		t.Skipf("port %d is in use here: %v", busy, err)
+	// Hold a port of the range (the first one that can be bound).
+	var busy int
+	var held net.Listener
+	for p := portRangeLow; p < portRangeHigh && held == nil; p++ {
+		if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p)); err == nil {
+			busy, held = p, l
+		}
+	}
+	if held == nil {
+		t.Fatalf("no port of [%d,%d) can be bound", portRangeLow, portRangeHigh)
 	}
 	defer held.Close()
 	portMu.Lock()

@@ -105,8 +105,8 @@ type Usage struct {
 // wraps one of the Err* values where one applies.
 //
 // Datasets are writable (a master's) or read-only (a replica's: readonly=on,
-// atime=off, because any change to a replica, even an atime update, breaks
-// the next incremental receive). Receive creates read-only datasets;
+// because any change to a replica, even an atime update, breaks the next
+// incremental receive). The ZFS driver records no atimes on either. Receive creates read-only datasets;
 // SetReadOnly(false) promotes one.
 type Driver interface {
 	// Kind names the driver ("zfs" or "portable"). Streams of one kind can

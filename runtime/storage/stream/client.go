@@ -211,24 +211,33 @@ func (c *Client) PushFrom(ctx context.Context, site storage.Site, epoch storage.
 // send streams site's snapshot to (incremental from base unless zero).
 func (c *Client) send(ctx context.Context, site storage.Site, epoch storage.Epoch, base, to storage.SnapName, progress ProgressFunc, started time.Time) (Result, error) {
 	res := Result{Base: base}
-	est, err := c.driver.EstimateSendSize(ctx, site, base, to)
-	if err != nil {
-		return res, fmt.Errorf("push %s: %w", site, err)
-	}
-	res.EstimatedBytes = est
-
 	sendCtx, cancelSend := context.WithCancel(ctx)
 	defer cancelSend()
 	pr, pw := io.Pipe()
-	counter := &progressWriter{w: pw, total: est, progress: progress}
+	counter := &progressWriter{w: pw, progress: progress}
 	var wg sync.WaitGroup
+	// The estimate only scales progress reports, so it is asked beside the
+	// stream rather than before it (one or two zfs commands, 15-90 ms each
+	// on zfs-fuse, that a move's final increment waited for); it is given
+	// up when the stream ends first, and a failed estimate leaves the total
+	// unknown (progress then reports what was sent as the total).
+	estCtx, cancelEstimate := context.WithCancel(sendCtx)
+	defer cancelEstimate()
+	wg.Go(func() {
+		est, err := c.driver.EstimateSendSize(estCtx, site, base, to)
+		if err != nil {
+			if estCtx.Err() == nil {
+				c.log.Debug("stream size not estimated", "site", site.String(), "snapshot", to.String(), "err", err)
+			}
+			return
+		}
+		counter.setTotal(est)
+	})
 	var sendErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		sendErr = c.driver.Send(sendCtx, site, base, to, counter)
 		pw.CloseWithError(sendErr)
-	}()
+	})
 	q := url.Values{}
 	if !base.IsZero() {
 		q.Set("base", base.String())
@@ -249,8 +258,10 @@ func (c *Client) send(ctx context.Context, site storage.Site, epoch storage.Epoc
 		cancelSend()
 	}
 	pr.CloseWithError(errors.New("request finished"))
+	cancelEstimate()
 	wg.Wait()
-	res.SentBytes = counter.done()
+	res.SentBytes, res.EstimatedBytes = counter.done(), counter.estimate()
+	est := res.EstimatedBytes
 	res.Duration = time.Since(started)
 	if postErr != nil {
 		return res, fmt.Errorf("push %s@%s: %w", site, to, postErr)
@@ -281,12 +292,26 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 	n, err := p.w.Write(b)
 	p.mu.Lock()
 	p.n += int64(n)
-	done := p.n
+	done, total := p.n, p.total
 	p.mu.Unlock()
 	if p.progress != nil && n > 0 {
-		p.progress(done, max(done, p.total))
+		p.progress(done, max(done, total))
 	}
 	return n, err
+}
+
+// setTotal records the estimated size of the stream.
+func (p *progressWriter) setTotal(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total = n
+}
+
+// estimate is the estimated size (0: not known).
+func (p *progressWriter) estimate() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total
 }
 
 func (p *progressWriter) done() int64 {

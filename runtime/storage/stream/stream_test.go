@@ -350,3 +350,108 @@ func runStreamTests(t *testing.T, pair func(t *testing.T) (storage.Driver, stora
 		}
 	})
 }
+
+// estimating is a sender whose size estimates are made to wait, fail or
+// come first, as a test asks.
+type estimating struct {
+	storage.Driver
+	estimate func(ctx context.Context) (int64, error)
+	// estimated, when set, is waited for by Send.
+	estimated chan struct{}
+}
+
+func (e *estimating) EstimateSendSize(ctx context.Context, _ storage.Site, _, _ storage.SnapName) (int64, error) {
+	n, err := e.estimate(ctx)
+	if e.estimated != nil {
+		close(e.estimated)
+	}
+	return n, err
+}
+
+func (e *estimating) Send(ctx context.Context, site storage.Site, from, to storage.SnapName, w io.Writer) error {
+	if e.estimated != nil {
+		<-e.estimated
+	}
+	return e.Driver.Send(ctx, site, from, to, w)
+}
+
+// A push does not wait for its size estimate (it only scales progress
+// reports): a stream goes while the estimate is still being made (which is
+// then given up), or after it failed; an estimate that comes is the total.
+func TestPushDoesNotWaitForTheEstimate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	setup := func(t *testing.T, est *estimating) (*env, storage.Site) {
+		a, err := portable.New(t.TempDir(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := portable.New(t.TempDir(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		site := storage.MustSite("estimated")
+		must(t, a.Create(ctx, site, 0), "create")
+		storagetest.WriteFile(t, ctx, a, site, "big.bin", make([]byte, 1<<20))
+		_, err = a.Snapshot(ctx, site, storage.MustSnap("s1"))
+		must(t, err, "snapshot")
+		est.Driver = a
+		return newEnv(t, est, b, 0), site
+	}
+	epoch := storage.Epoch{Term: 1, Node: "a"}
+
+	t.Run("Slow", func(t *testing.T) {
+		given := make(chan struct{})
+		est := &estimating{estimate: func(ctx context.Context) (int64, error) {
+			<-ctx.Done() // until the push gives it up
+			close(given)
+			return 0, ctx.Err()
+		}}
+		e, site := setup(t, est)
+		done := make(chan error, 1)
+		go func() {
+			res, err := e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), nil)
+			if err == nil && (res.SentBytes == 0 || res.EstimatedBytes != 0) {
+				err = errors.New("unexpected result")
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			must(t, err, "push while the estimate waits")
+		case <-time.After(30 * time.Second):
+			t.Fatal("the push waited for its size estimate")
+		}
+		select {
+		case <-given:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the estimate was not given up when the push ended")
+		}
+	})
+	t.Run("Failed", func(t *testing.T) {
+		e, site := setup(t, &estimating{estimate: func(context.Context) (int64, error) {
+			return 0, errors.New("no estimate today")
+		}})
+		var lastDone, lastTotal atomic.Int64
+		res, err := e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), func(done, total int64) {
+			lastDone.Store(done)
+			lastTotal.Store(total)
+		})
+		must(t, err, "push after a failed estimate")
+		if res.SentBytes == 0 || lastDone.Load() != res.SentBytes || lastTotal.Load() != res.SentBytes {
+			t.Fatalf("push %+v, last progress %d/%d; want the bytes sent as the total", res, lastDone.Load(), lastTotal.Load())
+		}
+	})
+	t.Run("Known", func(t *testing.T) {
+		const want = 1 << 30
+		e, site := setup(t, &estimating{estimated: make(chan struct{}), estimate: func(context.Context) (int64, error) {
+			return want, nil
+		}})
+		var lastTotal atomic.Int64
+		res, err := e.client.Push(ctx, site, epoch, storage.MustSnap("s1"), func(_, total int64) { lastTotal.Store(total) })
+		must(t, err, "push")
+		if res.EstimatedBytes != want || lastTotal.Load() != want {
+			t.Fatalf("push %+v, last progress total %d; want the estimate %d", res, lastTotal.Load(), want)
+		}
+	})
+}

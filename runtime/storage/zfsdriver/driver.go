@@ -6,10 +6,13 @@
 // Datasets under the configured root (e.g. tank/hc):
 //
 //	<root>/sites/<site>            writable datasets of sites this node masters
-//	<root>/replicas/<site>         read-only replicas (readonly=on, atime=off)
+//	<root>/replicas/<site>         read-only replicas (readonly=on)
 //	<root>/stash/<site>/<stash>    stashed divergent history (clones, read-only)
 //	<root>/views/<site>/<snap>     read-only views of snapshots (clones)
 //	<root>/swap/<site>             transient clone while a stash is made
+//
+// The sites/ and replicas/ parents have atime=off, which every site
+// dataset inherits (reads do not write).
 //
 // Writable and read-only datasets live under different parents so that the
 // per-interval `zfs snapshot -r <root>/sites@<name>` is one atomic command
@@ -105,15 +108,22 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	// moment a full receive creates them. The parent itself is not mounted
 	// (canmount=off), or its read-only mount would leave nowhere to create
 	// the children's mountpoints.
+	// Writable datasets inherit atime=off from theirs too: a read does not
+	// write (reads of a site's files would otherwise dirty its dataset and
+	// grow every increment), and a promotion or demotion changes only
+	// readonly, one zfs command fewer while a move's clients wait.
 	// A property is set only if it differs: setting one remounts the
 	// children, which fails while a replica's mount is busy (a restart
 	// must not depend on that).
 	replicas := d.root + "/replicas"
-	for _, kv := range [][2]string{{"canmount", "off"}, {"readonly", "on"}, {"atime", "off"}} {
-		if v, err := d.getProp(ctx, replicas, kv[0]); err == nil && v == kv[1] {
+	for _, p := range []struct{ ds, key, value string }{
+		{replicas, "canmount", "off"}, {replicas, "readonly", "on"}, {replicas, "atime", "off"},
+		{d.root + "/sites", "atime", "off"},
+	} {
+		if v, err := d.getProp(ctx, p.ds, p.key); err == nil && v == p.value {
 			continue
 		}
-		if err := d.setProp(ctx, replicas, kv[0], kv[1]); err != nil {
+		if err := d.setProp(ctx, p.ds, p.key, p.value); err != nil {
 			return nil, err
 		}
 	}
@@ -333,13 +343,27 @@ func (d *Driver) Exists(ctx context.Context, site storage.Site) (bool, error) {
 }
 
 // Mountpoint implements storage.Driver. It changes when a dataset is
-// promoted or demoted (it moves between sites/ and replicas/).
+// promoted or demoted (it moves between sites/ and replicas/). The answer
+// is kept with the site's location (locate.go): a site's start asks for it
+// while a move's clients wait.
 func (d *Driver) Mountpoint(ctx context.Context, site storage.Site) (string, error) {
+	d.mu.Lock()
+	gen := d.locGen
+	d.mu.Unlock()
 	ds, _, err := d.locate(ctx, site)
 	if err != nil {
 		return "", err
 	}
-	return d.getProp(ctx, ds, "mountpoint")
+	if m := d.keptMount(site, ds); m != "" {
+		return m, nil
+	}
+	asked := time.Now()
+	m, err := d.getProp(ctx, ds, "mountpoint")
+	if err != nil {
+		return "", err
+	}
+	d.keepMount(site, ds, m, asked, gen)
+	return m, nil
 }
 
 // SetQuota implements storage.Driver.
@@ -366,10 +390,8 @@ func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bo
 		return nil
 	}
 	if readOnly {
-		for _, kv := range [][2]string{{"readonly", "on"}, {"atime", "off"}} {
-			if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
-				return err
-			}
+		if err := d.setProp(ctx, ds, "readonly", "on"); err != nil {
+			return err
 		}
 		if err := d.rename(ctx, ds, d.replicaDS(site)); err != nil {
 			return fmt.Errorf("demote %s: %w", site, err)
@@ -380,10 +402,8 @@ func (d *Driver) SetReadOnly(ctx context.Context, site storage.Site, readOnly bo
 			return fmt.Errorf("promote %s: %w", site, err)
 		}
 		d.knowLocation(site, d.writableDS(site), false)
-		for _, kv := range [][2]string{{"readonly", "off"}, {"atime", "on"}} {
-			if err := d.setProp(ctx, d.writableDS(site), kv[0], kv[1]); err != nil {
-				return err
-			}
+		if err := d.setProp(ctx, d.writableDS(site), "readonly", "off"); err != nil {
+			return err
 		}
 	}
 	d.log.Info("dataset read-only changed", "site", site.String(), "readonly", readOnly)
@@ -423,6 +443,7 @@ func (d *Driver) Snapshot(ctx context.Context, site storage.Site, snap storage.S
 	}); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", site, snap, err)
 	}
+	d.confirmLocation(site, ds)
 	d.log.Info("snapshot taken", "site", site.String(), "snapshot", snap.String())
 	return d.findSnapshot(ctx, ds, snap)
 }
@@ -490,15 +511,30 @@ type snapInfo struct {
 // listSnaps lists the snapshots of one dataset, oldest first, with one
 // `zfs get` (zfs-fuse has no `list -p`).
 func (d *Driver) listSnaps(ctx context.Context, ds string) ([]snapInfo, error) {
+	snaps, _, err := d.listSnapsEpoch(ctx, ds)
+	return snaps, err
+}
+
+// listSnapsEpoch is listSnaps with the dataset's fence (its hc:epoch) from
+// the same command: a receive needs both, and each zfs command is 15-90 ms
+// on zfs-fuse while a move's clients wait.
+func (d *Driver) listSnapsEpoch(ctx context.Context, ds string) ([]snapInfo, storage.Epoch, error) {
 	out, err := d.command(ctx, "list snapshots", "zfs", []string{"get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
-		"guid,creation,createtxg,used,referenced,userrefs", ds}, nil, nil)
+		"guid,creation,createtxg,used,referenced,userrefs," + propEpoch, ds}, nil, nil)
 	if err != nil {
-		return nil, err
+		return nil, storage.Epoch{}, err
 	}
+	var epoch storage.Epoch
 	byName := map[string]*snapInfo{}
 	var order []*snapInfo
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Split(line, "\t")
+		if len(f) == 3 && f[0] == ds && f[1] == propEpoch {
+			if epoch, err = storage.ParseEpoch(f[2]); err != nil {
+				return nil, storage.Epoch{}, err
+			}
+			continue
+		}
 		if len(f) != 3 || !strings.HasPrefix(f[0], ds+"@") {
 			continue
 		}
@@ -530,7 +566,7 @@ func (d *Driver) listSnaps(ctx context.Context, ds string) ([]snapInfo, error) {
 		out2 = append(out2, *s)
 	}
 	sort.SliceStable(out2, func(i, j int) bool { return out2[i].createtxg < out2[j].createtxg })
-	return out2, nil
+	return out2, epoch, nil
 }
 
 func toSnapshot(s snapInfo) (storage.Snapshot, bool) {
@@ -817,20 +853,20 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	}
 	var have []storage.Snapshot
 	var all []string // every snapshot, safety snapshots included
+	// seen is the dataset's fence. A stream carries no properties, so the
+	// receive leaves it as it was (and Fence waits for the site's lock).
+	var seen storage.Epoch
 	if exists {
-		seen, err := d.epochOf(ctx, ds)
+		infos, fence, err := d.listSnapsEpoch(ctx, ds)
 		if err != nil {
 			return storage.Snapshot{}, err
 		}
+		seen = fence
 		if err := storage.CheckFence(seen, epoch); err != nil {
 			return storage.Snapshot{}, err
 		}
 		if !ro {
 			return storage.Snapshot{}, storage.ErrNotReplica
-		}
-		infos, err := d.listSnaps(ctx, ds)
-		if err != nil {
-			return storage.Snapshot{}, err
 		}
 		for _, s := range infos {
 			all = append(all, s.name)
@@ -885,8 +921,10 @@ func (d *Driver) receiveLocked(ctx context.Context, site storage.Site, epoch sto
 	if !exists {
 		d.knowLocation(site, ds, true)
 	}
-	if err := d.raiseEpoch(ctx, ds, epoch); err != nil {
-		return storage.Snapshot{}, err
+	if seen.Less(epoch) {
+		if err := d.setProp(ctx, ds, propEpoch, epoch.String()); err != nil {
+			return storage.Snapshot{}, err
+		}
 	}
 	name, _ := storage.ParseSnapName(h.To.Name)
 	snap, err := d.findSnapshot(ctx, ds, name)

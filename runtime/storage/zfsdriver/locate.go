@@ -37,6 +37,12 @@ type location struct {
 	ds     string // "" when the site has no dataset here
 	ro     bool
 	probed time.Time
+	// mount is ds's mountpoint once asked ("" until then): it changes only
+	// with the dataset's name (a promotion or demotion renames it, which
+	// forgets the answer) or by an operator's hand (kept locationTTL from
+	// mountAsked).
+	mount      string
+	mountAsked time.Time
 }
 
 // mutatingVerbs are the zfs subcommands that create, remove or rename
@@ -87,6 +93,40 @@ func (d *Driver) knowLocation(site storage.Site, ds string, ro bool) {
 		clear(d.locations)
 	}
 	d.locations[site.String()] = location{ds: ds, ro: ro, probed: time.Now()}
+}
+
+// confirmLocation renews the kept answer for site after a command on ds
+// succeeded under the site's lock (the dataset is where the answer says),
+// so that a site in steady use is not probed again every locationTTL.
+func (d *Driver) confirmLocation(site storage.Site, ds string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if l, ok := d.locations[site.String()]; ok && l.ds == ds {
+		l.probed = time.Now()
+		d.locations[site.String()] = l
+	}
+}
+
+// keptMount is ds's mountpoint as kept with the site's location ("" when
+// not kept, or kept for another dataset).
+func (d *Driver) keptMount(site storage.Site, ds string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if l, ok := d.locations[site.String()]; ok && l.ds == ds && time.Since(l.probed) < locationTTL && time.Since(l.mountAsked) < locationTTL {
+		return l.mount
+	}
+	return ""
+}
+
+// keepMount keeps ds's mountpoint, asked at asked, with the site's
+// location, unless the location changed (or was forgotten) since gen.
+func (d *Driver) keepMount(site storage.Site, ds, mount string, asked time.Time, gen uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if l, ok := d.locations[site.String()]; ok && l.ds == ds && d.locGen == gen {
+		l.mount, l.mountAsked = mount, asked
+		d.locations[site.String()] = l
+	}
 }
 
 // locate finds the site's dataset and whether it is a read-only replica.

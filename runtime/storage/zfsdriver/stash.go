@@ -129,7 +129,7 @@ func (d *Driver) moveAside(ctx context.Context, site storage.Site, ds, stashDS s
 // siteProps sets what belongs to the site rather than to its history on the
 // site's dataset: quota, read-only setting, and (raised to) epoch.
 func (d *Driver) siteProps(ctx context.Context, ds string, ro bool, quota string, epoch storage.Epoch) error {
-	for _, kv := range [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}, {"atime", onOff(!ro)}} {
+	for _, kv := range [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}, {"atime", "off"}} {
 		if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
 			return err
 		}
@@ -166,7 +166,7 @@ func (d *Driver) stashAllLocked(ctx context.Context, site storage.Site, stash st
 	if err := d.moveAside(ctx, site, ds, stashDS); err != nil {
 		return fmt.Errorf("stash %s/%s: %w", site, stash, err)
 	}
-	props := map[string]string{"quota": quotaValueString(quota), "readonly": onOff(ro), "atime": onOff(!ro)}
+	props := map[string]string{"quota": quotaValueString(quota), "readonly": onOff(ro), "atime": "off"}
 	err = d.gozfs(ctx, "create", []string{"create", "-o", "quota=" + props["quota"], "-o", "readonly=" + props["readonly"], "-o", "atime=" + props["atime"], ds}, false, nil, func() error {
 		_, err := gozfs.CreateFilesystem(ds, props)
 		return err
@@ -215,7 +215,7 @@ func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bo
 	if _, err := d.command(ctx, "promote", "zfs", []string{"promote", ds}, nil, nil); err != nil {
 		return err
 	}
-	props := [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}, {"atime", onOff(!ro)}}
+	props := [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}, {"atime", "off"}}
 	for _, kv := range props {
 		if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
 			return err
@@ -322,7 +322,7 @@ func (d *Driver) stashLocked(ctx context.Context, site storage.Site, keep storag
 			return err
 		}
 	}
-	props := map[string]string{"readonly": onOff(ro), "atime": onOff(!ro)}
+	props := map[string]string{"readonly": onOff(ro), "atime": "off"}
 	err = d.gozfs(ctx, "clone", []string{"clone", "-o", "readonly=" + props["readonly"], ds + "@" + keep.String(), swap}, false, nil, func() error {
 		_, err := (&gozfs.Dataset{Name: ds + "@" + keep.String(), Type: gozfs.DatasetSnapshot}).Clone(swap, props)
 		return err

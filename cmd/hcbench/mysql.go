@@ -16,7 +16,8 @@ package main
 // in text (client-side interpolated COM_QUERY) and prepared (COM_STMT_EXECUTE)
 // form, with the proxies' CPU per query (HAProxy's process, the nodes' net of
 // their background work), where the whole machine's CPU went per query
-// (client, server, busy in all, idle and stolen), then each target's
+// (client, server, busy in all, idle and stolen), the spread of the
+// proxy-to-HAProxy ratio over the rounds, then each target's
 // one-connection latency. -cpuprofile writes the master node's CPU
 // profiles during the proxy runs; -perf-events counts perf events
 // machine-wide per query (e.g. context-switches). Then the database is
@@ -210,6 +211,11 @@ func mysqlBench(ctx context.Context, args []string) error {
 	// Rounds of every target in turn, so that a change in what else runs
 	// on the machine falls on all of them alike.
 	counts := map[string]int64{}
+	// roundCounts are each round's counts: a round's proxy and HAProxy
+	// runs follow each other within seconds, so their ratio is one paired
+	// sample, and the spread of those says how far a run's figure can move
+	// with what else the machine does.
+	roundCounts := map[string][]int64{}
 	cpu := map[string]time.Duration{}
 	// The nodes' own background work (the site's change checks, the
 	// actors) goes on whatever the front does: its rate, measured while
@@ -272,6 +278,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 					return fmt.Errorf("%s %s: %w", tg.name, mode, err)
 				}
 				counts[tg.name+"_"+mode] += n
+				roundCounts[tg.name+"_"+mode] = append(roundCounts[tg.name+"_"+mode], n)
 				fmt.Fprintf(os.Stderr, "round=%d target=%s mode=%s qps=%.0f\n", round+1, tg.name, mode, float64(n)/duration.Seconds())
 			}
 		}
@@ -301,6 +308,20 @@ func mysqlBench(ctx context.Context, args []string) error {
 		qps["proxy_text"]/qps["haproxy_text"], qps["proxy_prepared"]/qps["haproxy_prepared"],
 		qps["proxy_text"]/qps["direct_text"], qps["proxy_prepared"]/qps["direct_prepared"],
 		qps["haproxy_text"]/qps["direct_text"], qps["proxy_remote_text"]/qps["direct_text"])
+	var spread []string
+	for _, mode := range []string{"text", "prepared"} {
+		p, h := roundCounts["proxy_"+mode], roundCounts["haproxy_"+mode]
+		var rs []float64
+		for i := range min(len(p), len(h)) {
+			if h[i] > 0 {
+				rs = append(rs, float64(p[i])/float64(h[i]))
+			}
+		}
+		if len(rs) > 0 {
+			spread = append(spread, fmt.Sprintf("%s=%.2f/%.2f/%.2f", mode, slices.Min(rs), median(rs), slices.Max(rs)))
+		}
+	}
+	fmt.Printf("mysql_round_ratios proxy_vs_haproxy %s (min/median/max of %d rounds, each a proxy run and the HAProxy run before it)\n", strings.Join(spread, " "), *rounds)
 	// One connection's latency (the median of sequential point selects),
 	// each target in turn, text form.
 	var lat []string

@@ -643,8 +643,14 @@ type SiteSpec struct {
 	// tls_cert_pem and tls_key_pem are the site's certificate chain and
 	// private key (PEM) for HTTPS at the front ends, chosen by SNI; empty:
 	// no HTTPS for the site. The admin endpoint checks that they pair.
-	TlsCertPem    []byte `protobuf:"bytes,9,opt,name=tls_cert_pem,json=tlsCertPem,proto3" json:"tls_cert_pem,omitempty"`
-	TlsKeyPem     []byte `protobuf:"bytes,10,opt,name=tls_key_pem,json=tlsKeyPem,proto3" json:"tls_key_pem,omitempty"`
+	TlsCertPem []byte `protobuf:"bytes,9,opt,name=tls_cert_pem,json=tlsCertPem,proto3" json:"tls_cert_pem,omitempty"`
+	TlsKeyPem  []byte `protobuf:"bytes,10,opt,name=tls_key_pem,json=tlsKeyPem,proto3" json:"tls_key_pem,omitempty"`
+	// tls_sha256 stands in for tls_cert_pem and tls_key_pem in a node's
+	// reports to the balancer: the SHA-256 of the certificate chain, a zero
+	// byte and the key. The balancer needs to know that a site has HTTPS,
+	// not its private key, and every node reports every copy every second.
+	// Empty in every other spec.
+	TlsSha256     []byte `protobuf:"bytes,11,opt,name=tls_sha256,json=tlsSha256,proto3" json:"tls_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -745,6 +751,13 @@ func (x *SiteSpec) GetTlsCertPem() []byte {
 func (x *SiteSpec) GetTlsKeyPem() []byte {
 	if x != nil {
 		return x.TlsKeyPem
+	}
+	return nil
+}
+
+func (x *SiteSpec) GetTlsSha256() []byte {
+	if x != nil {
+		return x.TlsSha256
 	}
 	return nil
 }
@@ -4174,7 +4187,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\tMysqlUser\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
 	"\rpassword_hash\x18\x02 \x01(\tR\fpasswordHash\x12\x1c\n" +
-	"\tdatabases\x18\x03 \x03(\tR\tdatabases\"\x85\x03\n" +
+	"\tdatabases\x18\x03 \x03(\tR\tdatabases\"\xa4\x03\n" +
 	"\bSiteSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\adomains\x18\x02 \x03(\tR\adomains\x126\n" +
@@ -4192,7 +4205,9 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\ftls_cert_pem\x18\t \x01(\fR\n" +
 	"tlsCertPem\x12\x1e\n" +
 	"\vtls_key_pem\x18\n" +
-	" \x01(\fR\ttlsKeyPem\"\x90\x04\n" +
+	" \x01(\fR\ttlsKeyPem\x12\x1d\n" +
+	"\n" +
+	"tls_sha256\x18\v \x01(\fR\ttlsSha256\"\x90\x04\n" +
 	"\tSiteState\x12.\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1a.hybridcluster.v1.SiteSpecR\x04spec\x12-\n" +
 	"\x05epoch\x18\x02 \x01(\v2\x17.hybridcluster.v1.EpochR\x05epoch\x12\x16\n" +

@@ -73,6 +73,8 @@ type Harness struct {
 	Views      []*m.AdminView    // what admin queries were answered, in order
 	queryID    uint64
 	Deliveries int
+	// Sent, when set, sees every message sent (as it is queued).
+	Sent func(from string, to core.Address, msg proto.Message)
 }
 
 // disk is what the fake storage keeps of one copy.
@@ -219,6 +221,9 @@ func (h *Harness) enqueue(from string, to core.Address, msg proto.Message) {
 			h.printf("  dropped (partition) %s -> %s %s", from, to, Format(msg))
 		}
 		return
+	}
+	if h.Sent != nil {
+		h.Sent(from, to, msg)
 	}
 	// A copy per receiver, as if it crossed the wire: actors may keep or
 	// modify what they receive.
@@ -411,6 +416,9 @@ func (h *Harness) storage(from core.Address, req *m.StorageRequest) {
 			break
 		}
 		d.role, d.fence = req.Role, core.MaxEpoch(d.fence, req.Epoch)
+		if req.Spec != nil { // as the runtime's catalog records it
+			d.spec = req.Spec
+		}
 	case m.StorageOp_STORAGE_OP_SNAPSHOT:
 		if !d.exists {
 			fail(m.Code_CODE_FAILED, "no such dataset")

@@ -512,6 +512,17 @@ func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
 	if a.ExpectSnapshot != "" && (d.latest() == nil || d.latest().Name != a.ExpectSnapshot) {
 		return refuse(m.Code_CODE_FAILED, "copy does not hold "+a.ExpectSnapshot)
 	}
+	var fx []core.Effect
+	if spec, matches := core.WithOwnTLS(a.Spec, d.spec); spec != a.Spec {
+		// The balancer's spec came from this copy's report, which carries
+		// the certificate's digest instead of the certificate and key.
+		if !matches {
+			fx = append(fx, core.Warn("activation: the copy's certificate changed since it reported; the copy's is kept",
+				"site", d.site, "node", d.node))
+		}
+		a = proto.CloneOf(a)
+		a.Spec = spec
+	}
 	d.activating = a
 	d.activateOp = d.id()
 	op := m.StorageOp_STORAGE_OP_SET_ROLE
@@ -520,9 +531,9 @@ func (d *Dataset) activate(env *core.Env, a *m.Activate) []core.Effect {
 		// only recorded the tombstone): storage's create takes both.
 		op = m.StorageOp_STORAGE_OP_CREATE
 	}
-	return []core.Effect{core.Storage{Req: &m.StorageRequest{
+	return append(fx, core.Storage{Req: &m.StorageRequest{
 		Op: op, Site: d.site, OpId: d.activateOp, Role: m.Role_ROLE_MASTER, Epoch: a.Epoch,
-		Spec: a.Spec, QuotaBytes: a.Spec.GetQuotaBytes()}}}
+		Spec: a.Spec, QuotaBytes: a.Spec.GetQuotaBytes()}})
 }
 
 func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {

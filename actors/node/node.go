@@ -313,8 +313,17 @@ func (n *Node) report(env *core.Env) *m.NodeReport {
 			continue
 		}
 		// A shallow copy: the sub-messages are never mutated once sent.
+		// The spec goes without the site's certificate and key (their
+		// digest stands for them): the balancer has no use for them, and a
+		// copy's entry is sent again whenever it changes.
+		var spec *m.SiteSpec
+		if c := n.reported[site]; c != nil && c.d.Spec == d.Spec {
+			spec = c.out.Spec
+		} else {
+			spec = core.ReportSpec(d.Spec)
+		}
 		info := &m.DatasetInfo{Site: d.Site, Node: d.Node, Role: d.Role, Epoch: d.Epoch, Latest: d.Latest,
-			Spec: d.Spec, Replicas: d.Replicas, Snapshots: d.Snapshots, Stashes: d.Stashes, Bytes: d.Bytes,
+			Spec: spec, Replicas: d.Replicas, Snapshots: d.Snapshots, Stashes: d.Stashes, Bytes: d.Bytes,
 			Phase: d.Phase, FtpLeases: d.FtpLeases, Requests: load}
 		if s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
 			info.Phase = s.Phase

@@ -105,7 +105,7 @@ func specSite(name string, spec *m.SiteSpec) Site {
 	s.QuotaBytes = spec.GetQuotaBytes()
 	s.FTPUsers = userNames(spec.GetFtpUsers())
 	s.MySQLUsers = userNames(spec.GetMysqlUsers())
-	s.TLS = len(spec.GetTlsCertPem()) > 0
+	s.TLS = core.HasTLS(spec) // a report's spec has the digest in their place
 	return s
 }
 

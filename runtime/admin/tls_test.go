@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hybridcluster/hybridcluster/actors/core"
 )
 
 func testPair(t *testing.T, domains ...string) (string, string) {
@@ -45,6 +47,11 @@ func TestCreateWithTLS(t *testing.T) {
 	}
 	if s := specSite("shop", spec); !s.TLS {
 		t.Fatal("the site view does not say a certificate is stored")
+	}
+	// The balancer's view comes from the nodes' reports, which carry the
+	// certificate's digest instead.
+	if reported := core.ReportSpec(spec); len(reported.TlsCertPem) != 0 || len(reported.TlsKeyPem) != 0 || !specSite("shop", reported).TLS {
+		t.Fatal("the site view of a reported spec does not say a certificate is stored (or the report carries it)")
 	}
 	for _, c := range []struct {
 		name      string

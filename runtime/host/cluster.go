@@ -156,7 +156,7 @@ func (h *Host) startCluster(opt ClusterOptions, plog actor.ConfigOption) (err er
 	// already hosts. Registered so that members advertise the kinds.
 	never := actor.PropsFromFunc(func(actor.Context) {})
 	cfg := cluster.Configure(clusterName, provider, &placementLookup{h: h},
-		remote.Configure(hostName, port),
+		remote.Configure(hostName, port, remote.WithDialOptions(remoteDialOptions()...)),
 		cluster.WithKinds(cluster.NewKind(ClusterKindSite, never), cluster.NewKind(ClusterKindDataset, never)),
 		cluster.WithRequestTimeout(clusterRequestTimeout))
 	cl.cluster = cluster.New(cl.system, cfg)

@@ -24,6 +24,8 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/asynkron/protoactor-go/remote"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -52,6 +54,9 @@ const (
 	// remoteQueueMessagesMax bounds protoactor's outgoing queues per remote
 	// endpoint (its default is a million).
 	remoteQueueMessagesMax = 16384
+	// remoteDialWaitMax bounds one dial of another member's actor port
+	// (remoteDialOptions).
+	remoteDialWaitMax = 2 * time.Second
 	// actorsMax bounds the actors one node hosts; past it a message to a
 	// new actor is dropped with an error log.
 	actorsMax = 100_000
@@ -333,6 +338,7 @@ func (h *Host) startActors(opt Options) (err error) {
 		return fmt.Errorf("host: actor port %q: %w", portText, err)
 	}
 	h.remote = remote.NewRemote(h.system, remote.Configure(hostName, port,
+		remote.WithDialOptions(remoteDialOptions()...),
 		remote.WithEndpointWriterQueueSize(remoteQueueMessagesMax),
 		remote.WithEndpointManagerQueueSize(remoteQueueMessagesMax)))
 	defer func() {
@@ -350,6 +356,24 @@ func (h *Host) startActors(opt Options) (err error) {
 		return fmt.Errorf("host: spawn router: %w", err)
 	}
 	return nil
+}
+
+// remoteDialOptions are how protoactor dials the other members. Its
+// endpoint writer dials again (a few times, then again on the next message)
+// while a member is down, and keeps only the last connection: a dial that
+// returned at once (gRPC's default) left each failed connection open,
+// reconnecting in the background for good, so the live members leaked
+// goroutines and memory for as long as one was down. A blocking dial that
+// fails closes its connection; a refused connection fails it at once, an
+// unanswered one after remoteDialWaitMax.
+func remoteDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithBlock(),
+		grpc.WithTimeout(remoteDialWaitMax), //nolint:staticcheck // the endpoint writer calls grpc.Dial, which has no context
+		grpc.FailOnNonTempDialError(true),
+		grpc.WithReturnConnectionError(),
+	}
 }
 
 // protoactorLogger is the actor systems' logger option: protoactor's own

@@ -24,14 +24,7 @@ const token = "test-shared-secret"
 func TestStreams(t *testing.T) {
 	t.Run("Portable", func(t *testing.T) {
 		runStreamTests(t, func(t *testing.T) (storage.Driver, storage.Driver) {
-			a, err := portable.New(t.TempDir(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := portable.New(t.TempDir(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			a, b := portablePair(t)
 			return a, b
 		})
 	})
@@ -41,6 +34,20 @@ func TestStreams(t *testing.T) {
 			return zfstest.NewPool(t, zfstest.Logger()), zfstest.NewPool(t, zfstest.Logger())
 		})
 	})
+}
+
+// portablePair is two portable drivers, each in its own directory.
+func portablePair(t *testing.T) (*portable.Driver, *portable.Driver) {
+	t.Helper()
+	a, err := portable.New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := portable.New(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
 }
 
 type env struct {
@@ -382,18 +389,11 @@ func TestPushDoesNotWaitForTheEstimate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	setup := func(t *testing.T, est *estimating) (*env, storage.Site) {
-		a, err := portable.New(t.TempDir(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := portable.New(t.TempDir(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		a, b := portablePair(t)
 		site := storage.MustSite("estimated")
 		must(t, a.Create(ctx, site, 0), "create")
 		storagetest.WriteFile(t, ctx, a, site, "big.bin", make([]byte, 1<<20))
-		_, err = a.Snapshot(ctx, site, storage.MustSnap("s1"))
+		_, err := a.Snapshot(ctx, site, storage.MustSnap("s1"))
 		must(t, err, "snapshot")
 		est.Driver = a
 		return newEnv(t, est, b, 0), site

@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
-	"github.com/hybridcluster/hybridcluster/runtime/storage/portable"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/storagetest"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver/zfstest"
 )
@@ -12,14 +11,7 @@ import (
 func TestConformance(t *testing.T) {
 	t.Run("Portable", func(t *testing.T) {
 		storagetest.Run(t, storagetest.Harness{NewPair: func(t *testing.T) (storage.Driver, storage.Driver) {
-			a, err := portable.New(t.TempDir(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := portable.New(t.TempDir(), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			a, b := storagetest.PortablePair(t)
 			return a, b
 		}})
 	})

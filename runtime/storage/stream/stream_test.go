@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hybridcluster/hybridcluster/runtime/storage"
-	"github.com/hybridcluster/hybridcluster/runtime/storage/portable"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/storagetest"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/stream"
 	"github.com/hybridcluster/hybridcluster/runtime/storage/zfsdriver/zfstest"
@@ -24,7 +23,7 @@ const token = "test-shared-secret"
 func TestStreams(t *testing.T) {
 	t.Run("Portable", func(t *testing.T) {
 		runStreamTests(t, func(t *testing.T) (storage.Driver, storage.Driver) {
-			a, b := portablePair(t)
+			a, b := storagetest.PortablePair(t)
 			return a, b
 		})
 	})
@@ -34,20 +33,6 @@ func TestStreams(t *testing.T) {
 			return zfstest.NewPool(t, zfstest.Logger()), zfstest.NewPool(t, zfstest.Logger())
 		})
 	})
-}
-
-// portablePair is two portable drivers, each in its own directory.
-func portablePair(t *testing.T) (*portable.Driver, *portable.Driver) {
-	t.Helper()
-	a, err := portable.New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := portable.New(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a, b
 }
 
 type env struct {
@@ -389,7 +374,7 @@ func TestPushDoesNotWaitForTheEstimate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	setup := func(t *testing.T, est *estimating) (*env, storage.Site) {
-		a, b := portablePair(t)
+		a, b := storagetest.PortablePair(t)
 		site := storage.MustSite("estimated")
 		must(t, a.Create(ctx, site, 0), "create")
 		storagetest.WriteFile(t, ctx, a, site, "big.bin", make([]byte, 1<<20))

@@ -100,7 +100,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	d := &Driver{root: cfg.Root, log: newLogger(cfg.Logger).With("driver", Kind), siteLocks: map[string]*sync.Mutex{}, sending: map[string]int{},
 		locations: map[string]location{}}
 	for _, ds := range []string{d.root, d.root + "/sites", d.root + "/replicas", d.root + "/stash", d.root + "/views", d.root + "/swap"} {
-		if err := d.ensureFilesystem(ctx, ds); err != nil {
+		var props [][2]string
+		if ds == d.root+"/sites" {
+			props = append(props, [2]string{"atime", "off"}) // see below
+		}
+		if err := d.ensureFilesystem(ctx, ds, props...); err != nil {
 			return nil, fmt.Errorf("zfs driver root: %w", err)
 		}
 	}
@@ -114,7 +118,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	// readonly, one zfs command fewer while a move's clients wait.
 	// A property is set only if it differs: setting one remounts the
 	// children, which fails while a replica's mount is busy (a restart
-	// must not depend on that).
+	// must not depend on that). sites/ gets atime=off when it is created;
+	// setting it here (and remounting) is for a pool an older version made.
 	replicas := d.root + "/replicas"
 	for _, p := range []struct{ ds, key, value string }{
 		{replicas, "canmount", "off"}, {replicas, "readonly", "on"}, {replicas, "atime", "off"},
@@ -139,13 +144,26 @@ func (d *Driver) Kind() string { return Kind }
 // Root is the root dataset.
 func (d *Driver) Root() string { return d.root }
 
-func (d *Driver) ensureFilesystem(ctx context.Context, ds string) error {
+// ensureFilesystem creates ds if it does not exist, with props (a
+// property given at creation needs no remount, which setting it on a
+// mounted filesystem does).
+func (d *Driver) ensureFilesystem(ctx context.Context, ds string, props ...[2]string) error {
 	exists, err := d.datasetExists(ctx, ds)
 	if err != nil || exists {
 		return err
 	}
-	err = d.gozfs(ctx, "create", []string{"create", ds}, false, nil, func() error {
-		_, err := gozfs.CreateFilesystem(ds, nil)
+	argv := []string{"create"}
+	var set map[string]string
+	for _, p := range props {
+		argv = append(argv, "-o", p[0]+"="+p[1])
+		if set == nil {
+			set = map[string]string{}
+		}
+		set[p[0]] = p[1]
+	}
+	argv = append(argv, ds)
+	err = d.gozfs(ctx, "create", argv, false, nil, func() error {
+		_, err := gozfs.CreateFilesystem(ds, set)
 		return err
 	})
 	if errors.Is(err, storage.ErrExists) {
@@ -511,7 +529,7 @@ type snapInfo struct {
 // listSnaps lists the snapshots of one dataset, oldest first, with one
 // `zfs get` (zfs-fuse has no `list -p`).
 func (d *Driver) listSnaps(ctx context.Context, ds string) ([]snapInfo, error) {
-	snaps, _, err := d.listSnapsEpoch(ctx, ds)
+	snaps, _, err := d.listSnapsFence(ctx, ds)
 	return snaps, err
 }
 
@@ -519,20 +537,33 @@ func (d *Driver) listSnaps(ctx context.Context, ds string) ([]snapInfo, error) {
 // the same command: a receive needs both, and each zfs command is 15-90 ms
 // on zfs-fuse while a move's clients wait.
 func (d *Driver) listSnapsEpoch(ctx context.Context, ds string) ([]snapInfo, storage.Epoch, error) {
-	out, err := d.command(ctx, "list snapshots", "zfs", []string{"get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
-		"guid,creation,createtxg,used,referenced,userrefs," + propEpoch, ds}, nil, nil)
+	snaps, fence, err := d.listSnapsFence(ctx, ds)
 	if err != nil {
 		return nil, storage.Epoch{}, err
 	}
-	var epoch storage.Epoch
+	epoch, err := storage.ParseEpoch(fence)
+	if err != nil {
+		return nil, storage.Epoch{}, err
+	}
+	return snaps, epoch, nil
+}
+
+// listSnapsFence is listSnaps with the dataset's hc:epoch as zfs gives it
+// (parsed only by those who need it: a bad value fails them, not every
+// listing).
+func (d *Driver) listSnapsFence(ctx context.Context, ds string) ([]snapInfo, string, error) {
+	out, err := d.command(ctx, "list snapshots", "zfs", []string{"get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+		"guid,creation,createtxg,used,referenced,userrefs," + propEpoch, ds}, nil, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	fence := ""
 	byName := map[string]*snapInfo{}
 	var order []*snapInfo
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Split(line, "\t")
 		if len(f) == 3 && f[0] == ds && f[1] == propEpoch {
-			if epoch, err = storage.ParseEpoch(f[2]); err != nil {
-				return nil, storage.Epoch{}, err
-			}
+			fence = f[2]
 			continue
 		}
 		if len(f) != 3 || !strings.HasPrefix(f[0], ds+"@") {
@@ -566,7 +597,7 @@ func (d *Driver) listSnapsEpoch(ctx context.Context, ds string) ([]snapInfo, sto
 		out2 = append(out2, *s)
 	}
 	sort.SliceStable(out2, func(i, j int) bool { return out2[i].createtxg < out2[j].createtxg })
-	return out2, epoch, nil
+	return out2, fence, nil
 }
 
 func toSnapshot(s snapInfo) (storage.Snapshot, bool) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -88,6 +89,9 @@ func TestLocationIsProbedOnce(t *testing.T) {
 	}
 }
 
+// outsideRenameTriesMax bounds the test's own rename while zfs-fuse says busy.
+const outsideRenameTriesMax = 10
+
 // A dataset moved behind the driver's back (an operator's zfs rename) costs
 // at most one failed call: the failure makes the driver look again.
 func TestLocationFollowsAnOutsideRename(t *testing.T) {
@@ -105,8 +109,18 @@ func TestLocationFollowsAnOutsideRename(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, "zfs", "unmount", from).CombinedOutput(); err != nil {
 		t.Fatalf("zfs unmount: %v: %s", err, out)
 	}
-	if out, err := exec.CommandContext(ctx, "zfs", "rename", from, to).CombinedOutput(); err != nil {
-		t.Fatalf("zfs rename: %v: %s", err, out)
+	// zfs-fuse calls a filesystem it has just unmounted busy now and then
+	// (the driver retries, as an operator would): a bounded number of tries.
+	for try := 1; ; try++ {
+		out, err := exec.CommandContext(ctx, "zfs", "rename", from, to).CombinedOutput()
+		if err == nil {
+			break
+		}
+		if try == outsideRenameTriesMax || !strings.Contains(string(out), "busy") {
+			t.Fatalf("zfs rename (try %d): %v: %s", try, err, out)
+		}
+		_, _ = exec.CommandContext(ctx, "zfs", "unmount", from).CombinedOutput()
+		time.Sleep(200 * time.Millisecond)
 	}
 	var err error
 	for attempt := range 2 {

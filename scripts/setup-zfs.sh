@@ -29,9 +29,30 @@ if [ ! -e /dev/fuse ]; then
 	$SUDO mknod -m 666 /dev/fuse c 10 229 || log "could not create /dev/fuse"
 fi
 
-if zpool list >/dev/null 2>&1; then
+# ANSWER_SECONDS_MAX bounds one `zpool list`: a wedged daemon (seen here
+# once, after hours of pools made and destroyed and nodes killed: mounts
+# and then `zpool list` hung in D state) never answers, and a probe without
+# a bound would hang whatever called this script.
+ANSWER_SECONDS_MAX=${ANSWER_SECONDS_MAX:-15}
+answers() { timeout "$ANSWER_SECONDS_MAX" zpool list >/dev/null 2>&1; }
+
+rc=0
+answers || rc=$?
+if [ "$rc" -eq 0 ]; then
 	log "zfs is ready"
 	exit 0
+fi
+if [ "$rc" -eq 124 ] && pgrep -x zfs-fuse >/dev/null 2>&1; then
+	# Wedged: kill it (its stuck callers then fail), drop its dead mounts,
+	# forget its pools (file-backed test pools whose files may be gone),
+	# and start a new one below.
+	log "the zfs-fuse daemon does not answer within ${ANSWER_SECONDS_MAX}s: restarting it"
+	$SUDO pkill -9 -x zfs-fuse || true
+	sleep 1
+	for m in $(awk '$3 == "fuse.zfs" {print $2}' /proc/mounts | sort -r); do
+		$SUDO umount -l "$m" 2>/dev/null || true
+	done
+	$SUDO rm -f /etc/zfs/zpool.cache
 fi
 
 start_daemon() {
@@ -45,7 +66,7 @@ start_daemon() {
 
 start_daemon
 waited=0
-until zpool list >/dev/null 2>&1; do
+until answers; do
 	# A daemon that was shutting down when we looked is gone by now.
 	start_daemon
 	if [ "$waited" -ge "$WAIT_SECONDS_MAX" ]; then

@@ -261,7 +261,6 @@ func (c *Client) send(ctx context.Context, site storage.Site, epoch storage.Epoc
 	cancelEstimate()
 	wg.Wait()
 	res.SentBytes, res.EstimatedBytes = counter.done(), counter.estimate()
-	est := res.EstimatedBytes
 	res.Duration = time.Since(started)
 	if postErr != nil {
 		return res, fmt.Errorf("push %s@%s: %w", site, to, postErr)
@@ -273,10 +272,10 @@ func (c *Client) send(ctx context.Context, site storage.Site, epoch storage.Epoc
 		return res, err
 	}
 	if progress != nil {
-		progress(res.SentBytes, max(res.SentBytes, est))
+		progress(res.SentBytes, max(res.SentBytes, res.EstimatedBytes))
 	}
 	c.log.Debug("stream pushed", "site", site.String(), "snapshot", to.String(), "base", base.String(), "epoch", epoch.String(),
-		"bytes", res.SentBytes, "estimated", est, "duration", res.Duration)
+		"bytes", res.SentBytes, "estimated", res.EstimatedBytes, "duration", res.Duration)
 	return res, nil
 }
 

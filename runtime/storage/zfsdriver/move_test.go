@@ -140,6 +140,16 @@ func TestMoveStepsAskZFSOnlyWhatTheyNeed(t *testing.T) {
 		}
 	}
 	checkMount("sites", "v3")
+	// What a stash and its restore put in a master's dataset's place
+	// records no atimes either (it inherits them; nothing sets them).
+	if err := b.Stash(ctx, site, storage.MustSnap("s2"), storage.MustStash("after-s2")); err != nil {
+		t.Fatal(err)
+	}
+	checkMount("sites", "v2")
+	if err := b.RestoreStash(ctx, site, storage.MustStash("after-s2"), storage.MustStash("displaced")); err != nil {
+		t.Fatal(err)
+	}
+	checkMount("sites", "v3")
 	storagetest.WriteFile(t, ctx, b, site, "index.html", []byte("v4"))
 	// The demotion too, and the kept mountpoint is not the old one.
 	before = cb.now()
@@ -150,4 +160,5 @@ func TestMoveStepsAskZFSOnlyWhatTheyNeed(t *testing.T) {
 		t.Fatalf("a demotion ran %d zfs set; want 1 (readonly)", n)
 	}
 	checkMount("replicas", "v4")
+
 }

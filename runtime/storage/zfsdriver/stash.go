@@ -129,7 +129,8 @@ func (d *Driver) moveAside(ctx context.Context, site storage.Site, ds, stashDS s
 // siteProps sets what belongs to the site rather than to its history on the
 // site's dataset: quota, read-only setting, and (raised to) epoch.
 func (d *Driver) siteProps(ctx context.Context, ds string, ro bool, quota string, epoch storage.Epoch) error {
-	for _, kv := range [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}, {"atime", "off"}} {
+	// (atime=off comes from the sites/ or replicas/ parent.)
+	for _, kv := range [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}} {
 		if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
 			return err
 		}
@@ -215,7 +216,8 @@ func (d *Driver) swapIn(ctx context.Context, site storage.Site, ds string, ro bo
 	if _, err := d.command(ctx, "promote", "zfs", []string{"promote", ds}, nil, nil); err != nil {
 		return err
 	}
-	props := [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}, {"atime", "off"}}
+	// (atime=off comes from the sites/ or replicas/ parent.)
+	props := [][2]string{{"quota", quotaValueString(quota)}, {"readonly", onOff(ro)}}
 	for _, kv := range props {
 		if err := d.setProp(ctx, ds, kv[0], kv[1]); err != nil {
 			return err

@@ -135,7 +135,42 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := d.unmount(ctx, replicas); err != nil {
 		return nil, err
 	}
+	if err := d.mountMissing(ctx); err != nil {
+		return nil, err
+	}
 	return d, nil
+}
+
+// mountMissing mounts the filesystems under the root that should be
+// mounted and are not: a pool imported without its mounts (zfs-fuse
+// imports its pools at start and mounts nothing; OpenZFS does the same
+// with zpool import -N). A site started on an unmounted dataset would run
+// in an empty directory, or in one on the parent's filesystem, where its
+// writes would be in no snapshot. Parents come before their children
+// (zfs list -r lists them so), or a parent mounted later would hide a
+// child's mount. Replicas stay as they are (a receive needs no mount, and
+// a promotion mounts its dataset), and so do stashes, which are kept
+// unmounted.
+func (d *Driver) mountMissing(ctx context.Context) error {
+	out, err := d.command(ctx, "list mounts", "zfs", []string{"list", "-H", "-r", "-t", "filesystem", "-o", "name,mounted,canmount", d.root}, nil, nil)
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Split(line, "\t")
+		if len(f) != 3 || f[1] != "no" || f[2] != "on" {
+			continue
+		}
+		ds := f[0]
+		if strings.HasPrefix(ds, d.root+"/replicas/") || strings.HasPrefix(ds, d.root+"/stash/") {
+			continue
+		}
+		if err := d.mount(ctx, ds); err != nil {
+			return fmt.Errorf("mount %s: %w", ds, err)
+		}
+		d.log.Warn("mounted a filesystem found unmounted", "dataset", ds)
+	}
+	return nil
 }
 
 // Kind implements storage.Driver.
@@ -368,7 +403,7 @@ func (d *Driver) Mountpoint(ctx context.Context, site storage.Site) (string, err
 	d.mu.Lock()
 	gen := d.locGen
 	d.mu.Unlock()
-	ds, _, err := d.locate(ctx, site)
+	ds, ro, err := d.locate(ctx, site)
 	if err != nil {
 		return "", err
 	}
@@ -376,12 +411,56 @@ func (d *Driver) Mountpoint(ctx context.Context, site storage.Site) (string, err
 		return m, nil
 	}
 	asked := time.Now()
-	m, err := d.getProp(ctx, ds, "mountpoint")
+	m, mounted, err := d.mountState(ctx, ds)
 	if err != nil {
 		return "", err
 	}
+	if !mounted && !ro {
+		// A writable dataset unmounted behind the driver's back (a pool
+		// imported again without its mounts): the site's processes must
+		// not start in the bare directory.
+		if err := d.mountSite(ctx, site, ds); err != nil {
+			return "", err
+		}
+	}
 	d.keepMount(site, ds, m, asked, gen)
 	return m, nil
+}
+
+// mountState is ds's mountpoint and whether it is mounted, in one zfs get.
+func (d *Driver) mountState(ctx context.Context, ds string) (mountpoint string, mounted bool, err error) {
+	out, err := d.command(ctx, "get", "zfs", []string{"get", "-Hp", "-o", "property,value", "mountpoint,mounted", ds}, nil, nil)
+	if err != nil {
+		return "", false, err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		k, v, _ := strings.Cut(line, "\t")
+		switch k {
+		case "mountpoint":
+			mountpoint = v
+		case "mounted":
+			mounted = v == "yes"
+		}
+	}
+	if mountpoint == "" {
+		return "", false, fmt.Errorf("zfs get mountpoint of %s: no answer in %q", ds, out)
+	}
+	return mountpoint, mounted, nil
+}
+
+// mountSite mounts the site's writable dataset ds, under the site's lock
+// (a promotion or demotion renames it unmounted) and only if it is still
+// there and still unmounted.
+func (d *Driver) mountSite(ctx context.Context, site storage.Site, ds string) error {
+	defer d.lock(site)()
+	if _, mounted, err := d.mountState(ctx, ds); err != nil || mounted {
+		return err
+	}
+	if err := d.mount(ctx, ds); err != nil {
+		return fmt.Errorf("mount %s: %w", ds, err)
+	}
+	d.log.Warn("mounted a site's dataset found unmounted", "site", site.String(), "dataset", ds)
+	return nil
 }
 
 // SetQuota implements storage.Driver.

@@ -1963,20 +1963,24 @@ func (x *ProbeAnswer) GetInfo() *DatasetInfo {
 }
 
 type DatasetInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
-	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	Role          Role                   `protobuf:"varint,3,opt,name=role,proto3,enum=hybridcluster.v1.Role" json:"role,omitempty"`
-	Epoch         *Epoch                 `protobuf:"bytes,4,opt,name=epoch,proto3" json:"epoch,omitempty"` // highest epoch seen (the fence)
-	Latest        *SnapshotRef           `protobuf:"bytes,5,opt,name=latest,proto3" json:"latest,omitempty"`
-	Spec          *SiteSpec              `protobuf:"bytes,6,opt,name=spec,proto3" json:"spec,omitempty"`
-	Replicas      []string               `protobuf:"bytes,7,rep,name=replicas,proto3" json:"replicas,omitempty"` // when master
-	Snapshots     uint32                 `protobuf:"varint,8,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
-	Stashes       uint32                 `protobuf:"varint,9,opt,name=stashes,proto3" json:"stashes,omitempty"`
-	Bytes         uint64                 `protobuf:"varint,10,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	Phase         SitePhase              `protobuf:"varint,11,opt,name=phase,proto3,enum=hybridcluster.v1.SitePhase" json:"phase,omitempty"`
-	FtpLeases     uint32                 `protobuf:"varint,12,opt,name=ftp_leases,json=ftpLeases,proto3" json:"ftp_leases,omitempty"`
-	Requests      uint64                 `protobuf:"varint,13,opt,name=requests,proto3" json:"requests,omitempty"` // served since the previous report
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Site      string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Node      string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Role      Role                   `protobuf:"varint,3,opt,name=role,proto3,enum=hybridcluster.v1.Role" json:"role,omitempty"`
+	Epoch     *Epoch                 `protobuf:"bytes,4,opt,name=epoch,proto3" json:"epoch,omitempty"` // highest epoch seen (the fence)
+	Latest    *SnapshotRef           `protobuf:"bytes,5,opt,name=latest,proto3" json:"latest,omitempty"`
+	Spec      *SiteSpec              `protobuf:"bytes,6,opt,name=spec,proto3" json:"spec,omitempty"`
+	Replicas  []string               `protobuf:"bytes,7,rep,name=replicas,proto3" json:"replicas,omitempty"` // when master
+	Snapshots uint32                 `protobuf:"varint,8,opt,name=snapshots,proto3" json:"snapshots,omitempty"`
+	Stashes   uint32                 `protobuf:"varint,9,opt,name=stashes,proto3" json:"stashes,omitempty"`
+	Bytes     uint64                 `protobuf:"varint,10,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Phase     SitePhase              `protobuf:"varint,11,opt,name=phase,proto3,enum=hybridcluster.v1.SitePhase" json:"phase,omitempty"`
+	FtpLeases uint32                 `protobuf:"varint,12,opt,name=ftp_leases,json=ftpLeases,proto3" json:"ftp_leases,omitempty"`
+	Requests  uint64                 `protobuf:"varint,13,opt,name=requests,proto3" json:"requests,omitempty"` // served since the previous report
+	// process_error (a master's entry in a node's report): why the site's
+	// processes (its app, its mariadbd) are not up on the node, as the host
+	// last saw it; "" when they are, or none is wanted.
+	ProcessError  string `protobuf:"bytes,14,opt,name=process_error,json=processError,proto3" json:"process_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2102,6 +2106,68 @@ func (x *DatasetInfo) GetRequests() uint64 {
 	return 0
 }
 
+func (x *DatasetInfo) GetProcessError() string {
+	if x != nil {
+		return x.ProcessError
+	}
+	return ""
+}
+
+// ProcessHealth is the host's word on a site's processes (host -> its node
+// actor, when it changes): error is why they are not up ("" when they are,
+// or none is wanted). The node passes it on in its reports.
+type ProcessHealth struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcessHealth) Reset() {
+	*x = ProcessHealth{}
+	mi := &file_messages_hc_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcessHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcessHealth) ProtoMessage() {}
+
+func (x *ProcessHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_hc_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcessHealth.ProtoReflect.Descriptor instead.
+func (*ProcessHealth) Descriptor() ([]byte, []int) {
+	return file_messages_hc_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ProcessHealth) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *ProcessHealth) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Offer asks a receiver whether it takes a stream (fencing and divergence are
 // decided by the receiver's dataset actor before any byte moves).
 type StreamOffer struct {
@@ -2123,7 +2189,7 @@ type StreamOffer struct {
 
 func (x *StreamOffer) Reset() {
 	*x = StreamOffer{}
-	mi := &file_messages_hc_proto_msgTypes[22]
+	mi := &file_messages_hc_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2201,7 @@ func (x *StreamOffer) String() string {
 func (*StreamOffer) ProtoMessage() {}
 
 func (x *StreamOffer) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[22]
+	mi := &file_messages_hc_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2214,7 @@ func (x *StreamOffer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamOffer.ProtoReflect.Descriptor instead.
 func (*StreamOffer) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{22}
+	return file_messages_hc_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StreamOffer) GetSite() string {
@@ -2229,7 +2295,7 @@ type StreamAnswer struct {
 
 func (x *StreamAnswer) Reset() {
 	*x = StreamAnswer{}
-	mi := &file_messages_hc_proto_msgTypes[23]
+	mi := &file_messages_hc_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2241,7 +2307,7 @@ func (x *StreamAnswer) String() string {
 func (*StreamAnswer) ProtoMessage() {}
 
 func (x *StreamAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[23]
+	mi := &file_messages_hc_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2254,7 +2320,7 @@ func (x *StreamAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamAnswer.ProtoReflect.Descriptor instead.
 func (*StreamAnswer) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{23}
+	return file_messages_hc_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StreamAnswer) GetSite() string {
@@ -2323,7 +2389,7 @@ type StreamDone struct {
 
 func (x *StreamDone) Reset() {
 	*x = StreamDone{}
-	mi := &file_messages_hc_proto_msgTypes[24]
+	mi := &file_messages_hc_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2335,7 +2401,7 @@ func (x *StreamDone) String() string {
 func (*StreamDone) ProtoMessage() {}
 
 func (x *StreamDone) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[24]
+	mi := &file_messages_hc_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2348,7 +2414,7 @@ func (x *StreamDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamDone.ProtoReflect.Descriptor instead.
 func (*StreamDone) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{24}
+	return file_messages_hc_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StreamDone) GetSite() string {
@@ -2434,7 +2500,7 @@ type StorageRequest struct {
 
 func (x *StorageRequest) Reset() {
 	*x = StorageRequest{}
-	mi := &file_messages_hc_proto_msgTypes[25]
+	mi := &file_messages_hc_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2512,7 @@ func (x *StorageRequest) String() string {
 func (*StorageRequest) ProtoMessage() {}
 
 func (x *StorageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[25]
+	mi := &file_messages_hc_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2525,7 @@ func (x *StorageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageRequest.ProtoReflect.Descriptor instead.
 func (*StorageRequest) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{25}
+	return file_messages_hc_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StorageRequest) GetOp() StorageOp {
@@ -2591,7 +2657,7 @@ type StorageResult struct {
 
 func (x *StorageResult) Reset() {
 	*x = StorageResult{}
-	mi := &file_messages_hc_proto_msgTypes[26]
+	mi := &file_messages_hc_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2603,7 +2669,7 @@ func (x *StorageResult) String() string {
 func (*StorageResult) ProtoMessage() {}
 
 func (x *StorageResult) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[26]
+	mi := &file_messages_hc_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2616,7 +2682,7 @@ func (x *StorageResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageResult.ProtoReflect.Descriptor instead.
 func (*StorageResult) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{26}
+	return file_messages_hc_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StorageResult) GetOp() StorageOp {
@@ -2727,7 +2793,7 @@ type Received struct {
 
 func (x *Received) Reset() {
 	*x = Received{}
-	mi := &file_messages_hc_proto_msgTypes[27]
+	mi := &file_messages_hc_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2739,7 +2805,7 @@ func (x *Received) String() string {
 func (*Received) ProtoMessage() {}
 
 func (x *Received) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[27]
+	mi := &file_messages_hc_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2752,7 +2818,7 @@ func (x *Received) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Received.ProtoReflect.Descriptor instead.
 func (*Received) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{27}
+	return file_messages_hc_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Received) GetSite() string {
@@ -2822,7 +2888,7 @@ type ProcessRequest struct {
 
 func (x *ProcessRequest) Reset() {
 	*x = ProcessRequest{}
-	mi := &file_messages_hc_proto_msgTypes[28]
+	mi := &file_messages_hc_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2834,7 +2900,7 @@ func (x *ProcessRequest) String() string {
 func (*ProcessRequest) ProtoMessage() {}
 
 func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[28]
+	mi := &file_messages_hc_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2847,7 +2913,7 @@ func (x *ProcessRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcessRequest.ProtoReflect.Descriptor instead.
 func (*ProcessRequest) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{28}
+	return file_messages_hc_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ProcessRequest) GetSite() string {
@@ -2881,7 +2947,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_messages_hc_proto_msgTypes[29]
+	mi := &file_messages_hc_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2893,7 +2959,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[29]
+	mi := &file_messages_hc_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2906,7 +2972,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{29}
+	return file_messages_hc_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Heartbeat) GetNode() string {
@@ -2933,7 +2999,7 @@ type MemberEvent struct {
 
 func (x *MemberEvent) Reset() {
 	*x = MemberEvent{}
-	mi := &file_messages_hc_proto_msgTypes[30]
+	mi := &file_messages_hc_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2945,7 +3011,7 @@ func (x *MemberEvent) String() string {
 func (*MemberEvent) ProtoMessage() {}
 
 func (x *MemberEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[30]
+	mi := &file_messages_hc_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2958,7 +3024,7 @@ func (x *MemberEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberEvent.ProtoReflect.Descriptor instead.
 func (*MemberEvent) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{30}
+	return file_messages_hc_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MemberEvent) GetNode() string {
@@ -2990,7 +3056,7 @@ type NodeReport struct {
 
 func (x *NodeReport) Reset() {
 	*x = NodeReport{}
-	mi := &file_messages_hc_proto_msgTypes[31]
+	mi := &file_messages_hc_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3002,7 +3068,7 @@ func (x *NodeReport) String() string {
 func (*NodeReport) ProtoMessage() {}
 
 func (x *NodeReport) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[31]
+	mi := &file_messages_hc_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3015,7 +3081,7 @@ func (x *NodeReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeReport.ProtoReflect.Descriptor instead.
 func (*NodeReport) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{31}
+	return file_messages_hc_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeReport) GetNode() string {
@@ -3080,7 +3146,7 @@ type StorageLow struct {
 
 func (x *StorageLow) Reset() {
 	*x = StorageLow{}
-	mi := &file_messages_hc_proto_msgTypes[32]
+	mi := &file_messages_hc_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3092,7 +3158,7 @@ func (x *StorageLow) String() string {
 func (*StorageLow) ProtoMessage() {}
 
 func (x *StorageLow) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[32]
+	mi := &file_messages_hc_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3105,7 +3171,7 @@ func (x *StorageLow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageLow.ProtoReflect.Descriptor instead.
 func (*StorageLow) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{32}
+	return file_messages_hc_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StorageLow) GetSite() string {
@@ -3131,7 +3197,7 @@ type DrainNode struct {
 
 func (x *DrainNode) Reset() {
 	*x = DrainNode{}
-	mi := &file_messages_hc_proto_msgTypes[33]
+	mi := &file_messages_hc_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3143,7 +3209,7 @@ func (x *DrainNode) String() string {
 func (*DrainNode) ProtoMessage() {}
 
 func (x *DrainNode) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[33]
+	mi := &file_messages_hc_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3156,7 +3222,7 @@ func (x *DrainNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainNode.ProtoReflect.Descriptor instead.
 func (*DrainNode) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{33}
+	return file_messages_hc_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DrainNode) GetNode() string {
@@ -3179,7 +3245,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_messages_hc_proto_msgTypes[34]
+	mi := &file_messages_hc_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3191,7 +3257,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[34]
+	mi := &file_messages_hc_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3204,7 +3270,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{34}
+	return file_messages_hc_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveNode) GetNode() string {
@@ -3224,7 +3290,7 @@ type Timer struct {
 
 func (x *Timer) Reset() {
 	*x = Timer{}
-	mi := &file_messages_hc_proto_msgTypes[35]
+	mi := &file_messages_hc_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3236,7 +3302,7 @@ func (x *Timer) String() string {
 func (*Timer) ProtoMessage() {}
 
 func (x *Timer) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[35]
+	mi := &file_messages_hc_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3249,7 +3315,7 @@ func (x *Timer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timer.ProtoReflect.Descriptor instead.
 func (*Timer) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{35}
+	return file_messages_hc_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Timer) GetKey() string {
@@ -3268,7 +3334,7 @@ type AdminSnapshot struct {
 
 func (x *AdminSnapshot) Reset() {
 	*x = AdminSnapshot{}
-	mi := &file_messages_hc_proto_msgTypes[36]
+	mi := &file_messages_hc_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3280,7 +3346,7 @@ func (x *AdminSnapshot) String() string {
 func (*AdminSnapshot) ProtoMessage() {}
 
 func (x *AdminSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[36]
+	mi := &file_messages_hc_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3293,7 +3359,7 @@ func (x *AdminSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminSnapshot.ProtoReflect.Descriptor instead.
 func (*AdminSnapshot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{36}
+	return file_messages_hc_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AdminSnapshot) GetSite() string {
@@ -3313,7 +3379,7 @@ type AdminRollback struct {
 
 func (x *AdminRollback) Reset() {
 	*x = AdminRollback{}
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3325,7 +3391,7 @@ func (x *AdminRollback) String() string {
 func (*AdminRollback) ProtoMessage() {}
 
 func (x *AdminRollback) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[37]
+	mi := &file_messages_hc_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3338,7 +3404,7 @@ func (x *AdminRollback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRollback.ProtoReflect.Descriptor instead.
 func (*AdminRollback) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{37}
+	return file_messages_hc_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AdminRollback) GetSite() string {
@@ -3368,7 +3434,7 @@ type AdminRestoreStash struct {
 
 func (x *AdminRestoreStash) Reset() {
 	*x = AdminRestoreStash{}
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3380,7 +3446,7 @@ func (x *AdminRestoreStash) String() string {
 func (*AdminRestoreStash) ProtoMessage() {}
 
 func (x *AdminRestoreStash) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[38]
+	mi := &file_messages_hc_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3393,7 +3459,7 @@ func (x *AdminRestoreStash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRestoreStash.ProtoReflect.Descriptor instead.
 func (*AdminRestoreStash) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{38}
+	return file_messages_hc_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AdminRestoreStash) GetSite() string {
@@ -3423,7 +3489,7 @@ type AdminDeleteSite struct {
 
 func (x *AdminDeleteSite) Reset() {
 	*x = AdminDeleteSite{}
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3435,7 +3501,7 @@ func (x *AdminDeleteSite) String() string {
 func (*AdminDeleteSite) ProtoMessage() {}
 
 func (x *AdminDeleteSite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[39]
+	mi := &file_messages_hc_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3448,7 +3514,7 @@ func (x *AdminDeleteSite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminDeleteSite.ProtoReflect.Descriptor instead.
 func (*AdminDeleteSite) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{39}
+	return file_messages_hc_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AdminDeleteSite) GetSite() string {
@@ -3481,7 +3547,7 @@ type DeleteSite struct {
 
 func (x *DeleteSite) Reset() {
 	*x = DeleteSite{}
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3493,7 +3559,7 @@ func (x *DeleteSite) String() string {
 func (*DeleteSite) ProtoMessage() {}
 
 func (x *DeleteSite) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[40]
+	mi := &file_messages_hc_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3506,7 +3572,7 @@ func (x *DeleteSite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSite.ProtoReflect.Descriptor instead.
 func (*DeleteSite) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{40}
+	return file_messages_hc_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteSite) GetSite() string {
@@ -3544,7 +3610,7 @@ type AdminQuery struct {
 
 func (x *AdminQuery) Reset() {
 	*x = AdminQuery{}
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3556,7 +3622,7 @@ func (x *AdminQuery) String() string {
 func (*AdminQuery) ProtoMessage() {}
 
 func (x *AdminQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[41]
+	mi := &file_messages_hc_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3569,7 +3635,7 @@ func (x *AdminQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminQuery.ProtoReflect.Descriptor instead.
 func (*AdminQuery) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{41}
+	return file_messages_hc_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *AdminQuery) GetQueryId() uint64 {
@@ -3641,7 +3707,7 @@ type AdminView struct {
 
 func (x *AdminView) Reset() {
 	*x = AdminView{}
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3653,7 +3719,7 @@ func (x *AdminView) String() string {
 func (*AdminView) ProtoMessage() {}
 
 func (x *AdminView) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[42]
+	mi := &file_messages_hc_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3666,7 +3732,7 @@ func (x *AdminView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminView.ProtoReflect.Descriptor instead.
 func (*AdminView) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{42}
+	return file_messages_hc_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *AdminView) GetQueryId() uint64 {
@@ -3788,7 +3854,7 @@ type Sync struct {
 
 func (x *Sync) Reset() {
 	*x = Sync{}
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3800,7 +3866,7 @@ func (x *Sync) String() string {
 func (*Sync) ProtoMessage() {}
 
 func (x *Sync) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[43]
+	mi := &file_messages_hc_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3813,7 +3879,7 @@ func (x *Sync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sync.ProtoReflect.Descriptor instead.
 func (*Sync) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{43}
+	return file_messages_hc_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Sync) GetSite() string {
@@ -3858,7 +3924,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3870,7 +3936,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[44]
+	mi := &file_messages_hc_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3883,7 +3949,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{44}
+	return file_messages_hc_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SyncDone) GetSite() string {
@@ -3943,7 +4009,7 @@ type DatasetBoot struct {
 
 func (x *DatasetBoot) Reset() {
 	*x = DatasetBoot{}
-	mi := &file_messages_hc_proto_msgTypes[45]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3955,7 +4021,7 @@ func (x *DatasetBoot) String() string {
 func (*DatasetBoot) ProtoMessage() {}
 
 func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[45]
+	mi := &file_messages_hc_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3968,7 +4034,7 @@ func (x *DatasetBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DatasetBoot.ProtoReflect.Descriptor instead.
 func (*DatasetBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{45}
+	return file_messages_hc_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DatasetBoot) GetInfo() *DatasetInfo {
@@ -4011,7 +4077,7 @@ type NodeBoot struct {
 
 func (x *NodeBoot) Reset() {
 	*x = NodeBoot{}
-	mi := &file_messages_hc_proto_msgTypes[46]
+	mi := &file_messages_hc_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4023,7 +4089,7 @@ func (x *NodeBoot) String() string {
 func (*NodeBoot) ProtoMessage() {}
 
 func (x *NodeBoot) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[46]
+	mi := &file_messages_hc_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4036,7 +4102,7 @@ func (x *NodeBoot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeBoot.ProtoReflect.Descriptor instead.
 func (*NodeBoot) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{46}
+	return file_messages_hc_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *NodeBoot) GetNode() string {
@@ -4078,7 +4144,7 @@ type RouteTable struct {
 
 func (x *RouteTable) Reset() {
 	*x = RouteTable{}
-	mi := &file_messages_hc_proto_msgTypes[47]
+	mi := &file_messages_hc_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4090,7 +4156,7 @@ func (x *RouteTable) String() string {
 func (*RouteTable) ProtoMessage() {}
 
 func (x *RouteTable) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[47]
+	mi := &file_messages_hc_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4103,7 +4169,7 @@ func (x *RouteTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteTable.ProtoReflect.Descriptor instead.
 func (*RouteTable) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{47}
+	return file_messages_hc_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RouteTable) GetRoutes() []*RouteUpdate {
@@ -4125,7 +4191,7 @@ type BalancerRole struct {
 
 func (x *BalancerRole) Reset() {
 	*x = BalancerRole{}
-	mi := &file_messages_hc_proto_msgTypes[48]
+	mi := &file_messages_hc_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4137,7 +4203,7 @@ func (x *BalancerRole) String() string {
 func (*BalancerRole) ProtoMessage() {}
 
 func (x *BalancerRole) ProtoReflect() protoreflect.Message {
-	mi := &file_messages_hc_proto_msgTypes[48]
+	mi := &file_messages_hc_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4150,7 +4216,7 @@ func (x *BalancerRole) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BalancerRole.ProtoReflect.Descriptor instead.
 func (*BalancerRole) Descriptor() ([]byte, []int) {
-	return file_messages_hc_proto_rawDescGZIP(), []int{48}
+	return file_messages_hc_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *BalancerRole) GetActive() bool {
@@ -4317,7 +4383,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\vProbeAnswer\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x19\n" +
 	"\bprobe_id\x18\x02 \x01(\x04R\aprobeId\x121\n" +
-	"\x04info\x18\x03 \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\"\xcf\x03\n" +
+	"\x04info\x18\x03 \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\"\xf4\x03\n" +
 	"\vDatasetInfo\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12*\n" +
@@ -4333,7 +4399,11 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\x05phase\x18\v \x01(\x0e2\x1b.hybridcluster.v1.SitePhaseR\x05phase\x12\x1d\n" +
 	"\n" +
 	"ftp_leases\x18\f \x01(\rR\tftpLeases\x12\x1a\n" +
-	"\brequests\x18\r \x01(\x04R\brequests\"\xb3\x02\n" +
+	"\brequests\x18\r \x01(\x04R\brequests\x12#\n" +
+	"\rprocess_error\x18\x0e \x01(\tR\fprocessError\"9\n" +
+	"\rProcessHealth\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xb3\x02\n" +
 	"\vStreamOffer\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1b\n" +
 	"\tfrom_node\x18\x02 \x01(\tR\bfromNode\x12-\n" +
@@ -4587,7 +4657,7 @@ func file_messages_hc_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_messages_hc_proto_goTypes = []any{
 	(SitePhase)(0),            // 0: hybridcluster.v1.SitePhase
 	(Role)(0),                 // 1: hybridcluster.v1.Role
@@ -4616,36 +4686,37 @@ var file_messages_hc_proto_goTypes = []any{
 	(*Probe)(nil),             // 24: hybridcluster.v1.Probe
 	(*ProbeAnswer)(nil),       // 25: hybridcluster.v1.ProbeAnswer
 	(*DatasetInfo)(nil),       // 26: hybridcluster.v1.DatasetInfo
-	(*StreamOffer)(nil),       // 27: hybridcluster.v1.StreamOffer
-	(*StreamAnswer)(nil),      // 28: hybridcluster.v1.StreamAnswer
-	(*StreamDone)(nil),        // 29: hybridcluster.v1.StreamDone
-	(*StorageRequest)(nil),    // 30: hybridcluster.v1.StorageRequest
-	(*StorageResult)(nil),     // 31: hybridcluster.v1.StorageResult
-	(*Received)(nil),          // 32: hybridcluster.v1.Received
-	(*ProcessRequest)(nil),    // 33: hybridcluster.v1.ProcessRequest
-	(*Heartbeat)(nil),         // 34: hybridcluster.v1.Heartbeat
-	(*MemberEvent)(nil),       // 35: hybridcluster.v1.MemberEvent
-	(*NodeReport)(nil),        // 36: hybridcluster.v1.NodeReport
-	(*StorageLow)(nil),        // 37: hybridcluster.v1.StorageLow
-	(*DrainNode)(nil),         // 38: hybridcluster.v1.DrainNode
-	(*RemoveNode)(nil),        // 39: hybridcluster.v1.RemoveNode
-	(*Timer)(nil),             // 40: hybridcluster.v1.Timer
-	(*AdminSnapshot)(nil),     // 41: hybridcluster.v1.AdminSnapshot
-	(*AdminRollback)(nil),     // 42: hybridcluster.v1.AdminRollback
-	(*AdminRestoreStash)(nil), // 43: hybridcluster.v1.AdminRestoreStash
-	(*AdminDeleteSite)(nil),   // 44: hybridcluster.v1.AdminDeleteSite
-	(*DeleteSite)(nil),        // 45: hybridcluster.v1.DeleteSite
-	(*AdminQuery)(nil),        // 46: hybridcluster.v1.AdminQuery
-	(*AdminView)(nil),         // 47: hybridcluster.v1.AdminView
-	(*Sync)(nil),              // 48: hybridcluster.v1.Sync
-	(*SyncDone)(nil),          // 49: hybridcluster.v1.SyncDone
-	(*DatasetBoot)(nil),       // 50: hybridcluster.v1.DatasetBoot
-	(*NodeBoot)(nil),          // 51: hybridcluster.v1.NodeBoot
-	(*RouteTable)(nil),        // 52: hybridcluster.v1.RouteTable
-	(*BalancerRole)(nil),      // 53: hybridcluster.v1.BalancerRole
-	nil,                       // 54: hybridcluster.v1.SiteState.ReplicaCursorEntry
-	nil,                       // 55: hybridcluster.v1.AdminView.MountsEntry
-	nil,                       // 56: hybridcluster.v1.DatasetBoot.MountsEntry
+	(*ProcessHealth)(nil),     // 27: hybridcluster.v1.ProcessHealth
+	(*StreamOffer)(nil),       // 28: hybridcluster.v1.StreamOffer
+	(*StreamAnswer)(nil),      // 29: hybridcluster.v1.StreamAnswer
+	(*StreamDone)(nil),        // 30: hybridcluster.v1.StreamDone
+	(*StorageRequest)(nil),    // 31: hybridcluster.v1.StorageRequest
+	(*StorageResult)(nil),     // 32: hybridcluster.v1.StorageResult
+	(*Received)(nil),          // 33: hybridcluster.v1.Received
+	(*ProcessRequest)(nil),    // 34: hybridcluster.v1.ProcessRequest
+	(*Heartbeat)(nil),         // 35: hybridcluster.v1.Heartbeat
+	(*MemberEvent)(nil),       // 36: hybridcluster.v1.MemberEvent
+	(*NodeReport)(nil),        // 37: hybridcluster.v1.NodeReport
+	(*StorageLow)(nil),        // 38: hybridcluster.v1.StorageLow
+	(*DrainNode)(nil),         // 39: hybridcluster.v1.DrainNode
+	(*RemoveNode)(nil),        // 40: hybridcluster.v1.RemoveNode
+	(*Timer)(nil),             // 41: hybridcluster.v1.Timer
+	(*AdminSnapshot)(nil),     // 42: hybridcluster.v1.AdminSnapshot
+	(*AdminRollback)(nil),     // 43: hybridcluster.v1.AdminRollback
+	(*AdminRestoreStash)(nil), // 44: hybridcluster.v1.AdminRestoreStash
+	(*AdminDeleteSite)(nil),   // 45: hybridcluster.v1.AdminDeleteSite
+	(*DeleteSite)(nil),        // 46: hybridcluster.v1.DeleteSite
+	(*AdminQuery)(nil),        // 47: hybridcluster.v1.AdminQuery
+	(*AdminView)(nil),         // 48: hybridcluster.v1.AdminView
+	(*Sync)(nil),              // 49: hybridcluster.v1.Sync
+	(*SyncDone)(nil),          // 50: hybridcluster.v1.SyncDone
+	(*DatasetBoot)(nil),       // 51: hybridcluster.v1.DatasetBoot
+	(*NodeBoot)(nil),          // 52: hybridcluster.v1.NodeBoot
+	(*RouteTable)(nil),        // 53: hybridcluster.v1.RouteTable
+	(*BalancerRole)(nil),      // 54: hybridcluster.v1.BalancerRole
+	nil,                       // 55: hybridcluster.v1.SiteState.ReplicaCursorEntry
+	nil,                       // 56: hybridcluster.v1.AdminView.MountsEntry
+	nil,                       // 57: hybridcluster.v1.DatasetBoot.MountsEntry
 }
 var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4656,7 +4727,7 @@ var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 5: hybridcluster.v1.SiteState.epoch:type_name -> hybridcluster.v1.Epoch
 	0,  // 6: hybridcluster.v1.SiteState.phase:type_name -> hybridcluster.v1.SitePhase
 	6,  // 7: hybridcluster.v1.SiteState.latest:type_name -> hybridcluster.v1.SnapshotRef
-	54, // 8: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
+	55, // 8: hybridcluster.v1.SiteState.replica_cursor:type_name -> hybridcluster.v1.SiteState.ReplicaCursorEntry
 	2,  // 9: hybridcluster.v1.SiteResponse.code:type_name -> hybridcluster.v1.Code
 	5,  // 10: hybridcluster.v1.SiteResponse.epoch:type_name -> hybridcluster.v1.Epoch
 	5,  // 11: hybridcluster.v1.RouteUpdate.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4700,17 +4771,17 @@ var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 49: hybridcluster.v1.DeleteSite.epoch:type_name -> hybridcluster.v1.Epoch
 	4,  // 50: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
 	2,  // 51: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
-	36, // 52: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
+	37, // 52: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
 	9,  // 53: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
 	26, // 54: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
 	6,  // 55: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	55, // 56: hybridcluster.v1.AdminView.mounts:type_name -> hybridcluster.v1.AdminView.MountsEntry
+	56, // 56: hybridcluster.v1.AdminView.mounts:type_name -> hybridcluster.v1.AdminView.MountsEntry
 	2,  // 57: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
 	6,  // 58: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
 	26, // 59: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
 	6,  // 60: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	56, // 61: hybridcluster.v1.DatasetBoot.mounts:type_name -> hybridcluster.v1.DatasetBoot.MountsEntry
-	50, // 62: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	57, // 61: hybridcluster.v1.DatasetBoot.mounts:type_name -> hybridcluster.v1.DatasetBoot.MountsEntry
+	51, // 62: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
 	13, // 63: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
 	64, // [64:64] is the sub-list for method output_type
 	64, // [64:64] is the sub-list for method input_type
@@ -4730,7 +4801,7 @@ func file_messages_hc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_hc_proto_rawDesc), len(file_messages_hc_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   52,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -32,9 +32,10 @@ type pending struct {
 
 // reportedSite is what the last report said of a site, and from what.
 type reportedSite struct {
-	d, s *m.DatasetInfo
-	load uint64
-	out  *m.DatasetInfo
+	d, s    *m.DatasetInfo
+	load    uint64
+	procErr string
+	out     *m.DatasetInfo
 }
 
 // Node is the node actor.
@@ -56,6 +57,9 @@ type Node struct {
 	booted      bool
 	freeBytes   uint64 // from the host (NodeReport input)
 	sizeBytes   uint64 // the same; 0: not known
+	// procErr is why a site's processes are not up here, by site (the
+	// host's ProcessHealth; only failing sites are kept).
+	procErr map[string]string
 	// storageLow: the last free figure was under the bound (lowBound);
 	// lowToldMs is when the datasets were last told (StorageLow).
 	storageLow bool
@@ -69,7 +73,7 @@ func New(name string) *Node {
 	return &Node{name: name, lastHeard: map[string]int64{}, live: map[string]bool{},
 		routes: map[string]*m.RouteUpdate{}, pending: map[uint64]*pending{},
 		datasets: map[string]*m.DatasetInfo{}, sites: map[string]*m.DatasetInfo{}, siteLoad: map[string]uint64{},
-		reported: map[string]*reportedSite{}}
+		reported: map[string]*reportedSite{}, procErr: map[string]string{}}
 }
 
 // Live returns the members this node believes up, sorted.
@@ -121,6 +125,13 @@ func (n *Node) Step(env *core.Env, in proto.Message) []core.Effect {
 		if msg.Node == n.name {
 			n.freeBytes, n.sizeBytes = msg.FreeBytes, msg.SizeBytes
 			return n.storageFigure(env)
+		}
+		return nil
+	case *m.ProcessHealth:
+		if msg.Error == "" {
+			delete(n.procErr, msg.Site)
+		} else {
+			n.procErr[msg.Site] = msg.Error
 		}
 		return nil
 	case *m.SiteRequest:
@@ -306,9 +317,14 @@ func (n *Node) report(env *core.Env) *m.NodeReport {
 	n.load = 0
 	for _, site := range sortedKeys(n.datasets) {
 		d, s, load := n.datasets[site], n.sites[site], n.siteLoad[site]
+		// Processes run on a master only.
+		procErr := ""
+		if d.Role == m.Role_ROLE_MASTER {
+			procErr = n.procErr[site]
+		}
 		// Reports are read, never changed, by the balancer: an unchanged
 		// site's entry is sent again as it was.
-		if c := n.reported[site]; c != nil && c.d == d && c.s == s && c.load == load {
+		if c := n.reported[site]; c != nil && c.d == d && c.s == s && c.load == load && c.procErr == procErr {
 			r.Datasets = append(r.Datasets, c.out)
 			continue
 		}
@@ -324,12 +340,12 @@ func (n *Node) report(env *core.Env) *m.NodeReport {
 		}
 		info := &m.DatasetInfo{Site: d.Site, Node: d.Node, Role: d.Role, Epoch: d.Epoch, Latest: d.Latest,
 			Spec: spec, Replicas: d.Replicas, Snapshots: d.Snapshots, Stashes: d.Stashes, Bytes: d.Bytes,
-			Phase: d.Phase, FtpLeases: d.FtpLeases, Requests: load}
+			Phase: d.Phase, FtpLeases: d.FtpLeases, Requests: load, ProcessError: procErr}
 		if s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
 			info.Phase = s.Phase
 			info.FtpLeases = s.FtpLeases
 		}
-		n.reported[site] = &reportedSite{d: d, s: s, load: load, out: info}
+		n.reported[site] = &reportedSite{d: d, s: s, load: load, procErr: procErr, out: info}
 		r.Datasets = append(r.Datasets, info)
 	}
 	clear(n.siteLoad)

@@ -634,6 +634,9 @@ func (c *cli) printSite(s *admin.Site) {
 	row("domains", strings.Join(s.Domains, ", "))
 	row("master", orDash(s.Master))
 	row("phase", s.Phase)
+	if s.ProcessError != "" {
+		row("processes", "FAILING: "+s.ProcessError)
+	}
 	row("epoch", orDash(s.Epoch))
 	row("replicas", joinOrDash(s.Replicas))
 	if s.LastSnapshot != nil {

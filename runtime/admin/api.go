@@ -113,6 +113,10 @@ type Site struct {
 	Copies       []Copy    `json:"copies"`
 	FTPLeases    uint32    `json:"ftp_leases"`
 	TLS          bool      `json:"tls,omitempty"` // a certificate is stored for HTTPS
+	// ProcessError is why the site's processes (app, mariadbd) are not up
+	// on its master, as the master's host last reported it; "" when they
+	// are, or none has been asked for.
+	ProcessError string    `json:"process_error,omitempty"`
 	ReportedAt   time.Time `json:"reported_at"`
 }
 

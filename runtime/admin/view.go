@@ -175,6 +175,7 @@ func buildSite(name string, copies []reportedCopy) Site {
 		masterLatest = master.info.GetLatest()
 		s.LastSnapshot = snapshotOf(masterLatest)
 		s.FTPLeases = master.info.GetFtpLeases()
+		s.ProcessError = master.info.GetProcessError()
 		s.ReportedAt = msTime(master.atMs)
 	} else {
 		s.Phase = PhaseFailingOver

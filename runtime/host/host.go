@@ -133,6 +133,9 @@ type Host struct {
 	catalog *catalog
 	store   *storageExec
 	clients map[string]*stream.Client // other members' stream endpoints
+	// notStarted: sites whose start here failed before their processes
+	// could be asked for (reported with their health).
+	notStarted siteErrors
 
 	system *actor.ActorSystem
 	remote *remote.Remote

@@ -338,6 +338,7 @@ func (h *Host) reportFigures() {
 	defer t.Stop()
 	var size int64
 	var sizeAt time.Time
+	var healthSent map[string]string
 	for first := true; ; first = false {
 		if !first {
 			select {
@@ -349,6 +350,7 @@ func (h *Host) reportFigures() {
 		for site, n := range h.activity.drainLoad() {
 			h.deliverLocal(core.NodeAddr(h.node), &m.DatasetInfo{Site: site, Requests: n})
 		}
+		healthSent = h.reportHealth(healthSent)
 		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.ReportInterval)
 		free, err := h.driver.Free(ctx)
 		if sizeAt.IsZero() || time.Since(sizeAt) >= sizeFigureEvery {
@@ -403,6 +405,7 @@ func (h *Host) runProcess(ctx context.Context, req *m.ProcessRequest) {
 		return
 	}
 	if !req.Start {
+		h.notStarted.set(req.Site, "")
 		h.sites.Stop(req.Site)
 		return
 	}
@@ -414,12 +417,15 @@ func (h *Host) runProcess(ctx context.Context, req *m.ProcessRequest) {
 	dir, err := h.driver.Mountpoint(ctx, site)
 	if err != nil {
 		h.log.Error("site not started: no mountpoint", "site", req.Site, "node", h.node, "err", err)
+		h.notStarted.set(req.Site, "not started: no mountpoint: "+err.Error())
 		return
 	}
 	if err := h.sites.Start(req.Site, req.Spec, dir); err != nil {
 		h.log.Error("site not started", "site", req.Site, "node", h.node, "err", err)
+		h.notStarted.set(req.Site, "not started: "+err.Error())
 		return
 	}
+	h.notStarted.set(req.Site, "")
 	h.gates.setStarted(req.Site, true)
 	if w, ok := h.sites.(startAwaiter); ok {
 		// The site's next storage request (the new master's first
@@ -442,3 +448,67 @@ type startAwaiter interface {
 // processes a start began; past it the queue goes on and they start
 // alongside.
 const processStartWaitMax = 5 * time.Second
+
+// healthReporter is a SiteRunner that can say why sites' processes are
+// failing (sites.Supervisor).
+type healthReporter interface {
+	Failures() map[string]string
+}
+
+// reportHealth tells the node actor each site whose processes' health
+// changed since sent (what it was told last), and returns what it was
+// told now: failures of the site runner, and sites this host could not
+// start at all.
+func (h *Host) reportHealth(sent map[string]string) map[string]string {
+	now := h.notStarted.all()
+	if hr, ok := h.sites.(healthReporter); ok {
+		for site, why := range hr.Failures() {
+			if prev, ok := now[site]; ok {
+				why = prev + "; " + why
+			}
+			now[site] = why
+		}
+	}
+	for site, why := range now {
+		if sent[site] != why {
+			h.deliverLocal(core.NodeAddr(h.node), &m.ProcessHealth{Site: site, Error: why})
+		}
+	}
+	for site := range sent {
+		if _, ok := now[site]; !ok {
+			h.deliverLocal(core.NodeAddr(h.node), &m.ProcessHealth{Site: site})
+		}
+	}
+	return now
+}
+
+// siteErrors are the sites this host could not start, and why (one entry
+// per site started here at most).
+type siteErrors struct {
+	mu   sync.Mutex
+	errs map[string]string
+}
+
+// set records why site could not start ("": it started, or was stopped).
+func (e *siteErrors) set(site, why string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if why == "" {
+		delete(e.errs, site)
+		return
+	}
+	if e.errs == nil {
+		e.errs = map[string]string{}
+	}
+	e.errs[site] = why
+}
+
+func (e *siteErrors) all() map[string]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make(map[string]string, len(e.errs))
+	for k, v := range e.errs {
+		out[k] = v
+	}
+	return out
+}

@@ -252,6 +252,27 @@ func TestE2EServedByEveryNode(t *testing.T) {
 	if err != nil || !strings.Contains(table, "shop") || !strings.Contains(table, s.Master) {
 		t.Fatalf("hcctl sites: %v\n%s", err, table)
 	}
+	if show, err := c.HCCtl(ctx, 1, "site", "show", "shop"); err != nil || strings.Contains(show, "FAILING") {
+		t.Fatalf("hcctl site show of a healthy site: %v\n%s", err, show)
+	}
+
+	// A site whose app cannot stay up is active (its dataset is), and the
+	// operator sees why it does not serve in hcctl site show.
+	createSiteWith(t, ctx, c, "broken", "--domain", "broken.example", "--app", "/bin/false")
+	// (The request waits for a start, up to the supervisor's bound.)
+	if code := curl(t, "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: broken.example", c.URL(0)+"/"); code != "503" {
+		t.Fatalf("a site whose app exits at once answered %s, want 503", code)
+	}
+	var show string
+	for attempt := 0; attempt < 40 && !strings.Contains(show, "FAILING: app exited: exit status 1"); attempt++ {
+		time.Sleep(250 * time.Millisecond)
+		if show, err = c.HCCtl(ctx, 2, "site", "show", "broken"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !strings.Contains(show, "processes:") || !strings.Contains(show, "FAILING: app exited: exit status 1") {
+		t.Fatalf("hcctl site show of a site whose app exits:\n%s", show)
+	}
 }
 
 // A planned migration under continuous writes loses no acknowledged write

@@ -109,7 +109,7 @@ func (s *Supervisor) runOnce(st *siteState, rn *runner) bool {
 	p, err := startProcess(log, st.name, rn.command, rn.dir, s.cfg.RunDir)
 	if err != nil {
 		log.Error("app start failed", "err", err)
-		return s.failed(st, rn)
+		return s.failed(st, rn, "start: "+err.Error())
 	}
 	startedAt := time.Now()
 	log.Info("app started", "pid", p.pid, "port", p.port)
@@ -157,11 +157,12 @@ func (s *Supervisor) supervise(st *siteState, rn *runner, p *process, log *slog.
 		case <-p.exited:
 			p.reap()
 			log.Warn("app exited", "pid", p.pid, "status", p.status(), "ran", time.Since(startedAt).Round(time.Millisecond))
-			return s.failed(st, rn)
+			return s.failed(st, rn, "exited: "+p.status())
 
 		case <-healthy.C:
 			st.mu.Lock()
 			st.backoff = 0
+			st.failures, st.failingSince = 0, time.Time{}
 			st.mu.Unlock()
 
 		case <-rn.stop:
@@ -190,6 +191,7 @@ func (s *Supervisor) supervise(st *siteState, rn *runner, p *process, log *slog.
 			healthy.Reset(restartBackoffResetAfter)
 			st.mu.Lock()
 			rn.proxy = p.handler
+			st.failure = "" // up again (the count goes once it stays up)
 			st.broadcastLocked()
 			st.mu.Unlock()
 			log.Info("app accepting connections", "pid", p.pid, "after", acceptedAt.Sub(startedAt).Round(time.Millisecond))
@@ -197,7 +199,7 @@ func (s *Supervisor) supervise(st *siteState, rn *runner, p *process, log *slog.
 		case <-acceptBoundC:
 			log.Error("app did not accept connections in time; killing it", "pid", p.pid, "bound", appAcceptMax)
 			p.stop(false, s.cfg.StopWaitMax, log)
-			return s.failed(st, rn)
+			return s.failed(st, rn, fmt.Sprintf("accepted no connection within %s", appAcceptMax))
 		}
 	}
 }
@@ -228,10 +230,15 @@ func (s *Supervisor) idleDetach(st *siteState, rn *runner) (bool, time.Duration)
 // last, at most RestartBackoffMax). It reports whether rn should restart the
 // app now (the site is started and had traffic in the last IdleStopAfter);
 // if not, rn is detached and the next request starts the app.
-func (s *Supervisor) failed(st *siteState, rn *runner) bool {
+func (s *Supervisor) failed(st *siteState, rn *runner, why string) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	now := time.Now()
+	st.failure = why
+	st.failures++
+	if st.failingSince.IsZero() {
+		st.failingSince = now
+	}
 	if st.backoff == 0 {
 		st.backoff = s.cfg.RestartBackoffMin
 	} else {
@@ -304,6 +311,14 @@ func appArgv(command string) []string {
 }
 
 func startProcess(log *slog.Logger, site, command, dir, runDir string) (*process, error) {
+	// exec names the program when the working directory is missing
+	// ("fork/exec /bin/sh: no such file or directory"), which sends an
+	// operator after the wrong file.
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("site directory: %w", err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("site directory %s is not a directory", dir)
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err

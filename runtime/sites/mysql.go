@@ -152,8 +152,12 @@ type mysqlSite struct {
 	// (warm) has ended, either way; nil when none was made.
 	warmed   chan struct{}
 	startErr error
-	conns    int
-	lastUsed time.Time
+	// failingSince is when starts began to fail (zero while the last
+	// start succeeded); failures counts them.
+	failingSince time.Time
+	failures     int
+	conns        int
+	lastUsed     time.Time
 	// generation changes whenever a server starts or exits: a connection
 	// made under another one is to a server that is gone (Stale).
 	generation atomic.Uint64
@@ -438,6 +442,14 @@ func (p *mysqlPool) dial(ctx context.Context, site string) (net.Conn, error) {
 		err := p.startServer(ms, dir, spec)
 		ms.mu.Lock()
 		ms.startErr = err
+		if err == nil {
+			ms.failingSince, ms.failures = time.Time{}, 0
+		} else {
+			if ms.failingSince.IsZero() {
+				ms.failingSince = time.Now()
+			}
+			ms.failures++
+		}
 		ms.starting = nil
 		close(ch)
 		ms.mu.Unlock()

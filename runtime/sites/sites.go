@@ -252,6 +252,12 @@ type siteState struct {
 	// again after a failure.
 	backoff     time.Duration
 	nextStartAt time.Time
+	// failure is why the app's last run ended badly ("" once it accepts
+	// connections again); failures counts such ends since failingSince,
+	// both reset once it has stayed up for restartBackoffResetAfter.
+	failure      string
+	failures     int
+	failingSince time.Time
 	// killEpoch counts Quiesce kills. A request remembers it on arrival;
 	// one that arrived before a kill is never handed to a new process.
 	killEpoch uint64

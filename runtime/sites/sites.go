@@ -589,6 +589,12 @@ func (s *Supervisor) serveApp(st *siteState, epoch uint64, w http.ResponseWriter
 	proxy.ServeHTTP(w, r)
 }
 
+// crashLoopFailures: once the site's app has failed this many runs in a
+// row (start errors, exits, no accept in time), a request that finds no
+// process of it running is answered at once (503) instead of waiting up to
+// StartWaitMax for a start the backoff may put seconds away.
+const crashLoopFailures = 3
+
 // waitApp waits, up to StartWaitMax and within WaitingRequestsMax waiting
 // requests, until the site's app accepts connections (starting it if
 // none runs) and returns its proxy; otherwise it says why not (for a 503).
@@ -630,6 +636,12 @@ func (s *Supervisor) waitApp(st *siteState, epoch uint64, r *http.Request) (http
 			waiting = true
 		}
 		s.ensureRunnerLocked(st)
+		if st.failures >= crashLoopFailures && (st.runner == nil || st.runner.proc == nil) {
+			// Crash-looping, and waiting out its backoff: the next start
+			// may be seconds away and fail again. (The runner above still
+			// starts it when the backoff ends: a fixed app comes back.)
+			return nil, "the site's app keeps failing"
+		}
 		ch := st.changed
 		st.mu.Unlock()
 		select {

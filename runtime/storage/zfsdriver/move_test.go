@@ -162,3 +162,45 @@ func TestMoveStepsAskZFSOnlyWhatTheyNeed(t *testing.T) {
 	checkMount("replicas", "v4")
 
 }
+
+// A dataset whose fence (hc:epoch) is not an epoch (set by hand, or by a
+// tool that knows no better) can still be listed, so that the node's
+// reports, retention and the admin views go on; what decides on the fence
+// (a receive, Epoch) refuses it instead of guessing.
+func TestABadFenceFailsOnlyWhatDecidesOnIt(t *testing.T) {
+	a := zfstest.NewPool(t, zfstest.Logger())
+	b := zfstest.NewPool(t, zfstest.Logger())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	site := storage.MustSite("fenced")
+	e1 := storage.Epoch{Term: 1, Node: "a"}
+	if err := a.Create(ctx, site, 0); err != nil {
+		t.Fatal(err)
+	}
+	storagetest.WriteFile(t, ctx, a, site, "index.html", []byte("v1"))
+	for _, s := range []string{"s1", "s2"} {
+		if _, err := a.Snapshot(ctx, site, storage.MustSnap(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := storagetest.Transfer(ctx, a, b, site, e1, storage.SnapName{}, storage.MustSnap("s1")); err != nil {
+		t.Fatal(err)
+	}
+	replica := b.Root() + "/replicas/fenced"
+	if out, err := exec.CommandContext(ctx, "zfs", "set", "hc:epoch=not-an-epoch", replica).CombinedOutput(); err != nil {
+		t.Fatalf("zfs set: %v: %s", err, out)
+	}
+	snaps, err := b.ListSnapshots(ctx, site)
+	if err != nil || len(snaps) != 1 || snaps[0].Name.String() != "s1" {
+		t.Fatalf("listing a copy with a bad fence: %v %v", snaps, err)
+	}
+	if _, err := b.Epoch(ctx, site); err == nil {
+		t.Fatal("Epoch of a bad fence: no error")
+	}
+	if _, err := storagetest.Transfer(ctx, a, b, site, e1, storage.MustSnap("s1"), storage.MustSnap("s2")); err == nil {
+		t.Fatal("an increment was received past a fence that is not an epoch")
+	}
+	if snaps, err := b.ListSnapshots(ctx, site); err != nil || len(snaps) != 1 {
+		t.Fatalf("after the refused increment: %v %v", snaps, err)
+	}
+}

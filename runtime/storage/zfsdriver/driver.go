@@ -38,6 +38,7 @@ import (
 	"log/slog"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -135,8 +136,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := d.unmount(ctx, replicas); err != nil {
 		return nil, err
 	}
+	// Not fatal: a site on a dataset that stays unmounted fails to start,
+	// and says so (Mountpoint tries again).
 	if err := d.mountMissing(ctx); err != nil {
-		return nil, err
+		d.log.Error("mounting the filesystems found unmounted", "err", err)
 	}
 	return d, nil
 }
@@ -152,25 +155,36 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 // a promotion mounts its dataset), and so do stashes, which are kept
 // unmounted.
 func (d *Driver) mountMissing(ctx context.Context) error {
-	out, err := d.command(ctx, "list mounts", "zfs", []string{"list", "-H", "-r", "-t", "filesystem", "-o", "name,mounted,canmount", d.root}, nil, nil)
+	out, err := d.command(ctx, "list mounts", "zfs", []string{"list", "-H", "-r", "-t", "filesystem", "-o", "name,mounted,canmount,mountpoint", d.root}, nil, nil)
 	if err != nil {
 		return err
 	}
+	var errs []error
+	var failed []string
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		f := strings.Split(line, "\t")
-		if len(f) != 3 || f[1] != "no" || f[2] != "on" {
+		// Not mountable by zfs mount: canmount off or noauto, no
+		// mountpoint, or one the operator mounts (legacy).
+		if len(f) != 4 || f[1] != "no" || f[2] != "on" || !strings.HasPrefix(f[3], "/") {
 			continue
 		}
 		ds := f[0]
 		if strings.HasPrefix(ds, d.root+"/replicas/") || strings.HasPrefix(ds, d.root+"/stash/") {
 			continue
 		}
+		// Not under a parent that would not mount: mounted later, that
+		// parent would hide this mount.
+		if slices.ContainsFunc(failed, func(p string) bool { return strings.HasPrefix(ds, p+"/") }) {
+			continue
+		}
 		if err := d.mount(ctx, ds); err != nil {
-			return fmt.Errorf("mount %s: %w", ds, err)
+			errs = append(errs, fmt.Errorf("mount %s: %w", ds, err))
+			failed = append(failed, ds)
+			continue
 		}
 		d.log.Warn("mounted a filesystem found unmounted", "dataset", ds)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Kind implements storage.Driver.

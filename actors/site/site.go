@@ -451,7 +451,8 @@ func (s *Site) restoreStash(env *core.Env, r *m.AdminRestoreStash) []core.Effect
 func (s *Site) migrate(env *core.Env, mg *m.Migrate) []core.Effect {
 	switch {
 	case s.phase != m.SitePhase_SITE_PHASE_ACTIVE:
-		return []core.Effect{s.log("migration refused: site is not active here", "target", mg.Target, "phase", s.phase.String())}
+		return append([]core.Effect{s.log("migration refused: site is not active here", "target", mg.Target, "phase", s.phase.String())},
+			s.migrateResult(&migration{target: mg.Target, reason: mg.Reason}, m.Code_CODE_FAILED, "site is not active here: "+s.phase.String(), 0)...)
 	case mg.Target == s.node:
 		return nil
 	case s.leaseCount() > 0 && mg.Reason == "load":
@@ -549,6 +550,7 @@ func (s *Site) activated(env *core.Env, a *m.Activated) []core.Effect {
 		core.CancelTimer{Key: timerStep},
 		s.log("migration done", "target", mg.target, "paused_ms", env.NowMs()-mg.pausedMs, "took_ms", env.NowMs()-mg.startedMs),
 	}
+	fx = append(fx, s.migrateResult(mg, m.Code_CODE_OK, "", env.NowMs()-mg.pausedMs)...)
 	fx = append(fx, s.forward(env)...)
 	// Processes stop before the dataset is told: its role change (a rename
 	// on ZFS) must not race a running app.
@@ -560,12 +562,27 @@ func (s *Site) activated(env *core.Env, a *m.Activated) []core.Effect {
 // abort ends a migration that has not asked the target to activate: the site
 // serves here again, held requests first.
 func (s *Site) abort(env *core.Env, why string) []core.Effect {
-	target := s.mig.target
+	mg := s.mig
 	s.mig = nil
 	s.phase = m.SitePhase_SITE_PHASE_ACTIVE
-	fx := []core.Effect{core.CancelTimer{Key: timerStep}, core.Warn("migration aborted", "site", s.site, "node", s.node, "target", target, "why", why),
+	fx := []core.Effect{core.CancelTimer{Key: timerStep}, core.Warn("migration aborted", "site", s.site, "node", s.node, "target", mg.target, "why", why),
 		core.Broadcast{Msg: s.route()}}
+	fx = append(fx, s.migrateResult(mg, m.Code_CODE_FAILED, why, 0)...)
 	return append(fx, s.release(env)...)
+}
+
+// ReasonStop is the reason of the moves a stopping node asks for (its
+// host hands its sites off before it exits): their end, either way, is
+// told to the host (MigrateResult to the node's client address).
+const ReasonStop = "stop"
+
+// migrateResult tells the host how a move it asked for ended.
+func (s *Site) migrateResult(mg *migration, code m.Code, detail string, pausedMs int64) []core.Effect {
+	if mg.reason != ReasonStop {
+		return nil
+	}
+	return []core.Effect{core.Send{To: core.ClientAddr(s.node), Msg: &m.MigrateResult{
+		Site: s.site, Target: mg.target, Code: code, Detail: detail, PausedMs: uint64(max(pausedMs, 0))}}}
 }
 
 // targetLost handles a target that is gone while it may or may not have
@@ -579,6 +596,7 @@ func (s *Site) targetLost(env *core.Env, why string) []core.Effect {
 	epoch := core.NextEpoch(s.mig.epoch, s.node, env)
 	fx := []core.Effect{core.Warn("migration target lost after activation was asked: resuming here", "site", s.site,
 		"node", s.node, "target", s.mig.target, "why", why, "new_epoch", core.EpochString(epoch))}
+	fx = append(fx, s.migrateResult(s.mig, m.Code_CODE_FAILED, why, 0)...)
 	// The dataset bumps its epoch and comes back through activate().
 	return append(fx, core.Send{To: core.DatasetAddr(s.node, s.site), Msg: &m.Activate{
 		Spec: s.spec, Epoch: epoch, Replicas: s.replicas, Reason: "resume"}})

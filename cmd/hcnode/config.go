@@ -54,6 +54,12 @@ type Config struct {
 		EtcdEndpoints []string `yaml:"etcd_endpoints"`
 		ConsulAddress string   `yaml:"consul_address"`
 	} `yaml:"cluster"`
+	// HandoffWait bounds how long a node told to stop (SIGTERM, SIGINT)
+	// spends handing the sites it masters to their replicas, a planned move
+	// each, before it stops (0: none; its sites then fail over once it is
+	// gone, losing what was written since their last replicated snapshot).
+	// A second signal cuts it short.
+	HandoffWait time.Duration `yaml:"handoff_wait"`
 	// Members are the cluster's nodes (the seed list): every node lists
 	// every member, itself included. Empty: a one-node cluster of this node.
 	Members []Member `yaml:"members"`
@@ -114,6 +120,10 @@ type Member struct {
 	Seed string `yaml:"seed"`
 }
 
+// defaultHandoffWait is a stopping node's default hand-off bound: under
+// systemd's default stop timeout (90 s).
+const defaultHandoffWait = 60 * time.Second
+
 func defaults() *Config {
 	c := &Config{}
 	c.Storage.Driver = "auto"
@@ -128,6 +138,7 @@ func defaults() *Config {
 	c.Listen.MySQL = "127.0.0.1:3306"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
+	c.HandoffWait = defaultHandoffWait
 	def := core.Default()
 	r := def.Retention
 	c.Snapshots.KeepAll, c.Snapshots.KeepMinutely, c.Snapshots.KeepHourly, c.Snapshots.KeepDaily = r.KeepAll, r.KeepMinutely, r.KeepHourly, r.KeepDaily
@@ -189,6 +200,7 @@ files. Example file:
   ftp: {listen: 0.0.0.0:21, passive_ports: 30000-30099, tls_cert: /etc/hybridcluster/ftp.pem, tls_key: /etc/hybridcluster/ftp.key}
   snapshots: {keep_all: 2m, keep_minutely: 15m, keep_hourly: 24h, keep_daily: 168h, low_free_mib: 1024, low_free_percent: 10}   # the defaults
   log: {level: info, format: text}
+  handoff_wait: 60s   # on SIGTERM/SIGINT: move this node's sites to their replicas first (0: no)
 
 Flags:
 `)
@@ -221,6 +233,7 @@ Flags:
 	adminTokenFile := fs.String("admin-token-file", "", "file holding the admin endpoint's bearer token")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logFormat := fs.String("log-format", "", "text or json (default text)")
+	handoffWait := fs.String("handoff-wait", "", "on SIGTERM or SIGINT, how long to spend moving this node's sites to their replicas before stopping; 0: none (default "+defaultHandoffWait.String()+")")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -270,6 +283,12 @@ Flags:
 	if len(members) > 0 {
 		c.Members = members
 	}
+	var flagErr error
+	if *handoffWait != "" {
+		if c.HandoffWait, flagErr = time.ParseDuration(*handoffWait); flagErr != nil {
+			flagErr = fmt.Errorf("-handoff-wait %q: want a duration such as 60s or 0", *handoffWait)
+		}
+	}
 	if c.DataDir == "" && c.Node != "" {
 		c.DataDir = filepath.Join("hc-data", c.Node)
 	}
@@ -283,6 +302,9 @@ Flags:
 	}
 	// Every problem at once, so that an operator mends them in one go.
 	var errs []error
+	if flagErr != nil {
+		errs = append(errs, flagErr)
+	}
 	var err error
 	if c.nodeToken, err = secret(getenv("HC_NODE_TOKEN"), c.Secrets.NodeTokenFile, "node token"); err != nil {
 		errs = append(errs, err)
@@ -325,6 +347,9 @@ func (c *Config) validate() error {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("snapshots %s %v: want a duration of zero or more", what, d))
 		}
+	}
+	if c.HandoffWait < 0 {
+		errs = append(errs, fmt.Errorf("handoff_wait %v: want a duration of zero or more", c.HandoffWait))
 	}
 	if c.Snapshots.LowFreePct > 100 {
 		errs = append(errs, fmt.Errorf("snapshots low_free_percent %d: want 0..100", c.Snapshots.LowFreePct))

@@ -261,6 +261,9 @@ func run(c *Config) error {
 	case <-h.Removed():
 		removed = fmt.Errorf("node %s was removed from the cluster (hcctl remove); it stops and will not start under this name", c.Node)
 	}
+	if removed == nil && ctx.Err() != nil && c.HandoffWait > 0 {
+		handOff(h, c.HandoffWait, stop, log)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
 	defer cancel()
 	for _, s := range fronts {
@@ -270,6 +273,30 @@ func run(c *Config) error {
 		_ = s.Shutdown(sctx)
 	}
 	return removed
+}
+
+// handOff moves the sites this node masters to their replicas (bounded by
+// wait) while the front ends still serve: their requests are paused, then
+// go to the new masters. A second SIGTERM or SIGINT cuts it short.
+func handOff(h *host.Host, wait time.Duration, stopSignals func(), log *slog.Logger) {
+	stopSignals() // the first signal's context is done; catch the next one here
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	go func() {
+		select {
+		case <-again:
+			log.Warn("second signal: hand-off cut short")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	begun := time.Now()
+	log.Info("handing sites off before stopping", "bound", wait)
+	moved, left := h.HandOff(ctx)
+	log.Info("hand-off done", "moved", moved, "left", left, "took", time.Since(begun).Round(time.Millisecond))
 }
 
 // backend is the admin endpoint's view of the host.

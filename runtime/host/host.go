@@ -133,6 +133,11 @@ type Host struct {
 	catalog *catalog
 	store   *storageExec
 	clients map[string]*stream.Client // other members' stream endpoints
+	// stopping: HandOff began; receives are refused from then on.
+	stopping atomic.Bool
+	// handoffs are the hand-off moves waiting for their end, by site
+	// (under mu).
+	handoffs map[string]chan *m.MigrateResult
 	// notStarted: sites whose start here failed before their processes
 	// could be asked for (reported with their health).
 	notStarted siteErrors
@@ -277,7 +282,7 @@ func newHost(opt Options) (*Host, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{node: opt.Node, cfg: cfg, log: log, members: members, names: names, driver: opt.Driver,
 		catalog: cat, incarnation: inc, ctx: ctx, cancel: cancel, waiters: map[uint64]chan *m.SiteResponse{},
-		queries: map[uint64]chan *m.AdminView{}, asks: map[uint64]ask{}, toldRemoved: map[string]time.Time{},
+		queries: map[uint64]chan *m.AdminView{}, handoffs: map[string]chan *m.MigrateResult{}, asks: map[uint64]ask{}, toldRemoved: map[string]time.Time{},
 		removedCh: make(chan struct{}), internalToken: opt.StreamToken, routes: newRouteTable(), gates: newGates(), sites: opt.Sites,
 		clients: map[string]*stream.Client{}}
 	h.removed.Store(&removed)
@@ -289,7 +294,7 @@ func newHost(opt Options) (*Host, error) {
 }
 
 func (h *Host) startStreams(opt Options) error {
-	srv, err := stream.NewServer(stream.ServerConfig{Driver: &receivingDriver{Driver: h.driver, catalog: h.catalog},
+	srv, err := stream.NewServer(stream.ServerConfig{Driver: &receivingDriver{Driver: h.driver, catalog: h.catalog, stopping: &h.stopping},
 		Token: opt.StreamToken, Logger: h.log})
 	if err != nil {
 		return err
@@ -442,6 +447,10 @@ func (h *Host) Request(ctx context.Context, req *m.SiteRequest) (*m.SiteResponse
 func (h *Host) clientResponse(msg proto.Message) {
 	if v, ok := msg.(*m.AdminView); ok {
 		h.adminView(v)
+		return
+	}
+	if r, ok := msg.(*m.MigrateResult); ok {
+		h.handoffResult(r)
 		return
 	}
 	resp, ok := msg.(*m.SiteResponse)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -718,9 +719,19 @@ func parseSnapshotName(name string) (*m.Epoch, uint64, bool) {
 type receivingDriver struct {
 	storage.Driver
 	catalog *catalog
+	// stopping: the node hands its sites off before it stops; it takes no
+	// copy meanwhile (a move to it would be handed on again, or lost
+	// with it).
+	stopping *atomic.Bool
 }
 
+// errStopping refuses a receive on a node that is stopping.
+var errStopping = errors.New("node is stopping")
+
 func (r *receivingDriver) Receive(ctx context.Context, site storage.Site, epoch storage.Epoch, base storage.SnapName, in io.Reader) (storage.Snapshot, error) {
+	if r.stopping != nil && r.stopping.Load() {
+		return storage.Snapshot{}, fmt.Errorf("receive %s: %w", site, errStopping)
+	}
 	if err := r.catalog.ensureReplica(site.String()); err != nil {
 		return storage.Snapshot{}, fmt.Errorf("receive %s: catalog: %w", site, err)
 	}

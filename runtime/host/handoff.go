@@ -57,7 +57,13 @@ func (h *Host) HandOff(ctx context.Context) (moved, left int) {
 		started := 0
 		for _, s := range todo {
 			tried[s] = true
-			target := h.handoffTarget(ctx, s, assigned)
+			target, master := h.handoffTarget(ctx, s, assigned)
+			if !master {
+				// Its dataset actor does not serve it as master (no
+				// dataset here, a move or a deletion under way).
+				h.log.Debug("hand-off: not a master here", "site", s, "node", h.node)
+				continue
+			}
 			if target == "" {
 				h.log.Warn("hand-off: no live replica; the site fails over once this node is gone", "site", s, "node", h.node)
 				left++
@@ -88,13 +94,14 @@ func (h *Host) HandOff(ctx context.Context) (moved, left int) {
 }
 
 // handoffTarget picks the live replica of site with the fewest moves
-// asked so far ("" when there is none).
-func (h *Host) handoffTarget(ctx context.Context, s string, assigned map[string]int) string {
+// asked so far ("" when there is none); master: the site's dataset actor
+// says it is master here.
+func (h *Host) handoffTarget(ctx context.Context, s string, assigned map[string]int) (target string, master bool) {
 	qctx, cancel := context.WithTimeout(ctx, h.cfg.StepTimeout)
 	defer cancel()
 	v, err := h.Query(qctx, core.DatasetAddr(h.node, s), &m.AdminQuery{Kind: m.AdminQueryKind_ADMIN_QUERY_SITE, Site: s})
 	if err != nil || v.GetInfo().GetRole() != m.Role_ROLE_MASTER {
-		return ""
+		return "", false
 	}
 	replicas := slices.Clone(v.GetInfo().GetReplicas())
 	slices.Sort(replicas)
@@ -107,7 +114,7 @@ func (h *Host) handoffTarget(ctx context.Context, s string, assigned map[string]
 			best = r
 		}
 	}
-	return best
+	return best, true
 }
 
 // handOffSite asks the site's actor for a move to target and waits for its

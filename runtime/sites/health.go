@@ -29,13 +29,7 @@ func (s *Supervisor) Failures() map[string]string {
 	if s.mysql == nil {
 		return out
 	}
-	s.mysql.mu.Lock()
-	dbs := make([]*mysqlSite, 0, len(s.mysql.sites))
-	for _, ms := range s.mysql.sites {
-		dbs = append(dbs, ms)
-	}
-	s.mysql.mu.Unlock()
-	for _, ms := range dbs {
+	for _, ms := range s.mysql.all() {
 		ms.mu.Lock()
 		if ms.started && ms.startErr != nil {
 			text := failureText("mariadbd", "start: "+ms.startErr.Error(), ms.failingSince, ms.failures)

@@ -74,13 +74,7 @@ func TestFailuresSayWhyAnAppIsNotUp(t *testing.T) {
 // A site whose mariadbd cannot start is reported failing, with the
 // start's error, from the first connection that asked for it.
 func TestFailuresSayWhyMariadbdIsNotUp(t *testing.T) {
-	run, err := os.MkdirTemp("", "hcr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(run)
-	s := New(Config{RunDir: run})
-	defer s.Close()
+	s := newMySQLSupervisor(t)
 	dir := t.TempDir()
 	// The server's directory is a file: no start can use it.
 	if err := os.WriteFile(filepath.Join(dir, "mysql"), []byte("not a directory"), 0o644); err != nil {

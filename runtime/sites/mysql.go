@@ -328,10 +328,7 @@ func (p *mysqlPool) close() {
 		return
 	}
 	p.closed = true
-	all := make([]*mysqlSite, 0, len(p.sites))
-	for _, ms := range p.sites {
-		all = append(all, ms)
-	}
+	all := p.allLocked()
 	close(p.stop)
 	p.mu.Unlock()
 	<-p.done
@@ -710,13 +707,7 @@ func (p *mysqlPool) idleLoop() {
 		if idle < 0 {
 			continue
 		}
-		p.mu.Lock()
-		all := make([]*mysqlSite, 0, len(p.sites))
-		for _, ms := range p.sites {
-			all = append(all, ms)
-		}
-		p.mu.Unlock()
-		for _, ms := range all {
+		for _, ms := range p.all() {
 			ms.mu.Lock()
 			isIdle := ms.proc != nil && ms.ready && ms.conns == 0 && time.Since(ms.lastUsed) > idle
 			ms.mu.Unlock()
@@ -807,4 +798,19 @@ func (s *Supervisor) DialMySQL(ctx context.Context, site string) (net.Conn, erro
 // passwords against it), nil for a site not started here.
 func (s *Supervisor) SiteSpec(site string) *m.SiteSpec {
 	return s.mysql.spec(site)
+}
+
+// all is every site's server state (a copy of the map's values).
+func (p *mysqlPool) all() []*mysqlSite {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.allLocked()
+}
+
+func (p *mysqlPool) allLocked() []*mysqlSite {
+	out := make([]*mysqlSite, 0, len(p.sites))
+	for _, ms := range p.sites {
+		out = append(out, ms)
+	}
+	return out
 }

@@ -27,19 +27,27 @@ func mysqlSpec() *m.SiteSpec {
 		MysqlUsers: []*m.MysqlUser{{Name: "shop", PasswordHash: shopHash, Databases: []string{"shop_db"}}}}
 }
 
-// TestMySQLServerLifecycle runs a real mariadbd: created at the first
-// connection with the spec's user and database, shut down cleanly by
-// Quiesce and started again (data kept), refused after Stop.
-func TestMySQLServerLifecycle(t *testing.T) {
-	// A short run directory: the sockets go there (t.TempDir() is too
-	// long for a socket path).
+// newMySQLSupervisor is a supervisor with a short run directory: the
+// sockets go there (t.TempDir() is too long for a socket path).
+func newMySQLSupervisor(t *testing.T) *Supervisor {
+	t.Helper()
 	run, err := os.MkdirTemp("", "hcr")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(run)
 	s := New(Config{RunDir: run})
-	defer s.Close()
+	t.Cleanup(func() {
+		s.Close()
+		os.RemoveAll(run)
+	})
+	return s
+}
+
+// TestMySQLServerLifecycle runs a real mariadbd: created at the first
+// connection with the spec's user and database, shut down cleanly by
+// Quiesce and started again (data kept), refused after Stop.
+func TestMySQLServerLifecycle(t *testing.T) {
+	s := newMySQLSupervisor(t)
 	dir := t.TempDir()
 	if err := s.Start("shop", mysqlSpec(), dir); err != nil {
 		t.Fatal(err)
@@ -75,7 +83,7 @@ func TestMySQLServerLifecycle(t *testing.T) {
 	if !s.IsRunning("shop") {
 		t.Fatal("mariadbd not reported running")
 	}
-	if _, err := os.Stat(filepath.Join(run, "mysql", "shop.sock")); err != nil {
+	if _, err := os.Stat(filepath.Join(s.cfg.RunDir, "mysql", "shop.sock")); err != nil {
 		t.Fatalf("socket not in the run directory: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "mysql", "data", "shop_db")); err != nil {
@@ -132,7 +140,7 @@ func TestMySQLServerLifecycle(t *testing.T) {
 		// Dead once its socket refuses connections (until then a
 		// connection may still land in the dying server's backlog).
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-			c, err := net.Dial("unix", filepath.Join(run, "mysql", "shop.sock"))
+			c, err := net.Dial("unix", filepath.Join(s.cfg.RunDir, "mysql", "shop.sock"))
 			if err != nil {
 				break
 			}

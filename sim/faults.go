@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hybridcluster/hybridcluster/actors/core"
+	"github.com/hybridcluster/hybridcluster/actors/site"
 	m "github.com/hybridcluster/hybridcluster/messages"
 )
 
@@ -24,7 +26,12 @@ var faultKinds = []faultKind{
 	{"oneway", 90 * time.Second, func(w *World) { w.faultPartition(true) }},
 	{"slowdisk", 40 * time.Second, func(w *World) { w.faultDisk(true) }},
 	{"fulldisk", 60 * time.Second, func(w *World) { w.faultDisk(false) }},
+	{"stop", 90 * time.Second, func(w *World) { w.faultStop() }},
 }
+
+// stopHandoffWait is how long a stopped host hands its sites off before
+// it goes down (the runtime's HandOff, bounded by handoff_wait).
+const stopHandoffWait = 20 * time.Second
 
 // faultsStart picks this seed's swarm and schedules it; it returns its name.
 func (w *World) faultsStart() string {
@@ -101,6 +108,60 @@ func (w *World) crashFor(h *host, down time.Duration) {
 			w.chk.fault()
 			w.boot(h)
 		}
+	})
+}
+
+// faultStop stops a host as an operator does (SIGTERM): it takes no copy
+// from then on, asks a move (reason stop) of each site it masters to
+// another live host, and goes down stopHandoffWait later, whatever the
+// moves did, for as long as a crash.
+func (w *World) faultStop() {
+	live := w.liveHosts()
+	if len(live) < 2 {
+		return
+	}
+	h := w.hosts[w.pick(live)]
+	if h.stopping {
+		return
+	}
+	w.chk.fault()
+	h.stopping = true
+	inc := h.incarnation
+	var others []string
+	for _, n := range live {
+		if n != h.name {
+			others = append(others, n)
+		}
+	}
+	var moves []string
+	for _, addr := range sortedAddrs(h.actors) {
+		st, ok := h.actors[addr].(*site.Site)
+		if !ok || addr.Kind != core.KindSite || st.Phase() != m.SitePhase_SITE_PHASE_ACTIVE {
+			continue
+		}
+		target := w.pick(others)
+		moves = append(moves, addr.Site+"->"+target)
+		w.deliver(addr, &m.Migrate{Site: addr.Site, Target: target, Reason: site.ReasonStop})
+	}
+	w.tracef("FAULT stop %s (hand-offs: %s)", h.name, strings.Join(moves, " "))
+	w.at(stopHandoffWait, func() {
+		if !h.up || h.incarnation != inc {
+			return
+		}
+		// A site handed off left every write it took in the final
+		// delta: none may be pending here, unless the site came back
+		// since (a failover may promote this copy again).
+		for _, s := range h.handedOff {
+			st, ok := h.actors[core.SiteAddr(h.name, s)].(*site.Site)
+			if !ok || st.Phase() != m.SitePhase_SITE_PHASE_DEMOTED {
+				continue
+			}
+			if d := h.store.ds[s]; d != nil && len(d.pending) > 0 {
+				w.violate("STOP", "site %s handed off by %s with %d writes not in its final delta", s, h.name, len(d.pending))
+			}
+		}
+		w.tracef("stop %s: %d sites handed off", h.name, len(h.handedOff))
+		w.crashFor(h, 5*time.Second+time.Duration(w.rng.Int64N(int64(25*time.Second))))
 	})
 }
 
@@ -212,4 +273,15 @@ func (w *World) healAll() {
 		}
 	}
 	w.tracef("liveness phase: all faults healed")
+}
+
+// sortedAddrs are the addresses of actors, in a fixed order (the run must
+// not depend on map order).
+func sortedAddrs(actors map[core.Address]core.Actor) []core.Address {
+	out := make([]core.Address, 0, len(actors))
+	for a := range actors {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b core.Address) int { return strings.Compare(a.String(), b.String()) })
+	return out
 }

@@ -74,6 +74,15 @@ func TestMutationsAreCaught(t *testing.T) {
 			o.MigrationEvery = 5 * time.Second
 			o.Config.Mutations.SkipFinalDelta = true
 		}, 0},
+		{"stop-skip-final-delta", "STOP", func(o *Options) {
+			// Stopped hosts hand busy sites off; without the final delta
+			// the writes since the pre-copy stay behind on the stopped
+			// host.
+			o.FaultKinds = []string{"stop"}
+			o.FaultRate = 3
+			o.Sites, o.RequestRate = 5, 20
+			o.Config.Mutations.SkipFinalDelta = true
+		}, 0},
 		{"promote-oldest", "I3", func(o *Options) {
 			o.FaultKinds = []string{"crash", "slowdisk"}
 			o.FaultRate = 3
@@ -141,6 +150,24 @@ func TestMutationScenariosPassUnmutated(t *testing.T) {
 		}
 		for _, v := range res.Violations {
 			t.Errorf("seed %d: %s", seed, v)
+		}
+	}
+	// Stops of busy hosts: every hand-off keeps every write.
+	for seed := uint64(1); seed <= 6; seed++ {
+		o := small(seed)
+		o.FaultKinds = []string{"stop"}
+		o.FaultRate = 3
+		o.Sites, o.RequestRate = 5, 20
+		o.Config = SimConfig()
+		res, err := Run(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Stats.Crashes == 0 {
+			t.Errorf("seed %d: no host was stopped", seed)
+		}
+		for _, v := range res.Violations {
+			t.Errorf("seed %d (stops): %s", seed, v)
 		}
 	}
 }

@@ -64,6 +64,10 @@ type host struct {
 	store       *simStore
 	slowDisk    bool
 	fullDisk    bool
+	// stopping: told to stop (faultStop); it takes no copy until it is
+	// down and up again.
+	stopping    bool
+	handedOff   []string // the sites its hand-off moved (while stopping)
 	crashedAtUs int64
 }
 
@@ -242,8 +246,14 @@ func (w *World) send(from string, to core.Address, msg proto.Message) {
 		// Simulated clients only send site requests; anything else for a
 		// client address (an AdminView) has no one waiting and is ignored,
 		// leaving the trace as it was.
-		if resp, ok := msg.(*m.SiteResponse); ok {
-			w.clientResponse(to.Node, resp)
+		switch msg := msg.(type) {
+		case *m.SiteResponse:
+			w.clientResponse(to.Node, msg)
+		case *m.MigrateResult:
+			// A stopping host's hand-off ended (faultStop).
+			if h := w.hosts[to.Node]; h != nil && h.stopping && msg.Code == m.Code_CODE_OK {
+				h.handedOff = append(h.handedOff, msg.Site)
+			}
 		}
 		return
 	}
@@ -349,6 +359,9 @@ func (w *World) stream(h *host, from core.Address, req *m.StorageRequest) {
 		case rh.fullDisk:
 			fail(m.Code_CODE_OUT_OF_SPACE, "receiver disk full")
 			return
+		case rh.stopping:
+			fail(m.Code_CODE_FAILED, "receiver is stopping")
+			return
 		case req.Base == "" && len(rd.snaps) > 0:
 			fail(m.Code_CODE_NO_COMMON_SNAPSHOT, "full stream onto a copy with snapshots")
 			return
@@ -419,7 +432,7 @@ func (w *World) crash(h *host) {
 	lost := h.store.crash()
 	h.actors = map[core.Address]core.Actor{}
 	h.timers = map[timerKey]uint64{}
-	h.slowDisk, h.fullDisk = false, false
+	h.slowDisk, h.fullDisk, h.stopping, h.handedOff = false, false, false, nil
 	w.tracef("FAULT crash %s (lost %d unsnapshotted writes)", h.name, lost)
 	w.chk.crashed(h)
 	w.clientsLost(h.name)

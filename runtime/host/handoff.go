@@ -57,6 +57,10 @@ func (h *Host) HandOff(ctx context.Context) (moved, left int) {
 		started := 0
 		for _, s := range todo {
 			tried[s] = true
+			if ctx.Err() != nil {
+				left++ // no move begins once the bound has passed
+				continue
+			}
 			target, master := h.handoffTarget(ctx, s, assigned)
 			if !master {
 				// Its dataset actor does not serve it as master (no
@@ -73,6 +77,11 @@ func (h *Host) HandOff(ctx context.Context) (moved, left int) {
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
+				left++
+				continue
+			}
+			if ctx.Err() != nil {
+				<-slots
 				left++
 				continue
 			}

@@ -45,7 +45,11 @@ func (h *Host) HandOff(ctx context.Context) (moved, left int) {
 				todo = append(todo, s)
 			}
 		}
-		if len(todo) == 0 || ctx.Err() != nil {
+		if len(todo) == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			left += len(todo) // the bound passed before they were tried
 			break
 		}
 		type outcome struct {

@@ -68,6 +68,7 @@ type testCluster struct {
 	t     *testing.T
 	nodes map[string]*testNode
 	names []string
+	logs  *syncBuffer // every node's log
 }
 
 // freePort is a loopback port for an address protoactor binds itself,
@@ -96,7 +97,7 @@ func startClusterWith(t *testing.T, n int, tweak func(name string, opt *Options)
 	t.Helper()
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	c := &testCluster{t: t, nodes: map[string]*testNode{}}
+	c := &testCluster{t: t, nodes: map[string]*testNode{}, logs: logs}
 	var members []Member
 	listeners := map[string]net.Listener{}
 	for i := 1; i <= n; i++ {

@@ -77,7 +77,7 @@ const (
 func mysqlBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("hcbench mysql", flag.ExitOnError)
 	duration := fs.Duration("duration", 1500*time.Millisecond, "length of each QPS measurement")
-	rounds := fs.Int("rounds", 6, "how many times each target is measured, in turn (short interleaved rounds let a change in the machine's load fall on every target alike)")
+	rounds := fs.Int("rounds", 12, "how many times each target is measured, in turn (short interleaved rounds let a change in the machine's load fall on every target alike)")
 	dbMiB := fs.Int("db-mib", 256, "database size for the move (MiB, 0.."+fmt.Sprint(mysqlDBMiBMax)+")")
 	keep := fs.Bool("keep", false, "keep the cluster's directory (logs)")
 	logLevel := fs.String("log-level", "info", "the nodes' log level: debug (every zfs command and its duration), info, warn or error")
@@ -229,8 +229,15 @@ func mysqlBench(ctx context.Context, args []string) error {
 	var backgroundFor time.Duration
 	nodes := []int{c.Pid(master), c.Pid(remote)}
 	for round := range *rounds {
+		// Every other round runs the targets in reverse, so that what a
+		// run leaves behind (the server's warm threads, the machine's
+		// drift within a round) does not always fall on the same one.
+		order := slices.Clone(targets)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
 		for _, mode := range []string{"text", "prepared"} {
-			for _, tg := range targets {
+			for _, tg := range order {
 				params := "interpolateParams=true"
 				if mode == "prepared" {
 					params = ""
@@ -321,7 +328,7 @@ func mysqlBench(ctx context.Context, args []string) error {
 			spread = append(spread, fmt.Sprintf("%s=%.2f/%.2f/%.2f", mode, slices.Min(rs), median(rs), slices.Max(rs)))
 		}
 	}
-	fmt.Printf("mysql_round_ratios proxy_vs_haproxy %s (min/median/max of %d rounds, each a proxy run and the HAProxy run before it)\n", strings.Join(spread, " "), *rounds)
+	fmt.Printf("mysql_round_ratios proxy_vs_haproxy %s (min/median/max of %d rounds, each a proxy run and the HAProxy run beside it, in alternating order)\n", strings.Join(spread, " "), *rounds)
 	// One connection's latency (the median of sequential point selects),
 	// each target in turn, text form.
 	var lat []string

@@ -140,7 +140,7 @@ type Host struct {
 	handoffs map[string]chan *m.MigrateResult
 	// notStarted: sites whose start here failed before their processes
 	// could be asked for (reported with their health).
-	notStarted siteErrors
+	notStarted startFailures
 
 	system *actor.ActorSystem
 	remote *remote.Remote

@@ -351,6 +351,9 @@ func (h *Host) reportFigures() {
 			h.deliverLocal(core.NodeAddr(h.node), &m.DatasetInfo{Site: site, Requests: n})
 		}
 		healthSent = h.reportHealth(healthSent)
+		for _, f := range h.notStarted.due(time.Now()) {
+			h.store.retryStart(f.req, f.gen)
+		}
 		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.ReportInterval)
 		free, err := h.driver.Free(ctx)
 		if sizeAt.IsZero() || time.Since(sizeAt) >= sizeFigureEvery {
@@ -399,13 +402,19 @@ func (h *Host) quiesce(ctx context.Context, site string) {
 }
 
 // runProcess carries out a Process effect, in the site's storage order (a
-// stop precedes the role change that renames the dataset).
-func (h *Host) runProcess(ctx context.Context, req *m.ProcessRequest) {
+// stop precedes the role change that renames the dataset). gen is the
+// effect's place among the site's Process effects; retry: a start that
+// failed before, tried again, which is dropped once a later effect (a
+// stop, another start) was asked.
+func (h *Host) runProcess(ctx context.Context, req *m.ProcessRequest, gen uint64, retry bool) {
 	if h.sites == nil {
 		return
 	}
+	if retry && !h.notStarted.stillFailed(req.Site, gen) {
+		return
+	}
 	if !req.Start {
-		h.notStarted.set(req.Site, "")
+		h.notStarted.ok(req.Site, gen)
 		h.sites.Stop(req.Site)
 		return
 	}
@@ -416,16 +425,19 @@ func (h *Host) runProcess(ctx context.Context, req *m.ProcessRequest) {
 	}
 	dir, err := h.driver.Mountpoint(ctx, site)
 	if err != nil {
-		h.log.Error("site not started: no mountpoint", "site", req.Site, "node", h.node, "err", err)
-		h.notStarted.set(req.Site, "not started: no mountpoint: "+err.Error())
+		wait := h.notStarted.failed(req, gen, "not started: no mountpoint: "+err.Error(), time.Now())
+		h.log.Error("site not started: no mountpoint", "site", req.Site, "node", h.node, "err", err, "next_try_in", wait)
 		return
 	}
 	if err := h.sites.Start(req.Site, req.Spec, dir); err != nil {
-		h.log.Error("site not started", "site", req.Site, "node", h.node, "err", err)
-		h.notStarted.set(req.Site, "not started: "+err.Error())
+		wait := h.notStarted.failed(req, gen, "not started: "+err.Error(), time.Now())
+		h.log.Error("site not started", "site", req.Site, "node", h.node, "err", err, "next_try_in", wait)
 		return
 	}
-	h.notStarted.set(req.Site, "")
+	if retry {
+		h.log.Info("site started on a later try", "site", req.Site, "node", h.node)
+	}
+	h.notStarted.ok(req.Site, gen)
 	h.gates.setStarted(req.Site, true)
 	if w, ok := h.sites.(startAwaiter); ok {
 		// The site's next storage request (the new master's first
@@ -482,33 +494,109 @@ func (h *Host) reportHealth(sent map[string]string) map[string]string {
 	return now
 }
 
-// siteErrors are the sites this host could not start, and why (one entry
-// per site started here at most).
-type siteErrors struct {
+// Bounds of the tries to start a site whose start failed here (no
+// mountpoint: a mount that failed; a site directory that is not there).
+// Without them a master whose start failed once stayed down until its role
+// changed, however soon the cause went away.
+const (
+	// startRetryFirst is the wait before the first try again; each
+	// failed try doubles it, up to startRetryMax, and the tries go on as
+	// long as the site is to run here.
+	startRetryFirst = 5 * time.Second
+	startRetryMax   = 2 * time.Minute
+)
+
+// startFailures are the sites this host could not start, why, and when to
+// try again (one entry per site at most), with each site's count of
+// Process effects asked (gen), which orders a retry against a later stop.
+type startFailures struct {
 	mu   sync.Mutex
-	errs map[string]string
+	errs map[string]*startFailure
+	gens map[string]uint64
 }
 
-// set records why site could not start ("": it started, or was stopped).
-func (e *siteErrors) set(site, why string) {
+type startFailure struct {
+	why  string
+	req  *m.ProcessRequest
+	gen  uint64
+	wait time.Duration // before the next try
+	next time.Time
+}
+
+// asked counts a Process effect of site in, and returns its gen.
+func (e *startFailures) asked(site string) uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if why == "" {
-		delete(e.errs, site)
-		return
+	if e.gens == nil {
+		e.gens = map[string]uint64{}
 	}
-	if e.errs == nil {
-		e.errs = map[string]string{}
-	}
-	e.errs[site] = why
+	e.gens[site]++
+	return e.gens[site]
 }
 
-func (e *siteErrors) all() map[string]string {
+// stillFailed reports whether gen is site's latest Process effect and its
+// start has not succeeded since (a retry queued twice starts it once).
+func (e *startFailures) stillFailed(site string, gen uint64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f := e.errs[site]
+	return e.gens[site] == gen && f != nil && f.gen == gen
+}
+
+// failed records why req (gen) could not start the site, unless a later
+// effect superseded it, and returns the wait before the next try.
+func (e *startFailures) failed(req *m.ProcessRequest, gen uint64, why string, now time.Time) time.Duration {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.gens[req.Site] != gen {
+		return 0
+	}
+	if e.errs == nil {
+		e.errs = map[string]*startFailure{}
+	}
+	f := e.errs[req.Site]
+	if f == nil || f.gen != gen {
+		f = &startFailure{req: req, gen: gen, wait: startRetryFirst}
+		e.errs[req.Site] = f
+	} else {
+		f.wait = min(2*f.wait, startRetryMax)
+	}
+	f.why, f.next = why, now.Add(f.wait)
+	return f.wait
+}
+
+// ok clears site's failure: gen started it, or stopped it.
+func (e *startFailures) ok(site string, gen uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if f := e.errs[site]; f != nil && f.gen <= gen {
+		delete(e.errs, site)
+	}
+}
+
+// due returns the failed starts whose next try is due at now; each is
+// due again a wait later if that try neither fails nor succeeds by then
+// (it was not queued, or waits behind the site's storage work).
+func (e *startFailures) due(now time.Time) []startFailure {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []startFailure
+	for _, f := range e.errs {
+		if !now.Before(f.next) && e.gens[f.req.Site] == f.gen {
+			out = append(out, *f)
+			f.next = now.Add(f.wait)
+		}
+	}
+	return out
+}
+
+// all is why each site could not start.
+func (e *startFailures) all() map[string]string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make(map[string]string, len(e.errs))
-	for k, v := range e.errs {
-		out[k] = v
+	for k, f := range e.errs {
+		out[k] = f.why
 	}
 	return out
 }

@@ -48,6 +48,10 @@ type storageJob struct {
 	from core.Address
 	req  *m.StorageRequest
 	proc *m.ProcessRequest // instead of req: a Process effect, kept in the site's order
+	// gen: proc's place among the site's Process effects (see
+	// startFailures); a retry runs only while no later one was asked.
+	gen   uint64
+	retry bool
 }
 
 type siteQueue struct {
@@ -77,10 +81,17 @@ func newStorageExec(h *Host) *storageExec {
 // At the queue bound it is carried out at once, out of order, rather than
 // lost (a stop must never be skipped).
 func (s *storageExec) submitProcess(req *m.ProcessRequest) {
-	if full := s.enqueue(req.Site, storageJob{proc: req}); full {
+	gen := s.h.notStarted.asked(req.Site)
+	if full := s.enqueue(req.Site, storageJob{proc: req, gen: gen}); full {
 		s.h.log.Warn("storage queue full: process request run out of order", "site", req.Site, "node", s.h.node, "start", req.Start)
-		s.h.runProcess(s.h.ctx, req)
+		s.h.runProcess(s.h.ctx, req, gen, false)
 	}
+}
+
+// retryStart queues the start of a site whose start failed again, in the
+// site's order (at the queue bound it waits for the next try).
+func (s *storageExec) retryStart(req *m.ProcessRequest, gen uint64) {
+	_ = s.enqueue(req.Site, storageJob{proc: req, gen: gen, retry: true})
 }
 
 func (s *storageExec) submit(from core.Address, req *m.StorageRequest) {
@@ -137,7 +148,7 @@ func (s *storageExec) drain(site string, q *siteQueue) {
 
 func (s *storageExec) run(job storageJob) {
 	if job.proc != nil {
-		s.h.runProcess(s.h.ctx, job.proc)
+		s.h.runProcess(s.h.ctx, job.proc, job.gen, job.retry)
 		return
 	}
 	if job.req.Op == m.StorageOp_STORAGE_OP_SEND {

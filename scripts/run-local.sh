@@ -41,7 +41,11 @@ if [ "$(id -u)" -eq 0 ] && command -v zpool >/dev/null 2>&1 && zpool list >/dev/
 	# endpoint is not connected"), and the next daemon's mounts of the pool
 	# fail under them: unmount what is dead under the pool's directory and
 	# import the pool again, which mounts it afresh.
-	if zpool list hcrun >/dev/null 2>&1 && ! ls "$RUN_DIR/zfs" >/dev/null 2>&1; then
+	# (The pool's root may be unmounted and fine while mounts under it
+	# are dead, so each is looked at.)
+	dead=$(awk -v r="$RUN_DIR/zfs" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts |
+		while read -r m; do timeout 15 stat -- "$m" >/dev/null 2>&1 || echo "$m"; done)
+	if zpool list hcrun >/dev/null 2>&1 && { [ -n "$dead" ] || ! ls "$RUN_DIR/zfs" >/dev/null 2>&1; }; then
 		log "the pool's mounts are dead (a zfs-fuse daemon restarted); mounting it again"
 		awk -v r="$RUN_DIR/zfs" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts | sort -r |
 			while read -r m; do umount -l "$m" 2>/dev/null || true; done

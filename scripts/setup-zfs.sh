@@ -36,9 +36,30 @@ fi
 ANSWER_SECONDS_MAX=${ANSWER_SECONDS_MAX:-15}
 answers() { timeout "$ANSWER_SECONDS_MAX" zpool list >/dev/null 2>&1; }
 
+# drop_dead_mounts unmounts (lazily, children first) the fuse.zfs mounts no
+# daemon serves any more; with "all", every fuse.zfs mount (no daemon runs).
+# A zfs-fuse daemon that died (killed, or gone with a restart of the
+# machine's services) leaves its mounts behind. They still count as
+# mounted, so nothing mounts the datasets again, and whatever looks in them
+# gets "Transport endpoint is not connected" (seen here: make run's site
+# app failing to start in its own directory). Once they are gone, hcnode
+# mounts its datasets when it starts.
+drop_dead_mounts() {
+	dropped=0
+	for m in $(awk '$3 == "fuse.zfs" {print $2}' /proc/mounts | sort -r); do
+		if [ "${1:-}" = all ] || ! timeout "$ANSWER_SECONDS_MAX" stat -- "$m" >/dev/null 2>&1; then
+			$SUDO umount -l "$m" 2>/dev/null && dropped=$((dropped + 1))
+		fi
+	done
+	if [ "$dropped" -gt 0 ]; then
+		log "dropped $dropped dead zfs-fuse mounts"
+	fi
+}
+
 rc=0
 answers || rc=$?
 if [ "$rc" -eq 0 ]; then
+	drop_dead_mounts
 	log "zfs is ready"
 	exit 0
 fi
@@ -49,15 +70,14 @@ if [ "$rc" -eq 124 ] && pgrep -x zfs-fuse >/dev/null 2>&1; then
 	log "the zfs-fuse daemon does not answer within ${ANSWER_SECONDS_MAX}s: restarting it"
 	$SUDO pkill -9 -x zfs-fuse || true
 	sleep 1
-	for m in $(awk '$3 == "fuse.zfs" {print $2}' /proc/mounts | sort -r); do
-		$SUDO umount -l "$m" 2>/dev/null || true
-	done
+	drop_dead_mounts all
 	$SUDO rm -f /etc/zfs/zpool.cache
 fi
 
 start_daemon() {
 	if ! pgrep -x zfs-fuse >/dev/null 2>&1; then
 		log "starting the zfs-fuse daemon"
+		drop_dead_mounts all
 		# A stale pid file from a dead daemon makes it refuse to start.
 		$SUDO rm -f /var/run/zfs-fuse.pid /run/zfs-fuse.pid
 		$SUDO zfs-fuse

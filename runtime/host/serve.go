@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -516,11 +517,13 @@ type startFailures struct {
 }
 
 type startFailure struct {
-	why  string
-	req  *m.ProcessRequest
-	gen  uint64
-	wait time.Duration // before the next try
-	next time.Time
+	why   string
+	req   *m.ProcessRequest
+	gen   uint64
+	tries int           // failed tries of gen
+	since time.Time     // the first of them
+	wait  time.Duration // before the next try
+	next  time.Time
 }
 
 // asked counts a Process effect of site in, and returns its gen.
@@ -556,11 +559,12 @@ func (e *startFailures) failed(req *m.ProcessRequest, gen uint64, why string, no
 	}
 	f := e.errs[req.Site]
 	if f == nil || f.gen != gen {
-		f = &startFailure{req: req, gen: gen, wait: startRetryFirst}
+		f = &startFailure{req: req, gen: gen, since: now, wait: startRetryFirst}
 		e.errs[req.Site] = f
 	} else {
 		f.wait = min(2*f.wait, startRetryMax)
 	}
+	f.tries++
 	f.why, f.next = why, now.Add(f.wait)
 	return f.wait
 }
@@ -590,13 +594,14 @@ func (e *startFailures) due(now time.Time) []startFailure {
 	return out
 }
 
-// all is why each site could not start.
+// all is why each site could not start, with how often and since when
+// (as the site runner words its processes' failures).
 func (e *startFailures) all() map[string]string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := make(map[string]string, len(e.errs))
 	for k, f := range e.errs {
-		out[k] = f.why
+		out[k] = fmt.Sprintf("%s (%d tries since %s)", f.why, f.tries, f.since.UTC().Format(time.RFC3339))
 	}
 	return out
 }

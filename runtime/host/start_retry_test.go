@@ -109,6 +109,9 @@ func TestFailedStartsBackOffAndAStopEndsThem(t *testing.T) {
 	if w != startRetryMax {
 		t.Fatalf("wait after 11 failures %v, want the bound %v", w, startRetryMax)
 	}
+	if why, want := f.all()["a"], "not started: x (11 tries since 1970-01-01T00:16:40Z)"; why != want {
+		t.Fatalf("health %q, want %q", why, want)
+	}
 	if !f.stillFailed("a", g1) {
 		t.Fatal("a failed start does not count as failed")
 	}

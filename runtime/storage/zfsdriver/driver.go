@@ -355,23 +355,39 @@ func (d *Driver) mount(ctx context.Context, ds string) error {
 }
 
 // rename renames a filesystem, unmounted (zfs-fuse reports fresh mounts as
-// busy), and mounts it again.
+// busy), and mounts it again. A rename whose mount fails is undone, so that
+// the caller's step fails whole and the dataset is where it was: zfs-fuse
+// refuses to mount over a directory that is not empty (OpenZFS 2 mounts
+// over it), and a promotion that renamed a replica to the site's name and
+// then failed left its history there, unmounted, for the stash that
+// followed to break apart.
 func (d *Driver) rename(ctx context.Context, from, to string) error {
 	if err := d.unmount(ctx, from); err != nil && !errors.Is(err, storage.ErrNoDataset) {
 		return err
 	}
-	err := d.gozfs(ctx, "rename", []string{"rename", from, to}, true, func(ctx context.Context) { _ = d.unmount(ctx, from) }, func() error {
-		_, err := (&gozfs.Dataset{Name: from, Type: gozfs.DatasetFilesystem}).Rename(to, false, false)
-		if err != nil {
-			return err
-		}
-		return nil
-	})
-	if err != nil {
+	if err := d.renameOnly(ctx, from, to); err != nil {
 		_ = d.mount(ctx, from)
 		return err
 	}
-	return d.mount(ctx, to)
+	err := d.mount(ctx, to)
+	if err == nil {
+		return nil
+	}
+	if berr := d.renameOnly(ctx, to, from); berr != nil {
+		d.log.Error("a rename whose mount failed could not be undone", "from", from, "to", to, "mount_err", err, "err", berr)
+		return fmt.Errorf("%w (renaming it back to %s failed: %v)", err, from, berr)
+	}
+	_ = d.mount(ctx, from)
+	return err
+}
+
+// renameOnly is zfs rename, retried while zfs-fuse says the dataset is
+// busy.
+func (d *Driver) renameOnly(ctx context.Context, from, to string) error {
+	return d.gozfs(ctx, "rename", []string{"rename", from, to}, true, func(ctx context.Context) { _ = d.unmount(ctx, from) }, func() error {
+		_, err := (&gozfs.Dataset{Name: from, Type: gozfs.DatasetFilesystem}).Rename(to, false, false)
+		return err
+	})
 }
 
 // Destroy implements storage.Driver.

@@ -782,7 +782,7 @@ func (c *cli) migrate(o *opts, args []string) error {
 		progress = c.errw
 	}
 	fmt.Fprintf(progress, "moving %s from %s to %s\n", site, before.Master, node)
-	s, err := c.follow(progress, site, node, before.Master, start, o.waitTimeout)
+	s, err := c.follow(progress, site, node, before.Master, before.Epoch, start, o.waitTimeout)
 	if err != nil {
 		return fmt.Errorf("site %q: migrate to %q: %w", site, node, err)
 	}
@@ -794,7 +794,11 @@ func (c *cli) migrate(o *opts, args []string) error {
 
 // follow polls the site until it is active on node, printing each change
 // of phase or master with the time since start and the replication state.
-func (c *cli) follow(w io.Writer, site, node, from string, start time.Time, timeout time.Duration) (*admin.Site, error) {
+// The move was abandoned when the site is active on from again after a
+// phase of the move was seen, or at another epoch than fromEpoch (a target
+// that refused its promotion: the source resumes at a new epoch, often
+// between two polls).
+func (c *cli) follow(w io.Writer, site, node, from, fromEpoch string, start time.Time, timeout time.Duration) (*admin.Site, error) {
 	deadline := start.Add(timeout)
 	var last, lastErr string
 	moving := false
@@ -830,7 +834,7 @@ func (c *cli) follow(w io.Writer, site, node, from string, start time.Time, time
 			}
 			if s.Phase != "active" {
 				moving = true
-			} else if moving && s.Master == from {
+			} else if s.Master == from && (moving || fromEpoch != "" && s.Epoch != fromEpoch) {
 				return nil, fmt.Errorf("the move was abandoned: %s is active on %s again (see the node logs of %s)", site, from, from)
 			}
 		}

@@ -422,6 +422,16 @@ func movedTo(p m.SitePhase) func(spec *m.SiteSpec) []*m.NodeReport {
 	}
 }
 
+// resumed is the stage where n1 is master again, active at a new epoch: the
+// target refused its promotion between two polls.
+func resumed(spec *m.SiteSpec) []*m.NodeReport {
+	e1, e2 := admintest.Epoch(10, "n1"), admintest.Epoch(12, "n1")
+	return []*m.NodeReport{
+		admintest.Report("n1", 1000, admintest.Master(spec, "n1", m.SitePhase_SITE_PHASE_ACTIVE, e2, admintest.Snap(e1, 6, 1000))),
+		admintest.Report("n2", 1000, admintest.Replica(spec, "n2", e2, admintest.Snap(e1, 6, 1000))),
+	}
+}
+
 func fastPolls(t *testing.T) {
 	old := pollEvery
 	pollEvery = 5 * time.Millisecond
@@ -496,6 +506,15 @@ func TestMigrateTimeoutAndAbandon(t *testing.T) {
 	mv = newMover(moving(m.SitePhase_SITE_PHASE_PRE_COPY, 1000), moving(m.SitePhase_SITE_PHASE_ACTIVE, 0))
 	srv = endpoint(t, mv.Fake)
 	r = hcctl(srv, "migrate", "shop", "n2")
+	if r.code != 1 || !strings.Contains(r.stderr, "abandoned: shop is active on n1 again") {
+		t.Fatalf("%+v", r)
+	}
+
+	// Abandoned between two polls: no phase of the move was seen, but the
+	// source is active at a new epoch.
+	mv = newMover(resumed)
+	srv = endpoint(t, mv.Fake)
+	r = hcctl(srv, "migrate", "shop", "n2", "--timeout", "10s")
 	if r.code != 1 || !strings.Contains(r.stderr, "abandoned: shop is active on n1 again") {
 		t.Fatalf("%+v", r)
 	}

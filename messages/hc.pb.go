@@ -1980,9 +1980,13 @@ type DatasetInfo struct {
 	// process_error (a master's entry in a node's report): why the site's
 	// processes (its app, its mariadbd) are not up on the node, as the host
 	// last saw it; "" when they are, or none is wanted.
-	ProcessError  string `protobuf:"bytes,14,opt,name=process_error,json=processError,proto3" json:"process_error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ProcessError string `protobuf:"bytes,14,opt,name=process_error,json=processError,proto3" json:"process_error,omitempty"`
+	// activation_error: why this copy's last activation as master failed
+	// (a failover's promotion that storage refused, e.g. a mount that
+	// failed); "" once one succeeded, or none was asked.
+	ActivationError string `protobuf:"bytes,15,opt,name=activation_error,json=activationError,proto3" json:"activation_error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DatasetInfo) Reset() {
@@ -2109,6 +2113,13 @@ func (x *DatasetInfo) GetRequests() uint64 {
 func (x *DatasetInfo) GetProcessError() string {
 	if x != nil {
 		return x.ProcessError
+	}
+	return ""
+}
+
+func (x *DatasetInfo) GetActivationError() string {
+	if x != nil {
+		return x.ActivationError
 	}
 	return ""
 }
@@ -4383,7 +4394,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\vProbeAnswer\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x19\n" +
 	"\bprobe_id\x18\x02 \x01(\x04R\aprobeId\x121\n" +
-	"\x04info\x18\x03 \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\"\xf4\x03\n" +
+	"\x04info\x18\x03 \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\"\x9f\x04\n" +
 	"\vDatasetInfo\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12*\n" +
@@ -4400,7 +4411,8 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\n" +
 	"ftp_leases\x18\f \x01(\rR\tftpLeases\x12\x1a\n" +
 	"\brequests\x18\r \x01(\x04R\brequests\x12#\n" +
-	"\rprocess_error\x18\x0e \x01(\tR\fprocessError\"9\n" +
+	"\rprocess_error\x18\x0e \x01(\tR\fprocessError\x12)\n" +
+	"\x10activation_error\x18\x0f \x01(\tR\x0factivationError\"9\n" +
 	"\rProcessHealth\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"\xb3\x02\n" +

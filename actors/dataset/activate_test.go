@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -333,4 +334,32 @@ func syncDone(fx []core.Effect) *m.SyncDone {
 		}
 	}
 	return nil
+}
+
+// Why a failover's promotion failed in storage goes into the copy's report
+// (cut at activateErrMax), so that an operator sees what keeps the site
+// without a master; a later success clears it.
+func TestAFailedActivationIsReportedUntilOneSucceeds(t *testing.T) {
+	env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
+	d := bootedCopy(env, 2, 0)
+	st, _ := findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: &m.Epoch{Term: 5, Node: "n1"}, Reason: "failover"}))
+	why := "promote a: zfs mount pool/sites/a: cannot mount '/mnt/sites/a': directory is not empty"
+	long := why + strings.Repeat(" and more", 100)
+	fx := d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_FAILED, Detail: long})
+	var reported *m.DatasetInfo
+	for _, e := range fx {
+		if s, ok := e.(core.Send); ok && s.To == core.NodeAddr("n1") {
+			if info, ok := s.Msg.(*m.DatasetInfo); ok {
+				reported = info
+			}
+		}
+	}
+	if reported == nil || !strings.HasPrefix(reported.ActivationError, why) || len(reported.ActivationError) != activateErrMax {
+		t.Fatalf("report after the failed activation: %v (effects %v)", reported, fx)
+	}
+	st, _ = findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: &m.Epoch{Term: 6, Node: "n1"}, Reason: "failover"}))
+	d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+	if got := d.Info().ActivationError; got != "" {
+		t.Fatalf("after a successful activation the copy still reports %q", got)
+	}
 }

@@ -153,7 +153,14 @@ type Dataset struct {
 	pendingDelete *m.DeleteSite
 	retryDelete   *m.DeleteSite
 	deleteRetries int
+	// activateErr is why this copy's last activation failed in storage
+	// ("" once one succeeded), reported so that an operator sees why a
+	// failover does not end.
+	activateErr string
 }
+
+// activateErrMax bounds the storage error a copy reports.
+const activateErrMax = 400
 
 var _ core.Actor = (*Dataset)(nil)
 
@@ -167,7 +174,7 @@ func (d *Dataset) Info() *m.DatasetInfo {
 	info := &m.DatasetInfo{
 		Site: d.site, Node: d.node, Role: d.role, Epoch: d.fence, Latest: d.kept(),
 		Spec: d.spec, Snapshots: uint32(len(d.snaps)), Stashes: uint32(d.stashCount),
-		Phase: m.SitePhase_SITE_PHASE_STOPPED,
+		Phase: m.SitePhase_SITE_PHASE_STOPPED, ActivationError: d.activateErr,
 	}
 	switch {
 	case d.role == m.Role_ROLE_DELETED:
@@ -415,12 +422,14 @@ type reportKey struct {
 	snaps, stash  int
 	replicas      int
 	replicasFirst *string
+	activateErr   string
 	activating    *m.Activate
 }
 
 func (d *Dataset) key() reportKey {
 	k := reportKey{role: d.role, active: d.active, epoch: d.epoch, fence: d.fence, latest: d.kept(),
-		spec: d.spec, snaps: len(d.snaps), stash: d.stashCount, replicas: len(d.replicas), activating: d.activating}
+		spec: d.spec, snaps: len(d.snaps), stash: d.stashCount, replicas: len(d.replicas), activating: d.activating,
+		activateErr: d.activateErr}
 	if len(d.replicas) > 0 {
 		k.replicasFirst = &d.replicas[0]
 	}
@@ -541,6 +550,10 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 	d.activating = nil
 	if r.Code != m.Code_CODE_OK {
 		fx := []core.Effect{core.Warn("activation failed in storage", "site", d.site, "node", d.node, "detail", r.Detail)}
+		d.activateErr = r.Detail
+		if len(d.activateErr) > activateErrMax {
+			d.activateErr = d.activateErr[:activateErrMax]
+		}
 		if a.FromNode == "" && r.Code == m.Code_CODE_BUSY && d.activateRetries < env.Config.ActivateAttemptsMax {
 			// A failover's promotion hit a busy dataset (zfs-fuse reports
 			// fresh mounts busy for a while): try again soon rather than
@@ -557,7 +570,7 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 		}
 		return fx
 	}
-	d.activateRetries, d.retryActivate = 0, nil
+	d.activateRetries, d.retryActivate, d.activateErr = 0, nil, ""
 	wasActive := d.active
 	d.exists = true
 	d.spec = a.Spec

@@ -46,3 +46,17 @@ func TestReportsCarryTheMastersProcessError(t *testing.T) {
 		t.Fatalf("kept %d errors, want 1", len(n.procErr))
 	}
 }
+
+// A copy's failed takeover reaches the balancer in the node's report.
+func TestReportsCarryACopysFailedTakeover(t *testing.T) {
+	cfg := core.Default()
+	n := New("n1")
+	env := &core.Env{Self: core.NodeAddr("n1"), Now: time.Unix(1000, 0), Config: cfg}
+	n.Step(env, &m.NodeBoot{Node: "n1", Members: []string{"n1", "n2"}})
+	const why = "promote wiki: zfs mount: directory is not empty"
+	n.Step(env, &m.DatasetInfo{Site: "wiki", Node: "n1", Role: m.Role_ROLE_REPLICA, ActivationError: why})
+	ds := n.report(env).Datasets
+	if len(ds) != 1 || ds[0].ActivationError != why {
+		t.Fatalf("report %v, want the copy's failed takeover", ds)
+	}
+}

@@ -634,6 +634,11 @@ func (c *cli) printSite(s *admin.Site) {
 	row("domains", strings.Join(s.Domains, ", "))
 	row("master", orDash(s.Master))
 	row("phase", s.Phase)
+	for _, cp := range s.Copies {
+		if cp.ActivationError != "" {
+			row("takeover", cp.Node+" could not take over: "+cp.ActivationError)
+		}
+	}
 	if s.ProcessError != "" {
 		row("processes", "FAILING: "+s.ProcessError)
 	}

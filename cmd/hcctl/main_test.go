@@ -124,6 +124,14 @@ func TestSiteShowAndNodes(t *testing.T) {
 		t.Fatal("a hash is shown")
 	}
 
+	if strings.Contains(r.stdout, "takeover") {
+		t.Errorf("shop has a master, and site show names a failed takeover:\n%s", r.stdout)
+	}
+	r = hcctl(srv, "site", "show", "wiki").ok(t)
+	if !strings.Contains(r.stdout, "takeover:         n3 could not take over: "+admintest.SampleTakeoverError) {
+		t.Errorf("site show of a site failing over does not say why:\n%s", r.stdout)
+	}
+
 	r = hcctl(srv, "stash", "shop").ok(t)
 	if r.stdout != "stashes of shop on n1:\n  stash-e90-n4-1\n" {
 		t.Errorf("stash: %q", r.stdout)

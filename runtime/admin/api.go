@@ -94,6 +94,10 @@ type Copy struct {
 	Bytes     uint64    `json:"bytes"`
 	Stashes   uint32    `json:"stashes"`
 	Snapshots uint32    `json:"snapshots"`
+	// ActivationError is why this copy's last try to take over as master
+	// failed in storage (a mount that failed, say), while the site has no
+	// master: what keeps a failover from ending.
+	ActivationError string `json:"activation_error,omitempty"`
 }
 
 // Site is a site as the balancer's latest reports show it.

@@ -278,6 +278,15 @@ func TestSitesFromClusterView(t *testing.T) {
 	if wiki.Master != "" || wiki.Phase != "failing_over" || wiki.Epoch != "90:n4" || strings.Join(wiki.Replicas, ",") != "n3" || wiki.LastSnapshot == nil {
 		t.Fatalf("wiki: %+v", wiki)
 	}
+	// Why a copy could not take over shows while the site has no master.
+	if len(wiki.Copies) != 1 || wiki.Copies[0].ActivationError != admintest.SampleTakeoverError {
+		t.Fatalf("wiki's copies: %+v", wiki.Copies)
+	}
+	for _, cp := range siteByName(t, sites, "shop").Copies {
+		if cp.ActivationError != "" {
+			t.Fatalf("shop has a master, and its copy on %s shows a failed takeover: %q", cp.Node, cp.ActivationError)
+		}
+	}
 	fresh := siteByName(t, sites, "fresh")
 	if fresh.Master != "" || fresh.Phase != "placing" || len(fresh.Copies) != 0 || fresh.Replicas == nil {
 		t.Fatalf("fresh: %+v", fresh)

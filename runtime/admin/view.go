@@ -197,6 +197,9 @@ func buildSite(name string, copies []reportedCopy) Site {
 			Epoch: core.EpochString(c.info.GetEpoch()), Latest: snapshotOf(c.info.GetLatest()),
 			Bytes: c.info.GetBytes(), Stashes: c.info.GetStashes(), Snapshots: c.info.GetSnapshots(),
 		}
+		if master == nil {
+			cp.ActivationError = c.info.GetActivationError()
+		}
 		if master != nil && c.node == master.node {
 			cp.Role = "master"
 		} else {

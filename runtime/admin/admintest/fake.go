@@ -294,8 +294,15 @@ const SampleAtMs int64 = 1_700_000_100_000
 //     master: higher epoch); n3 demoted at 70:n3 (a higher epoch, but not a
 //     serving phase).
 //   - mig: moving from n1 (paused at 100:n1) to n2 (promoting at 101:n2).
-//   - wiki: only a replica on n3 (its master n4 is down).
+//   - wiki: only a replica on n3 (its master n4 is down), whose last try to
+//     take over failed (SampleTakeoverError).
 //   - fresh: asked for, not placed yet.
+//
+// shop's replica on n3 reports an old failed takeover too, which its
+// master hides.
+// SampleTakeoverError is why wiki's copy on n3 could not take over.
+const SampleTakeoverError = "promote wiki: zfs mount pool/sites/wiki: cannot mount '/mnt/sites/wiki': directory is not empty"
+
 func Sample() *Fake {
 	f := New("n1", "n1", "n2", "n3", "n4")
 	at := SampleAtMs
@@ -326,6 +333,8 @@ func Sample() *Fake {
 		demoted,
 		Replica(wiki, "n3", Epoch(90, "n4"), Snap(Epoch(90, "n4"), 5, at-60_000)),
 	)
+	n3.Datasets[0].ActivationError = "an old failure"
+	n3.Datasets[2].ActivationError = SampleTakeoverError
 	v := View("n1", at, n1, n2, n3)
 	v.Draining = []string{"n3"}
 	v.PendingCreates = []*m.SiteSpec{Spec("fresh", "fresh.example"), Spec("shop", "shop.example")}

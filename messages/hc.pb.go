@@ -1985,8 +1985,12 @@ type DatasetInfo struct {
 	// (a failover's promotion that storage refused, e.g. a mount that
 	// failed); "" once one succeeded, or none was asked.
 	ActivationError string `protobuf:"bytes,15,opt,name=activation_error,json=activationError,proto3" json:"activation_error,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// replica_errors (a master's entry): why the last stream to each replica
+	// failed (the receiver's error, e.g. out of space), for the replicas whose
+	// last stream did; none once a stream gets through.
+	ReplicaErrors map[string]string `protobuf:"bytes,16,rep,name=replica_errors,json=replicaErrors,proto3" json:"replica_errors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DatasetInfo) Reset() {
@@ -2122,6 +2126,13 @@ func (x *DatasetInfo) GetActivationError() string {
 		return x.ActivationError
 	}
 	return ""
+}
+
+func (x *DatasetInfo) GetReplicaErrors() map[string]string {
+	if x != nil {
+		return x.ReplicaErrors
+	}
+	return nil
 }
 
 // ProcessHealth is the host's word on a site's processes (host -> its node
@@ -4394,7 +4405,7 @@ const file_messages_hc_proto_rawDesc = "" +
 	"\vProbeAnswer\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x19\n" +
 	"\bprobe_id\x18\x02 \x01(\x04R\aprobeId\x121\n" +
-	"\x04info\x18\x03 \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\"\x9f\x04\n" +
+	"\x04info\x18\x03 \x01(\v2\x1d.hybridcluster.v1.DatasetInfoR\x04info\"\xba\x05\n" +
 	"\vDatasetInfo\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12*\n" +
@@ -4412,7 +4423,11 @@ const file_messages_hc_proto_rawDesc = "" +
 	"ftp_leases\x18\f \x01(\rR\tftpLeases\x12\x1a\n" +
 	"\brequests\x18\r \x01(\x04R\brequests\x12#\n" +
 	"\rprocess_error\x18\x0e \x01(\tR\fprocessError\x12)\n" +
-	"\x10activation_error\x18\x0f \x01(\tR\x0factivationError\"9\n" +
+	"\x10activation_error\x18\x0f \x01(\tR\x0factivationError\x12W\n" +
+	"\x0ereplica_errors\x18\x10 \x03(\v20.hybridcluster.v1.DatasetInfo.ReplicaErrorsEntryR\rreplicaErrors\x1a@\n" +
+	"\x12ReplicaErrorsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"9\n" +
 	"\rProcessHealth\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\"\xb3\x02\n" +
@@ -4669,7 +4684,7 @@ func file_messages_hc_proto_rawDescGZIP() []byte {
 }
 
 var file_messages_hc_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_messages_hc_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_messages_hc_proto_goTypes = []any{
 	(SitePhase)(0),            // 0: hybridcluster.v1.SitePhase
 	(Role)(0),                 // 1: hybridcluster.v1.Role
@@ -4727,8 +4742,9 @@ var file_messages_hc_proto_goTypes = []any{
 	(*RouteTable)(nil),        // 53: hybridcluster.v1.RouteTable
 	(*BalancerRole)(nil),      // 54: hybridcluster.v1.BalancerRole
 	nil,                       // 55: hybridcluster.v1.SiteState.ReplicaCursorEntry
-	nil,                       // 56: hybridcluster.v1.AdminView.MountsEntry
-	nil,                       // 57: hybridcluster.v1.DatasetBoot.MountsEntry
+	nil,                       // 56: hybridcluster.v1.DatasetInfo.ReplicaErrorsEntry
+	nil,                       // 57: hybridcluster.v1.AdminView.MountsEntry
+	nil,                       // 58: hybridcluster.v1.DatasetBoot.MountsEntry
 }
 var file_messages_hc_proto_depIdxs = []int32{
 	5,  // 0: hybridcluster.v1.SnapshotRef.epoch:type_name -> hybridcluster.v1.Epoch
@@ -4758,48 +4774,49 @@ var file_messages_hc_proto_depIdxs = []int32{
 	6,  // 24: hybridcluster.v1.DatasetInfo.latest:type_name -> hybridcluster.v1.SnapshotRef
 	9,  // 25: hybridcluster.v1.DatasetInfo.spec:type_name -> hybridcluster.v1.SiteSpec
 	0,  // 26: hybridcluster.v1.DatasetInfo.phase:type_name -> hybridcluster.v1.SitePhase
-	5,  // 27: hybridcluster.v1.StreamOffer.epoch:type_name -> hybridcluster.v1.Epoch
-	6,  // 28: hybridcluster.v1.StreamOffer.target:type_name -> hybridcluster.v1.SnapshotRef
-	9,  // 29: hybridcluster.v1.StreamOffer.spec:type_name -> hybridcluster.v1.SiteSpec
-	2,  // 30: hybridcluster.v1.StreamAnswer.code:type_name -> hybridcluster.v1.Code
-	5,  // 31: hybridcluster.v1.StreamAnswer.fence:type_name -> hybridcluster.v1.Epoch
-	6,  // 32: hybridcluster.v1.StreamDone.target:type_name -> hybridcluster.v1.SnapshotRef
-	2,  // 33: hybridcluster.v1.StreamDone.code:type_name -> hybridcluster.v1.Code
-	3,  // 34: hybridcluster.v1.StorageRequest.op:type_name -> hybridcluster.v1.StorageOp
-	6,  // 35: hybridcluster.v1.StorageRequest.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	5,  // 36: hybridcluster.v1.StorageRequest.epoch:type_name -> hybridcluster.v1.Epoch
-	1,  // 37: hybridcluster.v1.StorageRequest.role:type_name -> hybridcluster.v1.Role
-	9,  // 38: hybridcluster.v1.StorageRequest.spec:type_name -> hybridcluster.v1.SiteSpec
-	3,  // 39: hybridcluster.v1.StorageResult.op:type_name -> hybridcluster.v1.StorageOp
-	2,  // 40: hybridcluster.v1.StorageResult.code:type_name -> hybridcluster.v1.Code
-	6,  // 41: hybridcluster.v1.StorageResult.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	6,  // 42: hybridcluster.v1.StorageResult.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	6,  // 43: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	5,  // 44: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
-	2,  // 45: hybridcluster.v1.Received.code:type_name -> hybridcluster.v1.Code
-	9,  // 46: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
-	9,  // 47: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
-	26, // 48: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
-	5,  // 49: hybridcluster.v1.DeleteSite.epoch:type_name -> hybridcluster.v1.Epoch
-	4,  // 50: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
-	2,  // 51: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
-	37, // 52: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
-	9,  // 53: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
-	26, // 54: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
-	6,  // 55: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	56, // 56: hybridcluster.v1.AdminView.mounts:type_name -> hybridcluster.v1.AdminView.MountsEntry
-	2,  // 57: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
-	6,  // 58: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
-	26, // 59: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
-	6,  // 60: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
-	57, // 61: hybridcluster.v1.DatasetBoot.mounts:type_name -> hybridcluster.v1.DatasetBoot.MountsEntry
-	51, // 62: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
-	13, // 63: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
-	64, // [64:64] is the sub-list for method output_type
-	64, // [64:64] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	56, // 27: hybridcluster.v1.DatasetInfo.replica_errors:type_name -> hybridcluster.v1.DatasetInfo.ReplicaErrorsEntry
+	5,  // 28: hybridcluster.v1.StreamOffer.epoch:type_name -> hybridcluster.v1.Epoch
+	6,  // 29: hybridcluster.v1.StreamOffer.target:type_name -> hybridcluster.v1.SnapshotRef
+	9,  // 30: hybridcluster.v1.StreamOffer.spec:type_name -> hybridcluster.v1.SiteSpec
+	2,  // 31: hybridcluster.v1.StreamAnswer.code:type_name -> hybridcluster.v1.Code
+	5,  // 32: hybridcluster.v1.StreamAnswer.fence:type_name -> hybridcluster.v1.Epoch
+	6,  // 33: hybridcluster.v1.StreamDone.target:type_name -> hybridcluster.v1.SnapshotRef
+	2,  // 34: hybridcluster.v1.StreamDone.code:type_name -> hybridcluster.v1.Code
+	3,  // 35: hybridcluster.v1.StorageRequest.op:type_name -> hybridcluster.v1.StorageOp
+	6,  // 36: hybridcluster.v1.StorageRequest.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 37: hybridcluster.v1.StorageRequest.epoch:type_name -> hybridcluster.v1.Epoch
+	1,  // 38: hybridcluster.v1.StorageRequest.role:type_name -> hybridcluster.v1.Role
+	9,  // 39: hybridcluster.v1.StorageRequest.spec:type_name -> hybridcluster.v1.SiteSpec
+	3,  // 40: hybridcluster.v1.StorageResult.op:type_name -> hybridcluster.v1.StorageOp
+	2,  // 41: hybridcluster.v1.StorageResult.code:type_name -> hybridcluster.v1.Code
+	6,  // 42: hybridcluster.v1.StorageResult.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	6,  // 43: hybridcluster.v1.StorageResult.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	6,  // 44: hybridcluster.v1.Received.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	5,  // 45: hybridcluster.v1.Received.epoch:type_name -> hybridcluster.v1.Epoch
+	2,  // 46: hybridcluster.v1.Received.code:type_name -> hybridcluster.v1.Code
+	9,  // 47: hybridcluster.v1.Received.spec:type_name -> hybridcluster.v1.SiteSpec
+	9,  // 48: hybridcluster.v1.ProcessRequest.spec:type_name -> hybridcluster.v1.SiteSpec
+	26, // 49: hybridcluster.v1.NodeReport.datasets:type_name -> hybridcluster.v1.DatasetInfo
+	5,  // 50: hybridcluster.v1.DeleteSite.epoch:type_name -> hybridcluster.v1.Epoch
+	4,  // 51: hybridcluster.v1.AdminQuery.kind:type_name -> hybridcluster.v1.AdminQueryKind
+	2,  // 52: hybridcluster.v1.AdminView.code:type_name -> hybridcluster.v1.Code
+	37, // 53: hybridcluster.v1.AdminView.reports:type_name -> hybridcluster.v1.NodeReport
+	9,  // 54: hybridcluster.v1.AdminView.pending_creates:type_name -> hybridcluster.v1.SiteSpec
+	26, // 55: hybridcluster.v1.AdminView.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 56: hybridcluster.v1.AdminView.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	57, // 57: hybridcluster.v1.AdminView.mounts:type_name -> hybridcluster.v1.AdminView.MountsEntry
+	2,  // 58: hybridcluster.v1.SyncDone.code:type_name -> hybridcluster.v1.Code
+	6,  // 59: hybridcluster.v1.SyncDone.snapshot:type_name -> hybridcluster.v1.SnapshotRef
+	26, // 60: hybridcluster.v1.DatasetBoot.info:type_name -> hybridcluster.v1.DatasetInfo
+	6,  // 61: hybridcluster.v1.DatasetBoot.snapshots:type_name -> hybridcluster.v1.SnapshotRef
+	58, // 62: hybridcluster.v1.DatasetBoot.mounts:type_name -> hybridcluster.v1.DatasetBoot.MountsEntry
+	51, // 63: hybridcluster.v1.NodeBoot.datasets:type_name -> hybridcluster.v1.DatasetBoot
+	13, // 64: hybridcluster.v1.RouteTable.routes:type_name -> hybridcluster.v1.RouteUpdate
+	65, // [65:65] is the sub-list for method output_type
+	65, // [65:65] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_messages_hc_proto_init() }
@@ -4813,7 +4830,7 @@ func file_messages_hc_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_hc_proto_rawDesc), len(file_messages_hc_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   53,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

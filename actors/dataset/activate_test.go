@@ -337,7 +337,7 @@ func syncDone(fx []core.Effect) *m.SyncDone {
 }
 
 // Why a failover's promotion failed in storage goes into the copy's report
-// (cut at activateErrMax), so that an operator sees what keeps the site
+// (cut at errDetailMax), so that an operator sees what keeps the site
 // without a master; a later success clears it.
 func TestAFailedActivationIsReportedUntilOneSucceeds(t *testing.T) {
 	env := &core.Env{Self: core.DatasetAddr("n1", "a"), Now: time.Unix(1000, 0), Config: core.Default()}
@@ -354,12 +354,48 @@ func TestAFailedActivationIsReportedUntilOneSucceeds(t *testing.T) {
 			}
 		}
 	}
-	if reported == nil || !strings.HasPrefix(reported.ActivationError, why) || len(reported.ActivationError) != activateErrMax {
+	if reported == nil || !strings.HasPrefix(reported.ActivationError, why) || len(reported.ActivationError) != errDetailMax {
 		t.Fatalf("report after the failed activation: %v (effects %v)", reported, fx)
 	}
 	st, _ = findEffect[core.Storage](d.Step(env, &m.Activate{Spec: d.spec, Epoch: &m.Epoch{Term: 6, Node: "n1"}, Reason: "failover"}))
 	d.Step(env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
 	if got := d.Info().ActivationError; got != "" {
 		t.Fatalf("after a successful activation the copy still reports %q", got)
+	}
+}
+
+// Why the master's last stream to a replica failed (the receiver's error)
+// goes into the master's report, so that an operator sees why the replica
+// falls behind; the next stream that gets through clears it.
+func TestAFailedStreamIsReportedUntilOneGetsThrough(t *testing.T) {
+	f := newMigrationFixture(t)
+	const why = "push a@e5-n1-s4: receiver: zfs receive -F pool/replicas/a: out of space (HTTP 507, out_of_space)"
+	snapshotAndOffer := func() *stream {
+		t.Helper()
+		snaps := snapshotRequests(f.d.Step(f.env, &m.Timer{Key: timerSnapshot}))
+		if len(snaps) != 1 {
+			t.Fatal("no scheduled snapshot")
+		}
+		if offersTo(f.complete(snaps[0], m.Code_CODE_OK))["n2"] == "" {
+			t.Fatal("no offer to n2")
+		}
+		return f.d.streams["n2"]
+	}
+	s := snapshotAndOffer()
+	send, _ := findEffect[core.Storage](f.d.Step(f.env, &m.StreamAnswer{Site: "a", StreamId: s.id, Code: m.Code_CODE_OK, Node: "n2"}))
+	fx := f.d.Step(f.env, &m.StorageResult{Op: m.StorageOp_STORAGE_OP_SEND, Site: "a", OpId: send.Req.OpId, Code: m.Code_CODE_FAILED,
+		Detail: why, StreamId: s.id, ToNode: "n2"})
+	var reported *m.DatasetInfo
+	for _, e := range fx {
+		if snd, ok := e.(core.Send); ok && snd.To == core.NodeAddr("n1") {
+			reported, _ = snd.Msg.(*m.DatasetInfo)
+		}
+	}
+	if reported == nil || reported.ReplicaErrors["n2"] != "stream failed: "+why {
+		t.Fatalf("report after the failed stream: %v (effects %v)", reported, fx)
+	}
+	f.stream(f.complete(snapshotRequests(f.d.Step(f.env, &m.Timer{Key: timerSnapshot}))[0], m.Code_CODE_OK))
+	if got := f.d.Info().ReplicaErrors; len(got) != 0 {
+		t.Fatalf("after a stream got through the master still reports %v", got)
 	}
 }

@@ -157,10 +157,40 @@ type Dataset struct {
 	// ("" once one succeeded), reported so that an operator sees why a
 	// failover does not end.
 	activateErr string
+	// replErr (master): why the last stream to each replica failed, for
+	// those whose last stream did (reported, so that an operator sees why
+	// a replica falls behind); replErrGen counts its changes.
+	replErr    map[string]string
+	replErrGen int
 }
 
-// activateErrMax bounds the storage error a copy reports.
-const activateErrMax = 400
+// errDetailMax bounds an error a copy reports.
+const errDetailMax = 400
+
+func cutDetail(s string) string {
+	if len(s) > errDetailMax {
+		return s[:errDetailMax]
+	}
+	return s
+}
+
+// setReplErr records (why != "") or clears why the last stream to replica r
+// failed.
+func (d *Dataset) setReplErr(r, why string) {
+	why = cutDetail(why)
+	if d.replErr[r] == why {
+		return
+	}
+	if why == "" {
+		delete(d.replErr, r)
+	} else {
+		if d.replErr == nil {
+			d.replErr = map[string]string{}
+		}
+		d.replErr[r] = why
+	}
+	d.replErrGen++
+}
 
 var _ core.Actor = (*Dataset)(nil)
 
@@ -185,6 +215,14 @@ func (d *Dataset) Info() *m.DatasetInfo {
 		info.Phase = m.SitePhase_SITE_PHASE_ACTIVE
 		info.Replicas = slices.Clone(d.replicas)
 		info.Epoch = d.epoch
+		for _, r := range d.replicas {
+			if why := d.replErr[r]; why != "" {
+				if info.ReplicaErrors == nil {
+					info.ReplicaErrors = map[string]string{}
+				}
+				info.ReplicaErrors[r] = why
+			}
+		}
 	case d.activating != nil:
 		// Becoming master (storage is switching the role): a failover that
 		// asks now must not promote another copy as well.
@@ -424,12 +462,13 @@ type reportKey struct {
 	replicasFirst *string
 	activateErr   string
 	activating    *m.Activate
+	replErrGen    int
 }
 
 func (d *Dataset) key() reportKey {
 	k := reportKey{role: d.role, active: d.active, epoch: d.epoch, fence: d.fence, latest: d.kept(),
 		spec: d.spec, snaps: len(d.snaps), stash: d.stashCount, replicas: len(d.replicas), activating: d.activating,
-		activateErr: d.activateErr}
+		activateErr: d.activateErr, replErrGen: d.replErrGen}
 	if len(d.replicas) > 0 {
 		k.replicasFirst = &d.replicas[0]
 	}
@@ -550,10 +589,7 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 	d.activating = nil
 	if r.Code != m.Code_CODE_OK {
 		fx := []core.Effect{core.Warn("activation failed in storage", "site", d.site, "node", d.node, "detail", r.Detail)}
-		d.activateErr = r.Detail
-		if len(d.activateErr) > activateErrMax {
-			d.activateErr = d.activateErr[:activateErrMax]
-		}
+		d.activateErr = cutDetail(r.Detail)
 		if a.FromNode == "" && r.Code == m.Code_CODE_BUSY && d.activateRetries < env.Config.ActivateAttemptsMax {
 			// A failover's promotion hit a busy dataset (zfs-fuse reports
 			// fresh mounts busy for a while): try again soon rather than
@@ -686,6 +722,7 @@ func (d *Dataset) timer(env *core.Env, key string) []core.Effect {
 		r := key[len(timerStream):]
 		if s := d.streams[r]; s != nil {
 			delete(d.streams, r)
+			d.setReplErr(r, "stream timed out")
 			return []core.Effect{core.Warn("replication stream timed out", "site", d.site, "node", d.node, "replica", r)}
 		}
 	}
@@ -812,9 +849,11 @@ func (d *Dataset) storageDone(env *core.Env, r *m.StorageResult) []core.Effect {
 		delete(d.streams, r.ToNode)
 		fx := []core.Effect{core.CancelTimer{Key: timerStream + r.ToNode}}
 		if r.Code != m.Code_CODE_OK {
+			d.setReplErr(r.ToNode, "stream failed: "+r.Detail)
 			return append(fx, core.Warn("replication stream failed", "site", d.site, "node", d.node,
 				"replica", r.ToNode, "snapshot", s.target.Name, "detail", r.Detail))
 		}
+		d.setReplErr(r.ToNode, "")
 		d.cursor[r.ToNode] = s.target.Name
 		fx = append(fx, d.syncsDone(r.ToNode, s.target)...)
 		return append(fx, d.replicate(env)...)

@@ -341,7 +341,7 @@ func (n *Node) report(env *core.Env) *m.NodeReport {
 		info := &m.DatasetInfo{Site: d.Site, Node: d.Node, Role: d.Role, Epoch: d.Epoch, Latest: d.Latest,
 			Spec: spec, Replicas: d.Replicas, Snapshots: d.Snapshots, Stashes: d.Stashes, Bytes: d.Bytes,
 			Phase: d.Phase, FtpLeases: d.FtpLeases, Requests: load, ProcessError: procErr,
-			ActivationError: d.ActivationError}
+			ActivationError: d.ActivationError, ReplicaErrors: d.ReplicaErrors}
 		if s != nil && info.Phase == m.SitePhase_SITE_PHASE_ACTIVE {
 			info.Phase = s.Phase
 			info.FtpLeases = s.FtpLeases

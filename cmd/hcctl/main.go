@@ -642,6 +642,11 @@ func (c *cli) printSite(s *admin.Site) {
 	if s.ProcessError != "" {
 		row("processes", "FAILING: "+s.ProcessError)
 	}
+	for _, cp := range s.Copies {
+		if cp.ReplicationError != "" {
+			row("replication", cp.Node+" is not getting the master's snapshots: "+cp.ReplicationError)
+		}
+	}
 	row("epoch", orDash(s.Epoch))
 	row("replicas", joinOrDash(s.Replicas))
 	if s.LastSnapshot != nil {

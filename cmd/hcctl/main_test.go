@@ -124,6 +124,9 @@ func TestSiteShowAndNodes(t *testing.T) {
 		t.Fatal("a hash is shown")
 	}
 
+	if !strings.Contains(r.stdout, "replication:      n2 is not getting the master's snapshots: "+admintest.SampleReplicationError) {
+		t.Errorf("site show does not say why n2 falls behind:\n%s", r.stdout)
+	}
 	if strings.Contains(r.stdout, "takeover") {
 		t.Errorf("shop has a master, and site show names a failed takeover:\n%s", r.stdout)
 	}

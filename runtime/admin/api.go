@@ -98,6 +98,10 @@ type Copy struct {
 	// failed in storage (a mount that failed, say), while the site has no
 	// master: what keeps a failover from ending.
 	ActivationError string `json:"activation_error,omitempty"`
+	// ReplicationError (a replica) is why the master's last stream to
+	// this copy failed (the receiver's error, e.g. out of space); "" once
+	// one gets through.
+	ReplicationError string `json:"replication_error,omitempty"`
 }
 
 // Site is a site as the balancer's latest reports show it.

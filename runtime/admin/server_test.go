@@ -286,6 +286,10 @@ func TestSitesFromClusterView(t *testing.T) {
 		if cp.ActivationError != "" {
 			t.Fatalf("shop has a master, and its copy on %s shows a failed takeover: %q", cp.Node, cp.ActivationError)
 		}
+		// The master's word on its last stream to each replica.
+		if want := map[string]string{"n2": admintest.SampleReplicationError}[cp.Node]; cp.ReplicationError != want {
+			t.Fatalf("shop's copy on %s: replication error %q, want %q", cp.Node, cp.ReplicationError, want)
+		}
 	}
 	fresh := siteByName(t, sites, "fresh")
 	if fresh.Master != "" || fresh.Phase != "placing" || len(fresh.Copies) != 0 || fresh.Replicas == nil {

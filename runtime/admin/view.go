@@ -207,6 +207,7 @@ func buildSite(name string, copies []reportedCopy) Site {
 			if master != nil {
 				cp.LagS = lagSeconds(masterLatest, c.info.GetLatest())
 				s.LagS = max(s.LagS, cp.LagS)
+				cp.ReplicationError = master.info.GetReplicaErrors()[c.node]
 			}
 		}
 		s.Copies = append(s.Copies, cp)

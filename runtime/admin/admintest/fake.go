@@ -284,6 +284,14 @@ func View(balancer string, atMs int64, reports ...*m.NodeReport) *m.AdminView {
 // SampleAtMs is the time of the Sample view.
 const SampleAtMs int64 = 1_700_000_100_000
 
+// SampleReplicationError is why shop's master could not stream to n2 (see
+// Sample).
+const SampleReplicationError = "stream failed: receive shop: zfs receive -F pool/replicas/shop: out of space (HTTP 507, out_of_space)"
+
+// SampleTakeoverError is why wiki's copy on n3 could not take over (see
+// Sample).
+const SampleTakeoverError = "promote wiki: zfs mount pool/sites/wiki: cannot mount '/mnt/sites/wiki': directory is not empty"
+
 // Sample is a fake for node n1 of members n1..n4 (n4 down) with n1 the
 // balancer and these sites:
 //
@@ -299,10 +307,8 @@ const SampleAtMs int64 = 1_700_000_100_000
 //   - fresh: asked for, not placed yet.
 //
 // shop's replica on n3 reports an old failed takeover too, which its
-// master hides.
-// SampleTakeoverError is why wiki's copy on n3 could not take over.
-const SampleTakeoverError = "promote wiki: zfs mount pool/sites/wiki: cannot mount '/mnt/sites/wiki': directory is not empty"
-
+// master hides; shop's master reports that its last stream to n2 failed
+// (SampleReplicationError).
 func Sample() *Fake {
 	f := New("n1", "n1", "n2", "n3", "n4")
 	at := SampleAtMs
@@ -334,6 +340,7 @@ func Sample() *Fake {
 		Replica(wiki, "n3", Epoch(90, "n4"), Snap(Epoch(90, "n4"), 5, at-60_000)),
 	)
 	n3.Datasets[0].ActivationError = "an old failure"
+	n1.Datasets[0].ReplicaErrors = map[string]string{"n2": SampleReplicationError}
 	n3.Datasets[2].ActivationError = SampleTakeoverError
 	v := View("n1", at, n1, n2, n3)
 	v.Draining = []string{"n3"}

@@ -398,4 +398,16 @@ func TestAFailedStreamIsReportedUntilOneGetsThrough(t *testing.T) {
 	if got := f.d.Info().ReplicaErrors; len(got) != 0 {
 		t.Fatalf("after a stream got through the master still reports %v", got)
 	}
+
+	// A new master term starts with none: the old term's failures are not
+	// its streams'.
+	f.d.setReplErr("n2", "stream failed: "+why)
+	st, ok := findEffect[core.Storage](f.d.Step(f.env, &m.Activate{Spec: f.d.spec, Epoch: &m.Epoch{Term: 6, Node: "n1"}, Replicas: []string{"n2"}, Reason: "resume"}))
+	if !ok {
+		t.Fatal("no role change for the new term")
+	}
+	f.d.Step(f.env, &m.StorageResult{Op: st.Req.Op, Site: "a", OpId: st.Req.OpId, Code: m.Code_CODE_OK})
+	if got := f.d.Info().ReplicaErrors; len(got) != 0 {
+		t.Fatalf("the new term reports the old one's failed streams: %v", got)
+	}
 }

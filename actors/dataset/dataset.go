@@ -607,6 +607,11 @@ func (d *Dataset) activated(env *core.Env, r *m.StorageResult) []core.Effect {
 		return fx
 	}
 	d.activateRetries, d.retryActivate, d.activateErr = 0, nil, ""
+	if len(d.replErr) > 0 {
+		// A new master term: its streams have failed to no one yet.
+		clear(d.replErr)
+		d.replErrGen++
+	}
 	wasActive := d.active
 	d.exists = true
 	d.spec = a.Spec

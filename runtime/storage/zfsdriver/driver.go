@@ -178,7 +178,7 @@ func (d *Driver) mountMissing(ctx context.Context) error {
 			continue
 		}
 		if err := d.mount(ctx, ds); err != nil {
-			errs = append(errs, fmt.Errorf("mount %s: %w", ds, err))
+			errs = append(errs, err) // it names the dataset (zfs mount ds: ...)
 			failed = append(failed, ds)
 			continue
 		}
@@ -487,7 +487,7 @@ func (d *Driver) mountSite(ctx context.Context, site storage.Site, ds string) er
 		return err
 	}
 	if err := d.mount(ctx, ds); err != nil {
-		return fmt.Errorf("mount %s: %w", ds, err)
+		return err // it names the dataset (zfs mount ds: ...)
 	}
 	d.log.Warn("mounted a site's dataset found unmounted", "site", site.String(), "dataset", ds)
 	return nil
